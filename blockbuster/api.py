@@ -1,0 +1,423 @@
+"""The public Python API: ``tile_process``, ``merge_tile_labels``, ``estimate_empty_tiles``.
+
+These functions validate everything first (clear errors, nothing written), find or start
+a Dask cluster, and run the Prefect flows of :mod:`blockbuster.flows`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+
+from .core.autosize import DEFAULT_MEMORY_FACTOR, auto_tile_shape
+from .core.identity import fn_token
+from .core.output import OutputTarget
+from .core.plan import RunPlan, make_plan
+from .core.sources import ImageSource, open_image
+from .errors import InvalidParameterError
+
+__all__ = ["tile_process", "merge_tile_labels", "estimate_empty_tiles", "choose_tile_shape"]
+
+log = logging.getLogger("blockbuster")
+_TEMP_DIRS: list[str] = []
+
+
+def _cleanup_temp_dirs() -> None:  # pragma: no cover - runs at interpreter exit
+    for d in _TEMP_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_cleanup_temp_dirs)
+
+
+def _temp_dir() -> str:
+    d = tempfile.mkdtemp(prefix="blockbuster-")
+    _TEMP_DIRS.append(d)
+    return d
+
+
+def _default_staging(write_to: str) -> str:
+    """Next to the output; outside an OME-Zarr image so it never pollutes it."""
+    path = os.path.abspath(write_to)
+    parts = path.split(os.sep)
+    top = None
+    for i, p in enumerate(parts[:-1]):
+        if p.endswith(".zarr"):
+            top = i
+            break
+    if top is not None:
+        parent = os.sep.join(parts[:top]) or os.sep
+        name = "-".join(parts[top:])
+    else:
+        parent, name = os.path.dirname(path), os.path.basename(path)
+    return os.path.join(parent, f".{name}.blockbuster-staging")
+
+
+def _fn_description(fn: Callable) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    mod = getattr(fn, "__module__", None) or type(fn).__module__
+    text = repr(fn) if not hasattr(fn, "__qualname__") else f"{mod}.{name}"
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def _worker_memory(client) -> tuple[int, str]:
+    import dask
+    cfg = dask.config.get("blockbuster.worker-memory", None)
+    if cfg:
+        from dask.utils import parse_bytes
+        return int(parse_bytes(cfg)), "dask config blockbuster.worker-memory"
+    if client is not None:
+        try:
+            workers = client.scheduler_info().get("workers", {})
+            limits = [w.get("memory_limit") for w in workers.values() if w.get("memory_limit")]
+            if limits:
+                return int(min(limits)), "Dask worker memory_limit"
+        except Exception:  # pragma: no cover
+            pass
+    from .cluster import allocation
+    a = allocation()
+    return int(a["memory_bytes"] / a["cpus"]), "allocation / CPUs (" + ", ".join(a["source"]) + ")"
+
+
+def choose_tile_shape(src: ImageSource, fn: Callable | None, overlap, use_gpu: bool,
+                      client=None) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """The tile shape ``"auto"`` picks for ``src`` (see :mod:`blockbuster.core.autosize`)."""
+    from .core.plan import normalize_overlap
+    ov = normalize_overlap(overlap, src)
+    factor = float(getattr(fn, "memory_factor", DEFAULT_MEMORY_FACTOR) or DEFAULT_MEMORY_FACTOR)
+    mem, where = _worker_memory(client)
+    if use_gpu:
+        from .cluster import gpu_info
+        gpus = gpu_info()
+        if gpus:
+            mem = min(g["memory_free"] for g in gpus)
+            where = "free memory of the smallest GPU (nvidia-ml-py)"
+            factor = float(getattr(fn, "gpu_memory_factor", factor))
+    n_ch = src.shape[src.channel_axis] if src.channel_axis is not None else 1
+    return auto_tile_shape(src.spatial_shape, src.spatial_chunks, itemsize=src.dtype.itemsize,
+                           memory_bytes=mem, n_channels=n_ch, overlap=ov,
+                           memory_factor=factor, where=where)
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name}={value!r} must be True or False")
+
+
+def _prepare_output(write_to, zarr_format: int) -> OutputTarget:
+    if write_to is None:
+        return OutputTarget(os.path.join(_temp_dir(), "labels.zarr"), temporary=True)
+    if not isinstance(write_to, (str, os.PathLike)):
+        raise InvalidParameterError(f"write_to={write_to!r} must be a path (str) or None")
+    return OutputTarget(write_to, zarr_format=zarr_format)
+
+
+def _result(out: OutputTarget, compute: bool):
+    import dask.array as da
+    import zarr
+    arr = zarr.open_array(out.array_path, mode="r")
+    if compute:
+        return arr[...]
+    return da.from_zarr(arr)
+
+
+def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTarget, *,
+         use_gpu, progress: bool, keep_staging: bool, resume_key: str) -> dict[str, Any]:
+    from .cluster import ClusterHandle, check_client
+    from .tasks.job import Job
+    from .core.staging import Staging
+
+    done = out.completed_run()
+    if done is not None and done.get("run_key") == resume_key:
+        log.info("output %s is already complete for this run (key %s); nothing to do",
+                 out.path, resume_key)
+        return {"run_key": plan.run_key, "output": out.path, "cached": True, **done}
+    staging = Staging(plan.staging_root)
+    info = {"run_key": plan.run_key, "description": plan.description}
+    handle = ClusterHandle(use_gpu=use_gpu)
+    try:
+        _warm_prefect()     # Prefect's API comes up while the cluster starts
+        resumed = staging.prepare(info, plan.grid.shape, plan.grid.tile_shape,
+                                  plan.staged_dtype) if plan.stage_labels or True else False
+        if resumed:
+            log.info("resuming from staging %s", plan.staging_root)
+        client = handle.client()
+        check_client(client)
+        resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
+        job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
+                         progress=progress, fn_description=fn_desc, resources=resources)
+        return flow(job, keep_staging=keep_staging)
+    finally:
+        handle.close()
+
+
+def _warm_prefect() -> None:
+    """Start Prefect's API (the temporary server in ephemeral mode) now, in this thread."""
+    try:
+        from prefect.client.orchestration import get_client
+        with get_client(sync_client=True) as c:
+            c.api_healthcheck()
+    except Exception:  # pragma: no cover - the flow run reports real problems itself
+        log.debug("Prefect API warm-up failed", exc_info=True)
+
+
+def _has_gpu_workers(client) -> bool:
+    try:
+        ws = client.scheduler_info().get("workers", {})
+        return any("GPU" in (w.get("resources") or {}) for w in ws.values())
+    except Exception:  # pragma: no cover
+        return False
+
+
+def tile_process(image, fn: Callable, *, tile_shape="auto", overlap=0, channel_axis=None,
+                 merge: str = "auto", connectivity: int = 1, iou_threshold: float = 0.5,
+                 skip_empty: bool = False, empty_threshold: float | None = None,
+                 sequential_labels: bool = False, write_to=None, compute: bool = False,
+                 progress: bool = False, use_gpu: bool | str = False, staging=None,
+                 retries: int = 2, keep_staging: bool = False, level: int = 0,
+                 zarr_format: int = 3, retry_delay: float = 1.0,
+                 return_summary: bool = False):
+    """Run ``fn`` on every tile of ``image`` and merge the results into global labels.
+
+    Parameters
+    ----------
+    image : str, path, zarr.Array, dask.array.Array or numpy.ndarray
+        A zarr array, OME-Zarr image group (``level`` picks the resolution) or TIFF
+        path, or an array. 2D or 3D, with an optional channel axis.
+    fn : callable
+        ``fn(tile) -> labels``: integer labels (0 = background) with the tile's spatial
+        shape. It gets the tile with its halo and all channels. Must be picklable (it
+        runs in worker processes).
+    tile_shape : "auto", int or tuple of int
+        Tile core shape, one entry per axis (the channel axis takes its whole extent)
+        or per spatial axis. "auto": the largest chunk-aligned tile whose working set
+        fits one worker's memory (one GPU's with ``use_gpu``).
+    overlap : int or tuple of int
+        Halo around each tile given to ``fn`` (clipped at the image edge, never
+        padded), cropped away before staging.
+    channel_axis : int, optional
+        Axis of channels; taken from OME-Zarr metadata when not given.
+    merge : {"auto", "touch", "overlap"}
+        "touch": labels touching across a seam under ``connectivity`` are one object
+        (exactly whole-image connected components for a connected-components ``fn``).
+        "overlap": labels of neighbouring tiles matched in the shared halo by IoU >=
+        ``iou_threshold`` (mutual best match) — cells that merely touch stay apart.
+        "auto": touch without overlap, else overlap.
+    connectivity : int
+        1 (faces) to ndim (full, corners included).
+    skip_empty, empty_threshold
+        Never call ``fn`` on tiles whose core has no pixel above ``empty_threshold``
+        (default: 0, pass a value or use :func:`estimate_empty_tiles` to choose one).
+    sequential_labels : bool
+        Output labels exactly 1..N (no extra pass over the voxels).
+    write_to : path, optional
+        Output zarr array (v3, or v2 with ``zarr_format=2``), or
+        ``image.zarr/labels/<name>`` for an NGFF label image. Default: a temporary store.
+    compute : bool
+        Return a NumPy array instead of a dask array reading the output.
+    progress : bool
+        tqdm progress bars per stage.
+    use_gpu : bool or "auto"
+        Start a one-worker-per-GPU cluster (when no client exists) and size tiles to GPU
+        memory.
+    staging : path, optional
+        Where staged tiles live (default: next to ``write_to``). Staging persists until
+        success, so a crashed run resumes; ``keep_staging=True`` keeps it afterwards.
+    retries : int
+        Retries of a failing ``fn`` call per tile (with a growing delay).
+    return_summary : bool
+        Also return the run summary dict: ``(labels, summary)``.
+
+    Returns
+    -------
+    dask.array.Array or numpy.ndarray
+        The global labels (uint32, or uint64 when more are needed).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.ndimage as ndi
+    >>> from blockbuster import tile_process
+    >>> def label(tile):
+    ...     return ndi.label(tile > 0)[0]
+    >>> img = np.zeros((64, 64), np.uint8); img[10:40, 10:40] = 1
+    >>> lab = tile_process(img, label, tile_shape=(16, 16), compute=True)  # doctest: +SKIP
+    >>> int(lab.max())                                                      # doctest: +SKIP
+    1
+    """
+    if not callable(fn):
+        raise InvalidParameterError(f"fn={fn!r} is not callable; pass a function "
+                                    "fn(tile) -> integer labels")
+    for name, v in (("skip_empty", skip_empty), ("sequential_labels", sequential_labels),
+                    ("compute", compute), ("progress", progress),
+                    ("keep_staging", keep_staging)):
+        _check_bool(name, v)
+    if use_gpu not in (False, True, "auto"):
+        raise InvalidParameterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
+    src = open_image(image, channel_axis=channel_axis, level=level)
+    fid = fn_token(fn)
+    why = None
+    if isinstance(tile_shape, str):
+        if tile_shape != "auto":
+            raise InvalidParameterError(
+                f"tile_shape={tile_shape!r} must be 'auto', an int or a tuple of ints")
+        tile_shape, why = choose_tile_shape(src, fn, overlap, use_gpu is True)
+    out = _prepare_output(write_to, zarr_format)
+    plan = make_plan(src, fn_id=fid, tile_shape=tile_shape, overlap=overlap, merge=merge,
+                     connectivity=connectivity, iou_threshold=iou_threshold,
+                     skip_empty=skip_empty, empty_threshold=empty_threshold,
+                     sequential_labels=sequential_labels, retries=retries,
+                     retry_delay=retry_delay)
+    if why is not None:
+        log.info("tile_shape='auto' chose %s: %s", plan.grid.tile_shape, why)
+    root = os.fspath(staging) if staging is not None else (
+        _default_staging(out.path) if not out.temporary else os.path.join(
+            os.path.dirname(out.path), "staging"))
+    plan = dataclasses.replace(plan, staging_root=root)
+    from .flows.pipeline import tile_process_flow
+    summary = _run(tile_process_flow, plan, src, fn, _fn_description(fn), out,
+                   use_gpu=use_gpu, progress=progress, keep_staging=keep_staging,
+                   resume_key=_resume_key(plan))
+    result = _result(out, compute)
+    return (result, summary) if return_summary else result
+
+
+def _resume_key(plan: RunPlan) -> str:
+    return f"{plan.run_key}-{'seq' if plan.sequential else 'ids'}"
+
+
+def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape=None,
+                      write_to=None, connectivity: int = 1, sequential_labels: bool = False,
+                      progress: bool = False, compute: bool = False, staging=None,
+                      keep_staging: bool = False, zarr_format: int = 3,
+                      return_summary: bool = False):
+    """Merge per-tile labels into globally consistent labels (touching labels join).
+
+    Parameters
+    ----------
+    labeled : dask.array.Array, zarr.Array or path
+        Per-tile labels: a dask array whose blocks are tiles (each block is computed
+        exactly once), or a zarr array (path, plus ``input_component`` inside a group)
+        whose chunks (shards, when sharded) are tiles. Ids need not be unique across
+        tiles; they are made so.
+    tile_shape : tuple of int, optional
+        Override the tiles (defaults to the blocks / chunks).
+    connectivity, sequential_labels, write_to, progress, compute
+        As in :func:`tile_process`.
+
+    Returns
+    -------
+    dask.array.Array or numpy.ndarray
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, scipy.ndimage as ndi
+    >>> x = da.from_array(np.ones((32, 32), np.uint8), chunks=16)
+    >>> per_tile = x.map_blocks(lambda b: ndi.label(b)[0].astype(np.uint32), dtype=np.uint32)
+    >>> merge_tile_labels(per_tile, compute=True).max()  # doctest: +SKIP
+    1
+    """
+    for name, v in (("sequential_labels", sequential_labels), ("compute", compute),
+                    ("progress", progress), ("keep_staging", keep_staging)):
+        _check_bool(name, v)
+    src = open_image(labeled, component=input_component)
+    if src.channel_axis is not None:
+        raise InvalidParameterError("merge_tile_labels takes label images without a channel "
+                                    "axis")
+    if not np.issubdtype(src.dtype, np.integer) or src.dtype == bool:
+        raise InvalidParameterError(
+            f"labeled has dtype {src.dtype}; per-tile labels must be integers (0 = background)")
+    if tile_shape is None:
+        tile_shape = _tiles_of(src)
+    out = _prepare_output(write_to, zarr_format)
+    plan = make_plan(src, fn_id="merge-only", tile_shape=tile_shape, overlap=0, merge="touch",
+                     connectivity=connectivity, sequential_labels=sequential_labels,
+                     retries=0)
+    root = os.fspath(staging) if staging is not None else (
+        _default_staging(out.path) if not out.temporary else os.path.join(
+            os.path.dirname(out.path), "staging"))
+    # labels on disk are read twice rather than copied; a dask array's blocks are
+    # computed once and staged
+    plan = dataclasses.replace(plan, staging_root=root, stage_labels=src.kind != "stored")
+    from .flows.pipeline import merge_flow
+    summary = _run(merge_flow, plan, src, None, "merge of per-tile labels", out,
+                   use_gpu=False, progress=progress, keep_staging=keep_staging,
+                   resume_key=_resume_key(plan))
+    result = _result(out, compute)
+    return (result, summary) if return_summary else result
+
+
+def _tiles_of(src: ImageSource) -> tuple[int, ...]:
+    if src.kind == "dask":
+        chunks = src.dask_array.chunks
+        for ax, c in enumerate(chunks):
+            if len(c) > 2 and len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]):
+                raise InvalidParameterError(
+                    f"labeled has irregular chunks along axis {ax} ({c[:5]}...); blocks must be "
+                    "regular tiles (all equal except the last): rechunk it, e.g. "
+                    "labeled.rechunk(...), or pass tile_shape")
+        return tuple(int(c[0]) for c in chunks)
+    reader = src.reader
+    arr = getattr(reader, "array", None)
+    shards = getattr(arr, "shards", None) if arr is not None else None
+    return tuple(int(c) for c in (shards or src.chunks))
+
+
+def estimate_empty_tiles(image, tile_shape, *, threshold: float | None = None,
+                         channel_axis: int | None = None, level: int = 0) -> dict[str, Any]:
+    """Which tiles of ``image`` hold nothing above ``threshold``.
+
+    Parameters
+    ----------
+    image
+        As in :func:`tile_process`.
+    tile_shape : tuple of int
+        As in :func:`tile_process` (not "auto").
+    threshold : float, optional
+        A tile is empty when no pixel of it exceeds this. Default: estimated from a
+        cheap sample (coarse pyramid level, a spread of chunks, or a strided subsample).
+
+    Returns
+    -------
+    dict
+        ``threshold``, ``threshold_method``, ``empty_fraction``, ``n_tiles``,
+        ``n_empty``, ``empty`` (boolean array over the tile grid), ``grid_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((64, 64), np.uint16); img[:8, :8] = 500
+    >>> r = estimate_empty_tiles(img, (32, 32), threshold=100)
+    >>> r["n_empty"], r["empty"].tolist()
+    (3, [[False, True], [True, True]])
+    """
+    from .core.empty import sample_image, threshold_from_sample, tile_maxima
+    from .core.plan import normalize_tile_shape
+    src = open_image(image, channel_axis=channel_axis, level=level)
+    ts = normalize_tile_shape(tile_shape, src)
+    method = "given"
+    sample_desc = None
+    if threshold is None:
+        sample, sample_desc = sample_image(src)
+        est = threshold_from_sample(sample)
+        threshold, method = est["threshold"], f"{est['method']} ({sample_desc})"
+    import dask.array as da
+    if src.kind == "stored":
+        arr = da.from_array(src.reader, chunks=src.chunks, asarray=True, lock=False,
+                            meta=np.empty((0,) * src.ndim, dtype=src.dtype)) \
+            if not hasattr(src.reader, "array") else da.from_zarr(src.reader.array)
+    else:
+        arr = src.dask_array
+    maxima = tile_maxima(arr, ts, src.channel_axis)
+    empty = ~(maxima > threshold)
+    n = int(empty.size)
+    return {"threshold": float(threshold), "threshold_method": method,
+            "empty_fraction": float(empty.sum()) / n if n else 0.0, "n_tiles": n,
+            "n_empty": int(empty.sum()), "empty": empty, "grid_shape": tuple(empty.shape),
+            "tile_shape": ts}

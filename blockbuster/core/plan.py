@@ -1,0 +1,188 @@
+"""Validating a run's parameters and fixing everything about it before any work starts.
+
+:func:`make_plan` checks every parameter against the image (clear errors naming the
+parameter and the fix), decides the tile grid, the merge mode, the staged and the
+identity of the run (its *run key*), and returns a :class:`RunPlan` — a small, picklable
+description shared by the driver and the workers.
+
+Examples
+--------
+>>> import numpy as np
+>>> from blockbuster.core.sources import open_image
+>>> src = open_image(np.zeros((100, 80), np.uint8))
+>>> p = make_plan(src, fn_id="f", tile_shape=(32, 32), overlap=0)
+>>> p.grid.grid_shape, p.merge
+((4, 3), 'touch')
+>>> make_plan(src, fn_id="f", tile_shape=(0, 32))
+Traceback (most recent call last):
+...
+blockbuster.errors.InvalidParameterError: tile_shape=(0, 32): every entry must be a positive int; e.g. tile_shape=(512, 512)
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from .grid import TileGrid
+from .identity import run_key as _run_key
+from .labels import smallest_label_dtype
+from .sources import ImageSource
+
+__all__ = ["RunPlan", "make_plan", "normalize_tile_shape", "normalize_overlap", "MERGE_MODES"]
+
+MERGE_MODES = ("auto", "touch", "overlap")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything fixed about a run (cheap to pickle; shipped with every batch)."""
+
+    grid: TileGrid
+    channel_axis: int | None
+    merge: str
+    connectivity: int
+    iou_threshold: float
+    skip_empty: bool
+    empty_threshold: float | None
+    sequential: bool
+    staged_dtype: str
+    retries: int
+    retry_delay: float
+    run_key: str
+    staging_root: str = ""
+    stage_labels: bool = True
+    description: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def ndim(self) -> int:
+        return self.grid.ndim
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def normalize_tile_shape(tile_shape, src: ImageSource) -> tuple[int, ...]:
+    """Spatial tile shape from one int per image axis (channel axis included) or per
+    spatial axis; entries larger than the image are clipped to it."""
+    spatial = src.spatial_shape
+    example = ", ".join(str(min(s, 512)) for s in spatial)
+    fix = f"e.g. tile_shape=({example})"
+    if _is_int(tile_shape):
+        tile_shape = (tile_shape,) * len(spatial)
+    try:
+        ts = tuple(tile_shape)
+    except TypeError:
+        raise InvalidParameterError(
+            f"tile_shape={tile_shape!r} is not 'auto', an int or a tuple of ints; {fix}") from None
+    if len(ts) == src.ndim and src.channel_axis is not None:
+        ch = ts[src.channel_axis]
+        if not _is_int(ch) or ch not in (src.shape[src.channel_axis], -1):
+            raise InvalidParameterError(
+                f"tile_shape={tile_shape!r}: the channel axis ({src.channel_axis}) must take its "
+                f"whole extent ({src.shape[src.channel_axis]}), or give spatial axes only; {fix}")
+        ts = tuple(t for i, t in enumerate(ts) if i != src.channel_axis)
+    if len(ts) != len(spatial):
+        raise InvalidParameterError(
+            f"tile_shape={tile_shape!r} has {len(ts)} entries but the image has "
+            f"{len(spatial)} spatial axes (shape {src.shape}, channel_axis={src.channel_axis}); {fix}")
+    if not all(_is_int(t) and t > 0 for t in ts):
+        raise InvalidParameterError(
+            f"tile_shape={tile_shape!r}: every entry must be a positive int; {fix}")
+    return tuple(int(min(t, s)) if s > 0 else int(t) for t, s in zip(ts, spatial))
+
+
+def normalize_overlap(overlap, src: ImageSource) -> tuple[int, ...]:
+    """Spatial halo widths from an int or one int per image (or spatial) axis."""
+    spatial = src.spatial_shape
+    if _is_int(overlap):
+        ov = (int(overlap),) * len(spatial)
+    else:
+        try:
+            ov = tuple(overlap)
+        except TypeError:
+            raise InvalidParameterError(
+                f"overlap={overlap!r} is not an int or a tuple of ints; e.g. overlap=16") from None
+        if len(ov) == src.ndim and src.channel_axis is not None:
+            if ov[src.channel_axis] not in (0,):
+                raise InvalidParameterError(
+                    f"overlap={overlap!r}: the channel axis ({src.channel_axis}) takes no halo; "
+                    "set its entry to 0 or give spatial axes only")
+            ov = tuple(o for i, o in enumerate(ov) if i != src.channel_axis)
+        if len(ov) != len(spatial):
+            raise InvalidParameterError(
+                f"overlap={overlap!r} has {len(ov)} entries but the image has {len(spatial)} "
+                "spatial axes; give one int or one per axis")
+    if not all(_is_int(o) and o >= 0 for o in ov):
+        raise InvalidParameterError(f"overlap={overlap!r}: entries must be ints >= 0")
+    return tuple(int(o) for o in ov)
+
+
+def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
+              overlap=0, merge: str = "auto", connectivity: int = 1,
+              iou_threshold: float = 0.5, skip_empty: bool = False,
+              empty_threshold: float | None = None, sequential_labels: bool = False,
+              retries: int = 2, retry_delay: float = 1.0,
+              extra_identity: dict[str, Any] | None = None) -> RunPlan:
+    """Validate the parameters of a run against ``src`` and fix the run (see module doc)."""
+    spatial = src.spatial_shape
+    nsp = len(spatial)
+    if nsp < 1:
+        raise InvalidParameterError(
+            f"the image has no spatial axis (shape {src.shape}, channel_axis={src.channel_axis})")
+    if any(s == 0 for s in spatial):
+        raise InvalidParameterError(f"the image is empty (shape {src.shape}); nothing to tile")
+    ts = normalize_tile_shape(tile_shape, src)
+    ov = normalize_overlap(overlap, src)
+    if merge not in MERGE_MODES:
+        raise InvalidParameterError(f"merge={merge!r} is not one of {MERGE_MODES}")
+    if merge == "auto":
+        merge = "overlap" if any(ov) else "touch"
+    if merge == "overlap" and not any(ov):
+        raise InvalidParameterError(
+            "merge='overlap' needs a halo to match labels in, but overlap=0; pass e.g. "
+            "overlap=32 (about one object diameter), or use merge='touch'")
+    if not _is_int(connectivity) or not 1 <= connectivity <= nsp:
+        raise InvalidParameterError(
+            f"connectivity={connectivity!r} must be an int from 1 (faces) to {nsp} (full, "
+            f"corners included) for an image with {nsp} spatial axes")
+    if not isinstance(iou_threshold, numbers.Real) or not 0 < float(iou_threshold) <= 1:
+        raise InvalidParameterError(
+            f"iou_threshold={iou_threshold!r} must be a number in (0, 1]; e.g. 0.5")
+    if empty_threshold is not None and not isinstance(empty_threshold, numbers.Real):
+        raise InvalidParameterError(
+            f"empty_threshold={empty_threshold!r} must be a number or None (estimate it)")
+    if not _is_int(retries) or retries < 0:
+        raise InvalidParameterError(f"retries={retries!r} must be an int >= 0")
+    grid = TileGrid(spatial, ts, ov)
+    max_core = int(np.prod(ts))
+    staged_dtype = smallest_label_dtype(max_core if merge == "touch"
+                                        else int(np.prod([t + 2 * o for t, o in zip(ts, ov)])))
+    desc = {
+        "input": src.identity(),
+        "fn": fn_id,
+        "grid": grid.describe(),
+        "channel_axis": src.channel_axis,
+        "merge": merge,
+        "connectivity": int(connectivity),
+        "iou_threshold": float(iou_threshold) if merge == "overlap" else None,
+        "skip_empty": bool(skip_empty),
+        "empty_threshold": None if empty_threshold is None else float(empty_threshold),
+        "staged_dtype": str(staged_dtype),
+        "format": 1,
+        **(extra_identity or {}),
+    }
+    # sequential_labels and the output location do not change what is staged, so they
+    # are not part of the key: a resumed run may change them.
+    return RunPlan(grid=grid, channel_axis=src.channel_axis, merge=merge,
+                   connectivity=int(connectivity), iou_threshold=float(iou_threshold),
+                   skip_empty=bool(skip_empty),
+                   empty_threshold=None if empty_threshold is None else float(empty_threshold),
+                   sequential=bool(sequential_labels), staged_dtype=str(staged_dtype),
+                   retries=int(retries), retry_delay=float(retry_delay),
+                   run_key=_run_key(desc), description=desc)

@@ -1,0 +1,235 @@
+"""What runs on the workers: segment, scan and relabel a batch of tiles.
+
+Each function takes the run's :class:`~blockbuster.core.plan.RunPlan` and a list of tile
+numbers, does the work of each tile independently and returns small per-tile results.
+They are plain functions (no Prefect, no Dask): the orchestration layer decides where
+and how often they run. Segmentation is idempotent per tile: a tile whose side file
+exists is finished and is never given to ``fn`` again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import TileFunctionError, TileOutputError
+from .labels import (_map_ids, check_tile_labels, compact_labels, compact_with_halo,
+                     present_ids)
+from .lut import MergeTable
+from .plan import RunPlan
+from .seams import band_key, face_key, overlap_pairs, touch_pairs
+from .sources import full_slices
+from .staging import Staging, open_zarr_array_cached
+
+__all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
+
+
+def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int,
+            retry_delay: float):
+    """Call ``fn(data)``, retrying exceptions ``retries`` times with a delay.
+
+    Returns ``(labels, seconds_of_the_successful_call, attempts)``. The final failure
+    is a :class:`TileFunctionError` naming the tile, its origin and the original error
+    (with the worker-side traceback in the message, since a chained cause does not
+    survive the trip between processes).
+    """
+    attempts = 0
+    while True:
+        attempts += 1
+        t0 = time.perf_counter()
+        try:
+            out = fn(data)
+            return out, time.perf_counter() - t0, attempts
+        except Exception as exc:  # noqa: BLE001 - any error of user code
+            if attempts <= retries:
+                time.sleep(retry_delay * attempts)
+                continue
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            raise TileFunctionError(
+                f"fn failed on tile {tile} (origin {tuple(origin)}, input shape {data.shape}) "
+                f"after {attempts} attempt(s): {type(exc).__name__}: {exc}\n"
+                f"--- traceback in the worker ---\n{tb}", tile, tuple(origin)) from exc
+
+
+def _band_bounds(plan: RunPlan, n: int, axis: int, hi: bool):
+    g = plan.grid
+    ext, core = g.ext_bounds(n), g.core_bounds(n)
+    ov = g.overlap[axis]
+    box = list(ext)
+    e0, e1 = ext[axis]
+    box[axis] = (max(core[axis][1] - ov, e0), e1) if hi else (e0, min(core[axis][0] + ov, e1))
+    return tuple(box)
+
+
+def _is_empty(plan: RunPlan, data: np.ndarray, n: int) -> bool:
+    core = full_slices(plan.grid.core_in_ext(n), plan.channel_axis)
+    thr = plan.empty_threshold if plan.empty_threshold is not None else 0
+    region = data[core]
+    return region.size == 0 or not bool((region > thr).any())
+
+
+def segment_one(plan: RunPlan, fn: Callable, n: int, data: np.ndarray,
+                staging: Staging) -> dict[str, Any]:
+    """Segment tile ``n`` from its extended ``data``; stage it; return its record."""
+    g = plan.grid
+    origin = g.origin(n)
+    rec: dict[str, Any] = {"tile": n, "index": list(g.tile_index(n)), "origin": list(origin),
+                           "shape": list(g.core_shape(n)), "n_labels": 0, "fn_seconds": 0.0,
+                           "skipped": False, "attempts": 0, "resumed": False, "pid": os.getpid()}
+    if plan.skip_empty and _is_empty(plan, data, n):
+        rec["skipped"] = True
+        staging.write_tile(n, rec)
+        return rec
+    if fn is None:            # merging labels the user already has
+        labels = data
+    else:
+        labels, secs, attempts = call_fn(fn, data, n, origin, plan.retries, plan.retry_delay)
+        rec["fn_seconds"], rec["attempts"] = secs, attempts
+    labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
+    crop = g.core_in_ext(n)
+    arrays: dict[str, np.ndarray] = {}
+    if plan.merge == "overlap":
+        ext_c, n_core = compact_with_halo(labels, crop, dtype=plan.staged_dtype)
+        core_c = ext_c[crop]
+    elif plan.stage_labels:
+        core_c, n_core = compact_labels(labels[crop], dtype=plan.staged_dtype)
+    else:                     # labels stay where they are; keep the id list instead
+        ids = present_ids(labels)
+        n_core = int(ids.size)
+        core_c = None
+        if n_core:
+            arrays["ids"] = ids
+    rec["n_labels"] = int(n_core)
+    if n_core:
+        if plan.stage_labels:
+            staged = open_zarr_array_cached(staging.labels_path, plan.run_key)
+            staged[g.core_slices(n)] = core_c
+        for d in range(g.ndim):
+            for hi in (False, True):
+                if core_c is not None:
+                    face = core_c.take(-1 if hi else 0, axis=d)
+                else:     # map only the faces of the raw labels to local ids
+                    raw = labels.take(-1 if hi else 0, axis=d)
+                    face = _map_ids(raw, ids, np.arange(1, n_core + 1), plan.staged_dtype)
+                arrays[face_key(d, hi)] = face
+        if plan.merge == "overlap":
+            e0 = [lo for lo, _ in g.ext_bounds(n)]
+            bounds = {}
+            for d in range(g.ndim):
+                if g.overlap[d] == 0:
+                    continue
+                for hi in (False, True):
+                    box = _band_bounds(plan, n, d, hi)
+                    key = band_key(d, hi)
+                    arrays[key] = ext_c[tuple(slice(b0 - o, b1 - o)
+                                              for (b0, b1), o in zip(box, e0))]
+                    bounds[key] = [list(b) for b in box]
+            rec["band_bounds"] = bounds
+    staging.write_tile(n, rec, arrays)
+    return rec
+
+
+def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None,
+                  datas: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Segment a batch of tiles, skipping those already finished (resume)."""
+    staging = Staging(plan.staging_root)
+    out = []
+    for i, n in enumerate(tiles):
+        if staging.is_finished(n):
+            rec = staging.read_record(n)
+            rec["resumed"] = True
+            out.append(rec)
+            continue
+        if datas is not None:
+            data = np.asarray(datas[i])
+        else:
+            data = np.asarray(reader.read(full_slices(plan.grid.ext_slices(n),
+                                                      plan.channel_axis)))
+        out.append(segment_one(plan, fn, n, data, staging))
+    return out
+
+
+def scan_tiles(plan: RunPlan, tiles: Sequence[int], counts: np.ndarray,
+               offsets: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
+    """Seam pairs (global node ids) from each tile of the batch to its forward neighbours.
+
+    Returns ``(pairs, seams)``: an ``(k, 2)`` int64 array and, per seam with any
+    candidate, ``(tile_a, tile_b, delta, merged, unmerged, spanning)``.
+    """
+    staging = Staging(plan.staging_root)
+    g = plan.grid
+    cache: dict[int, tuple] = {}
+
+    def side(n):
+        if n not in cache:
+            cache[n] = staging.read_tile(n)
+        return cache[n]
+
+    max_order = plan.connectivity if plan.merge == "touch" else None
+    all_pairs = []
+    seams = []
+    for a in tiles:
+        if counts[a] == 0:
+            continue
+        for b, delta in g.forward_neighbours(a, max_order=max_order):
+            if counts[b] == 0:
+                continue
+            rec_a, arr_a = side(a)
+            rec_b, arr_b = side(b)
+            nz = [e for e, d in enumerate(delta) if d]
+            use_touch = plan.merge == "touch" or any(g.overlap[e] == 0 for e in nz)
+            if use_touch:
+                p = touch_pairs(arr_a, arr_b, delta, plan.connectivity)
+                stats = {"candidates": len(p), "merged": len(p), "spanning": 0}
+            else:
+                p, stats = overlap_pairs(arr_a, _bounds(rec_a), int(counts[a]),
+                                         arr_b, _bounds(rec_b), int(counts[b]),
+                                         delta, plan.iou_threshold)
+            if len(p):
+                all_pairs.append(np.stack([p[:, 0] + offsets[a], p[:, 1] + offsets[b]], axis=1))
+            if stats["candidates"] or stats["spanning"]:
+                seams.append((int(a), int(b), tuple(delta), stats["merged"],
+                              stats["candidates"] - stats["merged"], stats["spanning"]))
+    pairs = np.concatenate(all_pairs) if all_pairs else np.zeros((0, 2), np.int64)
+    return pairs.astype(np.int64, copy=False), seams
+
+
+def _bounds(rec):
+    return {k: tuple(tuple(b) for b in v) for k, v in rec.get("band_bounds", {}).items()}
+
+
+def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray],
+                  out_path: str, out_token: str, reader=None) -> int:
+    """Write ``lut[staged chunk]`` for each tile into the output array; returns voxels written.
+
+    Without staged labels (``plan.stage_labels`` False: merging labels read from a
+    store) the tile is read again from ``reader`` and its raw ids are mapped directly.
+    """
+    staging = Staging(plan.staging_root)
+    out = open_zarr_array_cached(out_path, out_token)
+    g = plan.grid
+    staged = (open_zarr_array_cached(staging.labels_path, plan.run_key, "r")
+              if plan.stage_labels else None)
+    written = 0
+    for n, lut in zip(tiles, luts):
+        if lut.size <= 1:
+            continue          # no labels: the chunk stays absent (reads as 0)
+        sl = g.core_slices(n)
+        if staged is not None:
+            chunk = staged[sl]
+            out[sl] = lut[chunk]
+        else:
+            chunk = np.asarray(reader.read(full_slices(sl, plan.channel_axis)))
+            ids = staging.read_tile(n)[1]["ids"]
+            out[sl] = _map_ids(chunk, ids, lut[1:], lut.dtype)
+        written += chunk.size
+    return written
+
+
+def table_luts(table: MergeTable, tiles: Sequence[int], dtype) -> list[np.ndarray]:
+    """Per-tile LUT slices for a batch (computed in the driver, shipped with the batch)."""
+    return [table.tile_lut(n, dtype) for n in tiles]

@@ -1,0 +1,87 @@
+"""The one error hierarchy of blockbuster.
+
+Every error raised on purpose by blockbuster derives from :class:`BlockbusterError` and
+also from the builtin exception a caller would naturally catch (``ValueError`` for a bad
+parameter, ``OSError`` for an unreadable input, ...), so both ``except BlockbusterError``
+and ``except ValueError`` work.
+
+Messages name the parameter (and the tile, where there is one) and say how to fix it.
+
+Examples
+--------
+>>> from blockbuster.errors import InvalidParameterError
+>>> issubclass(InvalidParameterError, ValueError)
+True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockbusterError",
+    "InvalidParameterError",
+    "InputError",
+    "TileFunctionError",
+    "TileOutputError",
+    "LabelOverflowError",
+    "ClusterError",
+    "NoGPUError",
+    "SegmenterNotFoundError",
+    "PathNotAllowedError",
+    "ModelNotFoundError",
+]
+
+
+class BlockbusterError(Exception):
+    """Base class of every error blockbuster raises on purpose."""
+
+
+class InvalidParameterError(BlockbusterError, ValueError):
+    """A parameter has a value that cannot work (the message names it and the fix)."""
+
+
+class InputError(BlockbusterError, OSError):
+    """An input image cannot be opened or is not a supported kind of image."""
+
+
+class TileFunctionError(BlockbusterError, RuntimeError):
+    """The per-tile function raised; the message names the tile and its origin.
+
+    The original exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, tile_index: int | None = None,
+                 origin: tuple[int, ...] | None = None):
+        super().__init__(message)
+        self.tile_index = tile_index
+        self.origin = origin
+
+    def __reduce__(self):  # keep the tile context when sent between processes
+        return (type(self), (self.args[0], self.tile_index, self.origin))
+
+
+class TileOutputError(TileFunctionError, ValueError):
+    """The per-tile function returned something that is not a valid label image."""
+
+
+class LabelOverflowError(BlockbusterError, OverflowError):
+    """Labels do not fit the requested or possible integer type."""
+
+
+class ClusterError(BlockbusterError, RuntimeError):
+    """The Dask client or cluster cannot be used as asked."""
+
+
+class NoGPUError(ClusterError):
+    """``use_gpu=True`` was asked for on a machine where no GPU is visible."""
+
+
+class SegmenterNotFoundError(BlockbusterError, LookupError):
+    """A segmenter name is not registered under the ``blockbuster.segmenters`` group."""
+
+
+class PathNotAllowedError(BlockbusterError, PermissionError):
+    """A path resolves outside the configured data roots."""
+
+
+class ModelNotFoundError(BlockbusterError, FileNotFoundError):
+    """A model's weights are not available locally (nothing is downloaded at run time)."""

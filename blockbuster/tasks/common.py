@@ -1,0 +1,34 @@
+"""Shared bits of the stage tasks: cache policies and the number of threads to feed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE, CachePolicy
+
+from ..cluster import client_threads
+
+__all__ = ["stage_cache_policy", "threads_of", "NO_CACHE"]
+
+
+def _stage_key(stage: str):
+    def key(context, parameters: dict[str, Any]) -> str | None:
+        job = parameters.get("job")
+        generation = getattr(job, "generation", None) if job is not None else None
+        if not generation:
+            return None
+        return f"blockbuster-{stage}-{job.run_key}-{generation}"
+    return key
+
+
+def stage_cache_policy(stage: str) -> CachePolicy:
+    """Cache a stage by run key and staging generation, never by hashing pixels.
+
+    The generation is a random id written when a staging area is created: a cached
+    stage result is only ever reused together with the very staging it describes.
+    """
+    return CachePolicy.from_cache_key_fn(_stage_key(stage))
+
+
+def threads_of(client) -> int:
+    return client_threads(client)

@@ -1,0 +1,80 @@
+"""The job handed from stage to stage: a small description plus live objects.
+
+Prefect records a flow's and a task's parameters in its database (JSON) and may hash
+them for cache keys. Pixel arrays, user functions and Dask clients must never go
+through that, so they travel as private attributes of a pydantic model whose public
+fields are short, human-readable descriptions (what the Prefect UI shows).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+__all__ = ["Job"]
+
+
+class Job(BaseModel):
+    """What a run works on, as shown in the Prefect UI, with the live objects attached."""
+
+    model_config = ConfigDict(frozen=False)
+
+    run_key: str
+    image: str
+    fn: str
+    output: str
+    staging: str
+    tiles: int
+    merge: str
+
+    _plan: Any = PrivateAttr(default=None)
+    _source: Any = PrivateAttr(default=None)
+    _fn: Callable | None = PrivateAttr(default=None)
+    _cluster: Any = PrivateAttr(default=None)
+    _progress: bool = PrivateAttr(default=False)
+    _output: Any = PrivateAttr(default=None)
+    _timings: dict = PrivateAttr(default_factory=dict)
+    _resources: dict | None = PrivateAttr(default=None)
+
+    @classmethod
+    def create(cls, *, plan, source, fn, cluster, output, progress: bool,
+               fn_description: str, resources: dict | None = None) -> "Job":
+        job = cls(run_key=plan.run_key, image=source.description, fn=fn_description,
+                  output=output.describe(), staging=plan.staging_root,
+                  tiles=plan.grid.n_tiles, merge=plan.merge)
+        job._plan, job._source, job._fn = plan, source, fn
+        job._cluster, job._output, job._progress = cluster, output, progress
+        job._resources = resources
+        return job
+
+    @property
+    def plan(self):
+        return self._plan
+
+    @property
+    def source(self):
+        return self._source
+
+    @property
+    def tile_fn(self) -> Callable:
+        return self._fn
+
+    @property
+    def out(self):
+        return self._output
+
+    @property
+    def progress(self) -> bool:
+        return self._progress
+
+    @property
+    def timings(self) -> dict:
+        return self._timings
+
+    @property
+    def resources(self) -> dict | None:
+        return self._resources
+
+    def client(self):
+        return self._cluster.client()

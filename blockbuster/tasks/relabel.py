@@ -1,0 +1,46 @@
+"""The relabel stage: output chunk = lut_slice[staged chunk], one writer per chunk."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+
+from ..core.lut import MergeTable
+from ..core.tile_ops import relabel_tiles, table_luts
+from ..execution import run_batches, split_batches
+from .common import NO_CACHE, threads_of
+from .job import Job
+from .progress import StageProgress
+
+__all__ = ["relabel_stage"]
+
+
+@task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
+def relabel_stage(job: Job, table: MergeTable, progress_artifact=None) -> dict:
+    """Create the output (marked incomplete) and write every labelled tile into it."""
+    t0 = time.perf_counter()
+    plan, out = job.plan, job.out
+    dtype = table.dtype
+    out.create(plan.grid.shape, dtype, plan.grid.tile_shape,
+               {"run_key": plan.run_key, "n_labels": table.n_labels})
+    tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
+    client = job.client()
+    nthreads = threads_of(client)
+    batches = split_batches(tiles, nthreads)
+    bar = StageProgress("relabel", len(tiles), bar=job.progress,
+                        artifact_id=progress_artifact, span=(90.0, 100.0))
+    path, token = out.array_path, out.token
+    reader = None if plan.stage_labels else job.source.reader
+    try:
+        voxels = run_batches(
+            client, relabel_tiles,
+            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader)) for b in batches],
+            name="relabel", window=2 * nthreads + 2,
+            on_done=lambda i, r: bar.update(len(batches[i])))
+    finally:
+        bar.close()
+    job.timings["relabel"] = time.perf_counter() - t0
+    get_run_logger().info("relabelled %d tiles (%d voxels) in %.2f s", len(tiles),
+                          sum(voxels), job.timings["relabel"])
+    return {"dtype": str(dtype), "tiles_written": len(tiles), "voxels": int(sum(voxels))}
