@@ -1,0 +1,40 @@
+"""Built-in segmenters and the segmenter registry.
+
+A segmenter factory takes keyword options and returns a picklable callable
+``seg(tile) -> labels`` (uint32, 0 = background, the tile's spatial shape). The built-ins:
+
+- :func:`threshold`: threshold (Otsu by default) + connected components;
+- :func:`watershed`: threshold + distance-transform seeded watershed, which splits
+  touching nuclei.
+
+Plugins register more under the entry-point group ``blockbuster.segmenters``;
+:func:`get_segmenter` builds any registered one by name.
+
+Examples
+--------
+>>> import numpy as np
+>>> from blockbuster.segmenters import get_segmenter
+>>> seg = get_segmenter("threshold", threshold=0.5)
+>>> seg(np.array([[0.0, 1.0], [1.0, 0.0]]))
+array([[0, 1],
+       [2, 0]], dtype=uint32)
+"""
+
+from blockbuster.segmenters.registry import (
+    available_segmenters,
+    get_segmenter,
+    segmenter_options_schema,
+)
+from blockbuster.segmenters.threshold import SegmenterBase, ThresholdSegmenter, threshold
+from blockbuster.segmenters.watershed import WatershedSegmenter, watershed
+
+__all__ = [
+    "threshold",
+    "watershed",
+    "available_segmenters",
+    "get_segmenter",
+    "segmenter_options_schema",
+    "SegmenterBase",
+    "ThresholdSegmenter",
+    "WatershedSegmenter",
+]
