@@ -129,15 +129,15 @@ def _result(out: OutputTarget, compute: bool):
 
 
 def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTarget, *,
-         use_gpu, progress: bool, keep_staging: bool, resume_key: str) -> dict[str, Any]:
+         use_gpu, progress: bool, keep_staging: bool) -> dict[str, Any]:
     from .cluster import ClusterHandle, check_client
     from .tasks.job import Job
     from .core.staging import Staging
 
     done = out.completed_run()
-    if done is not None and done.get("run_key") == resume_key:
+    if done is not None and done.get("result_key") == plan.result_key:
         log.info("output %s is already complete for this run (key %s); nothing to do",
-                 out.path, resume_key)
+                 out.path, plan.result_key)
         return {"run_key": plan.run_key, "output": out.path, "cached": True, **done}
     staging = Staging(plan.staging_root)
     info = {"run_key": plan.run_key, "description": plan.description}
@@ -145,7 +145,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     try:
         _warm_prefect()     # Prefect's API comes up while the cluster starts
         resumed = staging.prepare(info, plan.grid.shape, plan.grid.tile_shape,
-                                  plan.staged_dtype) if plan.stage_labels or True else False
+                                  plan.staged_dtype)
         if resumed:
             log.info("resuming from staging %s", plan.staging_root)
         client = handle.client()
@@ -261,6 +261,8 @@ def tile_process(image, fn: Callable, *, tile_shape="auto", overlap=0, channel_a
     if use_gpu not in (False, True, "auto"):
         raise InvalidParameterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
     src = open_image(image, channel_axis=channel_axis, level=level)
+    if src.channel_axis is not None and callable(getattr(fn, "with_channel_axis", None)):
+        fn = fn.with_channel_axis(src.channel_axis)   # built-in segmenters learn the axis
     fid = fn_token(fn)
     why = None
     if isinstance(tile_shape, str):
@@ -283,13 +285,9 @@ def tile_process(image, fn: Callable, *, tile_shape="auto", overlap=0, channel_a
     from .flows.pipeline import tile_process_flow
     summary = _run(tile_process_flow, plan, src, fn, _fn_description(fn), out,
                    use_gpu=use_gpu, progress=progress, keep_staging=keep_staging,
-                   resume_key=_resume_key(plan))
+                   )
     result = _result(out, compute)
     return (result, summary) if return_summary else result
-
-
-def _resume_key(plan: RunPlan) -> str:
-    return f"{plan.run_key}-{'seq' if plan.sequential else 'ids'}"
 
 
 def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape=None,
@@ -348,7 +346,7 @@ def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape
     from .flows.pipeline import merge_flow
     summary = _run(merge_flow, plan, src, None, "merge of per-tile labels", out,
                    use_gpu=False, progress=progress, keep_staging=keep_staging,
-                   resume_key=_resume_key(plan))
+                   )
     result = _result(out, compute)
     return (result, summary) if return_summary else result
 

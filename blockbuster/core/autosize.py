@@ -18,8 +18,8 @@ Examples
 --------
 >>> shape, why = auto_tile_shape((4096, 4096), (256, 256), itemsize=2,
 ...                              memory_bytes=512 * 2**20, memory_factor=4)
->>> shape
-(2048, 2048)
+>>> shape                    # 4096 x 2048 x 22 bytes per voxel fits 256 MiB
+(4096, 2048)
 >>> why["budget_bytes"] == 256 * 2**20
 True
 """

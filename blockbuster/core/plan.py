@@ -16,7 +16,7 @@ Examples
 >>> make_plan(src, fn_id="f", tile_shape=(0, 32))
 Traceback (most recent call last):
 ...
-blockbuster.errors.InvalidParameterError: tile_shape=(0, 32): every entry must be a positive int; e.g. tile_shape=(512, 512)
+blockbuster.errors.InvalidParameterError: tile_shape=(0, 32): every entry must be a positive int; e.g. tile_shape=(100, 80)
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class RunPlan:
     @property
     def ndim(self) -> int:
         return self.grid.ndim
+
+    @property
+    def result_key(self) -> str:
+        """Identity of the final output: the run key plus how labels are numbered."""
+        return f"{self.run_key}-{'seq' if self.sequential else 'ids'}"
 
 
 def _is_int(v) -> bool:

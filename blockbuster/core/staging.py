@@ -15,6 +15,8 @@ Examples
 --------
 >>> import tempfile, numpy as np
 >>> st = Staging(tempfile.mkdtemp())
+>>> st.prepare({"run_key": "k"}, shape=(8, 8), chunks=(4, 4), dtype="uint32")
+False
 >>> st.write_tile(3, {"n_labels": 2}, {"face": np.arange(4)})
 >>> st.finished_tiles()
 [3]

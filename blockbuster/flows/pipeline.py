@@ -37,9 +37,9 @@ def _progress_artifact(job: Job):
 @task(name="finalize", cache_policy=NO_CACHE, persist_result=False)
 def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> None:
     """Mark the output complete (its very last write), then drop the staging area."""
-    job.out.mark_complete({k: summary[k] for k in (
+    job.out.mark_complete({"result_key": job.plan.result_key, **{k: summary[k] for k in (
         "run_key", "n_tiles", "labels_after_merge", "labels_before_merge", "dtype",
-        "sequential_labels", "merge")})
+        "sequential_labels", "merge")}})
     if not keep_staging:
         from ..core.staging import Staging
         Staging(job.plan.staging_root).remove()

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real LocalCluster of worker processes and Prefect's test harness.
+
+Both are session-scoped: starting them costs seconds, and production runs them warm too.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def cluster_client(prefect_harness):
+    """A client to 2 single-threaded worker processes, the default client of the session."""
+    from distributed import Client, LocalCluster
+    import logging
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def client(cluster_client):
+    return cluster_client
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label images describe the same objects (ids may differ)."""
+    a = np.asarray(a).ravel()
+    b = np.asarray(b).ravel()
+    if a.shape != b.shape:
+        return False
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    fg = a != 0
+    pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
+    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
+
+
+class CountingLabel:
+    """A picklable connected-components tile function that records each call as a file,
+    so calls can be counted across worker processes."""
+
+    def __init__(self, calls_dir: str, connectivity: int = 1, threshold: float = 0):
+        self.calls_dir = calls_dir
+        self.connectivity = connectivity
+        self.threshold = threshold
+
+    def __call__(self, tile):
+        import scipy.ndimage as ndi
+        with open(os.path.join(self.calls_dir, f"{os.getpid()}-{uuid.uuid4().hex}"), "w") as f:
+            f.write(str(tile.shape))
+        st = ndi.generate_binary_structure(tile.ndim, self.connectivity)
+        return ndi.label(tile > self.threshold, structure=st)[0]
+
+    def calls(self) -> list[str]:
+        out = []
+        for name in os.listdir(self.calls_dir):
+            with open(os.path.join(self.calls_dir, name)) as f:
+                out.append(f.read())
+        return out
+
+    def cache_token(self):
+        return f"CountingLabel-{self.connectivity}-{self.threshold}"
+
+
+@pytest.fixture
+def counting_label(tmp_path):
+    d = tmp_path / "calls"
+    d.mkdir()
+    return lambda **kw: CountingLabel(str(d), **kw)
+
+
+def blobs(shape, density=0.5, sigma=1.5, seed=0):
+    """A random binary image of blobs of varied sizes (deterministic for a seed)."""
+    import scipy.ndimage as ndi
+    rng = np.random.default_rng(seed)
+    img = ndi.gaussian_filter(rng.random(shape), sigma)
+    return (img > np.quantile(img, 1 - density)).astype(np.uint8)

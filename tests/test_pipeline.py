@@ -1,0 +1,157 @@
+"""End to end through Prefect's real engine on a real LocalCluster of worker processes."""
+
+from __future__ import annotations
+
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import zarr
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from blockbuster import merge_tile_labels, tile_process
+from blockbuster.errors import InvalidParameterError, TileFunctionError, TileOutputError
+
+from conftest import CountingLabel, blobs, same_partition
+
+pytestmark = pytest.mark.usefixtures("client")
+
+
+def oracle(img, conn):
+    return ndi.label(img > 0, structure=ndi.generate_binary_structure(img.ndim, conn))
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ndim=st.sampled_from([2, 3]), data=st.data())
+def test_tile_process_equals_whole_image_label(ndim, data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("calls")
+    shape = tuple(data.draw(st.integers(8, 48 if ndim == 2 else 16)) for _ in range(ndim))
+    tile = tuple(data.draw(st.integers(3, s)) for s in shape)
+    conn = data.draw(st.integers(1, ndim))
+    img = blobs(shape, density=0.45, sigma=1.0, seed=data.draw(st.integers(0, 1000)))
+    fn = CountingLabel(str(d), connectivity=conn)
+    out = tile_process(img, fn, tile_shape=tile, connectivity=conn, compute=True)
+    ref, n = oracle(img, conn)
+    assert same_partition(out, ref)
+    n_tiles = int(np.prod([-(-s // t) for s, t in zip(shape, tile)]))
+    assert len(fn.calls()) == n_tiles           # fn ran exactly once per tile
+
+
+def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
+    img = blobs((96, 80), seed=3)
+    src = str(tmp_path / "img.zarr")
+    zarr.create_array(store=src, shape=img.shape, chunks=(32, 32), dtype=img.dtype)[...] = img
+    fn = counting_label(connectivity=2)
+    out_path = str(tmp_path / "labels.zarr")
+    res, summary = tile_process(src, fn, tile_shape=(32, 40), connectivity=2,
+                                sequential_labels=True, write_to=out_path, return_summary=True)
+    assert isinstance(res, da.Array)
+    lab = res.compute()
+    ref, n = oracle(img, 2)
+    assert same_partition(lab, ref)
+    assert sorted(np.unique(lab[lab > 0]).tolist()) == list(range(1, n + 1))
+    arr = zarr.open_array(out_path, mode="r")
+    assert arr.chunks == (32, 40) and arr.dtype == np.uint32
+    assert arr.attrs["blockbuster"]["complete"] is True
+    assert summary["labels_after_merge"] == n
+    assert len(fn.calls()) == 3 * 2
+    # staging is removed after success
+    assert not os.path.exists(summary["staging"])
+    # the same call again finds the output complete and runs nothing
+    tile_process(src, fn, tile_shape=(32, 40), connectivity=2, sequential_labels=True,
+                 write_to=out_path)
+    assert len(fn.calls()) == 6
+
+
+def test_dask_input_with_channel_axis(counting_label):
+    img = blobs((40, 50), seed=5)
+    stack = np.stack([img, np.zeros_like(img)], axis=-1)       # channels last
+    x = da.from_array(stack, chunks=(20, 25, 2))
+
+    class FirstChannel(CountingLabel):
+        def __call__(self, tile):
+            assert tile.ndim == 3 and tile.shape[-1] == 2
+            return super().__call__(tile[..., 0])
+
+    fn = counting_label()
+    fn = FirstChannel(fn.calls_dir)
+    out = tile_process(x, fn, tile_shape=(16, 16, 2), channel_axis=-1, compute=True)
+    assert out.shape == img.shape
+    assert same_partition(out, oracle(img, 1)[0])
+
+
+def test_merge_tile_labels_dask_blocks_computed_once(tmp_path, counting_label):
+    img = blobs((64, 64), seed=7)
+    fn = counting_label(connectivity=1)
+    x = da.from_array(img, chunks=(16, 16))
+    per_tile = x.map_blocks(fn, dtype=np.int32, meta=np.empty((0, 0), np.int32))
+    out = merge_tile_labels(per_tile, write_to=str(tmp_path / "m.zarr"), compute=True)
+    assert same_partition(out, oracle(img, 1)[0])
+    assert len(fn.calls()) == 16
+
+
+def test_merge_tile_labels_zarr_path(tmp_path):
+    img = blobs((60, 70, 3)[:2], seed=11)
+    per_tile = np.zeros(img.shape, np.uint16)
+    for i in range(0, 60, 20):
+        for j in range(0, 70, 30):
+            per_tile[i:i + 20, j:j + 30] = ndi.label(img[i:i + 20, j:j + 30])[0]
+    grp = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    grp.create_array("tiles", shape=img.shape, chunks=(20, 30), dtype=np.uint16)[...] = per_tile
+    out = merge_tile_labels(str(tmp_path / "g.zarr"), input_component="tiles",
+                            sequential_labels=True, compute=True)
+    ref, n = oracle(img, 1)
+    assert same_partition(out, ref) and out.max() == n
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda t: t.astype(float), "dtype float64"),
+    (lambda t: np.zeros((2, 2), np.int32), "shape"),
+    (lambda t: -np.ones(t.shape, np.int32), "negative"),
+])
+def test_bad_fn_output_names_the_tile(bad, match, tmp_path):
+    out_path = tmp_path / "out.zarr"
+    with pytest.raises(TileOutputError, match=match) as exc:
+        tile_process(np.ones((20, 20), np.uint8), bad, tile_shape=(10, 10), retries=0,
+                     write_to=str(out_path))
+    assert "tile " in str(exc.value) and "origin" in str(exc.value)
+    assert not out_path.exists()          # nothing that looks like an output
+
+
+def test_fn_exception_names_tile_and_original_error(tmp_path):
+    def boom(tile):
+        raise KeyError("no such model")
+    with pytest.raises(TileFunctionError, match="KeyError") as exc:
+        tile_process(np.ones((8, 8), np.uint8), boom, tile_shape=(4, 4), retries=0)
+    assert "origin" in str(exc.value)
+
+
+@pytest.mark.parametrize("tile_shape", [(0, 4), (4,), (4, 4, 4), "big", (2.5, 4), -3])
+def test_bad_tile_shape_is_value_error(tile_shape):
+    with pytest.raises(ValueError, match="tile_shape"):
+        tile_process(np.ones((8, 8), np.uint8), lambda t: t.astype(np.int32),
+                     tile_shape=tile_shape)
+
+
+def test_other_bad_parameters():
+    img = np.ones((8, 8), np.uint8)
+    f = lambda t: t.astype(np.int32)  # noqa: E731
+    with pytest.raises(InvalidParameterError, match="connectivity"):
+        tile_process(img, f, tile_shape=4, connectivity=3)
+    with pytest.raises(InvalidParameterError, match="overlap"):
+        tile_process(img, f, tile_shape=4, merge="overlap")
+    with pytest.raises(InvalidParameterError, match="merge"):
+        tile_process(img, f, tile_shape=4, merge="glue")
+    with pytest.raises(InvalidParameterError, match="fn"):
+        tile_process(img, "label", tile_shape=4)
+
+
+def test_uint64_when_labels_exceed_uint32():
+    from blockbuster.core.lut import MergeTable
+    t = MergeTable.build([2**32 - 1, 5], np.zeros((0, 2), np.int64))
+    assert t.dtype == np.uint64 and t.max_label == 2**32 + 4
+    s = MergeTable.build([2**32 - 1, 5], np.array([[2**32 - 1, 2**32]]), sequential=True)
+    assert s.n_labels == 2**32 + 3 and s.dtype == np.uint64
