@@ -153,7 +153,12 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
         job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
                          progress=progress, fn_description=fn_desc, resources=resources)
-        return flow(job, keep_staging=keep_staging)
+        from prefect_dask import DaskTaskRunner
+        # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
+        # run in the flow's thread and fan tiles out through the client themselves
+        # (docs/orchestration.md).
+        runner = DaskTaskRunner(address=client.scheduler.address)
+        return flow.with_options(task_runner=runner)(job, keep_staging=keep_staging)
     finally:
         handle.close()
 
