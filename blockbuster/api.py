@@ -152,7 +152,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         check_client(client)
         resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
         job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
-                         progress=progress, fn_description=fn_desc, resources=resources)
+                         progress=progress, fn_description=fn_desc, resources=resources,
+                         generation=staging.generation or "")
         from prefect_dask import DaskTaskRunner
         # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
         # run in the flow's thread and fan tiles out through the client themselves

@@ -247,6 +247,39 @@ def _accepts_n_workers(client) -> bool:
         return False
 
 
+_NO_SHIELD = False
+
+
+def _shield_main_script():
+    """Keep worker processes from re-running the user's script.
+
+    Worker processes are started with ``spawn``, which re-imports a script's main module
+    (``python script.py``) in every child; a script that calls ``tile_process`` at top
+    level, without an ``if __name__ == "__main__":`` guard, would then start clusters
+    from inside the workers. Giving ``__main__`` a module spec named ``__main__`` makes
+    multiprocessing skip that re-import (as for an interactive session). Tile functions
+    defined in the script still reach the workers: cloudpickle sends them by value.
+    Returns what to restore.
+    """
+    import sys
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None \
+            or not getattr(main, "__file__", None):
+        return _NO_SHIELD
+    from importlib.machinery import ModuleSpec
+    main.__spec__ = ModuleSpec("__main__", None)
+    return None
+
+
+def _unshield_main_script(previous) -> None:
+    import sys
+    if previous is _NO_SHIELD:
+        return
+    main = sys.modules.get("__main__")
+    if main is not None:
+        main.__spec__ = previous
+
+
 class ClusterHandle:
     """The client a run uses: the current one, or a local cluster started in the background.
 
@@ -275,6 +308,7 @@ class ClusterHandle:
 
     def _start(self):
         try:
+            self._main_spec = _shield_main_script()
             self._client, self._cluster = make_local_cluster(use_gpu=self.use_gpu)
         except BaseException as exc:  # re-raised in client()
             self._error = exc
@@ -304,3 +338,4 @@ class ClusterHandle:
                     except Exception:  # pragma: no cover
                         pass
             self._client = self._cluster = None
+            _unshield_main_script(getattr(self, "_main_spec", False))

@@ -92,6 +92,9 @@ class Staging:
         if os.path.exists(self.root):
             shutil.rmtree(self.root)
         os.makedirs(self.tiles_dir)
+        # a new id each time a staging area is created: caches of results derived from
+        # this staging (Prefect task caches) name it, so they never outlive it
+        info = {**info, "generation": uuid.uuid4().hex}
         zarr.create_array(store=self.labels_path, shape=tuple(shape), chunks=tuple(chunks),
                           dtype=dtype, fill_value=0)
         tmp = self.info_path + ".tmp"
@@ -99,6 +102,11 @@ class Staging:
             json.dump(info, f, indent=1, default=str)
         os.replace(tmp, self.info_path)
         return False
+
+    @property
+    def generation(self) -> str | None:
+        info = self.info()
+        return info.get("generation") if info else None
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

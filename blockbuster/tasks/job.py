@@ -27,6 +27,7 @@ class Job(BaseModel):
     staging: str
     tiles: int
     merge: str
+    generation: str = ""
 
     _plan: Any = PrivateAttr(default=None)
     _source: Any = PrivateAttr(default=None)
@@ -39,10 +40,11 @@ class Job(BaseModel):
 
     @classmethod
     def create(cls, *, plan, source, fn, cluster, output, progress: bool,
-               fn_description: str, resources: dict | None = None) -> "Job":
+               fn_description: str, resources: dict | None = None,
+               generation: str = "") -> "Job":
         job = cls(run_key=plan.run_key, image=source.description, fn=fn_description,
                   output=output.describe(), staging=plan.staging_root,
-                  tiles=plan.grid.n_tiles, merge=plan.merge)
+                  tiles=plan.grid.n_tiles, merge=plan.merge, generation=generation)
         job._plan, job._source, job._fn = plan, source, fn
         job._cluster, job._output, job._progress = cluster, output, progress
         job._resources = resources

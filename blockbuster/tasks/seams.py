@@ -11,14 +11,14 @@ from prefect import get_run_logger, task
 from ..core.lut import MergeTable
 from ..core.tile_ops import scan_tiles
 from ..execution import run_batches, split_batches
-from .common import NO_CACHE, threads_of
+from .common import stage_cache_policy, threads_of
 from .job import Job
 from .progress import StageProgress
 
 __all__ = ["scan_seams_stage", "build_lut_stage"]
 
 
-@task(name="scan-seams", cache_policy=NO_CACHE, persist_result=False)
+@task(name="scan-seams", cache_policy=stage_cache_policy("seams"), persist_result=True)
 def scan_seams_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Find label pairs across all seams (touch or IoU), in batches of tiles."""
     logger = get_run_logger()
@@ -55,7 +55,7 @@ def scan_seams_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
             "unmerged": unmerged, "spanning": spanning}
 
 
-@task(name="build-lut", cache_policy=NO_CACHE, persist_result=False)
+@task(name="build-lut", cache_policy=stage_cache_policy("lut"), persist_result=True)
 def build_lut_stage(job: Job, scan: dict[str, Any]) -> MergeTable:
     """Connected components over the seam pairs: the global relabelling table."""
     t0 = time.perf_counter()

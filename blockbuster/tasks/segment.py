@@ -11,14 +11,14 @@ from ..core.staging import Staging
 from ..core.tile_ops import segment_tiles
 from ..core.sources import full_slices
 from ..execution import run_batches, split_batches
-from .common import NO_CACHE, threads_of
+from .common import stage_cache_policy, threads_of
 from .job import Job
 from .progress import StageProgress
 
 __all__ = ["segment_stage"]
 
 
-@task(name="segment-tiles", cache_policy=NO_CACHE, persist_result=False)
+@task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
 def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
     """Run ``fn`` on every tile not finished yet; return one record per tile."""
     logger = get_run_logger()

@@ -1,0 +1,45 @@
+"""Artifacts of a run, read back through the Prefect client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from blockbuster import tile_process
+from blockbuster.tasks.progress import PROGRESS_KEY
+from blockbuster.tasks.report import SUMMARY_KEY, TILES_KEY
+
+from conftest import blobs, CountingLabel
+
+pytestmark = pytest.mark.usefixtures("client")
+
+
+def latest(key):
+    with get_client(sync_client=True) as c:
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                sort="CREATED_DESC", limit=1)
+    assert arts, f"no artifact {key}"
+    return arts[0]
+
+
+def test_artifacts_describe_the_run(tmp_path):
+    d = tmp_path / "calls"
+    d.mkdir()
+    out = str(tmp_path / "labels.zarr")
+    img = blobs((60, 90), seed=2)
+    img[:, 60:] = 0                                   # an empty column of tiles
+    _, summary = tile_process(img, CountingLabel(str(d)), tile_shape=(20, 30), write_to=out,
+                              skip_empty=True, return_summary=True)
+    table = latest(TILES_KEY)
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert len(rows) == 9
+    assert {"tile", "origin", "shape", "labels", "skipped", "fn_seconds",
+            "seam_merges"} <= set(rows[0])
+    assert sum(r["skipped"] for r in rows) == 3
+    md = latest(SUMMARY_KEY)
+    assert out in md.data and "labels after merge" in md.data
+    prog = latest(PROGRESS_KEY)
+    assert float(prog.data) == pytest.approx(100.0)
+    assert summary["n_skipped"] == 3
