@@ -99,9 +99,13 @@ class OutputTarget:
             return rec
         return None
 
-    def mark_complete(self, info: dict[str, Any], colors=None) -> None:
-        """Finish the output (pyramid and metadata for NGFF) and mark it complete, last."""
+    def mark_complete(self, info: dict[str, Any], colors=None, executor=None) -> None:
+        """Finish the output (pyramid and metadata for NGFF) and mark it complete, last.
+
+        ``executor`` (e.g. ``client.get_executor()``) builds NGFF pyramid levels in
+        parallel, block by block.
+        """
         if self._ngff is not None:
-            self._ngff.finish(colors=colors)
+            self._ngff.finish(colors=colors, executor=executor)
         arr = zarr.open_array(self.array_path, mode="r+")
         arr.attrs[ATTR] = {"complete": True, **info}

@@ -39,7 +39,8 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
     """Mark the output complete (its very last write), then drop the staging area."""
     job.out.mark_complete({"result_key": job.plan.result_key, **{k: summary[k] for k in (
         "run_key", "n_tiles", "labels_after_merge", "labels_before_merge", "dtype",
-        "sequential_labels", "merge")}})
+        "sequential_labels", "merge")}},
+        executor=job.client().get_executor() if job.out.is_ngff else None)
     if not keep_staging:
         from ..core.staging import Staging
         Staging(job.plan.staging_root).remove()
