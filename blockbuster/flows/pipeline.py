@@ -23,6 +23,8 @@ from ..tasks.segment import segment_stage
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
 
+STAGES = ("segment", "seams", "lut")
+
 
 def _progress_artifact(job: Job):
     try:
@@ -44,6 +46,26 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
     if not keep_staging:
         from ..core.staging import Staging
         Staging(job.plan.staging_root).remove()
+        _drop_cached_results(job)
+
+
+def _drop_cached_results(job: Job) -> None:
+    """Cached stage results name a staging generation that no longer exists: delete them
+    from Prefect's local result storage rather than let them pile up."""
+    import os
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+    from ..tasks.common import stage_key
+    try:
+        base = os.path.expanduser(str(PREFECT_LOCAL_STORAGE_PATH.value()))
+    except Exception:  # pragma: no cover
+        return
+    for stage in STAGES:
+        key = stage_key(stage, job.run_key, job.generation)
+        for path in (os.path.join(base, key), os.path.join(base, key + ".lock")):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
 
 
 def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:

@@ -8,7 +8,12 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from ..cluster import client_threads
 
-__all__ = ["stage_cache_policy", "threads_of", "NO_CACHE"]
+__all__ = ["stage_cache_policy", "stage_key", "threads_of", "NO_CACHE"]
+
+
+def stage_key(stage: str, run_key: str, generation: str) -> str:
+    """The cache key of a stage of a run over one staging generation."""
+    return f"blockbuster-{stage}-{run_key}-{generation}"
 
 
 def _stage_key(stage: str):
@@ -17,7 +22,7 @@ def _stage_key(stage: str):
         generation = getattr(job, "generation", None) if job is not None else None
         if not generation:
             return None
-        return f"blockbuster-{stage}-{job.run_key}-{generation}"
+        return stage_key(stage, job.run_key, generation)
     return key
 
 
