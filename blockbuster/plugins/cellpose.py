@@ -38,6 +38,7 @@ import importlib.util
 import json
 import math
 import os
+import socket
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,7 @@ from blockbuster.errors import (
     InvalidParameterError,
     ModelNotFoundError,
     NoGPUError,
+    TileOutputError,
 )
 
 __all__ = [
@@ -104,22 +106,29 @@ _RESERVED_EVAL_KWARGS = {
 }
 
 
+_VERSION: dict[int, str] = {}  # pid -> version found (not cached while not installed)
+
+
 def cellpose_version() -> str | None:
     """The installed Cellpose version string, or ``None`` when it is not installed.
 
     Reads package metadata only (imports neither Cellpose nor PyTorch).
     """
+    pid = os.getpid()
+    if pid in _VERSION:
+        return _VERSION[pid]
     try:
-        return importlib.metadata.version("cellpose")
+        ver = importlib.metadata.version("cellpose")
     except importlib.metadata.PackageNotFoundError:
-        pass
-    if importlib.util.find_spec("cellpose") is None:
-        return None
-    try:  # a source checkout without metadata
-        mod = importlib.import_module("cellpose.version")
-        return str(getattr(mod, "version", "unknown"))
-    except Exception:  # pragma: no cover - broken installation
-        return "unknown"
+        if importlib.util.find_spec("cellpose") is None:
+            return None
+        try:  # a source checkout without metadata
+            mod = importlib.import_module("cellpose.version")
+            ver = str(getattr(mod, "version", "unknown"))
+        except Exception:  # pragma: no cover - broken installation
+            ver = "unknown"
+    _VERSION[pid] = ver
+    return ver
 
 
 def cellpose_major_version() -> int:
@@ -250,16 +259,21 @@ def _looks_like_path(spec: str) -> bool:
     return any(s in spec for s in seps) or spec.startswith("~") or spec.startswith(".")
 
 
-def _how_to_provide(name: str, basenames: list[str], dirs: list[Path]) -> str:
+def _how_to_provide(name: str, basenames: list[str], dirs: list[Path],
+                    major: int | None) -> str:
     where = dirs[0] if dirs else Path.home() / ".cellpose" / "models"
+    if major is not None and major >= 4:
+        fetch = f"models.CellposeModel(pretrained_model='{name}')"
+    else:
+        fetch = f"models.CellposeModel(model_type='{name}')"
     return (
         "blockbuster never downloads model weights while it runs. To provide them: on a "
-        "machine with internet access, let Cellpose fetch them once (e.g. `python -c "
-        f"\"from cellpose import models; models.CellposeModel(model_type='{name}')\"` "
-        "with Cellpose 3, or pretrained_model='" + name + "' with Cellpose 4), then copy "
-        f"the file '{basenames[-1]}' from ~/.cellpose/models into {where} on every "
-        "worker (or point CELLPOSE_LOCAL_MODELS_PATH at a shared directory holding it); "
-        "or pass pretrained_model='/path/to/weights' to cellpose_fn.")
+        "machine with internet access and the same Cellpose version, fetch them once "
+        f"(python -c \"from cellpose import models; {fetch}\"), which saves "
+        f"~/.cellpose/models/{basenames[0]} there; copy that file to {where}/ on every "
+        "machine that runs tiles (or set CELLPOSE_LOCAL_MODELS_PATH on the workers to a "
+        "shared directory holding it); or pass pretrained_model='/path/to/weights' to "
+        "cellpose_fn.")
 
 
 # --------------------------------------------------------------------------------------
@@ -276,14 +290,17 @@ class CellposeFn:
     Attributes
     ----------
     memory_factor : float
-        Rough peak working memory of one call, as a multiple of the input tile's bytes
-        (``tile.nbytes``), on top of a fixed ~0.5 GiB for PyTorch, the network and a
-        batch of network inputs. Measured with Cellpose 3.1 on CPU as peak RSS growth
-        over a range of tile sizes (slope of peak RSS vs. tile bytes): ~35x for 2D
-        ``uint16`` tiles and ~75x for 3D ``uint16`` tiles (``do_3D=True``, which runs
-        the network on the YX, ZY and ZX planes and keeps float32 flows for all three);
-        the larger value is used. ``float32`` tiles need about half that multiple,
-        ``uint8`` tiles about twice. See ``docs/cellpose.md``.
+        Rough peak working memory of one call as a multiple of the input tile's bytes
+        (``tile.nbytes``), on top of a fixed 0.3-0.8 GB (PyTorch, the network and one
+        batch of network inputs). Estimated from the growth of peak RSS (sampled every
+        2 ms) between two tile sizes, Cellpose 3.1 on CPU, ``uint16`` tiles, default
+        options, dense foreground: ~35x for 2D tiles (1024^2 -> 2048^2) and ~40x (no
+        cells) to ~105x (1000 cells) for 3D tiles with ``do_3D=True`` (32x128^2 ->
+        48x192^2), which runs the network on the YX, ZY and ZX planes and follows 3D
+        flows. The larger figure is used. ``float32`` tiles need about half that
+        multiple, ``uint8`` tiles twice; a ``diameter`` below the model's (30 px)
+        upsamples the tile and multiplies the need by ``(30 / diameter) ** ndim``.
+        See ``docs/cellpose.md``.
     uses_gpu : bool
         Whether the model runs on a GPU (``gpu``).
     """
@@ -298,7 +315,7 @@ class CellposeFn:
     stitch_threshold: float | None = None
     eval_kwargs: dict = field(default_factory=dict, hash=False)
 
-    memory_factor: ClassVar[float] = 75.0
+    memory_factor: ClassVar[float] = 100.0
 
     # ---- construction -----------------------------------------------------------------
 
@@ -311,8 +328,6 @@ class CellposeFn:
                     raise InvalidParameterError(
                         f"{name} must be a model name or a path, got {value!r}")
                 set_(self, name, os.fspath(value))
-        if self.model_type is None and self.pretrained_model is None:
-            pass  # the installed Cellpose's default model
         if not isinstance(self.gpu, (bool, np.bool_)):
             raise InvalidParameterError(
                 f"gpu must be True or False, got {self.gpu!r}")
@@ -435,9 +450,9 @@ class CellposeFn:
         env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
         raise ModelNotFoundError(
             f"Cellpose model {what}={spec!r} is not available on this machine "
-            f"(host {os.uname().nodename if hasattr(os, 'uname') else '?'}). Looked for: "
+            f"(host {socket.gethostname()}). Looked for: "
             f"{', '.join(looked)} (CELLPOSE_LOCAL_MODELS_PATH="
-            f"{env if env else 'unset'}). " + _how_to_provide(spec, basenames, dirs))
+            f"{env if env else 'unset'}). " + _how_to_provide(spec, basenames, dirs, major))
 
     def load_model(self):
         """The Cellpose model, loaded on first use in this process and cached.
@@ -632,14 +647,14 @@ class CellposeFn:
         padded = xc.shape[:-1]
         if masks.shape != padded:  # Cellpose squeezes singleton axes
             if masks.size != math.prod(padded):
-                raise RuntimeError(
+                raise TileOutputError(
                     f"Cellpose returned masks of shape {masks.shape} for an input of "
                     f"shape {padded} (mode {mode}); this is a bug, please report it.")
             masks = masks.reshape(padded)
         masks = masks[tuple(slice(0, s) for s in shape)]
         if masks.dtype != np.uint32:
             if masks.size and masks.min() < 0:  # pragma: no cover - defensive
-                raise RuntimeError("Cellpose returned negative labels")
+                raise TileOutputError("Cellpose returned negative labels")
             masks = masks.astype(np.uint32)
         return masks
 

@@ -1,0 +1,304 @@
+"""Tests of the Cellpose plugin, :mod:`blockbuster.plugins.cellpose`.
+
+No weights are downloaded: a randomly initialised network of the installed Cellpose
+major version is saved to a temporary file and loaded from that path. A random network
+segments nothing meaningful, so the tests check what the plugin promises (valid uint32
+labels of the right shape, axis handling, one model load per process, pickling, clear
+errors), not segmentation quality.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cellpose", reason="the cellpose extra is not installed")
+torch = pytest.importorskip("torch", reason="the cellpose extra is not installed")
+
+from blockbuster.errors import (  # noqa: E402
+    InvalidParameterError,
+    ModelNotFoundError,
+    NoGPUError,
+)
+from blockbuster.plugins.cellpose import (  # noqa: E402
+    CellposeFn,
+    cellpose_fn,
+    cellpose_major_version,
+    clear_model_cache,
+    model_loads,
+)
+
+MAJOR = cellpose_major_version()
+
+# Options that keep a random network fast on a CPU. Cellpose 3 accepts small network
+# blocks; Cellpose-SAM (4) only its own block size.
+FAST = {"bsize": 64} if MAJOR < 4 else {}
+# Options under which the random network does produce some masks in 2D.
+FINDS_MASKS = {**FAST, "flow_threshold": 0, "cellprob_threshold": -3}
+
+
+def _tiny_sam_vit(checkpoint=None):
+    """Stand-in for segment_anything's ViT-L builder: a 1-block, 32-wide ViT (Cellpose 4)."""
+    from types import SimpleNamespace
+
+    from segment_anything.modeling import ImageEncoderViT
+
+    return SimpleNamespace(image_encoder=ImageEncoderViT(
+        img_size=1024, patch_size=16, embed_dim=32, depth=1, num_heads=1, mlp_ratio=2.0,
+        out_chans=256, use_rel_pos=False, window_size=0))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A randomly initialised Cellpose network of the installed major version, on disk."""
+    path = tmp_path_factory.mktemp("cellpose_model") / "random_model"
+    torch.manual_seed(0)
+    if MAJOR < 4:
+        # Cellpose 3: CellposeModel always builds CPnet([2, 32, 64, 128, 256]); a smaller
+        # net would not load into it. 6.6 M parameters, 26 MB, fast on a CPU.
+        from cellpose.resnet_torch import CPnet
+
+        CPnet([2, 32, 64, 128, 256], 3, sz=3, diam_mean=30.0).save_model(str(path))
+        yield str(path)
+    else:
+        # Cellpose 4 always builds Cellpose-SAM around a ViT-L (300 M parameters); the
+        # tests swap the ViT builder for a tiny one, in this process only.
+        try:  # Cellpose >= 4.2
+            from cellpose.vit import CPSAM as Net
+            from cellpose.vit import sam_model_registry
+        except ImportError:  # Cellpose 4.0, 4.1
+            from cellpose.vit_sam import Transformer as Net
+            from cellpose.vit_sam import sam_model_registry
+
+        mp = pytest.MonkeyPatch()
+        mp.setitem(sam_model_registry, "vit_l", _tiny_sam_vit)
+        net = Net()
+        with torch.no_grad():  # bias the cell probability up so that masks appear
+            net.out.bias[2 * net.ps ** 2:3 * net.ps ** 2] += 2.0
+        net.save_model(str(path))
+        yield str(path)
+        clear_model_cache()
+        mp.undo()
+
+
+def _disks(shape=(128, 128), n=8, radius=9, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = np.full(shape, 100.0)
+    for _ in range(n):
+        cy, cx = rng.integers(radius, np.array(shape) - radius)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 1000
+    return (img + rng.integers(0, 20, shape)).astype(np.uint16)
+
+
+def _check_labels(labels, shape):
+    assert isinstance(labels, np.ndarray)
+    assert labels.dtype == np.uint32
+    assert labels.shape == shape
+    assert labels.min(initial=0) >= 0
+
+
+# ---- construction ---------------------------------------------------------------------
+
+def test_construction_is_cheap_and_validated():
+    before = model_loads()
+    fn = cellpose_fn("cyto3", False, 30, flow_threshold=0.6)
+    assert isinstance(fn, CellposeFn)
+    assert fn.diameter == 30.0 and fn.eval_kwargs == {"flow_threshold": 0.6}
+    assert fn.uses_gpu is False and cellpose_fn(gpu=True).uses_gpu is True
+    assert fn.memory_factor > 1
+    assert cellpose_fn(diameter=0).diameter is None
+    assert model_loads() == before  # nothing loaded at construction
+    bad = [dict(diameter=-3), dict(gpu="yes"), dict(do_3D=True, stitch_threshold=0.5),
+           dict(stitch_threshold=2.0), dict(compute_masks=False), dict(channel_axis=1.5),
+           dict(normalize="yes")]
+    for kwargs in bad:
+        with pytest.raises(InvalidParameterError):
+            cellpose_fn(**kwargs)
+
+
+# ---- segmentation ---------------------------------------------------------------------
+
+def test_2d_tile(model_path):
+    fn = cellpose_fn(pretrained_model=model_path, **FAST)
+    _check_labels(fn(_disks()), (128, 128))
+    labels = cellpose_fn(pretrained_model=model_path, **FINDS_MASKS)(_disks())
+    _check_labels(labels, (128, 128))
+    assert labels.max() > 0  # the random net does find something under these options
+
+
+def test_3d_tile(model_path):
+    vol = np.stack([_disks((64, 64), n=4, radius=6, seed=z // 4) for z in range(16)])
+    _check_labels(cellpose_fn(pretrained_model=model_path, **FAST)(vol), (16, 64, 64))
+
+
+def test_stack_of_2d_planes(model_path):
+    vol = np.stack([_disks((64, 64), n=4, radius=8, seed=z) for z in range(6)])
+    stitched = cellpose_fn(pretrained_model=model_path, do_3D=False, stitch_threshold=0.5,
+                           **FINDS_MASKS)(vol)
+    _check_labels(stitched, vol.shape)
+    per_plane = cellpose_fn(pretrained_model=model_path, do_3D=False, **FINDS_MASKS)(vol)
+    _check_labels(per_plane, vol.shape)
+    assert per_plane.max() > 0
+    # plane by plane: every label lies in one plane only
+    for lab in np.unique(per_plane[per_plane > 0]):
+        assert len(np.unique(np.nonzero(per_plane == lab)[0])) == 1
+
+
+def test_axes(model_path):
+    img = _disks()
+    plain = cellpose_fn(pretrained_model=model_path, **FINDS_MASKS)
+    ref = plain(img)
+    assert ref.max() > 0
+    # a channel axis of length 1 is a grayscale tile; it is removed from the labels
+    np.testing.assert_array_equal(
+        cellpose_fn(pretrained_model=model_path, channel_axis=0, **FINDS_MASKS)(img[None]),
+        ref)
+    two = cellpose_fn(pretrained_model=model_path, channel_axis=-1, **FINDS_MASKS)
+    _check_labels(two(np.stack([img, img // 2], axis=-1)), img.shape)
+    # z anywhere: labels follow the tile's own axis order
+    vol = np.stack([_disks((48, 40), n=3, radius=8, seed=z) for z in range(4)])
+    per_plane = dict(pretrained_model=model_path, do_3D=False, **FINDS_MASKS)
+    ref3 = cellpose_fn(**per_plane)(vol)
+    moved = cellpose_fn(z_axis=2, **per_plane)(np.moveaxis(vol, 0, 2))
+    np.testing.assert_array_equal(moved, np.moveaxis(ref3, 0, 2))
+    with_c = cellpose_fn(z_axis=1, channel_axis=0, **per_plane)(vol[None])
+    np.testing.assert_array_equal(with_c, ref3)
+    # thin tiles (image edges) keep their shape
+    for shape in [(5, 128), (128, 1), (3, 3)]:
+        _check_labels(plain(img[:shape[0], :shape[1]]), shape)
+    _check_labels(cellpose_fn(pretrained_model=model_path, **FAST)(vol[:1]), (1, 48, 40))
+    with pytest.raises(InvalidParameterError):
+        plain(img[0])  # 1D
+    with pytest.raises(InvalidParameterError):
+        cellpose_fn(pretrained_model=model_path, z_axis=1)(img)  # z_axis on a 2D tile
+
+
+# ---- pickling, caching, processes -----------------------------------------------------
+
+def test_pickle_round_trip(model_path):
+    fn = cellpose_fn(pretrained_model=model_path, diameter=25, **FINDS_MASKS)
+    ref = fn(_disks())
+    loads = model_loads()
+    data = pickle.dumps(fn)
+    assert len(data) < 2000  # options only, never the model
+    back = pickle.loads(data)
+    assert back == fn and back.cache_token() == fn.cache_token()
+    np.testing.assert_array_equal(back(_disks()), ref)
+    assert model_loads() == loads  # the copy reuses this process's model
+
+
+def test_model_loaded_once_per_process(model_path):
+    clear_model_cache()
+    before = model_loads()
+    fns = [cellpose_fn(pretrained_model=model_path, **FINDS_MASKS),
+           cellpose_fn(pretrained_model=model_path, diameter=40, **FAST)]
+    tiles = [_disks(seed=s) for s in range(3)]
+    # cold cache, concurrent first calls from several threads (a Dask worker's threads)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(fns[0], tiles))
+    assert model_loads() == before + 1
+    for tile, labels in zip(tiles, got):
+        np.testing.assert_array_equal(fns[0](tile), labels)  # thread-safe and deterministic
+    fns[1](tiles[0])  # other eval options, same weights: same model
+    assert model_loads() == before + 1
+
+
+@pytest.mark.skipif(MAJOR >= 4, reason="the tiny Cellpose 4 test network needs a patch "
+                    "that a fresh process does not have")
+def test_fresh_worker_process(model_path):
+    fn = cellpose_fn(pretrained_model=model_path, **FINDS_MASKS)
+    tile = _disks()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        assert pool.submit(model_loads).result() == 0
+        first = pool.submit(fn, tile).result()
+        again = pool.submit(fn, tile).result()
+        assert pool.submit(model_loads).result() == 1
+    np.testing.assert_array_equal(first, fn(tile))
+    np.testing.assert_array_equal(again, first)
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+@pytest.fixture
+def no_downloads(monkeypatch, tmp_path):
+    """An empty model directory, and Cellpose's downloader armed to fail the test."""
+    import cellpose.models
+    import cellpose.utils
+
+    def boom(*args, **kwargs):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("Cellpose tried to download weights")
+
+    empty = tmp_path / "empty_models"
+    empty.mkdir()
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(empty))
+    monkeypatch.setattr(cellpose.models, "MODEL_DIR", empty)
+    monkeypatch.setattr(cellpose.utils, "download_url_to_file", boom)
+    monkeypatch.setattr(cellpose.models, "cache_model_path", boom, raising=False)
+    return empty
+
+
+def test_missing_model(no_downloads):
+    builtin = "cyto3" if MAJOR < 4 else "cpsam"
+    for fn in [cellpose_fn(builtin, **FAST), cellpose_fn(None),
+               cellpose_fn("no_such_model", **FAST)]:
+        with pytest.raises(ModelNotFoundError) as info:
+            fn(_disks((32, 32)))
+        msg = str(info.value)
+        assert str(no_downloads) in msg and "pretrained_model" in msg
+        assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(ModelNotFoundError, match="no such file"):
+        cellpose_fn(pretrained_model=str(no_downloads / "gone.pth")).load_model()
+    with pytest.raises(ModelNotFoundError, match="directory"):
+        cellpose_fn(pretrained_model=str(no_downloads)).resolve_model_path()
+
+
+def test_model_found_by_name(no_downloads, model_path):
+    shutil.copy(model_path, no_downloads / "my_model")
+    fn = cellpose_fn("my_model", **FAST)
+    assert fn.resolve_model_path() == (no_downloads / "my_model").resolve()
+    _check_labels(fn(_disks((64, 64))), (64, 64))
+    if MAJOR < 4:  # Cellpose 3 stores cyto/cyto2/nuclei as <name>torch_0
+        shutil.copy(model_path, no_downloads / "nucleitorch_0")
+        assert cellpose_fn("nuclei").resolve_model_path().name == "nucleitorch_0"
+    wrong = "cpsam" if MAJOR < 4 else "cyto3"  # a model of the other major version
+    with pytest.raises(InvalidParameterError, match="Cellpose"):
+        cellpose_fn(wrong).resolve_model_path()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_gpu_without_gpu(model_path):
+    fn = cellpose_fn(pretrained_model=model_path, gpu=True)
+    assert fn.uses_gpu
+    before = model_loads()
+    with pytest.raises(NoGPUError, match="gpu=False"):
+        fn(_disks((32, 32)))
+    assert model_loads() == before
+
+
+def test_cache_token(model_path, tmp_path):
+    fn = cellpose_fn(pretrained_model=model_path, diameter=30, **FAST)
+    token = fn.cache_token()
+    assert isinstance(token, str) and token
+    assert cellpose_fn(pretrained_model=model_path, diameter=30, **FAST).cache_token() == token
+    assert cellpose_fn(pretrained_model=model_path, diameter=30, gpu=True,
+                       **FAST).cache_token() == token  # where, not what
+    assert cellpose_fn(pretrained_model=model_path, diameter=31, **FAST).cache_token() != token
+    assert cellpose_fn(pretrained_model=model_path, diameter=30, min_size=5,
+                       **FAST).cache_token() != token
+    copy = tmp_path / "weights"
+    shutil.copy(model_path, copy)
+    fn2 = cellpose_fn(pretrained_model=str(copy))
+    before = fn2.cache_token()
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # weights replaced
+    assert fn2.cache_token() != before
+    # a model that is not here still has a token (the client may lack the weights)
+    assert cellpose_fn("not_here").cache_token() != cellpose_fn("not_here_either").cache_token()
