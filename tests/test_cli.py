@@ -1,0 +1,196 @@
+"""The command line, through subprocesses: help, exit codes, one-line errors, and real runs.
+
+Exit codes: 0 ok, 1 the work failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import zarr
+
+from blockbuster.synthetic import write_synthetic_zarr
+
+from conftest import same_partition
+
+THRESHOLD = 0.3 * 65535
+COMMANDS = ["run", "merge", "estimate-empty", "info", "demo", "serve"]
+
+
+def _cmd() -> list[str]:
+    exe = shutil.which("blockbuster", path=os.path.dirname(sys.executable) + os.pathsep
+                       + os.environ.get("PATH", ""))
+    return [exe] if exe else [sys.executable, "-m", "blockbuster.cli"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300,
+        cwd: str | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKBUSTER_")}
+    base.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    base.update(env or {})
+    return subprocess.run(_cmd() + list(args), env=base, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("blockbuster"), lines[0]
+    assert "error:" in lines[0] and "Traceback" not in p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("cli")
+    return write_synthetic_zarr(str(d / "nuclei.zarr"), (96, 96), (32, 32), seed=3)
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """``blockbuster.cli.main`` in this process (for the many quick error cases): returns
+    (exit code, stdout, stderr)."""
+    from blockbuster import cli as cli_module
+    for k in [k for k in os.environ if k.startswith("BLOCKBUSTER_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+    def run(*args: str):
+        import warnings
+        with warnings.catch_warnings():
+            try:
+                code = cli_module.main(list(args))
+            except SystemExit as exc:      # argparse: --help, usage errors
+                code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def assert_one_line(code_out_err, code: int, *needles: str) -> None:
+    got, out, err = code_out_err
+    p = subprocess.CompletedProcess([], got, out, err)
+    assert_one_line_error(p, code, *needles)
+
+
+def test_help(main):
+    p = cli("--help")
+    assert p.returncode == 0 and p.stderr == ""
+    for c in COMMANDS:
+        assert c in p.stdout
+    assert "Exit codes" in p.stdout
+    p = cli("run", "--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: blockbuster run")
+    assert "--segmenter" in p.stdout and "--write-to" in p.stdout
+    for c in COMMANDS:
+        code, out, _ = main(c, "--help")
+        assert code == 0 and out.startswith(f"usage: blockbuster {c}"), (c, out)
+    code, out, _ = main("--version")
+    assert code == 0 and out.startswith("blockbuster ")
+
+
+def test_bad_path_is_one_line_and_exit_code_2(tmp_path, main):
+    missing = str(tmp_path / "no-such-image.zarr")
+    p = cli("run", missing, "--segmenter", "threshold", "--write-to", str(tmp_path / "o.zarr"))
+    assert_one_line_error(p, 2, "no-such-image.zarr", "does not exist")
+    assert not (tmp_path / "o.zarr").exists()
+    assert_one_line(main("info", missing), 2, "does not exist")
+    assert_one_line(main("estimate-empty", missing, "-t", "8,8"), 2, "does not exist")
+    assert_one_line(main("merge", missing, "-w", str(tmp_path / "m.zarr")), 2,
+                    "do not exist")
+
+
+def test_usage_and_input_errors_are_one_line_and_exit_code_2(image, tmp_path, main):
+    assert_one_line_error(cli(), 2, "required")
+    assert_one_line(main("frobnicate"), 2, "invalid choice")
+    assert_one_line(main("run", image), 2, "--segmenter")
+    assert_one_line(main("run", image, "-s", "nope"), 2,
+                    "no segmenter named 'nope'", "Available:")
+    assert_one_line(main("run", image, "-s", "threshold", "-o", "min_sise=3"), 2,
+                    "did you mean 'min_size'")
+    assert_one_line(main("run", image, "-s", "threshold", "-o", "oops"), 2, "KEY=VALUE")
+    assert_one_line(main("run", image, "-s", "threshold", "-t", "big"), 2, "tile shape")
+    assert_one_line(main("run", image, "-s", "threshold", "-t", "8,8,8"), 2, "tile_shape")
+    assert_one_line(main("run", image, "-s", "threshold", "-w", image), 2,
+                    "would replace the input")
+    assert_one_line(main("run", image, "-s", "threshold", "--merge", "overlap"), 2,
+                    "needs overlap > 0")
+    assert_one_line(main("estimate-empty", image, "-t", "auto"), 2, "explicit --tile-shape")
+    assert_one_line(main("serve", "--limit", "0"), 2, "--limit")
+    # serve refuses to start without data roots
+    assert_one_line(main("serve"), 2, "BLOCKBUSTER_DATA_ROOTS is not set")
+    assert not os.listdir(tmp_path)
+
+
+def test_a_failure_of_the_work_is_one_line_and_exit_code_1(tmp_path):
+    (tmp_path / "incoming").mkdir()
+    closed = f"http://127.0.0.1:{_closed_port()}/api"       # no Prefect server there
+    p = cli("serve", env={"BLOCKBUSTER_DATA_ROOTS": str(tmp_path),
+                          "BLOCKBUSTER_WATCH_FOLDER": str(tmp_path / "incoming"),
+                          "PREFECT_API_URL": closed})
+    assert_one_line_error(p, 1, "cannot reach the Prefect API", closed, "--debug")
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_segments_a_small_image(image, tmp_path):
+    out = str(tmp_path / "labels.zarr")
+    p = cli("run", image, "--segmenter", "threshold", "--option", f"threshold={THRESHOLD}",
+            "--tile-shape", "32,32", "--write-to", out)
+    assert p.returncode == 0, p.stderr
+    noise = [ln for ln in p.stderr.splitlines()
+             if any(w in ln for w in ("Traceback", "ERROR", "Error", "| INFO"))]
+    assert not noise, p.stderr                # no tracebacks, error logs or Prefect chatter
+    assert p.stdout.startswith("segmented ") and out in p.stdout
+    img = zarr.open_array(image, mode="r")[...]
+    lab = zarr.open_array(out, mode="r")
+    assert lab.attrs["blockbuster"]["complete"] is True and lab.chunks == (32, 32)
+    assert same_partition(lab[...], ndi.label(img > THRESHOLD)[0])
+    # again: the output is complete, nothing is redone
+    p = cli("run", image, "-s", "threshold", "-o", f"threshold={THRESHOLD}", "-t", "32,32",
+            "-w", out, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["status"] == "already-segmented"
+
+
+def test_info_estimate_empty_and_serve_check(image, tmp_path, main):
+    code, out, err = main("info")
+    assert code == 0, err
+    assert "threshold" in out and "watershed" in out and "CPUs" in out
+    code, out, err = main("info", image, "--segmenter", "watershed", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["shape"] == [96, 96] and info["kind"] == "zarr"
+    assert len(info["auto_tile_shape"]) == 2 and info["n_tiles"] >= 1
+    code, out, err = main("estimate-empty", image, "--tile-shape", "32,32", "--threshold",
+                          str(THRESHOLD), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    img = zarr.open_array(image, mode="r")[...]
+    maxima = img.reshape(3, 32, 3, 32).max(axis=(1, 3))
+    assert r["n_tiles"] == 9 and r["n_empty"] == int((maxima <= THRESHOLD).sum())
+    assert np.array_equal(np.array(r["empty"]), maxima <= THRESHOLD)
+    code, out, err = main("estimate-empty", image, "-t", "32,32")
+    assert code == 0 and "threshold" in out and "--skip-empty" in out, err
+    env = {"BLOCKBUSTER_DATA_ROOTS": str(tmp_path), "BLOCKBUSTER_WATCH_FOLDER":
+           str(tmp_path / "incoming"), "BLOCKBUSTER_WATCH_CRON": "0 2 * * *"}
+    p = cli("serve", "--check", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "cron '0 2 * * *'" in p.stdout and "segment/segment" in p.stdout
+    assert "does not exist (yet)" in p.stdout
+    bad = dict(env, BLOCKBUSTER_WATCH_CRON="nightly")
+    assert_one_line_error(cli("serve", "--check", env=bad), 2, "BLOCKBUSTER_WATCH_CRON")
