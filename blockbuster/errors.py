@@ -28,6 +28,8 @@ __all__ = [
     "SegmenterNotFoundError",
     "PathNotAllowedError",
     "ModelNotFoundError",
+    "DependencyMissingError",
+    "CellposeUnavailableError",
 ]
 
 
@@ -85,3 +87,11 @@ class PathNotAllowedError(BlockbusterError, PermissionError):
 
 class ModelNotFoundError(BlockbusterError, FileNotFoundError):
     """A model's weights are not available locally (nothing is downloaded at run time)."""
+
+
+class DependencyMissingError(BlockbusterError, ImportError):
+    """An optional dependency (an extra) is not installed where it is needed."""
+
+
+class CellposeUnavailableError(DependencyMissingError):
+    """Cellpose (or a version the plugin supports) is not installed where the model runs."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import TileFunctionError, TileOutputError
+from ..errors import BlockbusterError, TileFunctionError, TileOutputError
 from .labels import (_map_ids, check_tile_labels, compact_labels, compact_with_halo,
                      present_ids)
 from .lut import MergeTable
@@ -45,7 +45,8 @@ def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int,
             out = fn(data)
             return out, time.perf_counter() - t0, attempts
         except Exception as exc:  # noqa: BLE001 - any error of user code
-            if attempts <= retries:
+            # our own errors (a missing model, no GPU, a bad option) are permanent
+            if attempts <= retries and not isinstance(exc, BlockbusterError):
                 time.sleep(retry_delay * attempts)
                 continue
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

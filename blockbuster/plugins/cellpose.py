@@ -49,6 +49,7 @@ import numpy as np
 
 from blockbuster.errors import (
     BlockbusterError,
+    CellposeUnavailableError,
     InvalidParameterError,
     ModelNotFoundError,
     NoGPUError,
@@ -66,9 +67,6 @@ __all__ = [
     "model_search_dirs",
 ]
 
-
-class CellposeUnavailableError(BlockbusterError, ImportError):
-    """Cellpose (or a version this plugin supports) is not installed where the model runs."""
 
 
 # --------------------------------------------------------------------------------------
