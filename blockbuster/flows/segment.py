@@ -117,8 +117,12 @@ class SegmenterChoice(BaseModel):
         default_factory=dict, title="Segmenter options", description=_options_help())
 
     def build(self) -> Callable:
-        """The segmenter callable (raises SegmenterNotFoundError / InvalidParameterError)."""
-        return get_segmenter(_enum_value(self.name), **self.options)
+        """The segmenter callable (raises SegmenterNotFoundError / InvalidParameterError).
+
+        JSON lists become tuples (per-axis options such as ``footprint`` or
+        ``smooth_sigma``)."""
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in self.options.items()}
+        return get_segmenter(_enum_value(self.name), **opts)
 
 
 class TilingOptions(BaseModel):
