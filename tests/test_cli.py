@@ -194,3 +194,11 @@ def test_info_estimate_empty_and_serve_check(image, tmp_path, main):
     assert "does not exist (yet)" in p.stdout
     bad = dict(env, BLOCKBUSTER_WATCH_CRON="nightly")
     assert_one_line_error(cli("serve", "--check", env=bad), 2, "BLOCKBUSTER_WATCH_CRON")
+
+
+def test_demo_prints_its_summary(tmp_path):
+    p = cli("demo", "--workdir", str(tmp_path), "--size", "128", "--tile", "64",
+            "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("blockbuster demo") and "F1" in p.stdout, p.stdout
+    assert zarr.open_array(str(tmp_path / "labels.zarr"), mode="r").shape == (128, 128)

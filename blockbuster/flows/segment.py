@@ -436,7 +436,8 @@ class OutputLock:
             self._fd = None
 
     def held_by(self) -> dict[str, Any] | None:
-        """What the holder wrote into the lock file (None if nobody holds it)."""
+        """What the current (or, for a file left by a crashed holder, the last) holder
+        wrote into the lock file; None when there is no lock file."""
         try:
             with open(self.path) as f:
                 data = json.loads(f.read() or "{}")
