@@ -436,11 +436,10 @@ def stack(tmp_path_factory):
         yield Stack(api, env, base, data, watch, serve_log, server_log, client)
     finally:
         client.close()
-        groups = [p.pid for p in procs]
         for p in reversed(procs):
             _stop(p)
-        left = {g: _group_members(g) for g in groups}
-        assert not any(left.values()), f"processes left behind: {left}"
+    left = {p.pid: _group_members(p.pid) for p in procs}
+    assert not any(left.values()), f"processes left behind: {left}"
 
 
 @pytest.fixture(scope="module")
