@@ -144,12 +144,12 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     handle = ClusterHandle(use_gpu=use_gpu)
     try:
         _warm_prefect()     # Prefect's API comes up while the cluster starts
+        client = handle.client()
+        check_client(client)
         resumed = staging.prepare(info, plan.grid.shape, plan.grid.tile_shape,
                                   plan.staged_dtype)
         if resumed:
             log.info("resuming from staging %s", plan.staging_root)
-        client = handle.client()
-        check_client(client)
         resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
         job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
                          progress=progress, fn_description=fn_desc, resources=resources,

@@ -125,12 +125,9 @@ def gpu_info() -> list[dict[str, Any]]:
             pass
 
 
-def _dashboard_address() -> str | None:
-    try:
-        import bokeh  # noqa: F401
-        return ":0"
-    except ImportError:
-        return None
+def _dashboard_address() -> str:
+    """A free port: never the fixed 8787, which a second cluster would fight over."""
+    return ":0"
 
 
 def make_local_cluster(use_gpu: bool | str = False, **kwargs):
