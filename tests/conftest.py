@@ -27,7 +27,7 @@ def cluster_client(prefect_harness):
     from distributed import Client, LocalCluster
     import logging
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
     yield client
     client.close()
