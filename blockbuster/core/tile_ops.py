@@ -222,7 +222,8 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
         sl = g.core_slices(n)
         if staged is not None:
             chunk = staged[sl]
-            out[sl] = lut[chunk]
+            # intp indices: NumPy's fancy indexing with uint32 indices is ~4x slower
+            out[sl] = lut[chunk.astype(np.intp, copy=False)]
         else:
             chunk = np.asarray(reader.read(full_slices(sl, plan.channel_axis)))
             ids = staging.read_tile(n)[1]["ids"]
