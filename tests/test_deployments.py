@@ -363,7 +363,7 @@ _CLUSTER = """
 import sys, time, logging
 from distributed import LocalCluster
 cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                       scheduler_port=int(sys.argv[1]), dashboard_address=None,
+                       scheduler_port=int(sys.argv[1]), dashboard_address=":0",
                        silence_logs=logging.ERROR)
 print("cluster up", cluster.scheduler_address, flush=True)
 while True:

@@ -89,7 +89,7 @@ def test_gpu_cluster_without_gpu_is_a_clear_error():
 
 def test_in_process_client_is_refused():
     from distributed import Client, LocalCluster
-    cluster = LocalCluster(processes=False, n_workers=1, dashboard_address=None)
+    cluster = LocalCluster(processes=False, n_workers=1, dashboard_address=":0")
     c = Client(cluster, set_as_default=False)
     try:
         from blockbuster.cluster import check_client
