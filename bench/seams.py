@@ -16,7 +16,13 @@ For overlap = 12, 24 and 48 px (about 0.5, 1 and 2 diameters) the same call is m
 - per-stage seconds (median of repeats, overlap and touch alternating): the merge stage
   (seams + lut + relabel) of overlap vs touch at the same overlap (target: overlap under
   1.2x touch), and the segment stage of both (the overlap merge also stages each tile's
-  halo bands during segmentation; the difference is that cost).
+  halo bands during segmentation; the difference is that cost);
+- the worker-side work behind the difference, measured in this process on one core
+  (CPU seconds, so other load on a shared machine does not blur it): per merge mode and
+  overlap, the staging part of segmentation (``segment_one`` with ``fn`` replaced by its
+  precomputed labels: compaction, halo bands, the side file and the staged core) and
+  the seam scan (``scan_tiles`` over all tiles), summed over the tiles (median of
+  ``max(repeats, 5)``; the tile reads are done before, outside the timing).
 
     python bench/seams.py [--quick] [--repeats 3]
 """
@@ -115,6 +121,63 @@ def accuracy(tiled: np.ndarray, ref: np.ndarray, seam_ids: np.ndarray) -> dict:
     return {"all": {k: allf[k] for k in keep}, "seam": {k: seam[k] for k in keep}}
 
 
+class _Given:
+    """A stand-in ``fn`` returning precomputed labels (so only the staging work is timed)."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def __call__(self, tile):
+        return self.labels
+
+
+def worker_work(path: str, ov: int, repeats: int) -> dict:
+    """CPU seconds, in this process, of the per-tile staging and of the seam scan."""
+    import dataclasses
+    import tempfile
+    import zarr
+    from blockbuster.core.plan import make_plan
+    from blockbuster.core.sources import full_slices, open_image
+    from blockbuster.core.staging import Staging
+    from blockbuster.core.tile_ops import scan_tiles, segment_one
+    src = open_image(path)
+    z = zarr.open_array(path, mode="r")
+    seg = segmenter()
+    labels = None
+    out = {}
+    for merge in ("touch", "overlap"):
+        plan = make_plan(src, fn_id="bench-seams", tile_shape=(TILE, TILE), overlap=ov,
+                         merge=merge)
+        g = plan.grid
+        if labels is None:
+            datas = [z[full_slices(g.ext_slices(t), None)] for t in range(g.n_tiles)]
+            labels = [seg(d) for d in datas]
+        st_t, sc_t = [], []
+        for _ in range(max(repeats, 5)):
+            os.makedirs(OUT, exist_ok=True)
+            root = tempfile.mkdtemp(prefix="bench-seams-", dir=OUT)
+            plan = dataclasses.replace(plan, staging_root=os.path.join(root, "staging"))
+            staging = Staging(plan.staging_root)
+            staging.prepare({"run_key": plan.run_key}, g.shape, g.tile_shape,
+                            plan.staged_dtype)
+            c0 = time.process_time()
+            recs = [segment_one(plan, _Given(labels[t]), t, datas[t], staging)
+                    for t in range(g.n_tiles)]
+            c1 = time.process_time()
+            counts = np.array([r["n_labels"] for r in recs], dtype=np.int64)
+            offsets = np.zeros_like(counts)
+            np.cumsum(counts[:-1], out=offsets[1:])
+            c2 = time.process_time()
+            scan_tiles(plan, [t for t in range(g.n_tiles) if counts[t]], counts, offsets)
+            c3 = time.process_time()
+            st_t.append(c1 - c0)
+            sc_t.append(c3 - c2)
+            shutil.rmtree(root, ignore_errors=True)
+        out[merge] = {"staging": C.median(st_t), "scan": C.median(sc_t)}
+    out["n_tiles"] = len(labels)
+    return out
+
+
 def main() -> int:
     args = C.parse_args(__doc__)
     n = 1024 if args.quick else 2048
@@ -179,6 +242,15 @@ def main() -> int:
     finally:
         client.close()
         cluster.close()
+    try:
+        work = {}
+        for ov in OVERLAPS:
+            work[ov] = worker_work(path, ov, args.repeats)
+            w = work[ov]
+            print(f"  worker-side CPU, overlap {ov}: staging touch {w['touch']['staging']:.2f} s"
+                  f", overlap {w['overlap']['staging']:.2f} s; seam scan touch "
+                  f"{w['touch']['scan']:.2f} s, overlap {w['overlap']['scan']:.2f} s", flush=True)
+    finally:
         shutil.rmtree(OUT, ignore_errors=True)
 
     for d in res.values():
@@ -229,6 +301,19 @@ def main() -> int:
                       C.fmt_s(st["total"]), C.fmt_s(d["median"])])
     C.table(["overlap px", "merge", "segment", "seams", "lut", "relabel", "merge stage",
              "stages total", "wall"], srows, title="per-stage seconds (median)")
+    wrows = []
+    for ov in OVERLAPS:
+        w = work[ov]
+        nt = w["n_tiles"]
+        ds = w["overlap"]["staging"] - w["touch"]["staging"]
+        wrows.append([ov, f"{w['touch']['staging']:.3f}", f"{w['overlap']['staging']:.3f}",
+                      f"{ds:+.3f} ({1000 * ds / nt:+.1f} ms/tile)",
+                      f"{w['touch']['scan']:.3f}", f"{w['overlap']['scan']:.3f}",
+                      f"{w['overlap']['scan'] / max(w['touch']['scan'], 1e-9):.1f}x"])
+    C.table(["overlap px", "staging touch", "staging overlap", "halo-band cost",
+             "seam scan touch", "seam scan overlap", "scan overlap/touch"], wrows,
+            title=f"worker-side CPU seconds summed over the {work[OVERLAPS[0]]['n_tiles']} "
+                  f"tiles (one process, one core; median of {max(args.repeats, 5)})")
     print(f"\nwhole-image seg vs synthetic truth: F1 {ref_vs_truth['f1']:.3f} "
           f"({t_ref:.1f} s, one process)")
     print(f"target (overlap merge stage < {TARGET}x touch's at every overlap): "
@@ -236,7 +321,8 @@ def main() -> int:
     with open(os.path.join(C.DATA, f"results-seams{'-quick' if args.quick else ''}.json"),
               "w") as f:
         json.dump({"n": n, "n_ref": n_ref, "n_seam": int(seam_ids.size),
-                   "ref_vs_truth": ref_vs_truth, "t_ref": t_ref, "results": res}, f, indent=1)
+                   "ref_vs_truth": ref_vs_truth, "t_ref": t_ref, "results": res,
+                   "worker_cpu": work}, f, indent=1)
     return 0
 
 
