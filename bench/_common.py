@@ -268,9 +268,26 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def package_version() -> str:
+    """The commit of the package measured (the package is edited while benchmarks run)."""
+    import subprocess
+    root = os.path.dirname(HERE)
+    try:
+        rev = subprocess.run(["git", "-C", root, "log", "-1", "--format=%h %cd",
+                              "--date=format:%H:%M", "--", "blockbuster"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
+                                "blockbuster"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"blockbuster at {rev or 'unknown'}{' + uncommitted changes' if dirty else ''}"
+
+
 def header(title: str, args) -> None:
     print(f"# {title}{' (--quick)' if args.quick else ''}", flush=True)
     print(machine(), flush=True)
+    print(f"{package_version()}; started {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     print(f"cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True); "
           f"median of {args.repeats}", flush=True)
 
