@@ -62,15 +62,14 @@ def main() -> int:
                      merge="touch", connectivity=1, retries=0)
     root = C.scratch("profile-staging")
     out_path = C.scratch("profile-out.zarr")
-    plan = dataclasses.replace(plan, staging_root=root, stage_labels=False)
-    Staging(root).prepare({"run_key": plan.run_key}, plan.grid.shape, plan.grid.tile_shape,
-                          plan.staged_dtype)
+    plan = dataclasses.replace(plan, staging_root=root)
+    Staging(root).prepare({"run_key": plan.run_key})
     nt = plan.grid.n_tiles
     tiles = list(range(nt))
     print(f"# profile of the merge's worker functions: {a.n} x {a.n}, tile {a.tile} "
           f"({nt} tiles)")
 
-    recs, t_seg = profiled("segment_tiles (read chunk, ids, faces, side file)",
+    recs, t_seg = profiled("segment_tiles (read chunk, compact, faces, tile file)",
                            lambda: segment_tiles(plan, None, tiles, src.reader), nt, a.top)
     counts = np.array([r["n_labels"] for r in recs], np.int64)
     offsets = np.zeros_like(counts)
@@ -86,9 +85,9 @@ def main() -> int:
     out = OutputTarget(out_path)
     out.create(plan.grid.shape, table.dtype, plan.grid.tile_shape, {})
     luts = table_luts(table, tiles, table.dtype)
-    _, t_rel = profiled("relabel_tiles (read chunk, side file ids, map, write chunk)",
-                        lambda: relabel_tiles(plan, tiles, luts, out.array_path, out.token,
-                                              src.reader), nt, a.top)
+    _, t_rel = profiled("relabel_tiles (read tile file, map, write chunk)",
+                        lambda: relabel_tiles(plan, tiles, luts, out.array_path, out.token),
+                        nt, a.top)
 
     # the floor's per-chunk work, same process
     zin = zarr.open_array(path, mode="r")
@@ -116,7 +115,7 @@ def main() -> int:
     rows = [["zarr read one chunk", f"{1e3 * t_read / nt:.2f}"],
             ["zarr write one chunk", f"{1e3 * t_write / nt:.2f}"],
             ["present_ids (bincount) of one chunk", f"{1e3 * t_ids / nt:.2f}"],
-            ["read one side file (.npz, zstd)", f"{1e3 * t_side / nt:.2f}"],
+            ["read one tile file (all arrays, LZ4)", f"{1e3 * t_side / nt:.2f}"],
             ["segment_tiles per tile (profiled)", f"{1e3 * t_seg / nt:.2f}"],
             ["scan_tiles per tile (profiled)", f"{1e3 * t_scan / nt:.2f}"],
             ["relabel_tiles per tile (profiled)", f"{1e3 * t_rel / nt:.2f}"]]

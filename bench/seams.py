@@ -158,8 +158,7 @@ def worker_work(path: str, ov: int, repeats: int) -> dict:
             root = tempfile.mkdtemp(prefix="bench-seams-", dir=OUT)
             plan = dataclasses.replace(plan, staging_root=os.path.join(root, "staging"))
             staging = Staging(plan.staging_root)
-            staging.prepare({"run_key": plan.run_key}, g.shape, g.tile_shape,
-                            plan.staged_dtype)
+            staging.prepare({"run_key": plan.run_key})
             c0 = time.process_time()
             recs = [segment_one(plan, _Given(labels[t]), t, datas[t], staging)
                     for t in range(g.n_tiles)]

@@ -147,8 +147,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         _warm_prefect()     # Prefect's API comes up while the cluster starts
         client = handle.client()
         check_client(client)
-        resumed = staging.prepare(info, plan.grid.shape, plan.grid.tile_shape,
-                                  plan.staged_dtype)
+        resumed = staging.prepare(info)
         if resumed:
             log.info("resuming from staging %s", plan.staging_root)
         resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
@@ -161,7 +160,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
         with _ephemeral_without_heartbeats():
-            return flow.with_options(task_runner=runner)(job, keep_staging=keep_staging)
+            summary = flow.with_options(task_runner=runner)(job, keep_staging=keep_staging)
+        return {**summary, **job.details}
     finally:
         handle.close()
 
@@ -365,9 +365,7 @@ def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape
     root = os.fspath(staging) if staging is not None else (
         _default_staging(out.path) if not out.temporary else os.path.join(
             os.path.dirname(out.path), "staging"))
-    # labels on disk are read twice rather than copied; a dask array's blocks are
-    # computed once and staged
-    plan = dataclasses.replace(plan, staging_root=root, stage_labels=src.kind != "stored")
+    plan = dataclasses.replace(plan, staging_root=root)
     from .flows.pipeline import merge_flow
     summary = _run(merge_flow, plan, src, None, "merge of per-tile labels", out,
                    use_gpu=False, progress=progress, keep_staging=keep_staging,

@@ -76,8 +76,6 @@ def test_merge_from_stored_labels_equals_whole_image_label(case, tmp_path_factor
     zarr.create_array(store=path, shape=img.shape, chunks=tile, dtype=np.int32)[...] = per_tile
     src = open_image(path)
     plan = make_plan(src, fn_id="merge", tile_shape=tile, connectivity=conn)
-    import dataclasses
-    plan = dataclasses.replace(plan, stage_labels=False)
     out = run_locally(plan, src, None, str(d))
     ref, _ = ndi.label(img, structure=st_)
     assert same_partition(out, ref)

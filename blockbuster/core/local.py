@@ -41,8 +41,7 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
     if not plan.staging_root:
         plan = dataclasses.replace(plan, staging_root=os.path.join(workdir, "staging"))
     staging = Staging(plan.staging_root)
-    staging.prepare({"run_key": plan.run_key}, plan.grid.shape, plan.grid.tile_shape,
-                    plan.staged_dtype)
+    staging.prepare({"run_key": plan.run_key})
     g = plan.grid
     reader = src.reader if src.kind == "stored" else None
     records = []
@@ -60,7 +59,6 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
     zarr.create_array(store=out_path, shape=g.shape, chunks=g.tile_shape, dtype=table.dtype,
                       fill_value=0, overwrite=True)
     tiles = [n for n in range(g.n_tiles) if counts[n]]
-    relabel_tiles(plan, tiles, [table.tile_lut(n) for n in tiles], out_path, "local",
-                  reader=reader)
+    relabel_tiles(plan, tiles, [table.tile_lut(n) for n in tiles], out_path, "local")
     out = zarr.open_array(out_path, mode="r")[...]
     return (out, table) if return_table else out

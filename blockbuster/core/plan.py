@@ -55,7 +55,6 @@ class RunPlan:
     retry_delay: float
     run_key: str
     staging_root: str = ""
-    stage_labels: bool = True
     description: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -179,7 +178,7 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
         "skip_empty": bool(skip_empty),
         "empty_threshold": None if empty_threshold is None else float(empty_threshold),
         "staged_dtype": str(staged_dtype),
-        "format": 1,
+        "format": 2,
         **(extra_identity or {}),
     }
     # sequential_labels and the output location do not change what is staged, so they

@@ -17,8 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BlockbusterError, TileFunctionError, TileOutputError
-from .labels import (_map_ids, check_tile_labels, compact_labels, compact_with_halo,
-                     present_ids)
+from .labels import _small_uint, check_tile_labels, compact_labels, compact_with_halo, present_ids
 from .lut import MergeTable
 from .plan import RunPlan
 from .seams import band_key, face_key, overlap_pairs, touch_pairs
@@ -94,29 +93,17 @@ def segment_one(plan: RunPlan, fn: Callable, n: int, data: np.ndarray,
     crop = g.core_in_ext(n)
     arrays: dict[str, np.ndarray] = {}
     if plan.merge == "overlap":
-        ext_c, n_core = compact_with_halo(labels, crop, dtype=plan.staged_dtype)
-        core_c = ext_c[crop]
-    elif plan.stage_labels:
-        core_c, n_core = compact_labels(labels[crop], dtype=plan.staged_dtype)
-    else:                     # labels stay where they are; keep the id list instead
         ids = present_ids(labels)
-        n_core = int(ids.size)
-        core_c = None
-        if n_core:
-            arrays["ids"] = ids
+        ext_c, n_core = compact_with_halo(labels, crop, dtype=_small_uint(ids.size), ids=ids)
+        core_c = ext_c[crop]
+    else:
+        core_c, n_core = compact_labels(labels[crop], small=True)
     rec["n_labels"] = int(n_core)
     if n_core:
-        if plan.stage_labels:
-            staged = open_zarr_array_cached(staging.labels_path, plan.run_key)
-            staged[g.core_slices(n)] = core_c
+        arrays["labels"] = core_c
         for d in range(g.ndim):
             for hi in (False, True):
-                if core_c is not None:
-                    face = core_c.take(-1 if hi else 0, axis=d)
-                else:     # map only the faces of the raw labels to local ids
-                    raw = labels.take(-1 if hi else 0, axis=d)
-                    face = _map_ids(raw, ids, np.arange(1, n_core + 1), plan.staged_dtype)
-                arrays[face_key(d, hi)] = face
+                arrays[face_key(d, hi)] = core_c.take(-1 if hi else 0, axis=d)
         if plan.merge == "overlap":
             e0 = [lo for lo, _ in g.ext_bounds(n)]
             bounds = {}
@@ -167,10 +154,13 @@ def scan_tiles(plan: RunPlan, tiles: Sequence[int], counts: np.ndarray,
 
     def side(n):
         if n not in cache:
-            cache[n] = staging.read_tile(n)
+            cache[n] = staging.read_tile(n, names=keys)
         return cache[n]
 
     max_order = plan.connectivity if plan.merge == "touch" else None
+    keys = [face_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
+    if plan.merge == "overlap":
+        keys += [band_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
     all_pairs = []
     seams = []
     for a in tiles:
@@ -204,30 +194,18 @@ def _bounds(rec):
 
 
 def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray],
-                  out_path: str, out_token: str, reader=None) -> int:
-    """Write ``lut[staged chunk]`` for each tile into the output array; returns voxels written.
-
-    Without staged labels (``plan.stage_labels`` False: merging labels read from a
-    store) the tile is read again from ``reader`` and its raw ids are mapped directly.
-    """
+                  out_path: str, out_token: str) -> int:
+    """Write ``lut[staged labels]`` for each tile into the output array; returns voxels written."""
     staging = Staging(plan.staging_root)
     out = open_zarr_array_cached(out_path, out_token)
     g = plan.grid
-    staged = (open_zarr_array_cached(staging.labels_path, plan.run_key, "r")
-              if plan.stage_labels else None)
     written = 0
     for n, lut in zip(tiles, luts):
         if lut.size <= 1:
             continue          # no labels: the chunk stays absent (reads as 0)
-        sl = g.core_slices(n)
-        if staged is not None:
-            chunk = staged[sl]
-            # intp indices: NumPy's fancy indexing with uint32 indices is ~4x slower
-            out[sl] = lut[chunk.astype(np.intp, copy=False)]
-        else:
-            chunk = np.asarray(reader.read(full_slices(sl, plan.channel_axis)))
-            ids = staging.read_tile(n)[1]["ids"]
-            out[sl] = _map_ids(chunk, ids, lut[1:], lut.dtype)
+        chunk = staging.read_tile(n, names=("labels",))[1]["labels"]
+        # intp indices: NumPy's fancy indexing with small unsigned indices is ~4x slower
+        out[g.core_slices(n)] = lut[chunk.astype(np.intp)]
         written += chunk.size
     return written
 

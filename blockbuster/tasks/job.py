@@ -37,6 +37,7 @@ class Job(BaseModel):
     _output: Any = PrivateAttr(default=None)
     _timings: dict = PrivateAttr(default_factory=dict)
     _resources: dict | None = PrivateAttr(default=None)
+    _details: dict = PrivateAttr(default_factory=dict)
 
     @classmethod
     def create(cls, *, plan, source, fn, cluster, output, progress: bool,
@@ -77,6 +78,12 @@ class Job(BaseModel):
     @property
     def resources(self) -> dict | None:
         return self._resources
+
+    @property
+    def details(self) -> dict:
+        """Per-tile and per-seam lists of the run (``tiles``, ``seams``), kept off the
+        flow's return value: Prefect walks every object of a flow's result."""
+        return self._details
 
     def client(self):
         return self._cluster.client()

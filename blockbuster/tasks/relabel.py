@@ -31,11 +31,10 @@ def relabel_stage(job: Job, table: MergeTable, progress_artifact=None) -> dict:
     bar = StageProgress("relabel", len(tiles), bar=job.progress,
                         artifact_id=progress_artifact, span=(90.0, 100.0))
     path, token = out.array_path, out.token
-    reader = None if plan.stage_labels else job.source.reader
     try:
         voxels = run_batches(
             client, relabel_tiles,
-            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader)) for b in batches],
+            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token)) for b in batches],
             name="relabel", window=2 * nthreads + 2,
             on_done=lambda i, r: bar.update(len(batches[i])))
     finally:
