@@ -1,7 +1,8 @@
 """The two flows of blockbuster: ``tile-process`` and ``merge-tile-labels``.
 
 Both run the same stages: segment (or, for the merge alone, read the given labels) ->
-scan seams -> build the merge table -> relabel -> report -> finalize. Each stage is one
+merge table (scan seams, connected components) -> relabel -> finalize (artifacts, mark
+the output complete, drop the staging). Each stage is one
 Prefect task in the flow's thread; tiles are fanned out to the Dask cluster in batches
 (docs/orchestration.md says why, with measurements).
 """
@@ -11,21 +12,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from ..tasks.common import NO_CACHE
 from ..tasks.job import Job
 from ..tasks.progress import PROGRESS_KEY
 from ..tasks.relabel import relabel_stage
-from ..tasks.report import report_stage
-from ..tasks.seams import build_lut_stage, scan_seams_stage
+from ..tasks.finalize import finalize_stage
+from ..tasks.seams import merge_table_stage
 from ..tasks.segment import segment_stage
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
-
-STAGES = ("segment", "seams", "lut")
-
 
 def _progress_artifact(job: Job):
     try:
@@ -37,38 +34,6 @@ def _progress_artifact(job: Job):
         return None
 
 
-@task(name="finalize", cache_policy=NO_CACHE, persist_result=False)
-def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> None:
-    """Mark the output complete (its very last write), then drop the staging area."""
-    job.out.mark_complete({"result_key": job.plan.result_key, **{k: summary[k] for k in (
-        "run_key", "n_tiles", "labels_after_merge", "labels_before_merge", "dtype",
-        "sequential_labels", "merge")}},
-        executor=job.client().get_executor() if job.out.is_ngff else None)
-    if not keep_staging:
-        from ..core.staging import Staging
-        Staging(job.plan.staging_root).remove()
-        _drop_cached_results(job)
-
-
-def _drop_cached_results(job: Job) -> None:
-    """Cached stage results name a staging generation that no longer exists: delete them
-    from Prefect's local result storage rather than let them pile up."""
-    import os
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
-    from ..tasks.common import stage_key
-    try:
-        base = os.path.expanduser(str(PREFECT_LOCAL_STORAGE_PATH.value()))
-    except Exception:  # pragma: no cover
-        return
-    for stage in STAGES:
-        key = stage_key(stage, job.run_key, job.generation)
-        for path in (os.path.join(base, key), os.path.join(base, key + ".lock")):
-            try:
-                os.remove(path)
-            except OSError:
-                pass
-
-
 def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     """The stages, in order; returns the run summary."""
     t0 = time.perf_counter()
@@ -78,8 +43,8 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     # walk every object of a task's parameters (~0.3 s per walk at 4096 tiles).
     records = segment_stage(job, progress_id)
     job.details["tiles"] = records
-    scan = scan_seams_stage(job, quote(records))
-    table = build_lut_stage(job, quote(scan))
+    scan = merge_table_stage(job, quote(records))
+    table = scan["table"]
     rel = relabel_stage(job, quote(table), progress_id)
     n_voxels = 1
     for s in plan.grid.shape:
@@ -104,8 +69,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     job.details["seams"] = [
         {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
         for a, b, d, m, u, s in scan["seams"]]
-    report_stage(job, quote(records), quote(scan["seams"]), quote(summary))
-    finalize_stage(job, quote(summary), keep_staging)
+    finalize_stage(job, quote(records), quote(scan["seams"]), quote(summary), keep_staging)
     return summary
 
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from .common import NO_CACHE
 from .job import Job
 
-__all__ = ["report_stage", "TILES_KEY", "SUMMARY_KEY", "tile_rows", "summary_markdown"]
+__all__ = ["publish_report", "TILES_KEY", "SUMMARY_KEY", "tile_rows", "summary_markdown"]
 
 TILES_KEY = "blockbuster-tiles"
 SUMMARY_KEY = "blockbuster-summary"
@@ -64,10 +63,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@task(name="report", cache_policy=NO_CACHE, persist_result=False)
-def report_stage(job: Job, records: list[dict[str, Any]], seams: list[tuple],
-                 summary: dict[str, Any]) -> dict[str, Any]:
-    """Publish the tile table and the run summary as artifacts."""
+def publish_report(job: Job, records: list[dict[str, Any]], seams: list[tuple],
+                   summary: dict[str, Any]) -> None:
+    """Publish the tile table and the run summary as artifacts (inside a task run)."""
     try:
         create_table_artifact(tile_rows(records, seams), key=TILES_KEY,
                               description=f"Per-tile statistics of run {job.run_key}")
@@ -75,4 +73,3 @@ def report_stage(job: Job, records: list[dict[str, Any]], seams: list[tuple],
                                  description=f"Summary of run {job.run_key}")
     except Exception:  # reporting must never fail a finished run
         get_run_logger().warning("could not publish artifacts", exc_info=True)
-    return summary

@@ -1,4 +1,9 @@
-"""The seam stage: label pairs across every seam, then the global merge table."""
+"""The merge-table stage: label pairs across every seam, then the global merge table.
+
+One Prefect task for both steps (each Prefect task run costs tens of milliseconds of
+API calls; docs/orchestration.md); the cached result is the table and the per-seam
+statistics, not the pairs.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,18 @@ from .common import stage_cache_policy, threads_of
 from .job import Job
 from .progress import StageProgress
 
-__all__ = ["scan_seams_stage", "build_lut_stage"]
+__all__ = ["merge_table_stage", "scan_seams", "build_lut"]
 
 
-@task(name="scan-seams", cache_policy=stage_cache_policy("seams"), persist_result=True)
-def scan_seams_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+@task(name="merge-table", cache_policy=stage_cache_policy("table"), persist_result=True)
+def merge_table_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seam pairs of all tiles, then the merge table; returns the table and seam stats."""
+    scan = scan_seams(job, records)
+    table = build_lut(job, scan)
+    return {"table": table, **{k: v for k, v in scan.items() if k != "pairs"}}
+
+
+def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Find label pairs across all seams (touch or IoU), in batches of tiles."""
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -55,8 +67,7 @@ def scan_seams_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
             "unmerged": unmerged, "spanning": spanning}
 
 
-@task(name="build-lut", cache_policy=stage_cache_policy("lut"), persist_result=True)
-def build_lut_stage(job: Job, scan: dict[str, Any]) -> MergeTable:
+def build_lut(job: Job, scan: dict[str, Any]) -> MergeTable:
     """Connected components over the seam pairs: the global relabelling table."""
     t0 = time.perf_counter()
     table = MergeTable.build(scan["counts"], scan["pairs"], sequential=job.plan.sequential)
