@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -134,6 +136,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     from .cluster import ClusterHandle, check_client
     from .tasks.job import Job
     from .core.staging import Staging
+    from .tasks.segment import start_segment
 
     done = out.completed_run()
     if done is not None and done.get("result_key") == plan.result_key:
@@ -143,8 +146,14 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     staging = Staging(plan.staging_root)
     info = {"run_key": plan.run_key, "description": plan.description}
     handle = ClusterHandle(use_gpu=use_gpu)
+    job = None
+    # Prefect's API (a temporary server, in ephemeral mode) comes up in a thread while
+    # the cluster starts; tiles start as soon as the cluster is up.
+    ctx = contextvars.copy_context()     # the caller's Prefect settings context
+    warm = threading.Thread(target=ctx.run, args=(_warm_prefect,), daemon=True,
+                            name="blockbuster-prefect-warm-up")
+    warm.start()
     try:
-        _warm_prefect()     # Prefect's API comes up while the cluster starts
         client = handle.client()
         check_client(client)
         resumed = staging.prepare(info)
@@ -154,6 +163,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
                          progress=progress, fn_description=fn_desc, resources=resources,
                          generation=staging.generation or "")
+        job.segment_work = start_segment(job)
+        warm.join()
         from prefect_dask import DaskTaskRunner
         # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
         # run in the flow's thread and fan tiles out through the client themselves
@@ -163,6 +174,9 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
             summary = flow.with_options(task_runner=runner)(job, keep_staging=keep_staging)
         return {**summary, **job.details}
     finally:
+        if job is not None and job.segment_work is not None:
+            job.segment_work.cancel()      # the flow never adopted it (it failed to start)
+        warm.join()
         handle.close()
 
 

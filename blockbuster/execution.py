@@ -14,7 +14,7 @@ import math
 import uuid
 from typing import Any, Callable, Sequence
 
-__all__ = ["split_batches", "run_batches"]
+__all__ = ["split_batches", "run_batches", "BatchRun"]
 
 
 def split_batches(tiles: Sequence[int], n_threads: int, max_batch: int = 32,
@@ -48,6 +48,74 @@ def split_batches(tiles: Sequence[int], n_threads: int, max_batch: int = 32,
     return out
 
 
+class BatchRun:
+    """Batches of tiles on the cluster, at most ``window`` in flight (see :func:`run_batches`).
+
+    Creating one submits the first window at once; :meth:`gather` submits the rest as
+    batches finish and returns the results in order. The segment stage uses this split
+    to start tiles while Prefect's temporary server is still starting, then gathers them
+    inside the flow (docs/orchestration.md).
+    """
+
+    def __init__(self, client, func: Callable, args_of: Sequence[Callable[[], tuple]], *,
+                 name: str, window: int, resources: dict | None = None):
+        from distributed import as_completed
+        self.client, self.func, self.args_of = client, func, list(args_of)
+        self.resources = resources
+        self.results: list[Any] = [None] * len(self.args_of)
+        self._tag = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._pending = iter(range(len(self.args_of)))
+        self._inflight: dict[str, tuple[int, Any]] = {}
+        self._ac = as_completed()
+        try:
+            for _ in range(max(1, window)):
+                if not self._submit_next():
+                    break
+        except BaseException:
+            self.cancel()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.args_of)
+
+    def _submit_next(self) -> bool:
+        i = next(self._pending, None)
+        if i is None:
+            return False
+        fut = self.client.submit(self.func, *self.args_of[i](), key=f"{self._tag}-{i}",
+                                 pure=False, resources=self.resources)
+        self._inflight[fut.key] = (i, fut)
+        self._ac.add(fut)
+        return True
+
+    def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Wait for every batch (submitting the rest); ``on_done(i, result)`` as each ends."""
+        try:
+            for fut in self._ac:
+                i, _ = self._inflight.pop(fut.key)
+                self.results[i] = fut.result()
+                fut.release()
+                if on_done is not None:
+                    on_done(i, self.results[i])
+                self._submit_next()
+        except BaseException:
+            self.cancel()
+            raise
+        return self.results
+
+    def cancel(self) -> None:
+        """Cancel what is in flight and submit nothing more."""
+        self._pending = iter(())
+        futs = [f for _, f in self._inflight.values()]
+        self._inflight.clear()
+        if futs:
+            try:
+                self.client.cancel(futs, force=True)
+            except Exception:  # pragma: no cover - cluster already gone
+                pass
+        self._ac.clear()
+
+
 def run_batches(client, func: Callable, args_of: Sequence[Callable[[], tuple]], *,
                 name: str, window: int, on_done: Callable[[int, Any], None] | None = None,
                 resources: dict | None = None) -> list[Any]:
@@ -57,45 +125,7 @@ def run_batches(client, func: Callable, args_of: Sequence[Callable[[], tuple]], 
     themselves cluster computations start late). At most ``window`` batches are in
     flight. ``on_done(i, result)`` is called in the driver as batches finish.
     """
-    from distributed import as_completed
-
-    n = len(args_of)
-    results: list[Any] = [None] * n
-    if n == 0:
-        return results
-    tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    pending = iter(range(n))
-    inflight: dict[str, tuple[int, Any]] = {}
-    ac = as_completed()
-
-    def submit_next() -> bool:
-        i = next(pending, None)
-        if i is None:
-            return False
-        fut = client.submit(func, *args_of[i](), key=f"{tag}-{i}", pure=False,
-                            resources=resources)
-        inflight[fut.key] = (i, fut)
-        ac.add(fut)
-        return True
-
-    try:
-        for _ in range(max(1, window)):
-            if not submit_next():
-                break
-        for fut in ac:
-            i, _ = inflight.pop(fut.key)
-            results[i] = fut.result()
-            fut.release()
-            if on_done is not None:
-                on_done(i, results[i])
-            submit_next()
-    except BaseException:
-        futs = [f for _, f in inflight.values()]
-        if futs:
-            try:
-                client.cancel(futs, force=True)
-            except Exception:  # pragma: no cover - cluster already gone
-                pass
-        ac.clear()
-        raise
-    return results
+    if not args_of:
+        return []
+    return BatchRun(client, func, args_of, name=name, window=window,
+                    resources=resources).gather(on_done)

@@ -38,6 +38,7 @@ class Job(BaseModel):
     _timings: dict = PrivateAttr(default_factory=dict)
     _resources: dict | None = PrivateAttr(default=None)
     _details: dict = PrivateAttr(default_factory=dict)
+    _segment_work: Any = PrivateAttr(default=None)
 
     @classmethod
     def create(cls, *, plan, source, fn, cluster, output, progress: bool,
@@ -84,6 +85,15 @@ class Job(BaseModel):
         """Per-tile and per-seam lists of the run (``tiles``, ``seams``), kept off the
         flow's return value: Prefect walks every object of a flow's result."""
         return self._details
+
+    @property
+    def segment_work(self):
+        """Segment batches started before the flow run (see ``tasks/segment.py``)."""
+        return self._segment_work
+
+    @segment_work.setter
+    def segment_work(self, work) -> None:
+        self._segment_work = work
 
     def client(self):
         return self._cluster.client()

@@ -1,44 +1,61 @@
-"""The segment stage: every unfinished tile through ``fn``, staged, in batches."""
+"""The segment stage: every unfinished tile through ``fn``, staged, in batches.
+
+The work is started by :func:`start_segment`, which needs only the cluster (not
+Prefect): the driver calls it as soon as the cluster is up, so tiles are segmented
+while Prefect's temporary API server is still starting (~12 s on a 2-core machine
+with a new database). The ``segment-tiles`` task then adopts the batches in flight and
+submits the rest.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
 
+from ..cluster import client_threads
+from ..core.sources import full_slices
 from ..core.staging import Staging
 from ..core.tile_ops import segment_tiles
-from ..core.sources import full_slices
-from ..execution import run_batches, split_batches
-from .common import stage_cache_policy, threads_of
+from ..execution import BatchRun, split_batches
+from .common import stage_cache_policy
 from .job import Job
 from .progress import StageProgress
 
-__all__ = ["segment_stage"]
+__all__ = ["segment_stage", "start_segment", "SegmentWork"]
 
 
-@task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
-def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
-    """Run ``fn`` on every tile not finished yet; return one record per tile."""
-    logger = get_run_logger()
-    t0 = time.perf_counter()
+@dataclass
+class SegmentWork:
+    """The segment stage's work once started: finished tiles and the batches in flight."""
+
+    records: dict[int, dict[str, Any]]
+    todo: list[int]
+    batches: list[list[int]]
+    run: BatchRun | None
+    started: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+
+def start_segment(job: Job) -> SegmentWork:
+    """List finished tiles in the staging, split the rest into batches, submit the first."""
     plan, src = job.plan, job.source
     staging = Staging(plan.staging_root)
-    finished = set(staging.finished_tiles())
     records: dict[int, dict[str, Any]] = {}
-    for n in finished:
+    for n in staging.finished_tiles():
         rec = staging.read_record(n)
         rec["resumed"] = True
         records[n] = rec
-    todo = [n for n in range(plan.grid.n_tiles) if n not in finished]
-    if finished:
-        logger.info("resuming: %d of %d tiles already segmented, %d to go",
-                    len(finished), plan.grid.n_tiles, len(todo))
+    todo = [n for n in range(plan.grid.n_tiles) if n not in records]
     client = job.client()
-    batches = split_batches(todo, threads_of(client))
+    nthreads = client_threads(client)
+    batches = split_batches(todo, nthreads)
     fn = job.tile_fn
-
     if src.kind == "stored":
         def args_for(batch):
             return lambda: (plan, fn, batch, src.reader)
@@ -51,8 +68,24 @@ def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
                                                         plan.channel_axis)] for n in batch])
                 return (plan, fn, batch, None, datas)
             return make
+    run = BatchRun(client, segment_tiles, [args_for(b) for b in batches], name="segment",
+                   window=2 * nthreads + 2, resources=job.resources) if batches else None
+    return SegmentWork(records, todo, batches, run)
 
-    bar = StageProgress("segment", plan.grid.n_tiles, bar=job.progress, done=len(finished),
+
+@task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
+def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
+    """Run ``fn`` on every tile not finished yet; return one record per tile."""
+    logger = get_run_logger()
+    plan = job.plan
+    work = job.segment_work or start_segment(job)
+    job.segment_work = None
+    records = work.records
+    n_resumed = len(records)
+    if n_resumed:
+        logger.info("resuming: %d of %d tiles already segmented, %d to go",
+                    n_resumed, plan.grid.n_tiles, len(work.todo))
+    bar = StageProgress("segment", plan.grid.n_tiles, bar=job.progress, done=n_resumed,
                         artifact_id=progress_artifact, span=(0.0, 90.0))
 
     def done(i, recs):
@@ -61,14 +94,13 @@ def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
         bar.update(len(recs))
 
     try:
-        run_batches(client, segment_tiles, [args_for(b) for b in batches], name="segment",
-                    window=2 * threads_of(client) + 2, on_done=done,
-                    resources=job.resources)
+        if work.run is not None:
+            work.run.gather(done)
     finally:
         bar.close()
-    job.timings["segment"] = time.perf_counter() - t0
+    job.timings["segment"] = time.perf_counter() - work.started
     out = [records[n] for n in range(plan.grid.n_tiles)]
     n_skipped = sum(r["skipped"] for r in out)
     logger.info("segmented %d tiles (%d resumed, %d skipped as empty) in %.2f s",
-                len(todo), len(finished), n_skipped, job.timings["segment"])
+                len(work.todo), n_resumed, n_skipped, job.timings["segment"])
     return out
