@@ -108,15 +108,23 @@ def match_iou(a: np.ndarray, b: np.ndarray, iou_threshold: float):
     once, IoU >= threshold, each the other's best match) and the number of overlapping
     label pairs considered.
     """
-    a = a.ravel().astype(np.int64, copy=False)
-    b = b.ravel().astype(np.int64, copy=False)
+    a = a.ravel().astype(np.intp, copy=False)
+    b = b.ravel().astype(np.intp, copy=False)
     both = (a > 0) & (b > 0)
     if not both.any():
         return np.zeros((0, 2), dtype=np.int64), 0
     width = int(b.max()) + 1
-    keys, inter = np.unique(a[both] * width + b[both], return_counts=True)
+    height = int(a.max()) + 1
+    joint = a[both] * width + b[both]
+    if height * width <= 4 * joint.size + 65536:
+        # compact staged ids: count every (a, b) combination directly, no sort
+        hist = np.bincount(joint, minlength=height * width)
+        keys = np.flatnonzero(hist)
+        inter = hist[keys]
+    else:
+        keys, inter = np.unique(joint, return_counts=True)
     pa, pb = keys // width, keys % width
-    area_a = np.bincount(a, minlength=int(a.max()) + 1)
+    area_a = np.bincount(a, minlength=height)
     area_b = np.bincount(b, minlength=width)
     iou = inter / (area_a[pa] + area_b[pb] - inter)
     # best partner of each a, and of each b (ties: the smaller id)
