@@ -35,11 +35,14 @@ SEED = 0
 REPEATS = 3
 
 
-def parse_args(doc: str) -> argparse.Namespace:
+def parse_args(doc: str, extra=()) -> argparse.Namespace:
+    """``--quick``, ``--repeats`` and any ``extra`` ``(flag, add_argument kwargs)``."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (<1 min)")
     p.add_argument("--repeats", type=int, default=REPEATS,
                    help=f"repetitions per measurement, median reported (default {REPEATS})")
+    for flag, kwargs in extra:
+        p.add_argument(flag, **kwargs)
     return p.parse_args()
 
 
