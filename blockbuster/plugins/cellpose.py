@@ -32,15 +32,9 @@ True
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
-import importlib.util
 import json
 import math
 import os
-import socket
-import sys
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,8 +46,37 @@ from blockbuster.errors import (
     CellposeUnavailableError,
     InvalidParameterError,
     ModelNotFoundError,
-    NoGPUError,
-    TileOutputError,
+    NoGPUError,  # noqa: F401  (re-exported)
+    TileOutputError,  # noqa: F401  (re-exported)
+)
+
+# Re-exported: running eval on one tile, model lookup with the per-process cache, and
+# version detection live in their own modules; every name importable from here before the
+# split still is.
+from .cellpose_eval import _MIN_EXTENT, _NORMALIZE_DEFAULTS, _eval_kwargs, _segment  # noqa: F401
+from .cellpose_models import (  # noqa: F401
+    _CACHE,
+    _LOCK,
+    _STATE,
+    _basenames,
+    _build_model,
+    _cached_model,
+    _check_pid,
+    _default_model_name,
+    _how_to_provide,
+    _looks_like_path,
+    _require_gpu,
+    _resolve_weights,
+    clear_model_cache,
+    model_loads,
+    model_search_dirs,
+)
+from .cellpose_versions import (  # noqa: F401
+    _VERSION,
+    CELLPOSE3_MODELS,
+    CELLPOSE4_MODELS,
+    cellpose_major_version,
+    cellpose_version,
 )
 
 __all__ = [
@@ -68,210 +91,12 @@ __all__ = [
 ]
 
 
-
-# --------------------------------------------------------------------------------------
-# Versions
-# --------------------------------------------------------------------------------------
-
-#: Built-in model names of Cellpose 3 (weights incompatible with Cellpose 4).
-CELLPOSE3_MODELS = frozenset({
-    "cyto3", "nuclei", "cyto2_cp3", "tissuenet_cp3", "livecell_cp3", "yeast_PhC_cp3",
-    "yeast_BF_cp3", "bact_phase_cp3", "bact_fluor_cp3", "deepbacs_cp3", "cyto2", "cyto",
-    "CPx", "transformer_cp3", "neurips_cellpose_default", "neurips_cellpose_transformer",
-    "neurips_grayscale_cyto2", "CP", "TN1", "TN2", "TN3", "LC1", "LC2", "LC3", "LC4",
-})
-#: Built-in model names of Cellpose 4 (Cellpose-SAM family; incompatible with Cellpose 3).
-CELLPOSE4_MODELS = frozenset({"cpsam", "cpsam_v2", "cpdino", "cpdino-vitb"})
-
-# Cellpose's normalisation defaults (identical in 3.1 and 4.x). They are always passed in
-# full as a dict: Cellpose's ``eval`` otherwise writes into its module-level
-# ``normalize_default`` dict, which makes results depend on earlier calls in the process.
-_NORMALIZE_DEFAULTS: dict[str, Any] = {
-    "lowhigh": None, "percentile": None, "normalize": True, "norm3D": True,
-    "sharpen_radius": 0, "smooth_radius": 0, "tile_norm_blocksize": 0,
-    "tile_norm_smooth3D": 1, "invert": False,
-}
-
-# Spatial extents below this are padded (mirror) before Cellpose and cropped after:
-# Cellpose 3 mistakes an image with fewer than 8 rows for a channels-first array.
-_MIN_EXTENT = 16
-
 # eval() arguments this plugin sets itself or that cannot work per tile.
 _RESERVED_EVAL_KWARGS = {
     "x": "the tile is passed by blockbuster",
     "compute_masks": "labels are what a per-tile function must return",
     "progress": "it is a Qt progress bar of Cellpose's GUI",
 }
-
-
-_VERSION: dict[int, str] = {}  # pid -> version found (not cached while not installed)
-
-
-def cellpose_version() -> str | None:
-    """The installed Cellpose version string, or ``None`` when it is not installed.
-
-    Reads package metadata only (imports neither Cellpose nor PyTorch).
-    """
-    pid = os.getpid()
-    if pid in _VERSION:
-        return _VERSION[pid]
-    try:
-        ver = importlib.metadata.version("cellpose")
-    except importlib.metadata.PackageNotFoundError:
-        if importlib.util.find_spec("cellpose") is None:
-            return None
-        try:  # a source checkout without metadata
-            mod = importlib.import_module("cellpose.version")
-            ver = str(getattr(mod, "version", "unknown"))
-        except Exception:  # pragma: no cover - broken installation
-            ver = "unknown"
-    _VERSION[pid] = ver
-    return ver
-
-
-def cellpose_major_version() -> int:
-    """The installed Cellpose major version (3 or 4; newer majors use the 4 branch).
-
-    Raises
-    ------
-    CellposeUnavailableError
-        Cellpose is not installed, or is older than 3.
-    """
-    ver = cellpose_version()
-    if ver is None:
-        raise CellposeUnavailableError(
-            "cellpose_fn needs Cellpose, which is not installed in this Python "
-            f"environment ({sys.executable}). Install it where the tiles are processed: "
-            "pip install 'blockbuster[cellpose]' (install a CPU or CUDA build of torch "
-            "first, see docs/cellpose.md).")
-    try:
-        major = int(ver.split(".")[0])
-    except ValueError:
-        major = 4  # "unknown": assume a current checkout
-    if major < 3:
-        raise CellposeUnavailableError(
-            f"Cellpose {ver} is installed, but cellpose_fn supports Cellpose 3.1 and 4: "
-            "pip install -U 'cellpose>=3.1'.")
-    return major
-
-
-# --------------------------------------------------------------------------------------
-# The per-process model cache
-# --------------------------------------------------------------------------------------
-
-_CACHE: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
-_STATE = {"pid": os.getpid(), "loads": 0}
-
-
-def _check_pid() -> None:
-    # A forked child must not reuse its parent's models (CUDA contexts do not survive a
-    # fork) nor report its parent's load count.
-    if _STATE["pid"] != os.getpid():
-        _CACHE.clear()
-        _STATE["pid"] = os.getpid()
-        _STATE["loads"] = 0
-
-
-def model_loads() -> int:
-    """How many Cellpose models this process has loaded (built and read from disk).
-
-    On a Dask cluster, ``client.run(model_loads)`` gives the count per worker.
-
-    Examples
-    --------
-    >>> from blockbuster.plugins.cellpose import model_loads
-    >>> isinstance(model_loads(), int)
-    True
-    """
-    with _LOCK:
-        _check_pid()
-        return _STATE["loads"]
-
-
-def clear_model_cache() -> None:
-    """Forget the models loaded in this process (frees their memory; GPU memory too).
-
-    The load counter is not reset.
-    """
-    with _LOCK:
-        _check_pid()
-        _CACHE.clear()
-    if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-# --------------------------------------------------------------------------------------
-# Where models are looked for
-# --------------------------------------------------------------------------------------
-
-def model_search_dirs() -> list[Path]:
-    """Directories searched for a model given by name, in order.
-
-    ``$CELLPOSE_LOCAL_MODELS_PATH`` as it is now; Cellpose's ``models.MODEL_DIR`` when
-    Cellpose is already imported in this process (it reads the variable at import);
-    otherwise ``~/.cellpose/models``, Cellpose's default. Nothing is created.
-    """
-    dirs: list[Path] = []
-    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
-    if env:
-        dirs.append(Path(env).expanduser())
-    mods = sys.modules.get("cellpose.models")
-    model_dir = getattr(mods, "MODEL_DIR", None)
-    if model_dir is not None:
-        dirs.append(Path(model_dir).expanduser())
-    if not env:
-        dirs.append(Path.home() / ".cellpose" / "models")
-    out: list[Path] = []
-    for d in dirs:
-        if d not in out:
-            out.append(d)
-    return out
-
-
-def _basenames(name: str, major: int | None) -> list[str]:
-    """File names a built-in model name is stored under, per Cellpose version."""
-    names = []
-    if major in (None, 3) and name in ("cyto", "cyto2", "nuclei"):
-        names.append(f"{name}torch_0")  # Cellpose 3's models.model_path()
-    names.append(name)
-    return names
-
-
-def _default_model_name(major: int) -> str:
-    if major < 4:
-        return "cyto3"
-    # Cellpose 4's own default (cpsam in 4.0/4.1, cpsam_v2 from 4.2).
-    import inspect
-
-    from cellpose import models
-    default = inspect.signature(models.CellposeModel.__init__).parameters[
-        "pretrained_model"].default
-    return default if isinstance(default, str) else "cpsam"
-
-
-def _looks_like_path(spec: str) -> bool:
-    seps = [os.sep] + ([os.altsep] if os.altsep else [])
-    return any(s in spec for s in seps) or spec.startswith("~") or spec.startswith(".")
-
-
-def _how_to_provide(name: str, basenames: list[str], dirs: list[Path],
-                    major: int | None) -> str:
-    where = dirs[0] if dirs else Path.home() / ".cellpose" / "models"
-    if major is not None and major >= 4:
-        fetch = f"models.CellposeModel(pretrained_model='{name}')"
-    else:
-        fetch = f"models.CellposeModel(model_type='{name}')"
-    return (
-        "blockbuster never downloads model weights while it runs. To provide them: on a "
-        "machine with internet access and the same Cellpose version, fetch them once "
-        f"(python -c \"from cellpose import models; {fetch}\"), which saves "
-        f"~/.cellpose/models/{basenames[0]} there; copy that file to {where}/ on every "
-        "machine that runs tiles (or set CELLPOSE_LOCAL_MODELS_PATH on the workers to a "
-        "shared directory holding it); or pass pretrained_model='/path/to/weights' to "
-        "cellpose_fn.")
 
 
 # --------------------------------------------------------------------------------------
@@ -403,54 +228,7 @@ class CellposeFn:
         return self._resolve(major)
 
     def _resolve(self, major: int | None) -> Path:
-        if self.pretrained_model is not None:
-            spec, what = self.pretrained_model, "pretrained_model"
-        elif self.model_type is not None:
-            spec, what = self.model_type, "model_type"
-        else:
-            if major is None:
-                raise ModelNotFoundError(
-                    "model_type=None means the installed Cellpose's default model, but "
-                    "Cellpose is not installed here.")
-            spec, what = _default_model_name(major), "model_type"
-        path = Path(spec).expanduser()
-        if path.is_file():
-            return path.resolve()
-        if path.is_dir():
-            raise ModelNotFoundError(
-                f"{what}={spec!r} is a directory; give the weights file inside it.")
-        if _looks_like_path(spec) or what == "pretrained_model" and path.suffix:
-            raise ModelNotFoundError(
-                f"{what}={spec!r}: no such file ({path.resolve()}). Copy the weights "
-                "there, or pass the path of an existing Cellpose weights file. "
-                "blockbuster never downloads model weights while it runs.")
-        # A model name: look in Cellpose's model directories.
-        if major is not None and major >= 4 and spec in CELLPOSE3_MODELS:
-            raise InvalidParameterError(
-                f"{what}={spec!r} is a Cellpose 3 model, but Cellpose "
-                f"{cellpose_version()} is installed here and cannot run Cellpose 3 "
-                "weights. Use a Cellpose 4 model (model_type='cpsam'), or install "
-                "'cellpose>=3.1,<4' on the workers.")
-        if major == 3 and spec in CELLPOSE4_MODELS:
-            raise InvalidParameterError(
-                f"{what}={spec!r} is a Cellpose 4 model, but Cellpose "
-                f"{cellpose_version()} is installed here. Install 'cellpose>=4' on the "
-                "workers, or use a Cellpose 3 model such as model_type='cyto3'.")
-        basenames = _basenames(spec, major)
-        dirs = model_search_dirs()
-        looked = []
-        for d in dirs:
-            for b in basenames:
-                candidate = d / b
-                looked.append(str(candidate))
-                if candidate.is_file():
-                    return candidate.resolve()
-        env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
-        raise ModelNotFoundError(
-            f"Cellpose model {what}={spec!r} is not available on this machine "
-            f"(host {socket.gethostname()}). Looked for: "
-            f"{', '.join(looked)} (CELLPOSE_LOCAL_MODELS_PATH="
-            f"{env if env else 'unset'}). " + _how_to_provide(spec, basenames, dirs, major))
+        return _resolve_weights(self.pretrained_model, self.model_type, major)
 
     def load_model(self):
         """The Cellpose model, loaded on first use in this process and cached.
@@ -468,21 +246,7 @@ class CellposeFn:
         """
         major = cellpose_major_version()
         path = self._resolve(major)
-        st = path.stat()
-        key = (major, str(path), st.st_size, st.st_mtime_ns, self.gpu)
-        with _LOCK:
-            _check_pid()
-            model = _CACHE.get(key)
-            if model is None:
-                if self.gpu:
-                    _require_gpu()
-                # weights that changed on disk replace their stale model
-                for old in [k for k in _CACHE if k[1] == key[1]]:
-                    del _CACHE[old]
-                model = _build_model(major, path, self.gpu)
-                _CACHE[key] = model
-                _STATE["loads"] += 1
-        return model
+        return _cached_model(major, path, self.gpu)
 
     def preload(self) -> None:
         """Load the model now (e.g. ``client.run(fn.preload)`` on every worker)."""
@@ -607,55 +371,11 @@ class CellposeFn:
         return np.ascontiguousarray(np.transpose(masks, order), dtype=np.uint32)
 
     def _eval_kwargs(self, major: int, mode: str, nchan_given: bool) -> dict:
-        kw = dict(self.eval_kwargs)
-        normalize = kw.pop("normalize", True)
-        invert = kw.pop("invert", None)
-        import cellpose.models as cpm  # already imported by load_model
-
-        keys = set(getattr(cpm, "normalize_default", _NORMALIZE_DEFAULTS))
-        params = {k: v for k, v in _NORMALIZE_DEFAULTS.items() if k in keys}
-        if isinstance(normalize, dict):
-            params.update(normalize)
-        else:
-            params["normalize"] = bool(normalize)
-        if invert is not None:
-            params["invert"] = bool(invert)
-        kw["normalize"] = params
-        kw["diameter"] = self.diameter
-        kw["do_3D"] = mode == "3d"
-        kw["stitch_threshold"] = (self.stitch_threshold or 0.0) if mode == "stitch" else 0.0
-        kw["channel_axis"] = 3 if mode in ("3d", "stitch") else 2
-        kw["z_axis"] = 0 if mode in ("3d", "stitch") else None
-        if major < 4:
-            # ---- Cellpose 3: a 2-channel network; channels=[cyto, nuclei], 1-based,
-            # 0 = grayscale. A tile without a channel axis is grayscale.
-            if "channels" not in kw:
-                kw["channels"] = None if nchan_given else [0, 0]
-        # ---- Cellpose 4: takes up to 3 channels in any order; no `channels`.
-        return kw
+        return _eval_kwargs(self, major, mode, nchan_given)
 
     def _segment(self, model, major: int, xc: np.ndarray, mode: str) -> np.ndarray:
         """Run ``model.eval`` on a canonical (Z,)Y,X,C array; labels shaped (Z,)Y,X."""
-        shape = xc.shape[:-1]
-        pad = [(0, max(0, _MIN_EXTENT - s)) for s in shape] + [(0, 0)]
-        if any(p[1] for p in pad):
-            xc = np.pad(xc, pad, mode="symmetric")
-        kw = self._eval_kwargs(major, mode, self.channel_axis is not None)
-        masks = np.asarray(model.eval(xc, **kw)[0])
-        padded = xc.shape[:-1]
-        if masks.shape != padded:  # Cellpose squeezes singleton axes
-            if masks.size != math.prod(padded):
-                raise TileOutputError(
-                    f"Cellpose returned masks of shape {masks.shape} for an input of "
-                    f"shape {padded} (mode {mode}); this is a bug, please report it.")
-            masks = masks.reshape(padded)
-        masks = masks[tuple(slice(0, s) for s in shape)]
-        if masks.dtype != np.uint32:
-            if masks.size and masks.min() < 0:  # pragma: no cover - defensive
-                raise TileOutputError("Cellpose returned negative labels")
-            masks = masks.astype(np.uint32)
-        return masks
-
+        return _segment(self, model, major, xc, mode)
 
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
@@ -665,45 +385,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)
     return repr(obj)
-
-
-def _require_gpu() -> None:
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    if torch.cuda.is_available() or (mps is not None and mps.is_available()):
-        return
-    raise NoGPUError(
-        "cellpose_fn(gpu=True), but PyTorch sees no GPU in this worker process "
-        f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU-only build'}, "
-        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
-        "blockbuster does not fall back to the CPU silently. Run on GPU workers "
-        "(tile_process(..., use_gpu=True) or make_local_cluster(use_gpu=True)) with a "
-        "CUDA build of PyTorch, or pass gpu=False.")
-
-
-def _build_model(major: int, path: Path, gpu: bool):
-    """Construct a Cellpose model from an existing local weights file (never downloads)."""
-    from cellpose import models
-
-    if major < 4:
-        # ---- Cellpose 3: models.CellposeModel(gpu, pretrained_model=path, model_type=None)
-        # With an existing path and no model_type, Cellpose 3 reads the file and nothing
-        # else. Transformer-backbone models need backbone="transformer".
-        kwargs: dict[str, Any] = {"gpu": gpu, "pretrained_model": str(path), "model_type": None}
-        if "transformer" in path.name:
-            kwargs["backbone"] = "transformer"
-        model = models.CellposeModel(**kwargs)
-    else:
-        # ---- Cellpose 4: models.CellposeModel(gpu, pretrained_model=path); no model_type,
-        # no channels. An existing path is loaded as is (a missing one would download).
-        model = models.CellposeModel(gpu=gpu, pretrained_model=str(path))
-    if gpu and not getattr(model, "gpu", False):
-        raise NoGPUError(
-            "cellpose_fn(gpu=True), but Cellpose could not place the model on a GPU in "
-            "this worker process; it would have run on the CPU. Check the CUDA build of "
-            "PyTorch and CUDA_VISIBLE_DEVICES, or pass gpu=False.")
-    return model
 
 
 def cellpose_fn(model_type: str | os.PathLike | None = "cyto3", gpu: bool = False,
