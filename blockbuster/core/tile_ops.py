@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import BlockbusterError, TileFunctionError, TileOutputError
+from ..errors import BlockbusterError, TileFunctionError
 from .labels import _small_uint, check_tile_labels, compact_labels, compact_with_halo, present_ids
 from .lut import MergeTable
 from .plan import RunPlan

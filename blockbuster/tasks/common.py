@@ -1,4 +1,4 @@
-"""Shared bits of the stage tasks: cache policies and the number of threads to feed."""
+"""Shared bits of the stage tasks: cache policies."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from typing import Any
 
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from ..cluster import client_threads
 
-__all__ = ["stage_cache_policy", "stage_key", "threads_of", "NO_CACHE"]
+__all__ = ["stage_cache_policy", "stage_key", "NO_CACHE"]
 
 
 def stage_key(stage: str, run_key: str, generation: str) -> str:
@@ -34,6 +33,3 @@ def stage_cache_policy(stage: str) -> CachePolicy:
     """
     return CachePolicy.from_cache_key_fn(_stage_key(stage))
 
-
-def threads_of(client) -> int:
-    return client_threads(client)

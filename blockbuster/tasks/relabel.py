@@ -9,7 +9,8 @@ from prefect import get_run_logger, task
 from ..core.lut import MergeTable
 from ..core.tile_ops import relabel_tiles, table_luts
 from ..execution import run_batches, split_batches
-from .common import NO_CACHE, threads_of
+from ..cluster import client_threads
+from .common import NO_CACHE
 from .job import Job
 from .progress import StageProgress
 
@@ -26,7 +27,7 @@ def relabel_stage(job: Job, table: MergeTable, progress_artifact=None) -> dict:
                {"run_key": plan.run_key, "n_labels": table.n_labels})
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     client = job.client()
-    nthreads = threads_of(client)
+    nthreads = client_threads(client)
     batches = split_batches(tiles, nthreads)
     bar = StageProgress("relabel", len(tiles), bar=job.progress,
                         artifact_id=progress_artifact, span=(90.0, 100.0))

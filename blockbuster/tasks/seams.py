@@ -16,7 +16,8 @@ from prefect import get_run_logger, task
 from ..core.lut import MergeTable
 from ..core.tile_ops import scan_tiles
 from ..execution import run_batches, split_batches
-from .common import stage_cache_policy, threads_of
+from ..cluster import client_threads
+from .common import stage_cache_policy
 from .job import Job
 from .progress import StageProgress
 
@@ -42,7 +43,7 @@ def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
         np.cumsum(counts[:-1], out=offsets[1:])
     tiles = [n for n in range(plan.grid.n_tiles) if counts[n] > 0]
     client = job.client()
-    nthreads = threads_of(client)
+    nthreads = client_threads(client)
     batches = split_batches(tiles, nthreads, max_batch=64)
     bar = StageProgress("seams", len(tiles), bar=job.progress)
     results = run_batches(client, scan_tiles,
