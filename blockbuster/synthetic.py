@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Sequence
 
@@ -50,6 +49,20 @@ import numpy as np
 import numpy.typing  # noqa: F401  (np.typing in annotations)
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.synthetic_noise import _GOLDEN, _M1, _M2, _hash_normal, _splitmix64  # noqa: F401
+from blockbuster.synthetic_place import (  # noqa: F401  (re-exported)
+    _CLUSTER_SIZE,
+    _ECCENTRICITY,
+    _GAP,
+    _MIN_SEPARATION,
+    _TOUCH,
+    _check_radius,
+    _check_shape,
+    _place_nuclei,
+    _random_rotation,
+    _sparse_box,
+)
+from blockbuster.synthetic_zarr import write_synthetic_zarr
 
 __all__ = [
     "NucleiScene",
@@ -63,59 +76,8 @@ __all__ = [
 #: temporary float/uint64 arrays of the renderer to a few tens of MiB).
 _RENDER_BLOCK_VOXELS = 1 << 20
 
-_ECCENTRICITY = 0.2  # axis radii vary by +-20 % around the mean radius
 _EDGE = 1.5  # width (voxels) of the intensity ramp at a nucleus rim
 _DOME = 0.2  # relative dimming from the centre to the rim
-_CLUSTER_SIZE = (1, 6)  # nuclei per cluster when touching=True (inclusive range)
-_TOUCH = (0.8, 0.95)  # centre distance / (r_a + r_b) inside a cluster
-_MIN_SEPARATION = 0.78  # never closer than this fraction of (r_a + r_b)
-_GAP = 3.0  # voxels between nuclei when touching=False
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: a bijective, well-mixing hash of uint64 values."""
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def _hash_normal(seed: int, shape: tuple[int, ...], region: tuple[slice, ...]) -> np.ndarray:
-    """Standard normal noise that is a pure function of (seed, global voxel index).
-
-    Box-Muller on two independent hashes of the global linear index, so the value at a
-    voxel does not depend on which region it was rendered with.
-    """
-    with np.errstate(over="ignore"):
-        idx = np.zeros((1,) * len(shape), dtype=np.uint64)
-        stride = 1
-        for ax in range(len(shape) - 1, -1, -1):
-            sl = region[ax]
-            coords = np.arange(sl.start, sl.stop, dtype=np.uint64) * np.uint64(stride)
-            idx = idx + coords.reshape([-1 if a == ax else 1 for a in range(len(shape))])
-            stride *= shape[ax]
-        key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
-        base = (idx << np.uint64(1)) ^ key
-        h1 = _splitmix64(base)
-        h2 = _splitmix64(base | np.uint64(1))
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    out = np.sqrt(-2.0 * np.log(u1))
-    out *= np.cos(2.0 * np.pi * u2)
-    return out
-
-
-def _random_rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
-    """A uniformly random rotation matrix (QR of a Gaussian matrix, signs fixed)."""
-    q, r = np.linalg.qr(rng.normal(size=(ndim, ndim)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 @dataclass
@@ -346,29 +308,6 @@ class NucleiScene:
                         for a, b, s in zip(starts, block_shape, self.shape))
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError as exc:
-        raise InvalidParameterError(
-            f"shape={shape!r} must be a tuple of ints such as (512, 512) or (64, 256, 256)"
-        ) from exc
-    if len(shape) not in (2, 3) or any(s < 1 for s in shape):
-        raise InvalidParameterError(
-            f"shape={shape!r} must have 2 or 3 positive axes, e.g. (512, 512) or (64, 256, 256)")
-    return shape
-
-
-def _check_radius(radius: float | tuple[float, float]) -> tuple[float, float]:
-    if np.isscalar(radius):
-        radius = (float(radius), float(radius))
-    lo, hi = (float(r) for r in radius)
-    if not (1.0 <= lo <= hi):
-        raise InvalidParameterError(
-            f"radius={radius!r} must be a number >= 1 or a (min, max) pair with 1 <= min <= max")
-    return lo, hi
-
-
 def nuclei_scene(shape: Sequence[int], *, n_nuclei: int | None = None,
                  radius: float | tuple[float, float] = (8.0, 14.0), touching: bool = True,
                  density: float = 0.3, seed: int = 0, dtype: np.typing.DTypeLike = np.uint16,
@@ -397,108 +336,10 @@ def nuclei_scene(shape: Sequence[int], *, n_nuclei: int | None = None,
     >>> scene.n_nuclei > 10
     True
     """
-    shape = _check_shape(shape)
-    lo_r, hi_r = _check_radius(radius)
-    ndim = len(shape)
-    if not 0 < density <= 0.9:
-        raise InvalidParameterError(f"density={density!r} must be in (0, 0.9]")
-    if noise < 0 or not 0 <= background < 1:
-        raise InvalidParameterError(
-            f"noise={noise!r} must be >= 0 and background={background!r} in [0, 1)")
-    i_lo, i_hi = (float(v) for v in intensity)
-    if not (background < i_lo <= i_hi <= 1.0):
-        raise InvalidParameterError(
-            f"intensity={intensity!r} must be a (min, max) pair with "
-            f"background ({background}) < min <= max <= 1")
-    if outside not in ("noise", "zero"):
-        raise InvalidParameterError(f"outside={outside!r} must be 'noise' or 'zero'")
-    if box is None:
-        box_t = tuple((0, s) for s in shape)
-    else:
-        box_t = tuple((max(0, int(a)), min(s, int(b))) for (a, b), s in zip(box, shape))
-        if len(box_t) != ndim or any(b <= a for a, b in box_t):
-            raise InvalidParameterError(f"box={box!r} must give a non-empty (start, stop) per axis")
-    rng = np.random.default_rng(seed)
-    box_lo = np.array([a for a, _ in box_t], dtype=float)
-    box_hi = np.array([b for _, b in box_t], dtype=float)
-    box_vol = float(np.prod(box_hi - box_lo))
-    mean_r = 0.5 * (lo_r + hi_r)
-    unit_vol = math.pi if ndim == 2 else 4.0 / 3.0 * math.pi
-    if n_nuclei is None:
-        n_target = max(1, int(round(density * box_vol / (unit_vol * mean_r ** ndim))))
-    else:
-        n_target = int(n_nuclei)
-        if n_target < 0:
-            raise InvalidParameterError(f"n_nuclei={n_nuclei!r} must be >= 0")
-
-    max_r_factor = 1.0 + _ECCENTRICITY
-    cell = 2.0 * hi_r * max_r_factor + _GAP + 1.0
-    grid: dict[tuple[int, ...], list[int]] = {}
-    centers: list[np.ndarray] = []
-    rmeans: list[float] = []
-    radii: list[np.ndarray] = []
-    rots: list[np.ndarray] = []
-
-    def fits(c: np.ndarray, r: float, rmax: float, ignore_bounds: bool = False) -> bool:
-        if not ignore_bounds and (np.any(c - rmax - 1 < box_lo) or np.any(c + rmax + 1 > box_hi)):
-            return False
-        key = np.floor(c / cell).astype(int)
-        for off in itertools.product((-1, 0, 1), repeat=ndim):
-            for j in grid.get(tuple(key + off), ()):
-                dist = float(np.sqrt(np.sum((centers[j] - c) ** 2)))
-                if touching:
-                    if dist < _MIN_SEPARATION * (r + rmeans[j]):
-                        return False
-                elif dist < max_r_factor * (r + rmeans[j]) + _GAP:
-                    return False
-        return True
-
-    def add(c: np.ndarray, r: float, axes: np.ndarray, rot: np.ndarray) -> None:
-        grid.setdefault(tuple(np.floor(c / cell).astype(int)), []).append(len(centers))
-        centers.append(c)
-        rmeans.append(r)
-        radii.append(axes)
-        rots.append(rot)
-
-    def draw() -> tuple[float, np.ndarray, np.ndarray]:
-        r = float(rng.uniform(lo_r, hi_r))
-        axes = r * (1.0 + rng.uniform(-_ECCENTRICITY, _ECCENTRICITY, size=ndim))
-        return r, axes, _random_rotation(rng, ndim)
-
-    attempts, max_attempts = 0, 30 * n_target + 200
-    while len(centers) < n_target and attempts < max_attempts:
-        attempts += 1
-        r, axes, rot = draw()
-        rmax = float(axes.max())
-        c = rng.uniform(box_lo + rmax + 1, np.maximum(box_lo + rmax + 1, box_hi - rmax - 1))
-        if not fits(c, r, rmax):
-            continue
-        add(c, r, axes, rot)
-        if not touching:
-            continue
-        members = [len(centers) - 1]
-        size = int(rng.integers(_CLUSTER_SIZE[0], _CLUSTER_SIZE[1] + 1))
-        tries = 0
-        while len(members) < size and len(centers) < n_target and tries < 10 * size:
-            tries += 1
-            m = members[int(rng.integers(len(members)))]
-            r, axes, rot = draw()
-            u = rng.normal(size=ndim)
-            u /= np.linalg.norm(u) or 1.0
-            c = centers[m] + u * (rmeans[m] + r) * rng.uniform(*_TOUCH)
-            if fits(c, r, float(axes.max())):
-                add(c, r, axes, rot)
-                members.append(len(centers) - 1)
-
-    n = len(centers)
-    return NucleiScene(
-        shape=shape,
-        centers=np.array(centers, dtype=np.float64).reshape(n, ndim),
-        radii=np.array(radii, dtype=np.float64).reshape(n, ndim),
-        rotations=np.array(rots, dtype=np.float64).reshape(n, ndim, ndim),
-        brightness=rng.uniform(i_lo, i_hi, size=n),
-        seed=int(seed), dtype=np.dtype(dtype), background=float(background),
-        noise=float(noise), signal_box=None if box is None else box_t, outside=outside)
+    return NucleiScene(**_place_nuclei(
+        shape, n_nuclei=n_nuclei, radius=radius, touching=touching, density=density,
+        seed=seed, dtype=dtype, noise=noise, background=background, intensity=intensity,
+        box=box, outside=outside))
 
 
 def synthetic_nuclei(shape: Sequence[int], *, n_nuclei: int | None = None,
@@ -563,13 +404,6 @@ def synthetic_nuclei(shape: Sequence[int], *, n_nuclei: int | None = None,
     return scene.render()
 
 
-def _sparse_box(shape: tuple[int, ...], corner_fraction: float) -> tuple[tuple[int, int], ...]:
-    if not 0 < corner_fraction <= 1:
-        raise InvalidParameterError(
-            f"corner_fraction={corner_fraction!r} must be in (0, 1] (a fraction of each axis)")
-    return tuple((0, max(1, int(math.ceil(corner_fraction * s)))) for s in shape)
-
-
 def sparse_nuclei(shape: Sequence[int], corner_fraction: float = 0.25, seed: int = 0, *,
                   outside: Literal["zero", "noise"] = "zero", **options
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -621,102 +455,3 @@ def sparse_nuclei(shape: Sequence[int], corner_fraction: float = 0.25, seed: int
     scene = nuclei_scene(shape, seed=seed, box=box, outside=outside, **options)
     return scene.render()
 
-
-def write_synthetic_zarr(path: str | os.PathLike, shape: Sequence[int],
-                         chunks: Sequence[int], seed: int = 0, *,
-                         kind: Literal["nuclei", "sparse"] = "nuclei",
-                         labels_path: str | os.PathLike | None = None,
-                         corner_fraction: float = 0.25, overwrite: bool = True,
-                         **options) -> str:
-    """Write a synthetic image (optionally its true labels) to a zarr v3 array.
-
-    The image is rendered one chunk-aligned block at a time, so its size is limited by
-    disk, not memory; it equals ``synthetic_nuclei(shape, seed=seed, **options)[0]``
-    (or ``sparse_nuclei(...)`` for ``kind="sparse"``) exactly. Blocks equal to the fill
-    value 0 (empty corners of a sparse image) are not stored.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Where to create the zarr array (a directory store).
-    shape, chunks : tuple of int
-        Array shape (2 or 3 axes) and chunk shape.
-    seed : int
-        Seed of the scene.
-    kind : {"nuclei", "sparse"}
-        A canvas full of nuclei (:func:`synthetic_nuclei`) or nuclei in one corner only
-        (:func:`sparse_nuclei`, with ``corner_fraction``).
-    labels_path : str or path-like, optional
-        Also write the true labels (uint32, same chunks) there.
-    corner_fraction : float
-        For ``kind="sparse"``: the populated corner's extent per axis.
-    overwrite : bool
-        Replace an existing array at ``path`` (and ``labels_path``).
-    **options
-        Options of :func:`synthetic_nuclei` (``radius``, ``touching``, ``dtype``,
-        ``noise``, ...); with ``kind="sparse"`` also ``outside``.
-
-    Returns
-    -------
-    str
-        ``path``, as a string. The array's attributes hold the scene parameters under
-        ``"blockbuster_synthetic"``.
-
-    Examples
-    --------
-    >>> import tempfile, zarr
-    >>> tmp = tempfile.mkdtemp()
-    >>> p = write_synthetic_zarr(tmp + "/img.zarr", (64, 80), (32, 32), seed=2)
-    >>> z = zarr.open_array(p, mode="r")
-    >>> z.shape, z.chunks, str(z.dtype)
-    ((64, 80), (32, 32), 'uint16')
-    >>> bool((z[...] == synthetic_nuclei((64, 80), seed=2)[0]).all())
-    True
-    """
-    import zarr
-
-    shape = _check_shape(shape)
-    try:
-        chunks = tuple(int(c) for c in chunks)
-    except TypeError as exc:
-        raise InvalidParameterError(f"chunks={chunks!r} must be a tuple of ints") from exc
-    if len(chunks) != len(shape) or any(c < 1 for c in chunks):
-        raise InvalidParameterError(
-            f"chunks={chunks!r} must give one positive int per axis of shape={shape!r}")
-    if kind == "nuclei":
-        scene = nuclei_scene(shape, seed=seed, **options)
-    elif kind == "sparse":
-        outside = options.pop("outside", "zero")
-        scene = nuclei_scene(shape, seed=seed, box=_sparse_box(shape, corner_fraction),
-                             outside=outside, **options)
-    else:
-        raise InvalidParameterError(f"kind={kind!r} must be 'nuclei' or 'sparse'")
-
-    attrs = {"blockbuster_synthetic": {
-        "kind": kind, "seed": int(seed), "n_nuclei": scene.n_nuclei,
-        "background_max": scene.background_max, "scale": scene.scale,
-        "signal_box": None if scene.signal_box is None else [list(b) for b in scene.signal_box],
-        "options": {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in options.items() if k != "dtype"},
-    }}
-    image = zarr.create_array(store=os.fspath(path), shape=shape, chunks=chunks,
-                              dtype=scene.dtype, fill_value=0, overwrite=overwrite,
-                              attributes=attrs)
-    truth = None
-    if labels_path is not None:
-        truth = zarr.create_array(store=os.fspath(labels_path), shape=shape, chunks=chunks,
-                                  dtype=np.uint32, fill_value=0, overwrite=overwrite,
-                                  attributes=attrs)
-    # Blocks: whole chunks, grown along the leading axes up to ~4 Mi voxels.
-    block = list(chunks)
-    for ax in range(len(shape)):
-        while block[ax] < shape[ax] and math.prod(block) * 2 <= 4 * _RENDER_BLOCK_VOXELS:
-            block[ax] = min(shape[ax], block[ax] * 2)
-    # keep blocks chunk-aligned
-    block = [max(c, (b // c) * c) for b, c in zip(block, chunks)]
-    for region in scene.iter_blocks(block):
-        im, lb = scene.render(region, labels=truth is not None)
-        image[region] = im
-        if truth is not None:
-            truth[region] = lb
-    return os.fspath(path)
