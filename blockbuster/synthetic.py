@@ -454,4 +454,3 @@ def sparse_nuclei(shape: Sequence[int], corner_fraction: float = 0.25, seed: int
     box = _sparse_box(shape, corner_fraction)
     scene = nuclei_scene(shape, seed=seed, box=box, outside=outside, **options)
     return scene.render()
-

@@ -51,4 +51,3 @@ def _hash_normal(seed: int, shape: tuple[int, ...], region: tuple[slice, ...]) -
     out = np.sqrt(-2.0 * np.log(u1))
     out *= np.cos(2.0 * np.pi * u2)
     return out
-

@@ -72,7 +72,6 @@ def _sparse_box(shape: tuple[int, ...], corner_fraction: float) -> tuple[tuple[i
     return tuple((0, max(1, int(math.ceil(corner_fraction * s)))) for s in shape)
 
 
-
 def _place_nuclei(shape: Sequence[int], *, n_nuclei: int | None,
                   radius: float | tuple[float, float], touching: bool, density: float,
                   seed: int, dtype: np.typing.DTypeLike, noise: float, background: float,

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -67,19 +66,25 @@ import numpy as np
 from ..errors import InputError, InvalidParameterError
 from .formats import _group_attrs, _node_type, channel_axis_of, ngff_metadata, normalize_axes
 
+# Metadata and pyramid building live in their own modules (one job each) as mixins of
+# LabelTarget, which stays here so its pickled identity is unchanged; every name
+# importable from here before the split still is.
+from .ngff_meta import (  # noqa: F401
+    _DOWNSAMPLING,
+    _array_shape,
+    _drop,
+    _drop_axis_transforms,
+    _MetadataMixin,
+    _rgba,
+)
+from .ngff_pyramid import _axis_map, _downsample_task, _PyramidMixin  # noqa: F401
+
 __all__ = ["LabelTarget", "label_target", "LABEL_DTYPES"]
 
 #: Integer types NGFF allows for label images.
 LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32",
                                            "int32", "uint64", "int64"))
 _VERSION_FORMAT = {"0.4": 2, "0.5": 3}
-_DOWNSAMPLING = {
-    "type": "nearest",
-    "metadata": {"method": "blockbuster.core.ngff: nearest neighbour by striding",
-                 "description": "level i takes every k-th voxel of level i-1 (k = the "
-                                "image's downsampling factor per axis)"},
-}
-
 
 def _default_compressors(zarr_format: int):
     """Blosc(zstd, shuffle): readable by zarr-python 2/3, zarr.js, Fiji and neuroglancer."""
@@ -163,49 +168,8 @@ def label_target(write_to: str | os.PathLike) -> LabelTarget | None:
         image_transforms=list(ms.get("coordinateTransformations") or []))
 
 
-def _array_shape(d: str) -> tuple[int, ...] | None:
-    from .formats import _read_json
-    meta = _read_json(os.path.join(d, "zarr.json"))
-    if meta and meta.get("node_type") == "array":
-        return tuple(int(s) for s in meta["shape"])
-    meta = _read_json(os.path.join(d, ".zarray"))
-    if meta and "shape" in meta:
-        return tuple(int(s) for s in meta["shape"])
-    return None
-
-
-def _drop(seq: list, index: int | None) -> list:
-    return [v for i, v in enumerate(seq) if i != index]
-
-
-def _drop_axis_transforms(transforms: Iterable[dict], index: int | None) -> list[dict]:
-    out = []
-    for t in transforms or []:
-        t = dict(t)
-        for key in ("scale", "translation"):
-            if isinstance(t.get(key), list):
-                t[key] = _drop(t[key], index)
-        out.append(t)
-    return out
-
-
-def _axis_map(prev: int, out: int) -> slice | np.ndarray:
-    """Which voxels of an axis of length ``prev`` make an axis of length ``out``.
-
-    A slice ``::k`` when ``out`` is ``prev / k`` rounded up or down for an integer ``k``
-    (every usual pyramid), else nearest-neighbour indices of the voxel centres.
-    """
-    if out >= prev:
-        return slice(None) if out == prev else np.minimum(
-            (np.arange(out) * prev) // out, prev - 1)
-    k = max(1, round(prev / out))
-    if out in (-(-prev // k), prev // k):
-        return slice(0, k * out, k)
-    return np.minimum(((np.arange(out) + 0.5) * prev / out).astype(np.int64), prev - 1)
-
-
 @dataclass(frozen=True)
-class LabelTarget:
+class LabelTarget(_PyramidMixin, _MetadataMixin):
     """Where and how to write a label image into an OME-Zarr image (picklable).
 
     Built by :func:`label_target`.  Lifecycle: :meth:`create_level0` (once, in the
@@ -398,155 +362,7 @@ class LabelTarget:
         self._write_ome(group, {})
         return group
 
-    def _ome_attrs(self, group) -> dict:
-        attrs = group.attrs.asdict()
-        if self.zarr_format == 3:
-            return dict(attrs.get("ome") or {})
-        return dict(attrs)
-
-    def _write_ome(self, group, updates: Mapping[str, Any]) -> None:
-        """Merge ``updates`` into the group's OME metadata (``ome`` namespace for 0.5)."""
-        if self.zarr_format == 3:
-            ome = self._ome_attrs(group)
-            ome.update(updates)
-            ome["version"] = self.ngff_version
-            group.attrs["ome"] = ome
-        else:
-            group.attrs.update(dict(updates))
-
-    def _set_labels_list(self, labels_group, *, add: str | None = None,
-                         remove: str | None = None) -> None:
-        current = list(self._ome_attrs(labels_group).get("labels") or [])
-        new = [n for n in current if n != remove]
-        if add is not None and add not in new:
-            new.append(add)
-        if new != current or "labels" not in self._ome_attrs(labels_group):
-            self._write_ome(labels_group, {"labels": new})
-
-    # -- pyramid -----------------------------------------------------------------------
-    def create_levels(self) -> None:
-        """Create the empty arrays of levels 1..n-1 (chunks and codecs as level 0)."""
-        import zarr
-        kind, _ = _node_type(self.level0_path)
-        if kind != "array":
-            raise InvalidParameterError(
-                f"{self.level0_path!r} does not exist; call create_level0() and write "
-                "level 0 before building the pyramid")
-        a0 = zarr.open_array(self.level0_path, mode="r")
-        group = self._open_group(self.group_path, mode="r+")
-        comp = a0.compressors
-        for lv in range(1, self.n_levels):
-            kw = self._array_kwargs(self.level_shapes[lv], a0.dtype, a0.chunks,
-                                    list(comp) if comp else None)
-            group.create_array(str(lv), **kw)
-
-    def level_blocks(self, level: int, max_block_bytes: int = 64 << 20
-                     ) -> list[tuple[slice, ...]]:
-        """Chunk-aligned output blocks of ``level`` (each at most ``max_block_bytes``).
-
-        Blocks of one level can be computed in any order and in parallel (each writes
-        whole chunks of its own); levels must be built in order.
-        """
-        import zarr
-        arr = zarr.open_array(self.level_path(level), mode="r")
-        shape, chunks = tuple(arr.shape), tuple(arr.chunks)
-        item = np.dtype(arr.dtype).itemsize
-        mult = [1] * len(shape)
-        for ax in range(len(shape)):  # grow along leading axes first
-            while (mult[ax] * 2 * chunks[ax] <= max(shape[ax], chunks[ax]) and
-                   item * np.prod([m * c for m, c in zip(mult, chunks)]) * 2
-                   <= max_block_bytes):
-                mult[ax] *= 2
-        block = [m * c for m, c in zip(mult, chunks)]
-        counts = [-(-s // b) for s, b in zip(shape, block)]
-        blocks = []
-        for index in np.ndindex(*counts):
-            blocks.append(tuple(slice(i * b, min((i + 1) * b, s))
-                                for i, b, s in zip(index, block, shape)))
-        return blocks
-
-    def downsample_block(self, level: int, block: tuple[slice, ...]) -> None:
-        """Compute one block of ``level`` from ``level - 1`` on disk and write it.
-
-        Reads only the voxels it keeps (strided zarr reads: memory is the output block
-        plus a few decoded chunks), writes whole chunks.
-        """
-        import zarr
-        prev = zarr.open_array(self.level_path(level - 1), mode="r")
-        out = zarr.open_array(self.level_path(level), mode="r+")
-        sel = []
-        regular = True
-        for ax, b in enumerate(block):
-            m = _axis_map(prev.shape[ax], out.shape[ax])
-            if isinstance(m, slice):
-                start, _, step = m.indices(prev.shape[ax])
-                step = step or 1
-                sel.append(slice(start + b.start * step,
-                                 min(start + b.stop * step, prev.shape[ax]), step))
-            else:
-                regular = False
-                sel.append(m[b])
-        if regular:
-            data = prev[tuple(sel)]
-        else:
-            idx = [np.arange(prev.shape[ax])[s] if isinstance(s, slice) else s
-                   for ax, s in enumerate(sel)]
-            data = prev.oindex[tuple(idx)]
-        out[tuple(block)] = data
-
-    def build_pyramid(self, *, executor: Any = None, max_block_bytes: int = 64 << 20
-                      ) -> None:
-        """Build levels 1..n-1 from level 0 on disk, level by level, block by block.
-
-        Parameters
-        ----------
-        executor : concurrent.futures.Executor, optional
-            Runs the blocks of each level in parallel (a ``ThreadPoolExecutor``, a
-            ``ProcessPoolExecutor``, or ``distributed.Client.get_executor()``); serial when
-            omitted.  Memory per block is bounded by ``max_block_bytes``.
-        max_block_bytes : int
-            Upper bound on the output block size.
-        """
-        self.create_levels()
-        for lv in range(1, self.n_levels):
-            blocks = self.level_blocks(lv, max_block_bytes)
-            fn = partial(_downsample_task, self, lv)
-            if executor is None:
-                for b in blocks:
-                    fn(b)
-            else:
-                for _ in executor.map(fn, blocks):
-                    pass
-
-    # -- metadata ----------------------------------------------------------------------
-    def multiscales(self) -> list[dict]:
-        """The label image's ``multiscales`` metadata."""
-        ms: dict[str, Any] = {
-            "name": self.name,
-            "axes": self.axes,
-            "datasets": [{"path": str(lv), "coordinateTransformations":
-                          self.level_transforms(lv)} for lv in range(self.n_levels)],
-            **_DOWNSAMPLING,
-        }
-        if self.image_transforms:
-            ms["coordinateTransformations"] = _drop_axis_transforms(self.image_transforms,
-                                                                    self.channel_axis)
-        if self.ngff_version == "0.4":
-            ms["version"] = "0.4"
-        return [ms]
-
-    def image_label(self, colors: Mapping[int, Iterable] | None = None,
-                    properties: Mapping[int, Mapping[str, Any]] | None = None) -> dict:
-        """The ``image-label`` metadata (``source`` is ``../../``: the image group)."""
-        il: dict[str, Any] = {"version": self.ngff_version, "source": {"image": "../../"}}
-        if colors:
-            il["colors"] = [{"label-value": int(k), "rgba": _rgba(v, k)}
-                            for k, v in sorted(colors.items())]
-        if properties:
-            il["properties"] = [{"label-value": int(k), **dict(v)}
-                                for k, v in sorted(properties.items())]
-        return il
-
+    # -- pyramid (ngff_pyramid._PyramidMixin), metadata (ngff_meta._MetadataMixin) ----
     def finish(self, colors: Mapping[int, Iterable] | None = None,
                properties: Mapping[int, Mapping[str, Any]] | None = None, *,
                build_pyramid: bool = True, executor: Any = None,
@@ -586,21 +402,3 @@ class LabelTarget:
         self._write_ome(group, {"multiscales": self.multiscales(),
                                 "image-label": self.image_label(colors, properties)})
         self._set_labels_list(self._ensure_labels_group(), add=self.name)
-
-
-def _downsample_task(target: LabelTarget, level: int, block: tuple[slice, ...]) -> None:
-    target.downsample_block(level, block)
-
-
-def _rgba(v: Iterable, label: Any) -> list[int]:
-    try:
-        vals = [int(c) for c in v]
-        ok = len(vals) in (3, 4) and all(0 <= c <= 255 for c in vals) and \
-            all(float(c) == int(c) for c in v)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InvalidParameterError(
-            f"colors[{label!r}]={v!r} is not an (r, g, b) or (r, g, b, a) tuple of "
-            "integers in 0..255")
-    return vals + [255] * (4 - len(vals))
