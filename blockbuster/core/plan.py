@@ -1,7 +1,7 @@
 """Validating a run's parameters and fixing everything about it before any work starts.
 
 :func:`make_plan` checks every parameter against the image (clear errors naming the
-parameter and the fix), decides the tile grid, the merge mode, the staged and the
+parameter and the fix), decides the tile grid, the merge mode and the
 identity of the run (its *run key*), and returns a :class:`RunPlan` — a small, picklable
 description shared by the driver and the workers.
 
@@ -25,12 +25,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 
 from ..errors import InvalidParameterError
 from .grid import TileGrid
 from .identity import run_key as _run_key
-from .labels import smallest_label_dtype
 from .sources import ImageSource
 
 __all__ = ["RunPlan", "make_plan", "normalize_tile_shape", "normalize_overlap", "MERGE_MODES"]
@@ -50,7 +48,6 @@ class RunPlan:
     skip_empty: bool
     empty_threshold: float | None
     sequential: bool
-    staged_dtype: str
     retries: int
     retry_delay: float
     run_key: str
@@ -164,9 +161,6 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
     if not _is_int(retries) or retries < 0:
         raise InvalidParameterError(f"retries={retries!r} must be an int >= 0")
     grid = TileGrid(spatial, ts, ov)
-    max_core = int(np.prod(ts))
-    staged_dtype = smallest_label_dtype(max_core if merge == "touch"
-                                        else int(np.prod([t + 2 * o for t, o in zip(ts, ov)])))
     desc = {
         "input": src.identity(),
         "fn": fn_id,
@@ -177,8 +171,7 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
         "iou_threshold": float(iou_threshold) if merge == "overlap" else None,
         "skip_empty": bool(skip_empty),
         "empty_threshold": None if empty_threshold is None else float(empty_threshold),
-        "staged_dtype": str(staged_dtype),
-        "format": 2,
+                "format": 2,
         **(extra_identity or {}),
     }
     # sequential_labels and the output location do not change what is staged, so they
@@ -187,6 +180,6 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
                    connectivity=int(connectivity), iou_threshold=float(iou_threshold),
                    skip_empty=bool(skip_empty),
                    empty_threshold=None if empty_threshold is None else float(empty_threshold),
-                   sequential=bool(sequential_labels), staged_dtype=str(staged_dtype),
+                   sequential=bool(sequential_labels),
                    retries=int(retries), retry_delay=float(retry_delay),
                    run_key=_run_key(desc), description=desc)

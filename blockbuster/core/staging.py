@@ -45,24 +45,16 @@ import os
 import shutil
 import struct
 import uuid
-from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
-import zarr
 from numcodecs import Blosc
 
-__all__ = ["Staging", "open_zarr_array_cached"]
+__all__ = ["Staging"]
 
 _MAGIC = b"BBT1"
 _HEAD = struct.Struct("<4sI")
 _CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
-
-
-@lru_cache(maxsize=32)
-def open_zarr_array_cached(path: str, token: str = "", mode: str = "r+") -> zarr.Array:
-    """Open a zarr array once per process (``token`` distinguishes array generations)."""
-    return zarr.open_array(path, mode=mode)
 
 
 class Staging:

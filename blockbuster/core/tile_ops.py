@@ -22,8 +22,8 @@ from .lut import MergeTable
 from .plan import RunPlan
 from .seams import band_key, face_key, overlap_pairs, touch_pairs
 from .sources import full_slices
-from .staging import Staging, open_zarr_array_cached
-from .zarrio import write_regions
+from .staging import Staging
+from .zarrio import open_zarr_array_cached, write_regions
 
 __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
 

@@ -20,12 +20,19 @@ Examples
 from __future__ import annotations
 
 import asyncio
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import zarr
 
-__all__ = ["read_regions", "write_regions"]
+__all__ = ["read_regions", "write_regions", "open_zarr_array_cached"]
+
+
+@lru_cache(maxsize=32)
+def open_zarr_array_cached(path: str, token: str = "", mode: str = "r+") -> zarr.Array:
+    """Open a zarr array once per process (``token`` distinguishes array generations)."""
+    return zarr.open_array(path, mode=mode)
 
 
 def _sync(coro):

@@ -33,7 +33,6 @@ class SegmentWork:
 
     records: dict[int, dict[str, Any]]
     todo: list[int]
-    batches: list[list[int]]
     run: BatchRun | None
     started: float = field(default_factory=time.perf_counter)
 
@@ -70,7 +69,7 @@ def start_segment(job: Job) -> SegmentWork:
             return make
     run = BatchRun(client, segment_tiles, [args_for(b) for b in batches], name="segment",
                    window=2 * nthreads + 2, resources=job.resources) if batches else None
-    return SegmentWork(records, todo, batches, run)
+    return SegmentWork(records, todo, run)
 
 
 @task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
