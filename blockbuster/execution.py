@@ -29,7 +29,7 @@ def split_batches(tiles: Sequence[int], n_threads: int, max_batch: int = 32,
     Examples
     --------
     >>> [len(b) for b in split_batches(list(range(10)), n_threads=2)]
-    [2, 2, 2, 2, 1, 1]
+    [2, 2, 1, 1, 1, 1, 1, 1]
     >>> len(split_batches(list(range(1024)), n_threads=2))
     32
     """

@@ -179,7 +179,11 @@ class ArraySource:
         >>> open_path(p).read((slice(0, 2), slice(30, 33))).tolist()
         [[30, 31, 32], [94, 95, 96]]
         """
-        return np.asarray(self._array(self.level)[tuple(slices)])
+        arr = self._array(self.level)
+        if self.kind == "tiff":
+            return np.asarray(arr[tuple(slices)])
+        from .zarrio import read_region
+        return read_region(arr, tuple(slices))
 
     def read_level(self, level: int, slices: tuple[slice | int, ...] | None = None
                    ) -> np.ndarray:

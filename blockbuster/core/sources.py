@@ -120,7 +120,8 @@ class ZarrPathReader:
         return self._arr
 
     def read(self, slices) -> np.ndarray:
-        return self.array[slices]
+        from .zarrio import read_region
+        return read_region(self.array, slices)
 
     def read_many(self, slices_list, max_bytes: int = 64 << 20):
         """Yield ``self.read(s)`` for each ``s``, reading up to ``max_bytes`` of regions
