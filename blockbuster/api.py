@@ -174,8 +174,10 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
             summary = flow.with_options(task_runner=runner)(job, keep_staging=keep_staging)
         return {**summary, **job.details}
     finally:
-        if job is not None and job.segment_work is not None:
-            job.segment_work.cancel()      # the flow never adopted it (it failed to start)
+        if job is not None:
+            job.reporter.flush()           # the run's artifacts land before the call returns
+            if job.segment_work is not None:
+                job.segment_work.cancel()  # the flow never adopted it (it failed to start)
         warm.join()
         handle.close()
 

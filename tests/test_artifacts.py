@@ -43,3 +43,6 @@ def test_artifacts_describe_the_run(tmp_path):
     prog = latest(PROGRESS_KEY)
     assert float(prog.data) == pytest.approx(100.0)
     assert summary["n_skipped"] == 3
+    # sent from the run's reporter thread, yet attached to the run's flow run
+    assert table.flow_run_id is not None
+    assert md.flow_run_id == table.flow_run_id == prog.flow_run_id

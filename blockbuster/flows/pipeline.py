@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.utilities.annotations import quote
 
 from ..tasks.job import Job
-from ..tasks.progress import PROGRESS_KEY
+from ..tasks.progress import ProgressArtifact
+from ..tasks.report import publish_tiles_table
 from ..tasks.relabel import relabel_stage
 from ..tasks.finalize import finalize_stage
 from ..tasks.seams import merge_table_stage
@@ -24,28 +25,24 @@ from ..tasks.segment import segment_stage
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
 
-def _progress_artifact(job: Job):
-    try:
-        from prefect.artifacts import create_progress_artifact
-        return create_progress_artifact(0.0, key=PROGRESS_KEY,
-                                        description=f"run {job.run_key}: starting")
-    except Exception:  # pragma: no cover - reporting must never break a run
-        get_run_logger().debug("could not create the progress artifact", exc_info=True)
-        return None
-
-
 def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
-    """The stages, in order; returns the run summary."""
+    """The stages, in order; returns the run summary.
+
+    Artifacts go through ``job.reporter`` (a background thread); the caller waits for
+    them with ``job.reporter.flush()`` once the flow has returned, so the flow's last
+    state change and the last artifact overlap.
+    """
     t0 = time.perf_counter()
     plan = job.plan
-    progress_id = _progress_artifact(job)
+    job.progress_artifact = ProgressArtifact(job.reporter, f"run {job.run_key}: starting")
     # Per-tile data is passed between stages inside quote(): Prefect would otherwise
     # walk every object of a task's parameters (~0.3 s per walk at 4096 tiles).
-    records = segment_stage(job, progress_id)
+    records = segment_stage(job)
     job.details["tiles"] = records
     scan = merge_table_stage(job, quote(records))
+    publish_tiles_table(job, records, scan["seams"])
     table = scan["table"]
-    rel = relabel_stage(job, quote(table), progress_id)
+    rel = relabel_stage(job, quote(table))
     n_voxels = 1
     for s in plan.grid.shape:
         n_voxels *= s
@@ -69,7 +66,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     job.details["seams"] = [
         {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
         for a, b, d, m, u, s in scan["seams"]]
-    finalize_stage(job, quote(records), quote(scan["seams"]), quote(summary), keep_staging)
+    finalize_stage(job, quote(summary), keep_staging)
     return summary
 
 

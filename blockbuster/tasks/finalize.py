@@ -14,7 +14,7 @@ from prefect import task
 from ..core.staging import Staging
 from .common import NO_CACHE, stage_key
 from .job import Job
-from .report import publish_report
+from .report import publish_summary
 
 __all__ = ["finalize_stage", "CACHED_STAGES"]
 
@@ -22,11 +22,11 @@ CACHED_STAGES = ("segment", "table")     # the stages whose results Prefect cach
 
 
 @task(name="finalize", cache_policy=NO_CACHE, persist_result=False)
-def finalize_stage(job: Job, records: list[dict[str, Any]], seams: list[tuple],
-                   summary: dict[str, Any], keep_staging: bool) -> None:
-    """Publish the artifacts, mark the output complete (its very last write), then drop
-    the staging area and the cached stage results that describe it."""
-    publish_report(job, records, seams, summary)
+def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> None:
+    """Publish the summary artifact, mark the output complete (its very last write), then
+    drop the staging area and the cached stage results that describe it. (The caller
+    waits for the reporter thread's calls once the flow has returned.)"""
+    publish_summary(job, summary)
     job.out.mark_complete({"result_key": job.plan.result_key, **{k: summary[k] for k in (
         "run_key", "n_tiles", "labels_after_merge", "labels_before_merge", "dtype",
         "sequential_labels", "merge")}},

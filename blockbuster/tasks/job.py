@@ -39,6 +39,8 @@ class Job(BaseModel):
     _resources: dict | None = PrivateAttr(default=None)
     _details: dict = PrivateAttr(default_factory=dict)
     _segment_work: Any = PrivateAttr(default=None)
+    _reporter: Any = PrivateAttr(default=None)
+    _progress_artifact: Any = PrivateAttr(default=None)
 
     @classmethod
     def create(cls, *, plan, source, fn, cluster, output, progress: bool,
@@ -71,6 +73,24 @@ class Job(BaseModel):
     @property
     def progress(self) -> bool:
         return self._progress
+
+    @property
+    def reporter(self):
+        """The run's background thread for reporting calls (:mod:`.background`)."""
+        if self._reporter is None:
+            from .background import Reporter
+            self._reporter = Reporter()
+        return self._reporter
+
+    @property
+    def progress_artifact(self):
+        """The run's :class:`~.progress.ProgressArtifact`, or ``None`` before the flow
+        created it."""
+        return self._progress_artifact
+
+    @progress_artifact.setter
+    def progress_artifact(self, value) -> None:
+        self._progress_artifact = value
 
     @property
     def timings(self) -> dict:

@@ -18,7 +18,7 @@ __all__ = ["relabel_stage"]
 
 
 @task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
-def relabel_stage(job: Job, table: MergeTable, progress_artifact=None) -> dict:
+def relabel_stage(job: Job, table: MergeTable) -> dict:
     """Create the output (marked incomplete) and write every labelled tile into it."""
     t0 = time.perf_counter()
     plan, out = job.plan, job.out
@@ -30,7 +30,7 @@ def relabel_stage(job: Job, table: MergeTable, progress_artifact=None) -> dict:
     nthreads = client_threads(client)
     batches = split_batches(tiles, nthreads)
     bar = StageProgress("relabel", len(tiles), bar=job.progress,
-                        artifact_id=progress_artifact, span=(90.0, 100.0))
+                        artifact=job.progress_artifact, span=(90.0, 100.0))
     path, token = out.array_path, out.token
     try:
         voxels = run_batches(

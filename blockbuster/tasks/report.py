@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from .job import Job
 
-__all__ = ["publish_report", "TILES_KEY", "SUMMARY_KEY", "tile_rows", "summary_markdown"]
+__all__ = ["publish_tiles_table", "publish_summary", "TILES_KEY", "SUMMARY_KEY", "tile_rows", "summary_markdown"]
 
 TILES_KEY = "blockbuster-tiles"
 SUMMARY_KEY = "blockbuster-summary"
@@ -63,13 +62,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def publish_report(job: Job, records: list[dict[str, Any]], seams: list[tuple],
-                   summary: dict[str, Any]) -> None:
-    """Publish the tile table and the run summary as artifacts (inside a task run)."""
-    try:
-        create_table_artifact(tile_rows(records, seams), key=TILES_KEY,
-                              description=f"Per-tile statistics of run {job.run_key}")
-        create_markdown_artifact(summary_markdown(summary), key=SUMMARY_KEY,
-                                 description=f"Summary of run {job.run_key}")
-    except Exception:  # reporting must never fail a finished run
-        get_run_logger().warning("could not publish artifacts", exc_info=True)
+def publish_tiles_table(job: Job, records: list[dict[str, Any]], seams: list[tuple]) -> None:
+    """Queue the per-tile table artifact on the run's reporter thread (it is known once
+    the merge table is, and is sent while the relabel stage runs)."""
+    job.reporter.submit(lambda: create_table_artifact(
+        tile_rows(records, seams), key=TILES_KEY,
+        description=f"Per-tile statistics of run {job.run_key}"))
+
+
+def publish_summary(job: Job, summary: dict[str, Any]) -> None:
+    """Queue the run-summary artifact on the run's reporter thread."""
+    job.reporter.submit(lambda: create_markdown_artifact(
+        summary_markdown(summary), key=SUMMARY_KEY,
+        description=f"Summary of run {job.run_key}"))

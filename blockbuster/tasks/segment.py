@@ -73,7 +73,7 @@ def start_segment(job: Job) -> SegmentWork:
 
 
 @task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
-def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
+def segment_stage(job: Job) -> list[dict[str, Any]]:
     """Run ``fn`` on every tile not finished yet; return one record per tile."""
     logger = get_run_logger()
     plan = job.plan
@@ -85,7 +85,7 @@ def segment_stage(job: Job, progress_artifact=None) -> list[dict[str, Any]]:
         logger.info("resuming: %d of %d tiles already segmented, %d to go",
                     n_resumed, plan.grid.n_tiles, len(work.todo))
     bar = StageProgress("segment", plan.grid.n_tiles, bar=job.progress, done=n_resumed,
-                        artifact_id=progress_artifact, span=(0.0, 90.0))
+                        artifact=job.progress_artifact, span=(0.0, 90.0))
 
     def done(i, recs):
         for r in recs:

@@ -1,0 +1,52 @@
+"""The run's reporter thread: order, context, failures that never break a run."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+
+from blockbuster.tasks.background import Reporter
+
+VAR = contextvars.ContextVar("VAR", default="unset")
+
+
+def test_calls_run_in_order_off_the_callers_thread_in_its_context():
+    r = Reporter()
+    seen = []
+    VAR.set("flow")
+
+    def slow(i):
+        time.sleep(0.01 * (3 - i))       # earlier calls are slower: order must still hold
+        seen.append((i, VAR.get(), threading.current_thread() is threading.main_thread()))
+
+    t0 = time.perf_counter()
+    for i in range(3):
+        r.submit(slow, i)
+    assert time.perf_counter() - t0 < 0.02        # submitting does not wait
+    r.flush()
+    assert seen == [(0, "flow", False), (1, "flow", False), (2, "flow", False)]
+
+
+def test_a_failing_report_is_logged_and_the_rest_still_run(caplog):
+    r = Reporter()
+    got = []
+
+    def boom():
+        raise RuntimeError("API down")
+
+    with caplog.at_level(logging.WARNING, logger="blockbuster"):
+        r.submit(boom)
+        r.submit(got.append, "after")
+        r.flush()
+    assert got == ["after"]
+    assert "could not publish a report" in caplog.text and "API down" in caplog.text
+
+
+def test_flush_without_calls_and_twice():
+    r = Reporter()
+    r.flush()
+    r.submit(lambda: None)
+    r.flush()
+    r.flush()
