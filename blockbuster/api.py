@@ -170,8 +170,11 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         # run in the flow's thread and fan tiles out through the client themselves
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
+        from .tasks.common import local_result_storage
         with _ephemeral_without_heartbeats():
-            summary = flow.with_options(task_runner=runner)(job, keep_staging=keep_staging)
+            summary = flow.with_options(task_runner=runner, persist_result=False,
+                                        result_storage=local_result_storage())(
+                job, keep_staging=keep_staging)
         return {**summary, **job.details}
     finally:
         if job is not None:

@@ -12,7 +12,7 @@ from typing import Any
 from prefect import task
 
 from ..core.staging import Staging
-from .common import NO_CACHE, stage_key
+from .common import NO_CACHE, local_result_dir, stage_key
 from .job import Job
 from .report import publish_summary
 
@@ -39,9 +39,8 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
 def _drop_cached_results(job: Job) -> None:
     """Cached stage results name a staging generation that no longer exists: delete them
     from Prefect's local result storage rather than let them pile up."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
     try:
-        base = os.path.expanduser(str(PREFECT_LOCAL_STORAGE_PATH.value()))
+        base = local_result_dir()
     except Exception:  # pragma: no cover
         return
     for stage in CACHED_STAGES:
