@@ -20,7 +20,7 @@ For overlap = 12, 24 and 48 px (about 0.5, 1 and 2 diameters) the same call is m
 - the worker-side work behind the difference, measured in this process on one core
   (CPU seconds, so other load on a shared machine does not blur it): per merge mode and
   overlap, the staging part of segmentation (``segment_one`` with ``fn`` replaced by its
-  precomputed labels: compaction, halo bands, the side file and the staged core) and
+  precomputed labels: compaction, halo bands, the staging record) and
   the seam scan (``scan_tiles`` over all tiles), summed over the tiles (median of
   ``max(repeats, 5)``; the tile reads are done before, outside the timing).
 
@@ -160,8 +160,9 @@ def worker_work(path: str, ov: int, repeats: int) -> dict:
             staging = Staging(plan.staging_root)
             staging.prepare({"run_key": plan.run_key})
             c0 = time.process_time()
-            recs = [segment_one(plan, _Given(labels[t]), t, datas[t], staging)
-                    for t in range(g.n_tiles)]
+            with staging:
+                recs = [segment_one(plan, _Given(labels[t]), t, datas[t], staging)
+                        for t in range(g.n_tiles)]
             c1 = time.process_time()
             counts = np.array([r["n_labels"] for r in recs], dtype=np.int64)
             offsets = np.zeros_like(counts)

@@ -125,11 +125,10 @@ def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path):
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tiles_dir = os.path.join(stg, "tiles")
     deadline = time.time() + 180
     try:
         while time.time() < deadline:
-            n = len(os.listdir(tiles_dir)) if os.path.isdir(tiles_dir) else 0
+            n = len(Staging(stg).finished_tiles()) if os.path.isdir(stg) else 0
             if n >= 10:
                 break
             assert proc.poll() is None, "the driver ended before it could be killed"

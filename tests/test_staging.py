@@ -1,4 +1,5 @@
-"""The staging area: atomic per-tile files, partial reads, reuse only for the same run."""
+"""The staging area: packs of finished tiles, partial reads, cut-off records ignored,
+reuse only for the same run."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def test_round_trip_and_partial_reads(tmp_path):
               "f0lo": np.array([1, 2, 3], np.uint8),
               "empty": np.zeros((0, 5), np.uint32),
               "big": np.arange(70000, dtype=np.uint32)}
-    st.write_tile(7, {"n_labels": 11, "origin": [np.int64(3), 4]}, arrays)
+    with st:
+        st.write_tile(7, {"n_labels": 11, "origin": [np.int64(3), 4]}, arrays)
     rec, got = st.read_tile(7)
     assert rec == {"n_labels": 11, "origin": [3, 4]}
     assert set(got) == set(arrays)
@@ -30,33 +32,77 @@ def test_round_trip_and_partial_reads(tmp_path):
     assert list(part) == ["f0lo"]
     assert st.read_record(7)["n_labels"] == 11
     assert st.finished_tiles() == [7] and st.is_finished(7) and not st.is_finished(6)
-    # no temporary files are left behind
-    assert os.listdir(st.tiles_dir) == ["7.tile"]
+    # one pack for the writer, nothing else
+    assert [p.endswith(".pack") for p in os.listdir(st.tiles_dir)] == [True]
+    with pytest.raises(FileNotFoundError, match="tile 6 is not staged"):
+        st.read_tile(6)
+
+
+def test_writers_pack_their_tiles_and_readers_see_new_ones(tmp_path):
+    st = Staging(tmp_path / "s")
+    st.prepare({"run_key": "k"})
+    reader = Staging(tmp_path / "s")
+    assert reader.finished_tiles() == []
+    with Staging(tmp_path / "s") as w1, Staging(tmp_path / "s") as w2:
+        for n in range(0, 10, 2):
+            w1.write_tile(n, {"n_labels": n}, {"labels": np.full((4, 4), n, np.uint8)})
+            w2.write_tile(n + 1, {"n_labels": n + 1})
+        # readers see tiles as soon as they are written, while the packs are still open
+        assert reader.read_record(9)["n_labels"] == 9
+    assert len(os.listdir(st.tiles_dir)) == 2
+    assert reader.finished_tiles() == list(range(10))
+    assert int(reader.read_tile(8)[1]["labels"].sum()) == 8 * 16
+
+
+def test_a_record_cut_off_by_a_crash_is_not_a_finished_tile(tmp_path):
+    st = Staging(tmp_path / "s")
+    st.prepare({"run_key": "k"})
+    with st:
+        st.write_tile(0, {"n_labels": 1}, {"labels": np.ones((8, 8), np.uint8)})
+        st.write_tile(1, {"n_labels": 1}, {"labels": np.ones((8, 8), np.uint8)})
+    (pack,) = os.listdir(st.tiles_dir)
+    path = os.path.join(st.tiles_dir, pack)
+    size = os.path.getsize(path)
+    for cut in (size - 1, size - 20):
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+        fresh = Staging(tmp_path / "s")
+        fresh._index = None
+        from blockbuster.core import staging as mod
+        mod._INDEXES.clear()                       # a new process: no index yet
+        assert fresh.finished_tiles() == [0]
+    # the tile is written again by the rerun; both are readable
+    with Staging(tmp_path / "s") as w:
+        w.write_tile(1, {"n_labels": 1}, {"labels": np.ones((8, 8), np.uint8)})
+    assert Staging(tmp_path / "s").finished_tiles() == [0, 1]
 
 
 def test_same_run_reused_other_run_or_format_wiped(tmp_path):
     st = Staging(tmp_path / "s")
     st.prepare({"run_key": "a"})
     gen = st.generation
-    st.write_tile(0, {"n_labels": 0})
+    with st:
+        st.write_tile(0, {"n_labels": 0})
     assert st.prepare({"run_key": "a"}) is True            # a resume keeps the tiles
     assert st.finished_tiles() == [0] and st.generation == gen
     assert st.prepare({"run_key": "b"}) is False           # another run: wiped
     assert st.finished_tiles() == [] and st.generation != gen
-    # a staging written by an older blockbuster (no format 1) is never reused
+    # a staging written by an older blockbuster (format 1: a file per tile) is never
+    # reused
     info = json.load(open(st.info_path))
-    info.pop("format")
+    info["format"] = 1
     json.dump(info, open(st.info_path, "w"))
-    st.write_tile(3, {"n_labels": 0})
+    with st:
+        st.write_tile(3, {"n_labels": 0})
     assert st.prepare({"run_key": "b"}) is False and st.finished_tiles() == []
 
 
 def test_foreign_file_is_a_clear_error(tmp_path):
     st = Staging(tmp_path / "s")
     st.prepare({"run_key": "k"})
-    with open(st.tile_path(2), "wb") as f:
+    with open(os.path.join(st.tiles_dir, "x.pack"), "wb") as f:
         f.write(b"PK\x03\x04 not ours")
-    with pytest.raises(OSError, match="not a blockbuster staging file"):
+    with pytest.raises(OSError, match="not a blockbuster staging pack"):
         st.read_tile(2)
 
 

@@ -44,13 +44,12 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
     staging.prepare({"run_key": plan.run_key})
     g = plan.grid
     reader = src.reader if src.kind == "stored" else None
-    records = []
-    for n in range(g.n_tiles):
-        if reader is not None:
-            records += segment_tiles(plan, fn, [n], reader=reader)
-        else:
-            data = src.read(g.ext_slices(n))
-            records += segment_tiles(plan, fn, [n], datas=[data])
+    tiles = list(range(g.n_tiles))
+    if reader is not None:
+        records = segment_tiles(plan, fn, tiles, reader=reader)
+    else:
+        records = segment_tiles(plan, fn, tiles,
+                                datas=[src.read(g.ext_slices(n)) for n in tiles])
     counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     pairs, _ = scan_tiles(plan, list(range(g.n_tiles)), counts, offsets)

@@ -3,8 +3,8 @@
 Each function takes the run's :class:`~blockbuster.core.plan.RunPlan` and a list of tile
 numbers, does the work of each tile independently and returns small per-tile results.
 They are plain functions (no Prefect, no Dask): the orchestration layer decides where
-and how often they run. Segmentation is idempotent per tile: a tile whose side file
-exists is finished and is never given to ``fn`` again.
+and how often they run. Segmentation is idempotent per tile: a tile whose staging
+record is complete is finished and is never given to ``fn`` again.
 """
 
 from __future__ import annotations
@@ -131,8 +131,9 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
     staging = Staging(plan.staging_root)
     out = []
     todo = []
+    finished = set(staging.finished_tiles())     # a rerun batch skips what it finished
     for i, n in enumerate(tiles):
-        if staging.is_finished(n):
+        if n in finished:
             rec = staging.read_record(n)
             rec["resumed"] = True
             out.append(rec)
@@ -145,8 +146,9 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
         read_many = getattr(reader, "read_many", None)
         inputs = (read_many(regions) if read_many is not None
                   else (reader.read(r) for r in regions))
-    for (_, n), data in zip(todo, inputs):
-        out.append(segment_one(plan, fn, n, np.asarray(data), staging))
+    with staging:
+        for (_, n), data in zip(todo, inputs):
+            out.append(segment_one(plan, fn, n, np.asarray(data), staging))
     return out
 
 
