@@ -178,7 +178,9 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         return {**summary, **job.details}
     finally:
         if job is not None:
-            job.reporter.flush()           # the run's artifacts land before the call returns
+            # the last artifacts are sent by the reporter thread after the call returns
+            # (tens of ms; a process waits for the thread before it exits)
+            job.reporter.close(wait=False)
             if job.segment_work is not None:
                 job.segment_work.cancel()  # the flow never adopted it (it failed to start)
         warm.join()

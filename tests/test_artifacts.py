@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
@@ -16,12 +18,19 @@ from conftest import blobs, CountingLabel
 pytestmark = pytest.mark.usefixtures("client")
 
 
-def latest(key):
-    with get_client(sync_client=True) as c:
-        arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                sort="CREATED_DESC", limit=1)
-    assert arts, f"no artifact {key}"
-    return arts[0]
+def latest(key, ready=lambda art: True, timeout=15.0):
+    """The newest artifact ``key`` once ``ready(artifact)`` (the last ones are sent by the
+    run's reporter thread just after the call returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as c:
+            arts = c.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort="CREATED_DESC", limit=1)
+        if arts and ready(arts[0]):
+            return arts[0]
+        assert time.monotonic() < deadline, f"no (ready) artifact {key}: {arts}"
+        time.sleep(0.05)
 
 
 def test_artifacts_describe_the_run(tmp_path):
@@ -32,17 +41,17 @@ def test_artifacts_describe_the_run(tmp_path):
     img[:, 60:] = 0                                   # an empty column of tiles
     _, summary = tile_process(img, CountingLabel(str(d)), tile_shape=(20, 30), write_to=out,
                               skip_empty=True, return_summary=True)
-    table = latest(TILES_KEY)
+    run = summary["flow_run_id"]
+    assert run
+    table = latest(TILES_KEY, lambda a: str(a.flow_run_id) == run)
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert len(rows) == 9
     assert {"tile", "origin", "shape", "labels", "skipped", "fn_seconds",
             "seam_merges"} <= set(rows[0])
     assert sum(r["skipped"] for r in rows) == 3
-    md = latest(SUMMARY_KEY)
+    md = latest(SUMMARY_KEY, lambda a: str(a.flow_run_id) == run)
     assert out in md.data and "labels after merge" in md.data
-    prog = latest(PROGRESS_KEY)
-    assert float(prog.data) == pytest.approx(100.0)
+    prog = latest(PROGRESS_KEY, lambda a: str(a.flow_run_id) == run
+                  and float(a.data) == pytest.approx(100.0))
     assert summary["n_skipped"] == 3
-    # sent from the run's reporter thread, yet attached to the run's flow run
-    assert table.flow_run_id is not None
-    assert md.flow_run_id == table.flow_run_id == prog.flow_run_id
+    # all three were sent from the run's reporter thread, attached to its flow run

@@ -44,6 +44,17 @@ def test_a_failing_report_is_logged_and_the_rest_still_run(caplog):
     assert "could not publish a report" in caplog.text and "API down" in caplog.text
 
 
+def test_close_without_waiting_still_runs_what_was_queued():
+    r = Reporter()
+    done = threading.Event()
+    r.submit(time.sleep, 0.05)
+    r.submit(done.set)
+    t0 = time.perf_counter()
+    r.close(wait=False)
+    assert time.perf_counter() - t0 < 0.04 and not done.is_set()
+    assert done.wait(5)
+
+
 def test_flush_without_calls_and_twice():
     r = Reporter()
     r.flush()

@@ -1,9 +1,9 @@
 """The two flows of blockbuster: ``tile-process`` and ``merge-tile-labels``.
 
 Both run the same stages: segment (or, for the merge alone, read the given labels) ->
-merge table (scan seams, connected components) -> relabel -> finalize (artifacts, mark
-the output complete, drop the staging). Each stage is one
-Prefect task in the flow's thread; tiles are fanned out to the Dask cluster in batches
+merge table (scan seams, connected components) -> relabel, each one Prefect task in the
+flow's thread that fans its tiles out to the Dask cluster in batches; then finalize
+(summary artifact, output marked complete, staging dropped) in the flow itself
 (docs/orchestration.md says why, with measurements).
 """
 
@@ -25,12 +25,17 @@ from ..tasks.segment import segment_stage
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
 
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+    fid = flow_run.get_id()
+    return str(fid) if fid else None
+
+
 def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     """The stages, in order; returns the run summary.
 
-    Artifacts go through ``job.reporter`` (a background thread); the caller waits for
-    them with ``job.reporter.flush()`` once the flow has returned, so the flow's last
-    state change and the last artifact overlap.
+    Artifacts go through ``job.reporter`` (a background thread); the caller closes it
+    once the flow has returned, without waiting for the last calls.
     """
     t0 = time.perf_counter()
     plan = job.plan
@@ -48,7 +53,8 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         n_voxels *= s
     elapsed = time.perf_counter() - t0
     summary = {
-        "run_key": plan.run_key, "image": job.image, "fn": job.fn, "output": job.out.path,
+        "run_key": plan.run_key, "flow_run_id": _flow_run_id(),
+        "image": job.image, "fn": job.fn, "output": job.out.path,
         "n_tiles": plan.grid.n_tiles, "grid_shape": list(plan.grid.grid_shape),
         "tile_shape": list(plan.grid.tile_shape), "overlap": list(plan.grid.overlap),
         "merge": plan.merge, "n_skipped": sum(r["skipped"] for r in records),
@@ -66,7 +72,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     job.details["seams"] = [
         {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
         for a, b, d, m, u, s in scan["seams"]]
-    finalize_stage(job, quote(summary), keep_staging)
+    finalize_stage(job, summary, keep_staging)
     return summary
 
 

@@ -4,8 +4,11 @@ Each artifact call is a request to the Prefect API (20-60 ms on a busy 2-core ma
 Made in the flow's thread they sit between one stage and the next; the progress
 updates, the progress artifact's creation and the per-tile table are not needed by any
 stage, so a run sends them from one thread, in the order they were asked for, in the
-flow's context (so they are attached to its flow run), and waits for them once, when it
-finishes (:meth:`Reporter.flush`). A failed report is logged and never fails a run.
+flow's context (so they are attached to its flow run). When the run is over the API
+call hands the thread its last calls and returns (:meth:`Reporter.close` with
+``wait=False``): the artifacts land a few tens of milliseconds later, and a Python
+process waits for the thread before it exits. A failed report is logged and never
+fails a run.
 
 The thread uses its own Prefect client: the flow's client, which the copied context
 names, is closed when the flow ends, and the last report may be sent after that.
@@ -25,7 +28,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as _wait
 from typing import Any, Callable
 
 __all__ = ["Reporter"]
@@ -81,12 +85,18 @@ class Reporter:
                         getattr(fn, "__name__", fn), exc_info=True)
             return None
 
-    def flush(self, timeout: float = 60.0) -> None:
-        """Wait for every submitted call (at most ``timeout`` seconds), then stop the thread."""
+    def close(self, wait: bool = True, timeout: float = 60.0) -> None:
+        """Stop the thread once every submitted call has run; with ``wait``, wait for
+        that (at most ``timeout`` seconds)."""
         futures, self._futures = self._futures, []
-        if futures:
-            futures.append(self._pool.submit(self._close_client))
-            wait(futures, timeout=timeout)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        if self._pool is None:
+            return
+        futures.append(self._pool.submit(self._close_client))
+        self._pool.shutdown(wait=False)        # queued calls still run
+        self._pool = None
+        if wait:
+            _wait(futures, timeout=timeout)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait for every submitted call, then stop the thread (``close(wait=True)``)."""
+        self.close(wait=True, timeout=timeout)
