@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockbuster import tile_process
 from blockbuster.core.grid import TileGrid
@@ -106,3 +108,38 @@ def test_auto_merge_picks_overlap_with_a_halo():
     _, s = tile_process(img, watershed(threshold=THRESHOLD), tile_shape=64,
                         return_summary=True)
     assert s["merge"] == "touch"
+
+
+def _match_iou_reference(a, b, threshold):
+    """Mutual-best IoU matching, written the slow obvious way."""
+    a, b = a.ravel().astype(int), b.ravel().astype(int)
+    ids_a = sorted(set(a[a > 0])); ids_b = sorted(set(b[b > 0]))
+    area_a = {i: int((a == i).sum()) for i in ids_a}
+    area_b = {j: int((b == j).sum()) for j in ids_b}
+    inter = {}
+    for i, j in zip(a, b):
+        if i and j:
+            inter[i, j] = inter.get((i, j), 0) + 1
+    iou = {k: v / (area_a[k[0]] + area_b[k[1]] - v) for k, v in inter.items()}
+    best_a = {i: min((k for k in iou if k[0] == i), key=lambda k: (-iou[k], k[1]))
+              for i in {k[0] for k in iou}}
+    best_b = {j: min((k for k in iou if k[1] == j), key=lambda k: (-iou[k], k[0]))
+              for j in {k[1] for k in iou}}
+    pairs = sorted(k for k in iou if best_a[k[0]] == k and best_b[k[1]] == k
+                   and iou[k] >= threshold)
+    return pairs, len(inter)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+       na=st.integers(0, 6), nb=st.integers(0, 6), seed=st.integers(0, 2**31 - 1),
+       threshold=st.sampled_from([0.0, 0.3, 0.5]), dtype=st.sampled_from(["u1", "u2"]))
+def test_match_iou_equals_the_obvious_matching(shape, na, nb, seed, threshold, dtype):
+    from blockbuster.core.seams import match_iou
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, na + 1, shape).astype(dtype)
+    b = rng.integers(0, nb + 1, shape).astype(dtype)
+    pairs, n = match_iou(a, b, threshold)
+    want, n_want = _match_iou_reference(a, b, threshold)
+    assert sorted(map(tuple, pairs.tolist())) == want and n == n_want
+    assert pairs.dtype == np.int64

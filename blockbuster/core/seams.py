@@ -110,22 +110,33 @@ def match_iou(a: np.ndarray, b: np.ndarray, iou_threshold: float):
     """
     a = a.ravel()
     b = b.ravel()
-    both = (a > 0) & (b > 0)           # on the staged (small) dtypes: less memory traffic
-    if not both.any():
+    height = int(a.max(initial=0)) + 1
+    width = int(b.max(initial=0)) + 1
+    if height == 1 or width == 1:
         return np.zeros((0, 2), dtype=np.int64), 0
-    width = int(b.max()) + 1
-    height = int(a.max()) + 1
-    joint = a[both].astype(np.intp) * width + b[both]
-    if height * width <= 4 * joint.size + 65536:
-        # compact staged ids: count every (a, b) combination directly, no sort
-        hist = np.bincount(joint, minlength=height * width)
-        keys = np.flatnonzero(hist)
-        inter = hist[keys]
+    if height * width <= 4 * a.size + 65536:
+        # compact staged ids: one histogram of every (a, b) combination, background
+        # included, gives the intersections and both areas (no masks, no sort)
+        joint = a.astype(np.intp)
+        joint *= width
+        joint += b
+        hist = np.bincount(joint, minlength=height * width).reshape(height, width)
+        area_a = hist.sum(axis=1)
+        area_b = hist.sum(axis=0)
+        ia, ib = np.nonzero(hist[1:, 1:])
+        pa, pb = ia + 1, ib + 1
+        inter = hist[pa, pb]
+        n_keys = pa.size
     else:
+        both = (a > 0) & (b > 0)
+        joint = a[both].astype(np.intp) * width + b[both]
         keys, inter = np.unique(joint, return_counts=True)
-    pa, pb = keys // width, keys % width
-    area_a = np.bincount(a, minlength=height)
-    area_b = np.bincount(b, minlength=width)
+        pa, pb = keys // width, keys % width
+        area_a = np.bincount(a, minlength=height)
+        area_b = np.bincount(b, minlength=width)
+        n_keys = keys.size
+    if n_keys == 0:
+        return np.zeros((0, 2), dtype=np.int64), 0
     iou = inter / (area_a[pa] + area_b[pb] - inter)
     # best partner of each a, and of each b (ties: the smaller id)
     order_a = np.lexsort((pb, -iou, pa))
@@ -139,7 +150,7 @@ def match_iou(a: np.ndarray, b: np.ndarray, iou_threshold: float):
     best_b = np.zeros(order_b.size, bool)
     best_b[order_b[first_b]] = True
     keep = best_a & best_b & (iou >= iou_threshold)
-    return np.stack([pa[keep], pb[keep]], axis=1), int(keys.size)
+    return np.stack([pa[keep], pb[keep]], axis=1).astype(np.int64, copy=False), int(n_keys)
 
 
 def _n_core_ids(plane: np.ndarray, n: int) -> int:

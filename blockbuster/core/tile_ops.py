@@ -169,7 +169,9 @@ def scan_tiles(plan: RunPlan, tiles: Sequence[int], counts: np.ndarray,
         return cache[n]
 
     max_order = plan.connectivity if plan.merge == "touch" else None
-    keys = [face_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
+    keys = []
+    if plan.merge == "touch" or 0 in g.overlap:       # faces serve the touch seams only
+        keys += [face_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
     if plan.merge == "overlap":
         keys += [band_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
     all_pairs = []
