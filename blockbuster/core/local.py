@@ -28,7 +28,7 @@ import zarr
 
 from .lut import MergeTable
 from .plan import RunPlan
-from .sources import ImageSource, full_slices
+from .sources import ImageSource
 from .staging import Staging
 from .tile_ops import relabel_tiles, scan_tiles, segment_tiles
 
@@ -52,7 +52,7 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
                                 datas=[src.read(g.ext_slices(n)) for n in tiles])
     counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    pairs, _ = scan_tiles(plan, list(range(g.n_tiles)), counts, offsets)
+    pairs, _ = scan_tiles(plan, tiles, counts, offsets)
     table = MergeTable.build(counts, pairs, sequential=plan.sequential)
     out_path = os.path.join(workdir, "labels.zarr")
     zarr.create_array(store=out_path, shape=g.shape, chunks=g.tile_shape, dtype=table.dtype,

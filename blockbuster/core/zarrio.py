@@ -82,13 +82,13 @@ def read_regions(arr: zarr.Array, slices: Sequence[tuple[slice, ...]]) -> list[n
         got = [cf.read(sl) for sl in slices]
         rest = [sl for sl, g in zip(slices, got) if g is None]
         if rest:
-            it = iter(read_regions_zarr(arr, rest))
+            it = iter(_read_regions_zarr(arr, rest))
             got = [next(it) if g is None else g for g in got]
         return got
-    return read_regions_zarr(arr, slices)
+    return _read_regions_zarr(arr, slices)
 
 
-def read_regions_zarr(arr: zarr.Array, slices: Sequence[tuple[slice, ...]]
+def _read_regions_zarr(arr: zarr.Array, slices: Sequence[tuple[slice, ...]]
                       ) -> list[np.ndarray]:
     """``[arr[sl] for sl in slices]`` through zarr-python, in one round trip to its loop."""
     if len(slices) <= 1:

@@ -10,13 +10,11 @@ thread, so no stage waits on them.
 
 from __future__ import annotations
 
-import logging
 import time
 
 __all__ = ["StageProgress", "ProgressArtifact", "PROGRESS_KEY"]
 
 PROGRESS_KEY = "blockbuster-progress"
-log = logging.getLogger("blockbuster")
 
 
 class ProgressArtifact:
