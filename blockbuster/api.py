@@ -170,8 +170,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         # run in the flow's thread and fan tiles out through the client themselves
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
-        from .tasks.common import local_result_storage
-        with _ephemeral_without_heartbeats():
+        from .tasks.common import local_result_storage, prefect_client_context
+        with _ephemeral_without_heartbeats(), prefect_client_context():
             summary = flow.with_options(task_runner=runner, persist_result=False,
                                         result_storage=local_result_storage())(
                 job, keep_staging=keep_staging)
@@ -228,7 +228,10 @@ def _warm_prefect() -> None:
         if url in _PREFECT_WARM:
             return
         from prefect.client.orchestration import get_client
-        with get_client(sync_client=True) as c:
+
+        from .tasks.common import prefect_tls_context
+        with get_client(sync_client=True,
+                        httpx_settings={"verify": prefect_tls_context()}) as c:
             c.api_healthcheck()
         _PREFECT_WARM.add(url)
     except Exception:  # pragma: no cover - the flow run reports real problems itself
@@ -404,9 +407,11 @@ def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape
     if tile_shape is None:
         tile_shape = _tiles_of(src)
     out = _prepare_output(write_to, zarr_format)
+    # stored labels are read again when relabelling rather than copied to the staging
+    # (a dask array's blocks are computed once, so those are staged)
     plan = make_plan(src, fn_id="merge-only", tile_shape=tile_shape, overlap=0, merge="touch",
                      connectivity=connectivity, sequential_labels=sequential_labels,
-                     retries=0)
+                     retries=0, read_back=src.kind == "stored")
     root = os.fspath(staging) if staging is not None else (
         _default_staging(out.path) if not out.temporary else os.path.join(
             os.path.dirname(out.path), "staging"))

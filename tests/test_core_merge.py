@@ -57,13 +57,17 @@ def test_touch_merge_equals_whole_image_label(case, sequential, tmp_path_factory
     assert out.dtype == np.uint32
 
 
-@settings(max_examples=60, deadline=None)
-@given(case=cases())
-def test_merge_from_stored_labels_equals_whole_image_label(case, tmp_path_factory):
-    """The merge alone over per-tile labels read from a zarr store (not copied to staging)."""
+@settings(max_examples=80, deadline=None)
+@given(case=cases(), read_back=st.booleans(), ids=st.sampled_from(["compact", "sparse", "huge"]),
+       sequential=st.booleans())
+def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids, sequential,
+                                                            tmp_path_factory):
+    """The merge alone over per-tile labels read from a zarr store: copied to the staging,
+    or (``read_back``) read again from the store when relabelling, with ids that are
+    1..n per tile, sparse, or too large for a lookup table."""
     img, tile, conn, _ = case
     d = tmp_path_factory.mktemp("stored")
-    per_tile = np.zeros(img.shape, np.int32)
+    per_tile = np.zeros(img.shape, np.int64)
     st_ = ndi.generate_binary_structure(img.ndim, conn)
     # label each tile independently, with arbitrary (non-compact, repeated) ids
     from blockbuster.core.grid import TileGrid
@@ -71,14 +75,19 @@ def test_merge_from_stored_labels_equals_whole_image_label(case, tmp_path_factor
     for n in range(g.n_tiles):
         sl = g.core_slices(n)
         lab, k = ndi.label(img[sl], structure=st_)
-        per_tile[sl] = np.where(lab > 0, lab * 7 + 3, 0)
+        scale = {"compact": (1, 0), "sparse": (7, 3), "huge": (10**8, 5)}[ids]
+        per_tile[sl] = np.where(lab > 0, lab.astype(np.int64) * scale[0] + scale[1], 0)
     path = str(d / "per_tile.zarr")
-    zarr.create_array(store=path, shape=img.shape, chunks=tile, dtype=np.int32)[...] = per_tile
+    zarr.create_array(store=path, shape=img.shape, chunks=tile, dtype=np.int64)[...] = per_tile
     src = open_image(path)
-    plan = make_plan(src, fn_id="merge", tile_shape=tile, connectivity=conn)
-    out = run_locally(plan, src, None, str(d))
-    ref, _ = ndi.label(img, structure=st_)
+    plan = make_plan(src, fn_id="merge", tile_shape=tile, connectivity=conn,
+                     sequential_labels=sequential, read_back=read_back)
+    out, table = run_locally(plan, src, None, str(d), return_table=True)
+    ref, n = ndi.label(img, structure=st_)
     assert same_partition(out, ref)
+    assert table.n_labels == n
+    if sequential:
+        assert set(np.unique(out[out > 0]).tolist()) == set(range(1, n + 1))
 
 
 def test_many_tiles_diagonal_chain(tmp_path):

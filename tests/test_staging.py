@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from blockbuster.core.labels import compact_labels
+from blockbuster.core.labels import compact_labels, present_ids
 from blockbuster.core.staging import Staging
 
 
@@ -115,3 +116,24 @@ def test_staged_labels_use_the_smallest_dtype(n, dtype):
     assert k == n and out.dtype == dtype
     assert out.max(initial=0) == n
     np.testing.assert_array_equal(out > 0, lab > 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+       n_ids=st.integers(1, 50), big=st.booleans(), dtype=st.sampled_from(
+           [np.uint8, np.uint16, np.int32, np.uint32, np.int64, np.uint64]),
+       runs=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_present_ids_equals_unique(shape, n_ids, big, dtype, runs, seed):
+    """present_ids (run starts only, when runs are long) equals np.unique minus 0."""
+    rng = np.random.default_rng(seed)
+    hi = min(np.iinfo(dtype).max, 2**40 if big else 300)
+    pool = rng.integers(0, hi, n_ids, endpoint=True)
+    lab = pool[rng.integers(0, n_ids, shape)]
+    if runs and lab.size:                       # long runs of equal values
+        lab = np.repeat(lab.reshape(-1), 8)[:lab.size].reshape(shape)
+    lab = lab.astype(dtype)
+    expected = np.unique(lab)
+    expected = expected[expected > 0].astype(np.int64)
+    got = present_ids(lab)
+    assert got.dtype == np.int64
+    assert np.array_equal(got, expected)

@@ -155,9 +155,13 @@ class ChunkFiles:
         return out
 
     # -- reading ------------------------------------------------------------------------
-    def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        """Chunk ``coords`` as a new, writable array of the full chunk shape."""
-        out = np.empty(self.chunks, self.stored)
+    def read_chunk(self, coords: tuple[int, ...], out: np.ndarray | None = None
+                   ) -> np.ndarray:
+        """Chunk ``coords`` as an array of the full chunk shape: a new one, or ``out``
+        (C-contiguous, chunk shape, the array's dtype) filled in place."""
+        if out is None or out.shape != self.chunks or out.dtype != self.stored \
+                or self.stored != self.dtype or not out.flags.c_contiguous:
+            out = np.empty(self.chunks, self.stored)
         try:
             with open(self.path(coords), "rb") as f:
                 if self.codec is None:
@@ -168,11 +172,17 @@ class ChunkFiles:
                 else:
                     self.codec.decode(f.read(), out=out)
         except FileNotFoundError:
+            if out.dtype == self.dtype:
+                out.fill(self.fill_value)
+                return out
             out = np.full(self.chunks, self.fill_value, self.dtype)
         return out if out.dtype == self.dtype else out.astype(self.dtype)
 
-    def read(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``arr[region]`` for unit-step slices (one per axis), or ``None`` otherwise."""
+    def read(self, region: tuple[slice, ...], out: np.ndarray | None = None
+             ) -> np.ndarray | None:
+        """``arr[region]`` for unit-step slices (one per axis), or ``None`` otherwise.
+        ``out``: a buffer a region of exactly one whole chunk is decoded into (else a
+        new array is returned)."""
         b = self._bounds(region)
         if b is None:
             return None
@@ -180,7 +190,7 @@ class ChunkFiles:
         cells = list(itertools.product(*ranges))
         if len(cells) == 1 and all(lo == k * c and hi - lo == c for (lo, hi), k, c in
                                    zip(b, cells[0], self.chunks)):
-            return self.read_chunk(cells[0])       # exactly one whole chunk
+            return self.read_chunk(cells[0], out)       # exactly one whole chunk
         out = np.empty(tuple(hi - lo for lo, hi in b), self.dtype)
         for cell in cells:
             dst, src = [], []
@@ -192,9 +202,11 @@ class ChunkFiles:
         return out
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, region: tuple[slice, ...], data: np.ndarray) -> bool:
+    def write(self, region: tuple[slice, ...], data: np.ndarray,
+              check_fill: bool = True) -> bool:
         """``arr[region] = data`` when ``region`` is whole chunks (clipped at the array's
-        edge); returns ``False``, writing nothing, otherwise."""
+        edge); returns ``False``, writing nothing, otherwise. ``check_fill=False``: the
+        caller knows no chunk is all fill value (a pass over the data saved)."""
         b = self._bounds(region)
         if b is None or not self.writable:
             return False
@@ -208,10 +220,11 @@ class ChunkFiles:
         for cell in itertools.product(*ranges):
             sub = tuple(slice(k * c - lo, min((k + 1) * c, hi) - lo)
                         for (lo, hi), k, c in zip(b, cell, self.chunks))
-            self.write_chunk(cell, data[sub])
+            self.write_chunk(cell, data[sub], check_fill)
         return True
 
-    def write_chunk(self, coords: tuple[int, ...], data: np.ndarray) -> None:
+    def write_chunk(self, coords: tuple[int, ...], data: np.ndarray,
+                    check_fill: bool = True) -> None:
         """Store chunk ``coords`` from ``data`` (the chunk's in-bounds part; the rest of
         an edge chunk is fill)."""
         data = np.asarray(data)
@@ -220,7 +233,7 @@ class ChunkFiles:
             full[tuple(slice(0, s) for s in data.shape)] = data
             data = full
         path = self.path(coords)
-        if not self.write_empty and self._is_fill(data):
+        if check_fill and not self.write_empty and self._is_fill(data):
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -157,13 +157,18 @@ class ArraySource:
         return _cached(("zarr", self.path, sub, self._stamp),
                        lambda: _open_zarr_array(_join(self.path, sub)))
 
-    def read(self, slices: tuple[slice | int, ...]) -> np.ndarray:
+    def read(self, slices: tuple[slice | int, ...], out: np.ndarray | None = None
+             ) -> np.ndarray:
         """Read a region of the chosen level into a NumPy array.
 
         Parameters
         ----------
         slices : tuple of slice or int
             One entry per leading axis (missing trailing axes are taken whole).
+        out : numpy.ndarray, optional
+            A work buffer the region may be decoded into (when it is exactly one chunk
+            of a zarr array on a local disk); use the returned array, which is ``out``
+            then, and a new array otherwise.
 
         Returns
         -------
@@ -183,7 +188,7 @@ class ArraySource:
         if self.kind == "tiff":
             return np.asarray(arr[tuple(slices)])
         from .zarrio import read_region
-        return read_region(arr, tuple(slices))
+        return read_region(arr, tuple(slices), out)
 
     def read_level(self, level: int, slices: tuple[slice | int, ...] | None = None
                    ) -> np.ndarray:

@@ -52,6 +52,9 @@ class RunPlan:
     retry_delay: float
     run_key: str
     staging_root: str = ""
+    # merge of stored labels: stage only what the seam scan needs and read the labels
+    # again from the input when relabelling (core/tile_ops.py)
+    read_back: bool = False
     description: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -128,7 +131,7 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
               overlap=0, merge: str = "auto", connectivity: int = 1,
               iou_threshold: float = 0.5, skip_empty: bool = False,
               empty_threshold: float | None = None, sequential_labels: bool = False,
-              retries: int = 2, retry_delay: float = 1.0,
+              retries: int = 2, retry_delay: float = 1.0, read_back: bool = False,
               extra_identity: dict[str, Any] | None = None) -> RunPlan:
     """Validate the parameters of a run against ``src`` and fix the run (see module doc)."""
     spatial = src.spatial_shape
@@ -160,6 +163,10 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
             f"empty_threshold={empty_threshold!r} must be a number or None (estimate it)")
     if not _is_int(retries) or retries < 0:
         raise InvalidParameterError(f"retries={retries!r} must be an int >= 0")
+    if read_back and (merge != "touch" or any(ov)):
+        raise InvalidParameterError(
+            "read_back=True (relabel from the input itself) is for a touch merge of stored "
+            f"labels without a halo; got merge={merge!r}, overlap={ov}")
     grid = TileGrid(spatial, ts, ov)
     desc = {
         "input": src.identity(),
@@ -171,7 +178,8 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
         "iou_threshold": float(iou_threshold) if merge == "overlap" else None,
         "skip_empty": bool(skip_empty),
         "empty_threshold": None if empty_threshold is None else float(empty_threshold),
-                "format": 2,
+        "format": 2,
+        **({"read_back": True} if read_back else {}),
         **(extra_identity or {}),
     }
     # sequential_labels and the output location do not change what is staged, so they
@@ -182,4 +190,4 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
                    empty_threshold=None if empty_threshold is None else float(empty_threshold),
                    sequential=bool(sequential_labels),
                    retries=int(retries), retry_delay=float(retry_delay),
-                   run_key=_run_key(desc), description=desc)
+                   run_key=_run_key(desc), read_back=bool(read_back), description=desc)

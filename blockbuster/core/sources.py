@@ -55,7 +55,7 @@ class ImageSource:
     description: str
     ident: dict[str, Any]
     resumable: bool
-    reader: Any = None            # stored: picklable object with .read(slices)
+    reader: Any = None            # stored: picklable object with .read(slices, out=None)
     dask_array: Any = None        # dask: the array
     meta: dict[str, Any] = field(default_factory=dict)   # axes, scale, ngff info
 
@@ -119,9 +119,10 @@ class ZarrPathReader:
                 self._arr = zarr.open_array(self.path, mode="r")
         return self._arr
 
-    def read(self, slices) -> np.ndarray:
+    def read(self, slices, out: np.ndarray | None = None) -> np.ndarray:
+        """``array[slices]``; ``out`` as in :meth:`ArraySource.read`."""
         from .zarrio import read_region
-        return read_region(self.array, slices)
+        return read_region(self.array, slices, out)
 
     def read_many(self, slices_list, max_bytes: int = 64 << 20):
         """Yield ``self.read(s)`` for each ``s``, reading up to ``max_bytes`` of regions

@@ -17,18 +17,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BlockbusterError, TileFunctionError
-from .labels import _small_uint, check_tile_labels, compact_labels, compact_with_halo, present_ids
+from .labels import (_map_ids, _small_uint, check_tile_labels, compact_labels,
+                     compact_with_halo, present_ids)
 from .lut import MergeTable
 from .plan import RunPlan
 from .seams import band_key, face_key, overlap_pairs, touch_pairs
 from .sources import full_slices
 from .staging import Staging
+from .chunkfiles import chunk_files
+from .scratch import Scratch, map_through
 from .zarrio import open_zarr_array_cached, write_regions
 
 __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
 
 # output chunks of a relabel batch are written together, up to this many bytes at once
 WRITE_GROUP_BYTES = 64 << 20
+# per-thread work buffers for the input and output of one tile (core/scratch.py)
+_SCRATCH = Scratch()
 
 
 def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int,
@@ -94,6 +99,9 @@ def segment_one(plan: RunPlan, fn: Callable, n: int, data: np.ndarray,
         labels, secs, attempts = call_fn(fn, data, n, origin, plan.retries, plan.retry_delay)
         rec["fn_seconds"], rec["attempts"] = secs, attempts
     labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
+    if plan.read_back and fn is None:
+        return _index_one(plan, n, labels, rec, staging)
+    labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
     crop = g.core_in_ext(n)
     arrays: dict[str, np.ndarray] = {}
     if plan.merge == "overlap":
@@ -125,6 +133,35 @@ def segment_one(plan: RunPlan, fn: Callable, n: int, data: np.ndarray,
     return rec
 
 
+def _index_one(plan: RunPlan, n: int, labels: np.ndarray, rec: dict[str, Any],
+               staging: Staging) -> dict[str, Any]:
+    """Stage what the merge needs of stored labels, not the labels: relabel reads them
+    again from the input (``plan.read_back``).
+
+    Staged: the ids present (only when they are not exactly 1..n) and the compacted
+    boundary faces for the seam scan. This spares a compressed copy of every tile
+    (writing it, reading it back) for the price of reading the input chunk twice.
+    """
+    g = plan.grid
+    ids = present_ids(labels)
+    k = int(ids.size)
+    rec["n_labels"] = k
+    arrays: dict[str, np.ndarray] = {}
+    if k:
+        identity = int(ids[-1]) == k            # ids are exactly 1..k already
+        small = _small_uint(k)
+        if not identity:
+            arrays["ids"] = ids
+        local = np.arange(1, k + 1)
+        for d in range(g.ndim):
+            for hi in (False, True):
+                face = labels.take(-1 if hi else 0, axis=d)
+                arrays[face_key(d, hi)] = (face.astype(small) if identity
+                                           else _map_ids(face, ids, local, small))
+    staging.write_tile(n, rec, arrays)
+    return rec
+
+
 def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None,
                   datas: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Segment a batch of tiles, skipping those already finished (resume)."""
@@ -141,15 +178,31 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
             todo.append((i, n))
     if datas is not None:
         inputs = (np.asarray(datas[i]) for i, _ in todo)
+    elif plan.read_back and fn is None:
+        # nothing of the input outlives its tile: decode every tile into one buffer
+        inputs = (reader.read(_core_region(plan, n), out=_SCRATCH.array(
+            "input", plan.grid.core_shape(n), _reader_dtype(reader))) for _, n in todo)
     else:
         regions = [full_slices(plan.grid.ext_slices(n), plan.channel_axis) for _, n in todo]
         read_many = getattr(reader, "read_many", None)
         inputs = (read_many(regions) if read_many is not None
                   else (reader.read(r) for r in regions))
-    with staging:
-        for (_, n), data in zip(todo, inputs):
-            out.append(segment_one(plan, fn, n, np.asarray(data), staging))
+    try:
+        with staging:
+            for (_, n), data in zip(todo, inputs):
+                out.append(segment_one(plan, fn, n, np.asarray(data), staging))
+    finally:
+        _SCRATCH.clear()
     return out
+
+
+def _core_region(plan: RunPlan, n: int) -> tuple[slice, ...]:
+    return full_slices(plan.grid.core_slices(n), plan.channel_axis)
+
+
+def _reader_dtype(reader) -> np.dtype:
+    dtype = getattr(reader, "dtype", None)
+    return np.dtype(dtype if dtype is not None else reader.array.dtype)
 
 
 def scan_tiles(plan: RunPlan, tiles: Sequence[int], counts: np.ndarray,
@@ -207,28 +260,65 @@ def _bounds(rec):
 
 
 def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray],
-                  out_path: str, out_token: str) -> int:
-    """Write ``lut[staged labels]`` for each tile into the output array; returns voxels written."""
+                  out_path: str, out_token: str, reader=None) -> int:
+    """Write ``lut[staged labels]`` for each tile into the output array; returns voxels
+    written. With ``plan.read_back`` the labels are read again from ``reader`` (the
+    input) and mapped through the tile's staged ids."""
     staging = Staging(plan.staging_root)
     out = open_zarr_array_cached(out_path, out_token)
+    direct = chunk_files(out)          # chunks written here at once: buffers reused
     g = plan.grid
     written = 0
-    pending: list = []
+    pending: list = []       # tiles with labels: never all fill, no need to check
     size = 0
-    for n, lut in zip(tiles, luts):
-        if lut.size <= 1:
-            continue          # no labels: the chunk stays absent (reads as 0)
-        chunk = staging.read_tile(n, names=("labels",))[1]["labels"]
-        # intp indices: NumPy's fancy indexing with small unsigned indices is ~4x slower
-        data = lut[chunk.astype(np.intp)]
-        pending.append((g.core_slices(n), data))
-        size += data.nbytes
-        written += chunk.size
-        if size >= WRITE_GROUP_BYTES:
-            write_regions(out, pending)
-            pending, size = [], 0
-    write_regions(out, pending)
+    names = ("labels", "ids") if plan.read_back else ("labels",)
+    try:
+        for n, lut in zip(tiles, luts):
+            if lut.size <= 1:
+                continue          # no labels: the chunk stays absent (reads as 0)
+            arrays = staging.read_tile(n, names=names)[1]
+            shape = g.core_shape(n)
+            dst = (_SCRATCH.array("output", shape, lut.dtype) if direct is not None
+                   else np.empty(shape, lut.dtype))
+            if "labels" in arrays:
+                map_through(lut, arrays["labels"], dst)
+            else:
+                _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
+            region = g.core_slices(n)
+            written += dst.size
+            if direct is not None and direct.write(region, dst, check_fill=False):
+                continue
+            pending.append((region, dst))
+            size += dst.nbytes
+            if size >= WRITE_GROUP_BYTES:
+                write_regions(out, pending, check_fill=False)
+                pending, size = [], 0
+        write_regions(out, pending, check_fill=False)
+    finally:
+        _SCRATCH.clear()
     return written
+
+
+def _read_back(plan: RunPlan, reader, n: int, lut: np.ndarray, ids: np.ndarray | None,
+               dst: np.ndarray) -> None:
+    """Tile ``n``'s final labels from the input into ``dst``: original id -> local id
+    -> ``lut``."""
+    if reader is None:
+        raise BlockbusterError(f"tile {n} has no staged labels and no input to read them "
+                               "from (internal error: read_back without a reader)")
+    shape = plan.grid.core_shape(n)
+    raw = np.asarray(reader.read(_core_region(plan, n),
+                                 out=_SCRATCH.array("input", shape, _reader_dtype(reader))))
+    try:
+        if ids is None:                        # ids 1..k: the local ids themselves
+            map_through(lut, raw, dst)
+        else:
+            dst[...] = _map_ids(raw, ids, lut[1:], lut.dtype)
+    except IndexError:
+        raise BlockbusterError(
+            f"tile {n} (origin {plan.grid.origin(n)}) of the input holds label ids it did "
+            "not hold when it was indexed: the input changed during the merge. Run the "
+            "merge again on an input nobody is writing to.") from None
 
 
 def table_luts(table: MergeTable, tiles: Sequence[int], dtype) -> list[np.ndarray]:

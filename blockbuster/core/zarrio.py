@@ -44,25 +44,28 @@ def _sync(coro):
     return sync(coro)
 
 
-def read_region(arr: zarr.Array, sl: tuple) -> np.ndarray:
-    """``arr[sl]`` as a NumPy array, from the chunk files directly where possible."""
+def read_region(arr: zarr.Array, sl: tuple, out: np.ndarray | None = None) -> np.ndarray:
+    """``arr[sl]`` as a NumPy array, from the chunk files directly where possible.
+    ``out``: a buffer to decode a region of exactly one chunk into (the result is
+    ``out`` then; otherwise a new array)."""
     cf = chunk_files(arr)
     if cf is not None:
         if isinstance(sl, tuple) and len(sl) < len(cf.shape):
             sl = sl + (slice(None),) * (len(cf.shape) - len(sl))
-        got = cf.read(sl)
+        got = cf.read(sl, out)
         if got is not None:
             return got
     return np.asarray(arr[sl])
 
 
-def write_regions(arr: zarr.Array, items: Sequence[tuple[tuple[slice, ...], np.ndarray]]
-                  ) -> None:
+def write_regions(arr: zarr.Array, items: Sequence[tuple[tuple[slice, ...], np.ndarray]],
+                  check_fill: bool = True) -> None:
     """``arr[sl] = data`` for every ``(sl, data)``: whole chunks on a local disk directly,
-    the rest in one round trip to zarr's loop."""
+    the rest in one round trip to zarr's loop. ``check_fill=False``: the caller knows
+    that no chunk is all fill value."""
     cf = chunk_files(arr)
     if cf is not None:
-        items = [(sl, data) for sl, data in items if not cf.write(sl, data)]
+        items = [(sl, data) for sl, data in items if not cf.write(sl, data, check_fill)]
     if len(items) <= 1:
         for sl, data in items:
             arr[sl] = data

@@ -39,7 +39,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     plan = job.plan
-    job.progress_artifact = ProgressArtifact(job.reporter, f"run {job.run_key}: starting")
+    job.progress_artifact = ProgressArtifact(job.reporter, job.run_key)
     # Per-tile data is passed between stages inside quote(): Prefect would otherwise
     # walk every object of a task's parameters (~0.3 s per walk at 4096 tiles).
     records = segment_stage(job)

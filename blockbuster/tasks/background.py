@@ -64,7 +64,8 @@ class Reporter:
             return                               # no Prefect client in play
         SyncClientContext.__var__.set(None)      # in this call's copied context only
         if self._client_ctx is None:
-            self._client_ctx = SyncClientContext()
+            from .common import prefect_client_context
+            self._client_ctx = prefect_client_context()
             self._client_ctx.__enter__()
         SyncClientContext.__var__.set(self._client_ctx)
 

@@ -2,9 +2,10 @@
 progress artifact for people at the Prefect UI.
 
 The artifact (key ``blockbuster-progress``) counts tiles over the segment and relabel
-stages together (segment is the first 0-90 %, relabel the rest) and is updated at most
-every 2 s; ``close`` pushes the final count. Creating and updating it are API calls
-(~10-40 ms each), sent from the run's background :class:`~.background.Reporter`
+stages together (segment is the first 0-90 %, relabel the rest). It is created by its
+first update, after 2 s of a run, updated at most every 2 s, and the end of the run
+pushes 100 %. Creating and updating it are API calls (~10-40 ms each, and as much
+again in the server), sent from the run's background :class:`~.background.Reporter`
 thread, so no stage waits on them.
 """
 
@@ -18,26 +19,28 @@ PROGRESS_KEY = "blockbuster-progress"
 
 
 class ProgressArtifact:
-    """The run's progress artifact, created and updated from the run's reporter thread
-    (in submission order, so an update never overtakes the creation)."""
+    """The run's progress artifact, sent from the run's reporter thread (in submission
+    order). It is created by its first update, so a run shorter than the update
+    interval makes one API call for it (its final 100 %), not three."""
 
-    def __init__(self, reporter, description: str):
+    def __init__(self, reporter, run_key: str):
         self.reporter = reporter
+        self.run_key = run_key
         self.id = None
-        reporter.submit(self._create, description)
-
-    def _create(self, description: str) -> None:
-        from prefect.artifacts import create_progress_artifact
-        self.id = create_progress_artifact(0.0, key=PROGRESS_KEY, description=description)
 
     def update(self, percent: float, description: str) -> None:
         """Queue an update (the latest one submitted is what the UI ends up showing)."""
-        self.reporter.submit(self._update, percent, description)
+        self.reporter.submit(self._send, percent, description)
 
-    def _update(self, percent: float, description: str) -> None:
-        if self.id is not None:
+    def _send(self, percent: float, description: str) -> None:
+        if self.id is None:
+            from prefect.artifacts import create_progress_artifact
+            self.id = create_progress_artifact(percent, key=PROGRESS_KEY,
+                                               description=f"run {self.run_key}: {description}")
+        else:
             from prefect.artifacts import update_progress_artifact
-            update_progress_artifact(self.id, percent, description=description)
+            update_progress_artifact(self.id, percent,
+                                     description=f"run {self.run_key}: {description}")
 
 
 class StageProgress:
@@ -75,7 +78,11 @@ class StageProgress:
         self.artifact.update(self.percent(), f"{self.stage}: {self.done}/{self.total} tiles")
 
     def close(self) -> None:
-        if self.artifact is not None:
+        """Push the final count: always for the last stage of a run (its span ends at
+        100 %), else only if the artifact has not been updated for ``INTERVAL`` (a short
+        stage's end is soon followed by the next stage's updates)."""
+        if self.artifact is not None and (
+                self.span[1] >= 100.0 or time.monotonic() - self._last > self.INTERVAL):
             self._push()
         if self._bar is not None:
             self._bar.close()

@@ -32,10 +32,12 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
     bar = StageProgress("relabel", len(tiles), bar=job.progress,
                         artifact=job.progress_artifact, span=(90.0, 100.0))
     path, token = out.array_path, out.token
+    reader = job.source.reader if plan.read_back else None   # labels read from the input
     try:
         voxels = run_batches(
             client, relabel_tiles,
-            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token)) for b in batches],
+            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader))
+             for b in batches],
             name="relabel", window=2 * nthreads + 2,
             on_done=lambda i, r: bar.update(len(batches[i])))
     finally:
