@@ -93,12 +93,15 @@ def test_merge_tile_labels_dask_blocks_computed_once(tmp_path, counting_label):
     assert len(fn.calls()) == 16
 
 
-def test_merge_tile_labels_zarr_path(tmp_path):
+@pytest.mark.parametrize("scale", [1, 5])
+def test_merge_tile_labels_zarr_path(tmp_path, scale):
+    """Stored labels are read back when relabelling: ids 1..n per tile need nothing
+    staged but the faces, sparse ids (scale 5) also their sorted ids."""
     img = blobs((60, 70, 3)[:2], seed=11)
     per_tile = np.zeros(img.shape, np.uint16)
     for i in range(0, 60, 20):
         for j in range(0, 70, 30):
-            per_tile[i:i + 20, j:j + 30] = ndi.label(img[i:i + 20, j:j + 30])[0]
+            per_tile[i:i + 20, j:j + 30] = ndi.label(img[i:i + 20, j:j + 30])[0] * scale
     grp = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     grp.create_array("tiles", shape=img.shape, chunks=(20, 30), dtype=np.uint16)[...] = per_tile
     out = merge_tile_labels(str(tmp_path / "g.zarr"), input_component="tiles",

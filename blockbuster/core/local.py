@@ -58,6 +58,7 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
     zarr.create_array(store=out_path, shape=g.shape, chunks=g.tile_shape, dtype=table.dtype,
                       fill_value=0, overwrite=True)
     tiles = [n for n in range(g.n_tiles) if counts[n]]
-    relabel_tiles(plan, tiles, [table.tile_lut(n) for n in tiles], out_path, "local", reader)
+    relabel_tiles(plan, tiles, [table.tile_lut(n) for n in tiles], out_path, "local", reader,
+                  [bool(records[n].get("ids_1_to_n")) for n in tiles])
     out = zarr.open_array(out_path, mode="r")[...]
     return (out, table) if return_table else out

@@ -149,6 +149,7 @@ def _index_one(plan: RunPlan, n: int, labels: np.ndarray, rec: dict[str, Any],
     arrays: dict[str, np.ndarray] = {}
     if k:
         identity = int(ids[-1]) == k            # ids are exactly 1..k already
+        rec["ids_1_to_n"] = identity            # relabel then needs nothing staged
         small = _small_uint(k)
         if not identity:
             arrays["ids"] = ids
@@ -260,10 +261,12 @@ def _bounds(rec):
 
 
 def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray],
-                  out_path: str, out_token: str, reader=None) -> int:
+                  out_path: str, out_token: str, reader=None,
+                  ids_1_to_n: Sequence[bool] | None = None) -> int:
     """Write ``lut[staged labels]`` for each tile into the output array; returns voxels
     written. With ``plan.read_back`` the labels are read again from ``reader`` (the
-    input) and mapped through the tile's staged ids."""
+    input) and mapped through the tile's staged ids, or directly through ``lut`` for
+    tiles whose record says their ids are 1..n (``ids_1_to_n``: nothing staged is read)."""
     staging = Staging(plan.staging_root)
     out = open_zarr_array_cached(out_path, out_token)
     direct = chunk_files(out)          # chunks written here at once: buffers reused
@@ -273,10 +276,11 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
     size = 0
     names = ("labels", "ids") if plan.read_back else ("labels",)
     try:
-        for n, lut in zip(tiles, luts):
+        plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
+        for n, lut, bare in zip(tiles, luts, plain):
             if lut.size <= 1:
                 continue          # no labels: the chunk stays absent (reads as 0)
-            arrays = staging.read_tile(n, names=names)[1]
+            arrays = {} if bare and plan.read_back else staging.read_tile(n, names=names)[1]
             shape = g.core_shape(n)
             dst = (_SCRATCH.array("output", shape, lut.dtype) if direct is not None
                    else np.empty(shape, lut.dtype))

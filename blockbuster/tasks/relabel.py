@@ -33,10 +33,12 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
                         artifact=job.progress_artifact, span=(90.0, 100.0))
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None   # labels read from the input
+    records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
     try:
         voxels = run_batches(
             client, relabel_tiles,
-            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader))
+            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader,
+                           [bool(records[n].get("ids_1_to_n")) for n in b]))
              for b in batches],
             name="relabel", window=2 * nthreads + 2,
             on_done=lambda i, r: bar.update(len(batches[i])))
