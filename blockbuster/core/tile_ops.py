@@ -9,6 +9,7 @@ record is complete is finished and is never given to ``fn`` again.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -25,7 +26,7 @@ from .seams import band_key, face_key, overlap_pairs, touch_pairs
 from .sources import full_slices
 from .staging import Staging
 from .chunkfiles import chunk_files
-from .scratch import Scratch, map_through
+from .scratch import Scratch, keep_freed_memory, map_through
 from .zarrio import open_zarr_array_cached, write_regions
 
 __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
@@ -34,6 +35,15 @@ __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
 WRITE_GROUP_BYTES = 64 << 20
 # per-thread work buffers for the input and output of one tile (core/scratch.py)
 _SCRATCH = Scratch()
+
+
+def _batch(fn):
+    """A batch function runs with freed memory kept for its next tile (core/scratch.py)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with keep_freed_memory():
+            return fn(*args, **kwargs)
+    return run
 
 
 def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int,
@@ -163,6 +173,7 @@ def _index_one(plan: RunPlan, n: int, labels: np.ndarray, rec: dict[str, Any],
     return rec
 
 
+@_batch
 def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None,
                   datas: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Segment a batch of tiles, skipping those already finished (resume)."""
@@ -206,6 +217,7 @@ def _reader_dtype(reader) -> np.dtype:
     return np.dtype(dtype if dtype is not None else reader.array.dtype)
 
 
+@_batch
 def scan_tiles(plan: RunPlan, tiles: Sequence[int], counts: np.ndarray,
                offsets: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
     """Seam pairs (global node ids) from each tile of the batch to its forward neighbours.
@@ -260,6 +272,7 @@ def _bounds(rec):
     return {k: tuple(tuple(b) for b in v) for k, v in rec.get("band_bounds", {}).items()}
 
 
+@_batch
 def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray],
                   out_path: str, out_token: str, reader=None,
                   ids_1_to_n: Sequence[bool] | None = None) -> int:
