@@ -103,8 +103,8 @@ def main() -> int:
              "ours/floor", f"target <= {TARGET}x", "label count = scipy",
              "other processes' load, cores"], rows,
             title=f"merge vs I/O floor, {n} x {n} int32, median of {args.repeats}")
-    C.table(["tiles", "segment (read, compact, stage)", "seams", "lut",
-             "relabel (staged tile -> output chunk)",
+    C.table(["tiles", "segment (read, index, stage faces)", "seams", "lut",
+             "relabel (read again, map, write chunk)",
              "stages total", "outside stages", "wall"], srows,
             title="ours, per-stage seconds (median)")
     print(f"\nfixed cost of one warm merge_tile_labels call (512 x 512, 4 tiles): "

@@ -183,6 +183,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
             job.reporter.close(wait=False)
             if job.segment_work is not None:
                 job.segment_work.cancel()  # the flow never adopted it (it failed to start)
+            job.cancel_started()
         warm.join()
         handle.close()
 

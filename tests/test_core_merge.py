@@ -59,8 +59,9 @@ def test_touch_merge_equals_whole_image_label(case, sequential, tmp_path_factory
 
 @settings(max_examples=80, deadline=None)
 @given(case=cases(), read_back=st.booleans(), ids=st.sampled_from(["compact", "sparse", "huge"]),
-       sequential=st.booleans())
+       sequential=st.booleans(), chunks_are_tiles=st.booleans())
 def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids, sequential,
+                                                            chunks_are_tiles,
                                                             tmp_path_factory):
     """The merge alone over per-tile labels read from a zarr store: copied to the staging,
     or (``read_back``) read again from the store when relabelling, with ids that are
@@ -78,7 +79,9 @@ def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids,
         scale = {"compact": (1, 0), "sparse": (7, 3), "huge": (10**8, 5)}[ids]
         per_tile[sl] = np.where(lab > 0, lab.astype(np.int64) * scale[0] + scale[1], 0)
     path = str(d / "per_tile.zarr")
-    zarr.create_array(store=path, shape=img.shape, chunks=tile, dtype=np.int64)[...] = per_tile
+    # chunks other than the tiles: a tile is read from (parts of) several chunks
+    chunks = tile if chunks_are_tiles else tuple(max(1, t // 2 + 1) for t in tile)
+    zarr.create_array(store=path, shape=img.shape, chunks=chunks, dtype=np.int64)[...] = per_tile
     src = open_image(path)
     plan = make_plan(src, fn_id="merge", tile_shape=tile, connectivity=conn,
                      sequential_labels=sequential, read_back=read_back)

@@ -39,6 +39,7 @@ class Job(BaseModel):
     _resources: dict | None = PrivateAttr(default=None)
     _details: dict = PrivateAttr(default_factory=dict)
     _segment_work: Any = PrivateAttr(default=None)
+    _started: dict = PrivateAttr(default_factory=dict)
     _reporter: Any = PrivateAttr(default=None)
     _progress_artifact: Any = PrivateAttr(default=None)
 
@@ -114,6 +115,22 @@ class Job(BaseModel):
     @segment_work.setter
     def segment_work(self, work) -> None:
         self._segment_work = work
+
+    def start_ahead(self, stage: str, work) -> None:
+        """Keep ``work`` (a stage's batches, submitted early) for that stage's task to
+        adopt: the work runs while the task runs of the previous stage ends and the next
+        one starts (~15-25 ms each on a busy 2-core machine)."""
+        self._started[stage] = work
+
+    def take_started(self, stage: str):
+        """The work started ahead for ``stage``, or None; the caller owns it now."""
+        return self._started.pop(stage, None)
+
+    def cancel_started(self) -> None:
+        """Cancel work started ahead that no stage adopted (the flow failed first)."""
+        for work in self._started.values():
+            work.cancel()
+        self._started.clear()
 
     def client(self):
         return self._cluster.client()

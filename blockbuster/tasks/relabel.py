@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from prefect import get_run_logger, task
 
 from ..core.lut import MergeTable
 from ..core.tile_ops import relabel_tiles, table_luts
-from ..execution import run_batches, split_batches
+from ..execution import BatchRun, split_batches
 from ..cluster import client_threads
 from .common import NO_CACHE
 from .job import Job
 from .progress import StageProgress
 
-__all__ = ["relabel_stage"]
+__all__ = ["relabel_stage", "start_relabel", "RelabelWork"]
 
 
-@task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
-def relabel_stage(job: Job, table: MergeTable) -> dict:
-    """Create the output (marked incomplete) and write every labelled tile into it."""
+@dataclass
+class RelabelWork:
+    """The relabel stage's batches once submitted (the output exists by then)."""
+
+    run: BatchRun | None
+    batches: list[list[int]]
+    dtype: str
+    started: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+
+def start_relabel(job: Job, table: MergeTable) -> RelabelWork:
+    """Create the output (marked incomplete) and submit the first relabel batches (the
+    merge-table stage does so as it ends)."""
     t0 = time.perf_counter()
     plan, out = job.plan, job.out
     dtype = table.dtype
@@ -29,22 +44,35 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
     client = job.client()
     nthreads = client_threads(client)
     batches = split_batches(tiles, nthreads)
-    bar = StageProgress("relabel", len(tiles), bar=job.progress,
-                        artifact=job.progress_artifact, span=(90.0, 100.0))
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None   # labels read from the input
     records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
+    run = BatchRun(
+        client, relabel_tiles,
+        [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader,
+                       [bool(records[n].get("ids_1_to_n")) for n in b]))
+         for b in batches],
+        name="relabel", window=2 * nthreads + 2) if batches else None
+    return RelabelWork(run, batches, str(dtype), started=t0)
+
+
+@task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
+def relabel_stage(job: Job, table: MergeTable) -> dict:
+    """Write every labelled tile into the output (created incomplete)."""
+    stale = job.take_started("seams")    # scan started ahead, but the table was cached
+    if stale is not None:
+        stale.cancel()
+    work = job.take_started("relabel") or start_relabel(job, table)
+    batches = work.batches
+    bar = StageProgress("relabel", sum(len(b) for b in batches), bar=job.progress,
+                        artifact=job.progress_artifact, span=(90.0, 100.0))
     try:
-        voxels = run_batches(
-            client, relabel_tiles,
-            [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader,
-                           [bool(records[n].get("ids_1_to_n")) for n in b]))
-             for b in batches],
-            name="relabel", window=2 * nthreads + 2,
-            on_done=lambda i, r: bar.update(len(batches[i])))
+        voxels = work.run.gather(lambda i, r: bar.update(len(batches[i]))) \
+            if work.run is not None else []
     finally:
         bar.close()
-    job.timings["relabel"] = time.perf_counter() - t0
-    get_run_logger().info("relabelled %d tiles (%d voxels) in %.2f s", len(tiles),
+    job.timings["relabel"] = time.perf_counter() - work.started
+    n_tiles = sum(len(b) for b in batches)
+    get_run_logger().info("relabelled %d tiles (%d voxels) in %.2f s", n_tiles,
                           sum(voxels), job.timings["relabel"])
-    return {"dtype": str(dtype), "tiles_written": len(tiles), "voxels": int(sum(voxels))}
+    return {"dtype": work.dtype, "tiles_written": n_tiles, "voxels": int(sum(voxels))}

@@ -8,6 +8,7 @@ statistics, not the pairs.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,14 @@ from prefect import get_run_logger, task
 
 from ..core.lut import MergeTable
 from ..core.tile_ops import scan_tiles
-from ..execution import run_batches, split_batches
+from ..execution import BatchRun, split_batches
 from ..cluster import client_threads
 from .common import stage_cache_policy
 from .job import Job
 from .progress import StageProgress
+from .relabel import start_relabel
 
-__all__ = ["merge_table_stage", "scan_seams", "build_lut"]
+__all__ = ["merge_table_stage", "scan_seams", "build_lut", "start_scan", "ScanWork"]
 
 
 @task(name="merge-table", cache_policy=stage_cache_policy("table"), persist_result=True)
@@ -29,13 +31,26 @@ def merge_table_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]
     """Seam pairs of all tiles, then the merge table; returns the table and seam stats."""
     scan = scan_seams(job, records)
     table = build_lut(job, scan)
+    job.start_ahead("relabel", start_relabel(job, table))   # while this task run ends
     return {"table": table, **{k: v for k, v in scan.items() if k != "pairs"}}
 
 
-def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Find label pairs across all seams (touch or IoU), in batches of tiles."""
-    logger = get_run_logger()
-    t0 = time.perf_counter()
+@dataclass
+class ScanWork:
+    """The seam scan's batches once submitted, with what ``scan_seams`` needs of them."""
+
+    run: BatchRun | None
+    batches: list[list[int]]
+    counts: np.ndarray
+    started: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+
+def start_scan(job: Job, records: list[dict[str, Any]]) -> ScanWork:
+    """Submit the seam scan's batches (the segment stage does so as it ends)."""
     plan = job.plan
     counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
     offsets = np.zeros_like(counts)
@@ -45,16 +60,28 @@ def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     client = job.client()
     nthreads = client_threads(client)
     batches = split_batches(tiles, nthreads, max_batch=64)
-    bar = StageProgress("seams", len(tiles), bar=job.progress)
-    results = run_batches(client, scan_tiles,
-                          [(lambda b=b: (plan, b, counts, offsets)) for b in batches],
-                          name="seams", window=2 * nthreads + 2,
-                          on_done=lambda i, r: bar.update(len(batches[i])))
-    bar.close()
+    run = BatchRun(client, scan_tiles, [(lambda b=b: (plan, b, counts, offsets))
+                                        for b in batches],
+                   name="seams", window=2 * nthreads + 2) if batches else None
+    return ScanWork(run, batches, counts)
+
+
+def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Find label pairs across all seams (touch or IoU), in batches of tiles."""
+    logger = get_run_logger()
+    plan = job.plan
+    work = job.take_started("seams") or start_scan(job, records)
+    batches = work.batches
+    bar = StageProgress("seams", sum(len(b) for b in batches), bar=job.progress)
+    try:
+        results = work.run.gather(lambda i, r: bar.update(len(batches[i]))) \
+            if work.run is not None else []
+    finally:
+        bar.close()
     pairs = [p for p, _ in results if len(p)]
     seams = [s for _, ss in results for s in ss]
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    job.timings["seams"] = time.perf_counter() - t0
+    job.timings["seams"] = time.perf_counter() - work.started
     merged = sum(s[3] for s in seams)
     unmerged = sum(s[4] for s in seams)
     spanning = sum(s[5] for s in seams)
@@ -64,7 +91,7 @@ def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     if spanning and plan.merge == "overlap":
         logger.warning("%d objects reach past the halo at a seam; consider a larger overlap "
                        "(now %s)", spanning, list(plan.grid.overlap))
-    return {"pairs": pairs, "seams": seams, "counts": counts, "merged": merged,
+    return {"pairs": pairs, "seams": seams, "counts": work.counts, "merged": merged,
             "unmerged": unmerged, "spanning": spanning}
 
 

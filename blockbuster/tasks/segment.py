@@ -23,6 +23,7 @@ from ..execution import BatchRun, split_batches
 from .common import stage_cache_policy
 from .job import Job
 from .progress import StageProgress
+from .seams import start_scan
 
 __all__ = ["segment_stage", "start_segment", "SegmentWork"]
 
@@ -99,6 +100,7 @@ def segment_stage(job: Job) -> list[dict[str, Any]]:
         bar.close()
     job.timings["segment"] = time.perf_counter() - work.started
     out = [records[n] for n in range(plan.grid.n_tiles)]
+    job.start_ahead("seams", start_scan(job, out))     # while this task run ends
     n_skipped = sum(r["skipped"] for r in out)
     logger.info("segmented %d tiles (%d resumed, %d skipped as empty) in %.2f s",
                 len(work.todo), n_resumed, n_skipped, job.timings["segment"])
