@@ -111,7 +111,6 @@ def segment_one(plan: RunPlan, fn: Callable, n: int, data: np.ndarray,
     labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
     if plan.read_back and fn is None:
         return _index_one(plan, n, labels, rec, staging)
-    labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
     crop = g.core_in_ext(n)
     arrays: dict[str, np.ndarray] = {}
     if plan.merge == "overlap":
