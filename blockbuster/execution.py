@@ -14,7 +14,7 @@ import math
 import uuid
 from typing import Any, Callable, Sequence
 
-__all__ = ["split_batches", "run_batches", "BatchRun"]
+__all__ = ["split_batches", "BatchRun"]
 
 
 def split_batches(tiles: Sequence[int], n_threads: int, max_batch: int = 32,
@@ -49,12 +49,15 @@ def split_batches(tiles: Sequence[int], n_threads: int, max_batch: int = 32,
 
 
 class BatchRun:
-    """Batches of tiles on the cluster, at most ``window`` in flight (see :func:`run_batches`).
+    """Batches of tiles on the cluster: ``func(*args_of[i]())`` for every i, at most
+    ``window`` in flight.
 
-    Creating one submits the first window at once; :meth:`gather` submits the rest as
-    batches finish and returns the results in order. The segment stage uses this split
-    to start tiles while Prefect's temporary server is still starting, then gathers them
-    inside the flow (docs/orchestration.md).
+    Creating one submits the first window at once (``args_of[i]`` is called only when
+    batch i is submitted, so inputs that are themselves cluster computations start
+    late); :meth:`gather` submits the rest as batches finish and returns the results in
+    order. Every stage uses this split to start its batches before its Prefect task run
+    (the segment stage even before Prefect's temporary server is up), then gathers them
+    inside the task (docs/orchestration.md).
     """
 
     def __init__(self, client, func: Callable, args_of: Sequence[Callable[[], tuple]], *,
@@ -114,18 +117,3 @@ class BatchRun:
             except Exception:  # pragma: no cover - cluster already gone
                 pass
         self._ac.clear()
-
-
-def run_batches(client, func: Callable, args_of: Sequence[Callable[[], tuple]], *,
-                name: str, window: int, on_done: Callable[[int, Any], None] | None = None,
-                resources: dict | None = None) -> list[Any]:
-    """Run ``func(*args_of[i]())`` for every i on the cluster; return results in order.
-
-    ``args_of[i]`` is called only when batch i is submitted (so inputs that are
-    themselves cluster computations start late). At most ``window`` batches are in
-    flight. ``on_done(i, result)`` is called in the driver as batches finish.
-    """
-    if not args_of:
-        return []
-    return BatchRun(client, func, args_of, name=name, window=window,
-                    resources=resources).gather(on_done)
