@@ -163,7 +163,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
                          progress=progress, fn_description=fn_desc, resources=resources,
                          generation=staging.generation or "")
-        job.segment_work = start_segment(job)
+        job.start_ahead("segment", start_segment(job))
         warm.join()
         from prefect_dask import DaskTaskRunner
         # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
@@ -181,9 +181,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
             # the last artifacts are sent by the reporter thread after the call returns
             # (tens of ms; a process waits for the thread before it exits)
             job.reporter.close(wait=False)
-            if job.segment_work is not None:
-                job.segment_work.cancel()  # the flow never adopted it (it failed to start)
-            job.cancel_started()
+            job.cancel_started()   # work no stage adopted (the flow failed or never started)
         warm.join()
         handle.close()
 

@@ -11,10 +11,12 @@ cancelled and the original error is raised.
 from __future__ import annotations
 
 import math
+import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-__all__ = ["split_batches", "BatchRun"]
+__all__ = ["split_batches", "BatchRun", "StageWork"]
 
 
 def split_batches(tiles: Sequence[int], n_threads: int, max_batch: int = 32,
@@ -117,3 +119,41 @@ class BatchRun:
             except Exception:  # pragma: no cover - cluster already gone
                 pass
         self._ac.clear()
+
+
+@dataclass
+class StageWork:
+    """A stage's batches once submitted, ahead of the Prefect task run that gathers
+    them (docs/orchestration.md), with what that task needs to know of them (``info``).
+
+    ``started`` is when the stage's work began: the stage's time is counted from it.
+    """
+
+    batches: list[list[int]]
+    run: BatchRun | None
+    info: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def submit(cls, client, func: Callable, batches: list[list[int]],
+               args_for: Callable[[list[int]], Callable[[], tuple]], *, name: str,
+               window: int, resources: dict | None = None,
+               info: dict[str, Any] | None = None, started: float | None = None
+               ) -> "StageWork":
+        """Submit ``func(*args_for(batch)())`` for each batch (the first ``window`` now)."""
+        run = BatchRun(client, func, [args_for(b) for b in batches], name=name,
+                       window=window, resources=resources) if batches else None
+        return cls(batches, run, info or {},
+                   time.perf_counter() if started is None else started)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Every batch's result, in order (see :meth:`BatchRun.gather`)."""
+        return self.run.gather(on_done) if self.run is not None else []
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()

@@ -36,7 +36,7 @@ def prefect_tls_context():
         else:
             import certifi
             ctx = ssl.create_default_context(cafile=cert_file or certifi.where())
-        ctx = _SSL[key] = ctx
+        _SSL[key] = ctx
     return ctx
 
 

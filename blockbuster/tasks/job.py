@@ -38,7 +38,6 @@ class Job(BaseModel):
     _timings: dict = PrivateAttr(default_factory=dict)
     _resources: dict | None = PrivateAttr(default=None)
     _details: dict = PrivateAttr(default_factory=dict)
-    _segment_work: Any = PrivateAttr(default=None)
     _started: dict = PrivateAttr(default_factory=dict)
     _reporter: Any = PrivateAttr(default=None)
     _progress_artifact: Any = PrivateAttr(default=None)
@@ -107,19 +106,10 @@ class Job(BaseModel):
         flow's return value: Prefect walks every object of a flow's result."""
         return self._details
 
-    @property
-    def segment_work(self):
-        """Segment batches started before the flow run (see ``tasks/segment.py``)."""
-        return self._segment_work
-
-    @segment_work.setter
-    def segment_work(self, work) -> None:
-        self._segment_work = work
-
     def start_ahead(self, stage: str, work) -> None:
         """Keep ``work`` (a stage's batches, submitted early) for that stage's task to
-        adopt: the work runs while the task runs of the previous stage ends and the next
-        one starts (~15-25 ms each on a busy 2-core machine)."""
+        adopt: the segment stage's before the flow run starts, the others while the
+        task run of the previous stage ends and the next one starts."""
         self._started[stage] = work
 
     def take_started(self, stage: str):

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from prefect import get_run_logger, task
 
 from ..core.lut import MergeTable
 from ..core.tile_ops import relabel_tiles, table_luts
-from ..execution import BatchRun, split_batches
+from ..execution import StageWork, split_batches
 from ..cluster import client_threads
 from .common import NO_CACHE
 from .job import Job
 from .progress import StageProgress
 
-__all__ = ["relabel_stage", "start_relabel", "RelabelWork"]
+__all__ = ["relabel_stage", "start_relabel"]
 
 
-@dataclass
-class RelabelWork:
-    """The relabel stage's batches once submitted (the output exists by then)."""
-
-    run: BatchRun | None
-    batches: list[list[int]]
-    dtype: str
-    started: float = field(default_factory=time.perf_counter)
-
-    def cancel(self) -> None:
-        if self.run is not None:
-            self.run.cancel()
-
-
-def start_relabel(job: Job, table: MergeTable) -> RelabelWork:
+def start_relabel(job: Job, table: MergeTable) -> StageWork:
     """Create the output (marked incomplete) and submit the first relabel batches (the
     merge-table stage does so as it ends)."""
     t0 = time.perf_counter()
@@ -47,13 +32,11 @@ def start_relabel(job: Job, table: MergeTable) -> RelabelWork:
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None   # labels read from the input
     records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
-    run = BatchRun(
-        client, relabel_tiles,
-        [(lambda b=b: (plan, b, table_luts(table, b, dtype), path, token, reader,
-                       [bool(records[n].get("ids_1_to_n")) for n in b]))
-         for b in batches],
-        name="relabel", window=2 * nthreads + 2) if batches else None
-    return RelabelWork(run, batches, str(dtype), started=t0)
+    return StageWork.submit(
+        client, relabel_tiles, batches,
+        lambda b: (lambda: (plan, b, table_luts(table, b, dtype), path, token, reader,
+                            [bool(records[n].get("ids_1_to_n")) for n in b])),
+        name="relabel", window=2 * nthreads + 2, info={"dtype": str(dtype)}, started=t0)
 
 
 @task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
@@ -64,15 +47,14 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
         stale.cancel()
     work = job.take_started("relabel") or start_relabel(job, table)
     batches = work.batches
-    bar = StageProgress("relabel", sum(len(b) for b in batches), bar=job.progress,
+    bar = StageProgress("relabel", work.n_tiles, bar=job.progress,
                         artifact=job.progress_artifact, span=(90.0, 100.0))
     try:
-        voxels = work.run.gather(lambda i, r: bar.update(len(batches[i]))) \
-            if work.run is not None else []
+        voxels = work.gather(lambda i, r: bar.update(len(batches[i])))
     finally:
         bar.close()
     job.timings["relabel"] = time.perf_counter() - work.started
-    n_tiles = sum(len(b) for b in batches)
+    n_tiles = work.n_tiles
     get_run_logger().info("relabelled %d tiles (%d voxels) in %.2f s", n_tiles,
                           sum(voxels), job.timings["relabel"])
-    return {"dtype": work.dtype, "tiles_written": n_tiles, "voxels": int(sum(voxels))}
+    return {"dtype": work.info["dtype"], "tiles_written": n_tiles, "voxels": int(sum(voxels))}

@@ -8,7 +8,6 @@ statistics, not the pairs.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,14 +15,14 @@ from prefect import get_run_logger, task
 
 from ..core.lut import MergeTable
 from ..core.tile_ops import scan_tiles
-from ..execution import BatchRun, split_batches
+from ..execution import StageWork, split_batches
 from ..cluster import client_threads
 from .common import stage_cache_policy
 from .job import Job
 from .progress import StageProgress
 from .relabel import start_relabel
 
-__all__ = ["merge_table_stage", "scan_seams", "build_lut", "start_scan", "ScanWork"]
+__all__ = ["merge_table_stage", "scan_seams", "build_lut", "start_scan"]
 
 
 @task(name="merge-table", cache_policy=stage_cache_policy("table"), persist_result=True)
@@ -35,22 +34,9 @@ def merge_table_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]
     return {"table": table, **{k: v for k, v in scan.items() if k != "pairs"}}
 
 
-@dataclass
-class ScanWork:
-    """The seam scan's batches once submitted, with what ``scan_seams`` needs of them."""
-
-    run: BatchRun | None
-    batches: list[list[int]]
-    counts: np.ndarray
-    started: float = field(default_factory=time.perf_counter)
-
-    def cancel(self) -> None:
-        if self.run is not None:
-            self.run.cancel()
-
-
-def start_scan(job: Job, records: list[dict[str, Any]]) -> ScanWork:
-    """Submit the seam scan's batches (the segment stage does so as it ends)."""
+def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
+    """Submit the seam scan's batches (the segment stage does so as it ends);
+    ``info["counts"]``: labels per tile."""
     plan = job.plan
     counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
     offsets = np.zeros_like(counts)
@@ -60,10 +46,9 @@ def start_scan(job: Job, records: list[dict[str, Any]]) -> ScanWork:
     client = job.client()
     nthreads = client_threads(client)
     batches = split_batches(tiles, nthreads, max_batch=64)
-    run = BatchRun(client, scan_tiles, [(lambda b=b: (plan, b, counts, offsets))
-                                        for b in batches],
-                   name="seams", window=2 * nthreads + 2) if batches else None
-    return ScanWork(run, batches, counts)
+    return StageWork.submit(client, scan_tiles, batches,
+                            lambda b: (lambda: (plan, b, counts, offsets)),
+                            name="seams", window=2 * nthreads + 2, info={"counts": counts})
 
 
 def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -72,10 +57,9 @@ def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     plan = job.plan
     work = job.take_started("seams") or start_scan(job, records)
     batches = work.batches
-    bar = StageProgress("seams", sum(len(b) for b in batches), bar=job.progress)
+    bar = StageProgress("seams", work.n_tiles, bar=job.progress)
     try:
-        results = work.run.gather(lambda i, r: bar.update(len(batches[i]))) \
-            if work.run is not None else []
+        results = work.gather(lambda i, r: bar.update(len(batches[i])))
     finally:
         bar.close()
     pairs = [p for p, _ in results if len(p)]
@@ -91,7 +75,7 @@ def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     if spanning and plan.merge == "overlap":
         logger.warning("%d objects reach past the halo at a seam; consider a larger overlap "
                        "(now %s)", spanning, list(plan.grid.overlap))
-    return {"pairs": pairs, "seams": seams, "counts": work.counts, "merged": merged,
+    return {"pairs": pairs, "seams": seams, "counts": work.info["counts"], "merged": merged,
             "unmerged": unmerged, "spanning": spanning}
 
 

@@ -10,7 +10,6 @@ submits the rest.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -19,31 +18,18 @@ from ..cluster import client_threads
 from ..core.sources import full_slices
 from ..core.staging import Staging
 from ..core.tile_ops import segment_tiles
-from ..execution import BatchRun, split_batches
+from ..execution import StageWork, split_batches
 from .common import stage_cache_policy
 from .job import Job
 from .progress import StageProgress
 from .seams import start_scan
 
-__all__ = ["segment_stage", "start_segment", "SegmentWork"]
+__all__ = ["segment_stage", "start_segment"]
 
 
-@dataclass
-class SegmentWork:
-    """The segment stage's work once started: finished tiles and the batches in flight."""
-
-    records: dict[int, dict[str, Any]]
-    todo: list[int]
-    run: BatchRun | None
-    started: float = field(default_factory=time.perf_counter)
-
-    def cancel(self) -> None:
-        if self.run is not None:
-            self.run.cancel()
-
-
-def start_segment(job: Job) -> SegmentWork:
-    """List finished tiles in the staging, split the rest into batches, submit the first."""
+def start_segment(job: Job) -> StageWork:
+    """List finished tiles in the staging, split the rest into batches, submit the first
+    (``info``: the finished tiles' ``records`` and the tile numbers ``todo``)."""
     plan, src = job.plan, job.source
     staging = Staging(plan.staging_root)
     records: dict[int, dict[str, Any]] = {}
@@ -68,9 +54,9 @@ def start_segment(job: Job) -> SegmentWork:
                                                         plan.channel_axis)] for n in batch])
                 return (plan, fn, batch, None, datas)
             return make
-    run = BatchRun(client, segment_tiles, [args_for(b) for b in batches], name="segment",
-                   window=2 * nthreads + 2, resources=job.resources) if batches else None
-    return SegmentWork(records, todo, run)
+    return StageWork.submit(client, segment_tiles, batches, args_for, name="segment",
+                            window=2 * nthreads + 2, resources=job.resources,
+                            info={"records": records, "todo": todo})
 
 
 @task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
@@ -78,13 +64,12 @@ def segment_stage(job: Job) -> list[dict[str, Any]]:
     """Run ``fn`` on every tile not finished yet; return one record per tile."""
     logger = get_run_logger()
     plan = job.plan
-    work = job.segment_work or start_segment(job)
-    job.segment_work = None
-    records = work.records
+    work = job.take_started("segment") or start_segment(job)
+    records, todo = work.info["records"], work.info["todo"]
     n_resumed = len(records)
     if n_resumed:
         logger.info("resuming: %d of %d tiles already segmented, %d to go",
-                    n_resumed, plan.grid.n_tiles, len(work.todo))
+                    n_resumed, plan.grid.n_tiles, len(todo))
     bar = StageProgress("segment", plan.grid.n_tiles, bar=job.progress, done=n_resumed,
                         artifact=job.progress_artifact, span=(0.0, 90.0))
 
@@ -94,8 +79,7 @@ def segment_stage(job: Job) -> list[dict[str, Any]]:
         bar.update(len(recs))
 
     try:
-        if work.run is not None:
-            work.run.gather(done)
+        work.gather(done)
     finally:
         bar.close()
     job.timings["segment"] = time.perf_counter() - work.started
@@ -103,5 +87,5 @@ def segment_stage(job: Job) -> list[dict[str, Any]]:
     job.start_ahead("seams", start_scan(job, out))     # while this task run ends
     n_skipped = sum(r["skipped"] for r in out)
     logger.info("segmented %d tiles (%d resumed, %d skipped as empty) in %.2f s",
-                len(work.todo), n_resumed, n_skipped, job.timings["segment"])
+                len(todo), n_resumed, n_skipped, job.timings["segment"])
     return out
