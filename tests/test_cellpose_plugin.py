@@ -210,6 +210,28 @@ def test_model_loaded_once_per_process(model_path):
     assert model_loads() == before + 1
 
 
+def test_no_compiling_per_tile(model_path, monkeypatch):
+    """A loaded CPU model is already converted: tiles compile nothing, so threads can share it.
+
+    Cellpose converts its network to MKL-DNN layers in place on every forward pass,
+    compiling them with TorchScript (``ast.parse``). Unconverted, a worker's threads
+    raced on the shared model (a half-converted network, "Can't redefine method", or
+    CPython 3.11's "AST constructor recursion depth mismatch").
+    """
+    import ast
+
+    clear_model_cache()
+    fn = cellpose_fn(pretrained_model=model_path, **FINDS_MASKS)
+    net = fn.load_model().net
+    parses = []
+    real_parse = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+    fn(_disks())
+    assert parses == []
+    if getattr(net, "mkldnn", False):  # the CPU MKL-DNN path: its layers were converted
+        assert not any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+
 @pytest.mark.skipif(MAJOR >= 4, reason="the tiny Cellpose 4 test network needs a patch "
                     "that a fresh process does not have")
 def test_fresh_worker_process(model_path):

@@ -252,4 +252,25 @@ def _build_model(major: int, path: Path, gpu: bool):
             "cellpose_fn(gpu=True), but Cellpose could not place the model on a GPU in "
             "this worker process; it would have run on the CPU. Check the CUDA build of "
             "PyTorch and CUDA_VISIBLE_DEVICES, or pass gpu=False.")
+    _convert_for_cpu(model)
     return model
+
+
+def _convert_for_cpu(model) -> None:
+    """Convert a CPU model's network to its MKL-DNN layers once, while it is loaded.
+
+    On a CPU with MKL-DNN, Cellpose calls ``torch.utils.mkldnn.to_mkldnn(net)`` on
+    every forward pass. That call replaces the network's layers in place and compiles
+    each replacement with TorchScript (Python's ``ast.parse``). Threads of one worker
+    that share the cached model would race on it: a half-converted network, TorchScript's
+    "Can't redefine method", or CPython 3.11's "AST constructor recursion depth
+    mismatch". Converted here, under the cache lock, every later call finds nothing left
+    to convert: the same layers, the same masks, no compiling per tile.
+    """
+    net = getattr(model, "net", None)
+    if net is None or not getattr(net, "mkldnn", False):
+        return  # on a GPU, or a network without the MKL-DNN path (Cellpose-SAM)
+    from torch.utils import mkldnn as mkldnn_utils
+
+    net.eval()  # MKL-DNN batch norm exists for inference only; Cellpose sets it anyway
+    mkldnn_utils.to_mkldnn(net)  # replaces the layers of ``net`` itself
