@@ -50,7 +50,7 @@ def main() -> int:
         print(f"warm-up: {C.warm_up(client):.1f} s", flush=True)
         for r in range(args.repeats):
             for which in (("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")):
-                out = C.scratch(f"e2e-{which}.zarr")
+                out = C.fresh(f"e2e-{which}.zarr")
                 meter = C.OtherLoad().start()
                 t0 = time.perf_counter()
                 if which == "baseline":
@@ -63,7 +63,7 @@ def main() -> int:
                     stages.append(summ["timings"])
                     nlab = summ["labels_after_merge"]
                 load.append(meter.stop())
-                C.rmtree(out)
+                C.discard(out)
                 print(f"  {which}: {(ours if which == 'ours' else base)[-1]:.2f} s", flush=True)
     finally:
         client.close()

@@ -46,18 +46,18 @@ def main() -> int:
         tiny = C.tile_labels_path(512, 256)
         fixed = []
         for _ in range(args.repeats):
-            out = C.scratch("merge-tiny.zarr")
+            out = C.fresh("merge-tiny.zarr")
             t0 = time.perf_counter()
             merge_tile_labels(tiny, write_to=out)
             fixed.append(time.perf_counter() - t0)
-            C.rmtree(out)
+            C.discard(out)
         print(f"  fixed cost (512 x 512, 4 tiles): {C.median(fixed):.2f} s", flush=True)
         for t in tiles:
             path = paths[t]
             ours, floor, stages, nlab, load = [], [], [], None, []
             for r in range(args.repeats):
                 for which in (("floor", "ours") if r % 2 == 0 else ("ours", "floor")):
-                    out = C.scratch(f"merge-{which}.zarr")
+                    out = C.fresh(f"merge-{which}.zarr")
                     meter = C.OtherLoad().start()
                     if which == "floor":
                         t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def main() -> int:
                         stages.append(summ["timings"])
                         nlab = summ["labels_after_merge"]
                     load.append(meter.stop())
-                    C.rmtree(out)
+                    C.discard(out)
             st = {k: C.median([s.get(k, 0.0) for s in stages])
                   for k in ("segment", "seams", "lut", "relabel", "total")}
             results[t] = {"n_tiles": (n // t) ** 2, "ours": C.median(ours),

@@ -91,7 +91,7 @@ def measure(client, path: str, repeats: int, budget: float, with_ref: bool = Tru
         for which in order:
             if which == "dask_image" and (ref_stopped or not with_ref):
                 continue
-            out = C.scratch(f"scaling-{which}.zarr")
+            out = C.fresh(f"scaling-{which}.zarr")
             meter = C.OtherLoad().start()
             t0 = time.perf_counter()
             if which == "floor":
@@ -112,7 +112,7 @@ def measure(client, path: str, repeats: int, budget: float, with_ref: bool = Tru
                         ref_stopped = True  # slow: one run is enough for a reference
             if which == "ours":
                 load.append(meter.stop())
-            C.rmtree(out)
+            C.discard(out)
     return {"ours": C.median(ours), "ref": C.median(ref) if ref else None,
             "floor": C.median(floor), "floor_all": floor,
             "ref_stopped": ref_stopped, "ref_run": with_ref, "budget": budget, "ours_all": ours, "ref_all": ref,

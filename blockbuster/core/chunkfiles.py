@@ -47,6 +47,16 @@ import numpy as np
 
 __all__ = ["ChunkFiles", "chunk_files"]
 
+# temporary file names: unique per process (pid and a random tag, for hosts sharing a
+# filesystem) and per write (a counter; next() on it is atomic under the GIL)
+_TMP = {"pid": None, "tag": "", "count": itertools.count()}
+
+
+def _tmp_suffix() -> str:
+    if _TMP["pid"] != os.getpid():
+        _TMP.update(pid=os.getpid(), tag=f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return f".{_TMP['tag']}-{next(_TMP['count'])}.partial"
+
 
 def _v3_codec(codecs: Sequence[Any], dtype: np.dtype):
     """``(stored dtype, numcodecs codec or None)`` for a v3 codec chain, or ``None``."""
@@ -241,7 +251,7 @@ class ChunkFiles:
             return
         data = np.ascontiguousarray(data, dtype=self.stored)
         payload = memoryview(data).cast("B") if self.codec is None else self.codec.encode(data)
-        tmp = f"{path}.{uuid.uuid4().hex[:12]}.partial"
+        tmp = path + _tmp_suffix()
         try:
             f = open(tmp, "wb")
         except FileNotFoundError:

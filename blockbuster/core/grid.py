@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import numpy as np
 
 __all__ = ["TileGrid", "forward_offsets"]
 
@@ -78,17 +77,32 @@ class TileGrid:
     def grid_shape(self) -> tuple[int, ...]:
         return tuple(max(1, math.ceil(s / t)) for s, t in zip(self.shape, self.tile_shape))
 
-    @property
+    @cached_property
     def n_tiles(self) -> int:
-        return int(np.prod(self.grid_shape))
+        return math.prod(self.grid_shape)
 
     def tile_index(self, n: int) -> tuple[int, ...]:
-        """Grid position of tile number ``n``."""
-        return tuple(int(i) for i in np.unravel_index(n, self.grid_shape))
+        """Grid position of tile number ``n`` (C order; plain integer arithmetic, called
+        several times per tile)."""
+        n = int(n)
+        if not 0 <= n < self.n_tiles:
+            raise ValueError(f"tile number {n} is outside a grid of {self.n_tiles} tiles")
+        idx = []
+        for g in reversed(self.grid_shape):
+            n, i = divmod(n, g)
+            idx.append(i)
+        return tuple(reversed(idx))
 
     def tile_number(self, index: tuple[int, ...]) -> int:
         """Tile number of grid position ``index``."""
-        return int(np.ravel_multi_index(index, self.grid_shape))
+        n = 0
+        for i, g in zip(index, self.grid_shape, strict=True):
+            i = int(i)
+            if not 0 <= i < g:
+                raise ValueError(f"grid position {tuple(index)} is outside the grid "
+                                 f"{self.grid_shape}")
+            n = n * g + i
+        return n
 
     def core_bounds(self, n: int) -> tuple[tuple[int, int], ...]:
         idx = self.tile_index(n)

@@ -155,15 +155,20 @@ class Staging:
     """Staging directory of one run (see the module docstring for the layout).
 
     Writing (:meth:`write_tile`) appends to a pack this object creates on its first
-    write; close it (or use it as a context manager) when the batch is done.
+    write; close it (or use it as a context manager) when the batch is done. Inside a
+    ``with`` block, packs opened for reading stay open until it ends (a batch reads
+    many tiles of few packs); outside one, each read opens and closes its pack.
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = os.fspath(root)
         self._pack = None
         self._index: _PackIndex | None = None
+        self._readers: dict[str, Any] | None = None    # pack path -> file, in a with block
 
     def __enter__(self) -> "Staging":
+        if self._readers is None:
+            self._readers = {}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -174,6 +179,9 @@ class Staging:
         if self._pack is not None:
             self._pack.close()
             self._pack = None
+        readers, self._readers = self._readers, None
+        for f in (readers or {}).values():
+            f.close()
 
     # -- paths ---------------------------------------------------------------------
     @property
@@ -273,7 +281,13 @@ class Staging:
         if hit is None:
             raise FileNotFoundError(f"tile {n} is not staged in {self.root}")
         path, pos = hit
-        with open(path, "rb") as f:
+        keep = self._readers is not None
+        f = self._readers.get(path) if keep else None
+        if f is None:
+            f = open(path, "rb")
+            if keep:
+                self._readers[path] = f
+        try:
             f.seek(pos)
             _, hlen = _HEAD.unpack(f.read(_HEAD.size))
             meta = json.loads(f.read(hlen))
@@ -290,6 +304,9 @@ class Staging:
                     out[name] = np.frombuffer(buf, dtype=dt).reshape(shape)
                 else:
                     out[name] = np.zeros(shape, dtype=dt)
+        finally:
+            if not keep:
+                f.close()
         return meta["record"], out
 
 

@@ -241,28 +241,30 @@ def scan_tiles(plan: RunPlan, tiles: Sequence[int], counts: np.ndarray,
         keys += [band_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
     all_pairs = []
     seams = []
-    for a in tiles:
-        if counts[a] == 0:
-            continue
-        for b, delta in g.forward_neighbours(a, max_order=max_order):
-            if counts[b] == 0:
+    with staging:                          # packs stay open for the batch
+        for a in tiles:
+            if counts[a] == 0:
                 continue
-            rec_a, arr_a = side(a)
-            rec_b, arr_b = side(b)
-            nz = [e for e, d in enumerate(delta) if d]
-            use_touch = plan.merge == "touch" or any(g.overlap[e] == 0 for e in nz)
-            if use_touch:
-                p = touch_pairs(arr_a, arr_b, delta, plan.connectivity)
-                stats = {"candidates": len(p), "merged": len(p), "spanning": 0}
-            else:
-                p, stats = overlap_pairs(arr_a, _bounds(rec_a), int(counts[a]),
-                                         arr_b, _bounds(rec_b), int(counts[b]),
-                                         delta, plan.iou_threshold)
-            if len(p):
-                all_pairs.append(np.stack([p[:, 0] + offsets[a], p[:, 1] + offsets[b]], axis=1))
-            if stats["candidates"] or stats["spanning"]:
-                seams.append((int(a), int(b), tuple(delta), stats["merged"],
-                              stats["candidates"] - stats["merged"], stats["spanning"]))
+            for b, delta in g.forward_neighbours(a, max_order=max_order):
+                if counts[b] == 0:
+                    continue
+                rec_a, arr_a = side(a)
+                rec_b, arr_b = side(b)
+                nz = [e for e, d in enumerate(delta) if d]
+                use_touch = plan.merge == "touch" or any(g.overlap[e] == 0 for e in nz)
+                if use_touch:
+                    p = touch_pairs(arr_a, arr_b, delta, plan.connectivity)
+                    stats = {"candidates": len(p), "merged": len(p), "spanning": 0}
+                else:
+                    p, stats = overlap_pairs(arr_a, _bounds(rec_a), int(counts[a]),
+                                             arr_b, _bounds(rec_b), int(counts[b]),
+                                             delta, plan.iou_threshold)
+                if len(p):
+                    all_pairs.append(np.stack([p[:, 0] + offsets[a], p[:, 1] + offsets[b]],
+                                              axis=1))
+                if stats["candidates"] or stats["spanning"]:
+                    seams.append((int(a), int(b), tuple(delta), stats["merged"],
+                                  stats["candidates"] - stats["merged"], stats["spanning"]))
     pairs = np.concatenate(all_pairs) if all_pairs else np.zeros((0, 2), np.int64)
     return pairs.astype(np.int64, copy=False), seams
 
@@ -288,6 +290,7 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
     size = 0
     names = ("labels", "ids") if plan.read_back else ("labels",)
     try:
+        staging.__enter__()                    # packs stay open until the finally
         plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
         for n, lut, bare in zip(tiles, luts, plain):
             if lut.size <= 1:
@@ -311,6 +314,7 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
                 pending, size = [], 0
         write_regions(out, pending, check_fill=False)
     finally:
+        staging.close()
         _SCRATCH.clear()
     return written
 

@@ -9,6 +9,7 @@ submits the rest.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -40,8 +41,11 @@ def start_segment(job: Job) -> StageWork:
     todo = [n for n in range(plan.grid.n_tiles) if n not in records]
     client = job.client()
     nthreads = client_threads(client)
-    batches = split_batches(todo, nthreads)
     fn = job.tile_fn
+    # a merge's index pass costs in proportion to voxels: small tiles, bigger batches;
+    # fn's cost is unknown, so its batches keep at most 32 tiles (progress, retries)
+    batches = split_batches(todo, nthreads, tile_voxels=(
+        math.prod(plan.grid.tile_shape) if fn is None else None))
     if src.kind == "stored":
         def args_for(batch):
             return lambda: (plan, fn, batch, src.reader)
