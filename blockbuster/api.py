@@ -136,6 +136,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     from .cluster import ClusterHandle, check_client
     from .tasks.job import Job
     from .core.staging import Staging
+    from .tasks.background import wait_for_closed
     from .tasks.segment import start_segment
 
     done = out.completed_run()
@@ -165,6 +166,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
                          generation=staging.generation or "")
         job.start_ahead("segment", start_segment(job))
         warm.join()
+        wait_for_closed()        # the previous run's last artifacts (tasks/background.py)
         from prefect_dask import DaskTaskRunner
         # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
         # run in the flow's thread and fan tiles out through the client themselves

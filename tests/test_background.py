@@ -61,3 +61,21 @@ def test_flush_without_calls_and_twice():
     r.submit(lambda: None)
     r.flush()
     r.flush()
+
+
+def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
+    """close(wait=False) returns at once; wait_for_closed() (called before the next
+    run's flow run is created) returns only when those calls have been sent."""
+    from blockbuster.tasks.background import wait_for_closed
+
+    r = Reporter()
+    release = threading.Event()
+    sent = []
+    r.submit(lambda: (release.wait(5), sent.append("summary")))
+    t0 = time.perf_counter()
+    r.close(wait=False)
+    assert time.perf_counter() - t0 < 0.5 and sent == []
+    threading.Timer(0.2, release.set).start()
+    wait_for_closed(timeout=5)
+    assert sent == ["summary"]
+    wait_for_closed(timeout=5)                   # nothing left: returns at once
