@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
-
 __all__ = ["TileGrid", "forward_offsets"]
 
 

@@ -290,31 +290,31 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
     size = 0
     names = ("labels", "ids") if plan.read_back else ("labels",)
     try:
-        staging.__enter__()                    # packs stay open until the finally
-        plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
-        for n, lut, bare in zip(tiles, luts, plain):
-            if lut.size <= 1:
-                continue          # no labels: the chunk stays absent (reads as 0)
-            arrays = {} if bare and plan.read_back else staging.read_tile(n, names=names)[1]
-            shape = g.core_shape(n)
-            dst = (_SCRATCH.array("output", shape, lut.dtype) if direct is not None
-                   else np.empty(shape, lut.dtype))
-            if "labels" in arrays:
-                map_through(lut, arrays["labels"], dst)
-            else:
-                _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
-            region = g.core_slices(n)
-            written += dst.size
-            if direct is not None and direct.write(region, dst, check_fill=False):
-                continue
-            pending.append((region, dst))
-            size += dst.nbytes
-            if size >= WRITE_GROUP_BYTES:
-                write_regions(out, pending, check_fill=False)
-                pending, size = [], 0
-        write_regions(out, pending, check_fill=False)
+        with staging:                          # packs stay open for the batch
+            plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
+            for n, lut, bare in zip(tiles, luts, plain):
+                if lut.size <= 1:
+                    continue          # no labels: the chunk stays absent (reads as 0)
+                arrays = ({} if bare and plan.read_back
+                          else staging.read_tile(n, names=names)[1])
+                shape = g.core_shape(n)
+                dst = (_SCRATCH.array("output", shape, lut.dtype) if direct is not None
+                       else np.empty(shape, lut.dtype))
+                if "labels" in arrays:
+                    map_through(lut, arrays["labels"], dst)
+                else:
+                    _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
+                region = g.core_slices(n)
+                written += dst.size
+                if direct is not None and direct.write(region, dst, check_fill=False):
+                    continue
+                pending.append((region, dst))
+                size += dst.nbytes
+                if size >= WRITE_GROUP_BYTES:
+                    write_regions(out, pending, check_fill=False)
+                    pending, size = [], 0
+            write_regions(out, pending, check_fill=False)
     finally:
-        staging.close()
         _SCRATCH.clear()
     return written
 

@@ -11,7 +11,7 @@ process waits for the thread before it exits. The next run in the process first 
 for them (:func:`wait_for_closed`): Prefect's SQLite server answers a write that meets
 another in flight with 503, and its client retries after ~2 s, so a flow run created
 while the last run's artifacts were being written started 2 s late (11 of 30
-back-to-back small merges did; 1 of 30 with the wait). A failed report is logged and
+back-to-back small merges did; 0 of 30 with the wait). A failed report is logged and
 never fails a run.
 
 The thread uses its own Prefect client: the flow's client, which the copied context
