@@ -80,6 +80,11 @@ class TileGrid:
     def n_tiles(self) -> int:
         return math.prod(self.grid_shape)
 
+    @cached_property
+    def tile_voxels(self) -> int:
+        """Voxels of a whole (unclipped) tile core."""
+        return math.prod(self.tile_shape)
+
     def tile_index(self, n: int) -> tuple[int, ...]:
         """Grid position of tile number ``n`` (C order; plain integer arithmetic, called
         several times per tile)."""

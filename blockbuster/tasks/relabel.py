@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 from prefect import get_run_logger, task
@@ -29,7 +28,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     client = job.client()
     nthreads = client_threads(client)
-    batches = split_batches(tiles, nthreads, tile_voxels=math.prod(plan.grid.tile_shape))
+    batches = split_batches(tiles, nthreads, tile_voxels=plan.grid.tile_voxels)
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None   # labels read from the input
     records = job.details.get("tiles") or [{}] * plan.grid.n_tiles

@@ -7,7 +7,6 @@ statistics, not the pairs.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -46,8 +45,7 @@ def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
     tiles = [n for n in range(plan.grid.n_tiles) if counts[n] > 0]
     client = job.client()
     nthreads = client_threads(client)
-    batches = split_batches(tiles, nthreads, max_batch=64,
-                            tile_voxels=math.prod(plan.grid.tile_shape))
+    batches = split_batches(tiles, nthreads, max_batch=64, tile_voxels=plan.grid.tile_voxels)
     return StageWork.submit(client, scan_tiles, batches,
                             lambda b: (lambda: (plan, b, counts, offsets)),
                             name="seams", window=2 * nthreads + 2, info={"counts": counts})

@@ -9,7 +9,6 @@ submits the rest.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -44,8 +43,8 @@ def start_segment(job: Job) -> StageWork:
     fn = job.tile_fn
     # a merge's index pass costs in proportion to voxels: small tiles, bigger batches;
     # fn's cost is unknown, so its batches keep at most 32 tiles (progress, retries)
-    batches = split_batches(todo, nthreads, tile_voxels=(
-        math.prod(plan.grid.tile_shape) if fn is None else None))
+    batches = split_batches(todo, nthreads,
+                            tile_voxels=plan.grid.tile_voxels if fn is None else None)
     if src.kind == "stored":
         def args_for(batch):
             return lambda: (plan, fn, batch, src.reader)
