@@ -151,7 +151,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     # Prefect's API (a temporary server, in ephemeral mode) comes up in a thread while
     # the cluster starts; tiles start as soon as the cluster is up.
     ctx = contextvars.copy_context()     # the caller's Prefect settings context
-    warm = threading.Thread(target=ctx.run, args=(_warm_prefect,), daemon=True,
+    warm_errors: list[BaseException] = []
+    warm = threading.Thread(target=ctx.run, args=(_warm_prefect, warm_errors), daemon=True,
                             name="blockbuster-prefect-warm-up")
     warm.start()
     try:
@@ -166,6 +167,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
                          generation=staging.generation or "")
         job.start_ahead("segment", start_segment(job))
         warm.join()
+        if warm_errors:
+            raise warm_errors[0]     # Prefect's temporary server did not start
         wait_for_closed()        # the previous run's last artifacts (tasks/background.py)
         from prefect_dask import DaskTaskRunner
         # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
@@ -217,12 +220,20 @@ def _ephemeral_without_heartbeats():
 _NO_HEARTBEAT_SETTINGS: dict[int, tuple[Any, Any]] = {}
 
 
-def _warm_prefect() -> None:
+def _warm_prefect(errors: list) -> None:
     """Start Prefect's API (the temporary server in ephemeral mode) now, in this thread.
 
     Once per process and API URL: after that the flow run itself talks to the API (a
-    health check costs ~25 ms, a new client with its TLS context included).
+    health check costs ~25 ms, a new client with its TLS context included). A temporary
+    server that does not start is an error for the run (appended to ``errors``; see
+    :mod:`blockbuster.tasks.ephemeral`); a failed health check is left to the flow run.
     """
+    from .tasks.ephemeral import ensure_api
+    try:
+        ensure_api()
+    except Exception as exc:
+        errors.append(exc)
+        return
     try:
         from prefect.settings import get_current_settings
         url = get_current_settings().api.url

@@ -25,6 +25,7 @@ __all__ = [
     "LabelOverflowError",
     "ClusterError",
     "NoGPUError",
+    "PrefectUnavailableError",
     "SegmenterNotFoundError",
     "PathNotAllowedError",
     "ModelNotFoundError",
@@ -75,6 +76,10 @@ class ClusterError(BlockbusterError, RuntimeError):
 
 class NoGPUError(ClusterError):
     """``use_gpu=True`` was asked for on a machine where no GPU is visible."""
+
+
+class PrefectUnavailableError(BlockbusterError, RuntimeError):
+    """Prefect's API cannot be used: its temporary server did not start in time."""
 
 
 class SegmenterNotFoundError(BlockbusterError, LookupError):

@@ -180,4 +180,6 @@ def serve(settings: Settings | None = None, *, limit: int | None | str = "settin
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InvalidParameterError(f"limit={limit!r} must be a positive integer or None")
     deployments = build_deployments(settings)
+    from .tasks.ephemeral import ensure_api
+    ensure_api()      # a temporary server that fails to start is stopped, not orphaned
     prefect_serve(*deployments, limit=limit)

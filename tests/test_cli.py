@@ -140,6 +140,41 @@ def test_a_failure_of_the_work_is_one_line_and_exit_code_1(tmp_path):
     assert_one_line_error(p, 1, "cannot reach the Prefect API", closed, "--debug")
 
 
+def _servers_using(home: str) -> list:
+    """The live processes started with ``PREFECT_HOME=home`` other than us (the
+    temporary API server a run may have left behind)."""
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("PREFECT_HOME") == home:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.mark.skipif("PREFECT_API_URL" in os.environ, reason="needs ephemeral mode")
+def test_a_temporary_server_that_does_not_start_in_time_is_stopped(image, tmp_path):
+    # A first start on a fresh PREFECT_HOME migrates its database (~20 s here), far over
+    # a 1 s timeout. Prefect leaves a server that missed its timeout running, holding
+    # our stdout open: without blockbuster stopping it, this call would hang for
+    # `timeout` seconds although the command has exited (CI once waited 300 s).
+    home = str(tmp_path / "prefect-home")
+    env = {"PREFECT_HOME": home, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    try:
+        p = cli("run", image, "-s", "threshold", "-o", f"threshold={THRESHOLD}",
+                "-t", "32,32", "-w", str(tmp_path / "labels.zarr"), env=env, timeout=120)
+        assert_one_line_error(p, 1, "did not start within 1 s",
+                              "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+        assert not _servers_using(home)
+        # nothing that could pass for a finished output
+        assert not (tmp_path / "labels.zarr").exists()
+    finally:
+        for proc in _servers_using(home):
+            proc.kill()
+
+
 def _closed_port() -> int:
     import socket
     with socket.socket() as s:
