@@ -59,13 +59,15 @@ def test_touch_merge_equals_whole_image_label(case, sequential, tmp_path_factory
 
 @settings(max_examples=80, deadline=None)
 @given(case=cases(), read_back=st.booleans(), ids=st.sampled_from(["compact", "sparse", "huge"]),
-       sequential=st.booleans(), chunks_are_tiles=st.booleans())
+       sequential=st.booleans(), chunks_are_tiles=st.booleans(),
+       units=st.none() | st.lists(st.integers(1, 4), min_size=3, max_size=3))
 def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids, sequential,
-                                                            chunks_are_tiles,
+                                                            chunks_are_tiles, units,
                                                             tmp_path_factory):
     """The merge alone over per-tile labels read from a zarr store: copied to the staging,
     or (``read_back``) read again from the store when relabelling, with ids that are
-    1..n per tile, sparse, or too large for a lookup table."""
+    1..n per tile, sparse, or too large for a lookup table; read back, tiles are
+    grouped into merge units (``units`` tiles per unit and axis) or not."""
     img, tile, conn, _ = case
     d = tmp_path_factory.mktemp("stored")
     per_tile = np.zeros(img.shape, np.int64)
@@ -84,7 +86,10 @@ def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids,
     zarr.create_array(store=path, shape=img.shape, chunks=chunks, dtype=np.int64)[...] = per_tile
     src = open_image(path)
     plan = make_plan(src, fn_id="merge", tile_shape=tile, connectivity=conn,
-                     sequential_labels=sequential, read_back=read_back)
+                     sequential_labels=sequential, read_back=read_back,
+                     units=tuple(units[:img.ndim]) if units else None)
+    if read_back and units and any(u > 1 for u in units[:img.ndim]):
+        assert plan.unit_tile_shape == plan.out_chunks
     out, table = run_locally(plan, src, None, str(d), return_table=True)
     ref, n = ndi.label(img, structure=st_)
     assert same_partition(out, ref)

@@ -110,6 +110,37 @@ def test_merge_tile_labels_zarr_path(tmp_path, scale):
     assert same_partition(out, ref) and out.max() == n
 
 
+def test_merge_tile_labels_of_small_tiles_in_merge_units(tmp_path):
+    """256 stored tiles of 16 x 16: indexed and relabelled in merge units of several
+    tiles (core/units.py) where this machine allows; the same labels, chunked by tiles."""
+    from blockbuster.core.plan import make_plan
+    from blockbuster.core.sources import open_image
+    img = blobs((256, 256), density=0.5, sigma=1.5, seed=4)
+    per_tile = np.zeros(img.shape, np.int32)
+    for i in range(0, 256, 16):
+        for j in range(0, 256, 16):
+            lab = ndi.label(img[i:i + 16, j:j + 16], structure=np.ones((3, 3)))[0]
+            per_tile[i:i + 16, j:j + 16] = np.where(lab > 0, lab * 3 + 1, 0)   # sparse ids
+    path = str(tmp_path / "tiles.zarr")
+    zarr.create_array(store=path, shape=img.shape, chunks=(16, 16), dtype=np.int32)[...] = \
+        per_tile
+    plan = make_plan(open_image(path), fn_id="m", tile_shape=(16, 16), read_back=True)
+    out_path = str(tmp_path / "merged.zarr")
+    out, summary = merge_tile_labels(path, write_to=out_path, connectivity=2,
+                                     return_summary=True)
+    ref, n = oracle(img, 2)
+    assert same_partition(out.compute(), ref) and summary["labels_after_merge"] == n
+    assert zarr.open_array(out_path, mode="r").chunks == (16, 16)
+    assert summary["n_tiles"] == 256 and summary["tile_shape"] == [16, 16]
+    tiles_labels = sum(len(np.unique(per_tile[i:i + 16, j:j + 16])) - 1
+                       for i in range(0, 256, 16) for j in range(0, 256, 16))
+    assert summary["labels_before_merge"] == tiles_labels
+    if plan.unit_tile_shape is not None:             # units on this machine
+        assert summary["merge_units"]["n_units"] == plan.grid.n_tiles < 256
+    else:                                            # pragma: no cover - many CPUs
+        assert "merge_units" not in summary
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda t: t.astype(float), "dtype float64"),
     (lambda t: np.zeros((2, 2), np.int32), "shape"),

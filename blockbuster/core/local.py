@@ -55,7 +55,7 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
     pairs, _ = scan_tiles(plan, tiles, counts, offsets)
     table = MergeTable.build(counts, pairs, sequential=plan.sequential)
     out_path = os.path.join(workdir, "labels.zarr")
-    zarr.create_array(store=out_path, shape=g.shape, chunks=g.tile_shape, dtype=table.dtype,
+    zarr.create_array(store=out_path, shape=g.shape, chunks=plan.out_chunks, dtype=table.dtype,
                       fill_value=0, overwrite=True)
     tiles = [n for n in range(g.n_tiles) if counts[n]]
     relabel_tiles(plan, tiles, [table.tile_lut(n) for n in tiles], out_path, "local", reader,

@@ -22,6 +22,7 @@ blockbuster.errors.InvalidParameterError: tile_shape=(0, 32): every entry must b
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -55,7 +56,15 @@ class RunPlan:
     # merge of stored labels: stage only what the seam scan needs and read the labels
     # again from the input when relabelling (core/tile_ops.py)
     read_back: bool = False
+    # read_back merges of small tiles: the grid's tiles are merge units made of whole
+    # tiles of this shape (core/units.py); None: the grid's tiles are the tiles
+    unit_tile_shape: tuple[int, ...] | None = None
     description: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def out_chunks(self) -> tuple[int, ...]:
+        """Chunks of the output: the tiles (those inside merge units included)."""
+        return self.unit_tile_shape or self.grid.tile_shape
 
     @property
     def ndim(self) -> int:
@@ -132,8 +141,14 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
               iou_threshold: float = 0.5, skip_empty: bool = False,
               empty_threshold: float | None = None, sequential_labels: bool = False,
               retries: int = 2, retry_delay: float = 1.0, read_back: bool = False,
+              units: str | Sequence[int] | None = "auto",
               extra_identity: dict[str, Any] | None = None) -> RunPlan:
-    """Validate the parameters of a run against ``src`` and fix the run (see module doc)."""
+    """Validate the parameters of a run against ``src`` and fix the run (see module doc).
+
+    ``units`` (``read_back`` only): merge units of small tiles (core/units.py):
+    ``"auto"`` (:func:`~blockbuster.core.units.unit_tiles` for this machine), None (no
+    units), or the tiles per unit along each spatial axis.
+    """
     spatial = src.spatial_shape
     nsp = len(spatial)
     if nsp < 1:
@@ -163,11 +178,26 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
             f"empty_threshold={empty_threshold!r} must be a number or None (estimate it)")
     if not _is_int(retries) or retries < 0:
         raise InvalidParameterError(f"retries={retries!r} must be an int >= 0")
+    if not (units is None or units == "auto" or (
+            isinstance(units, (tuple, list)) and len(units) == nsp
+            and all(_is_int(u) and u >= 1 for u in units))):
+        raise InvalidParameterError(
+            f"units={units!r} must be 'auto', None or {nsp} ints >= 1 (tiles per merge "
+            "unit along each spatial axis)")
     if read_back and (merge != "touch" or any(ov)):
         raise InvalidParameterError(
             "read_back=True (relabel from the input itself) is for a touch merge of stored "
             f"labels without a halo; got merge={merge!r}, overlap={ov}")
     grid = TileGrid(spatial, ts, ov)
+    unit_ts, per_unit = None, None
+    if read_back and units is not None:
+        from .units import UNIT_VOXELS, unit_tiles
+        per_unit = tuple(units) if units != "auto" else unit_tiles(
+            spatial, ts, unit_voxels=UNIT_VOXELS, min_units=4 * (os.cpu_count() or 1))
+        if any(p > 1 for p in per_unit):
+            unit_ts = ts
+            grid = TileGrid(spatial, tuple(min(t * p, s) for t, p, s in
+                                           zip(ts, per_unit, spatial)), ov)
     desc = {
         "input": src.identity(),
         "fn": fn_id,
@@ -180,6 +210,7 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
         "empty_threshold": None if empty_threshold is None else float(empty_threshold),
         "format": 2,
         **({"read_back": True} if read_back else {}),
+        **({"unit_tiles": list(per_unit), "tile_shape": list(ts)} if unit_ts else {}),
         **(extra_identity or {}),
     }
     # sequential_labels and the output location do not change what is staged, so they
@@ -190,4 +221,5 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
                    empty_threshold=None if empty_threshold is None else float(empty_threshold),
                    sequential=bool(sequential_labels),
                    retries=int(retries), retry_delay=float(retry_delay),
-                   run_key=_run_key(desc), read_back=bool(read_back), description=desc)
+                   run_key=_run_key(desc), read_back=bool(read_back),
+                   unit_tile_shape=unit_ts, description=desc)

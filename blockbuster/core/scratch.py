@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from typing import Iterator
@@ -54,7 +55,7 @@ class Scratch:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``, backed by this
         thread's buffer ``name``; it is overwritten by the next call for ``name``."""
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         pool = self._pool()
         buf = pool.get(name)
         if buf is None or buf.nbytes < nbytes:

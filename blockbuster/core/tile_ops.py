@@ -26,6 +26,7 @@ from .seams import band_key, face_key, overlap_pairs, touch_pairs
 from .sources import full_slices
 from .staging import Staging
 from .chunkfiles import chunk_files
+from .units import index_unit, relabel_unit
 from .scratch import Scratch, keep_freed_memory, map_through
 from .zarrio import open_zarr_array_cached, write_regions
 
@@ -187,6 +188,14 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
             out.append(rec)
         else:
             todo.append((i, n))
+    if plan.unit_tile_shape is not None:        # merge units of small stored tiles
+        try:
+            with staging:
+                for _, n in todo:
+                    out.append(_index_unit(plan, n, reader, staging))
+        finally:
+            _SCRATCH.clear()
+        return out
     if datas is not None:
         inputs = (np.asarray(datas[i]) for i, _ in todo)
     elif plan.read_back and fn is None:
@@ -205,6 +214,30 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
     finally:
         _SCRATCH.clear()
     return out
+
+
+def _read_tile_into(plan: RunPlan, reader, name: str):
+    """``read(tile_bounds)``: a tile of the input, decoded into a reused buffer."""
+    dtype = _reader_dtype(reader)
+
+    def read(tb):
+        region = full_slices(tuple(slice(a, b) for a, b in tb), plan.channel_axis)
+        shape = tuple(b - a for a, b in tb)
+        return np.asarray(reader.read(region, out=_SCRATCH.array(name, shape, dtype)))
+    return read
+
+
+def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, Any]:
+    """Index merge unit ``n`` (core/units.py) and stage it; return its record."""
+    g = plan.grid
+    rec: dict[str, Any] = {"tile": n, "index": list(g.tile_index(n)), "origin": list(g.origin(n)),
+                           "shape": list(g.core_shape(n)), "n_labels": 0, "fn_seconds": 0.0,
+                           "skipped": False, "attempts": 0, "resumed": False, "pid": os.getpid()}
+    fields, arrays = index_unit(g.core_bounds(n), plan.unit_tile_shape, plan.connectivity,
+                                _read_tile_into(plan, reader, "input"), n)
+    rec.update(fields)
+    staging.write_tile(n, rec, arrays)
+    return rec
 
 
 def _core_region(plan: RunPlan, n: int) -> tuple[slice, ...]:
@@ -289,6 +322,8 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
     pending: list = []       # tiles with labels: never all fill, no need to check
     size = 0
     names = ("labels", "ids") if plan.read_back else ("labels",)
+    if plan.unit_tile_shape is not None:
+        return _relabel_units(plan, tiles, luts, out, direct, reader, staging)
     try:
         with staging:                          # packs stay open for the batch
             plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
@@ -319,16 +354,53 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
     return written
 
 
-def _read_back(plan: RunPlan, reader, n: int, lut: np.ndarray, ids: np.ndarray | None,
-               dst: np.ndarray) -> None:
-    """Tile ``n``'s final labels from the input into ``dst``: original id -> local id
-    -> ``lut``."""
-    if reader is None:
-        raise BlockbusterError(f"tile {n} has no staged labels and no input to read them "
-                               "from (internal error: read_back without a reader)")
-    shape = plan.grid.core_shape(n)
-    raw = np.asarray(reader.read(_core_region(plan, n),
-                                 out=_SCRATCH.array("input", shape, _reader_dtype(reader))))
+def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarray], out,
+                   direct, reader, staging: Staging) -> int:
+    """relabel_tiles for merge units (core/units.py): each tile of each unit is read
+    from the input, mapped and written as its own chunk."""
+    g = plan.grid
+    pending: list = []
+    size = 0
+    unit = [0]
+
+    def map_into(tile_lut, raw, ids):
+        dst = (_SCRATCH.array("output", raw.shape, tile_lut.dtype) if direct is not None
+               else np.empty(raw.shape, tile_lut.dtype))
+        _map_raw(plan, unit[0], raw, tile_lut, ids, dst)
+        return dst
+
+    def write_tile(tb, data):
+        nonlocal pending, size
+        region = tuple(slice(a, b) for a, b in tb)
+        if direct is not None and direct.write(region, data, check_fill=False):
+            return
+        pending.append((region, data))
+        size += data.nbytes
+        if size >= WRITE_GROUP_BYTES:
+            write_regions(out, pending, check_fill=False)
+            pending, size = [], 0
+
+    read = _read_tile_into(plan, reader, "input")
+    written = 0
+    try:
+        with staging:
+            for n, lut in zip(units, luts):
+                if lut.size <= 1:
+                    continue
+                unit[0] = n
+                rec, arrays = staging.read_tile(n, names=("comp", "ids"))
+                written += relabel_unit(g.core_bounds(n), plan.unit_tile_shape, rec, arrays,
+                                        lut, read, write_tile, map_into)
+            write_regions(out, pending, check_fill=False)
+    finally:
+        _SCRATCH.clear()
+    return written
+
+
+def _map_raw(plan: RunPlan, n: int, raw: np.ndarray, lut: np.ndarray,
+             ids: np.ndarray | None, dst: np.ndarray) -> None:
+    """``dst`` = final labels of stored labels ``raw`` of tile (or unit) ``n``: through
+    ``lut`` directly (ids 1..k), or original id -> position in ``ids`` -> ``lut``."""
     try:
         if ids is None:                        # ids 1..k: the local ids themselves
             map_through(lut, raw, dst)
@@ -339,6 +411,19 @@ def _read_back(plan: RunPlan, reader, n: int, lut: np.ndarray, ids: np.ndarray |
             f"tile {n} (origin {plan.grid.origin(n)}) of the input holds label ids it did "
             "not hold when it was indexed: the input changed during the merge. Run the "
             "merge again on an input nobody is writing to.") from None
+
+
+def _read_back(plan: RunPlan, reader, n: int, lut: np.ndarray, ids: np.ndarray | None,
+               dst: np.ndarray) -> None:
+    """Tile ``n``'s final labels from the input into ``dst``: original id -> local id
+    -> ``lut``."""
+    if reader is None:
+        raise BlockbusterError(f"tile {n} has no staged labels and no input to read them "
+                               "from (internal error: read_back without a reader)")
+    shape = plan.grid.core_shape(n)
+    raw = np.asarray(reader.read(_core_region(plan, n),
+                                 out=_SCRATCH.array("input", shape, _reader_dtype(reader))))
+    _map_raw(plan, n, raw, lut, ids, dst)
 
 
 def table_luts(table: MergeTable, tiles: Sequence[int], dtype) -> list[np.ndarray]:

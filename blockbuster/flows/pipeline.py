@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow
 from prefect.utilities.annotations import quote
 
+from ..core.grid import TileGrid
 from ..tasks.job import Job
 from ..tasks.progress import ProgressArtifact
 from ..tasks.report import publish_tiles_table
@@ -48,6 +49,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     publish_tiles_table(job, records, scan["seams"])
     table = scan["table"]
     rel = relabel_stage(job, quote(table))
+    tiles = TileGrid(plan.grid.shape, plan.out_chunks)    # merge units: their tiles
     n_voxels = 1
     for s in plan.grid.shape:
         n_voxels *= s
@@ -55,19 +57,25 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     summary = {
         "run_key": plan.run_key, "flow_run_id": _flow_run_id(),
         "image": job.image, "fn": job.fn, "output": job.out.path,
-        "n_tiles": plan.grid.n_tiles, "grid_shape": list(plan.grid.grid_shape),
-        "tile_shape": list(plan.grid.tile_shape), "overlap": list(plan.grid.overlap),
+        "n_tiles": tiles.n_tiles, "grid_shape": list(tiles.grid_shape),
+        "tile_shape": list(tiles.tile_shape), "overlap": list(plan.grid.overlap),
         "merge": plan.merge, "n_skipped": sum(r["skipped"] for r in records),
         "n_resumed": sum(r["resumed"] for r in records),
-        "labels_before_merge": table.n_nodes, "labels_after_merge": table.n_labels,
+        "labels_before_merge": table.n_nodes + sum(
+            sum(r.get("unit_counts", ())) - r["n_labels"] for r in records),
+        "labels_after_merge": table.n_labels,
         "max_label": table.max_label, "dtype": rel["dtype"],
         "sequential_labels": plan.sequential,
-        "seam_pairs_merged": scan["merged"], "seam_pairs_unmerged": scan["unmerged"],
+        "seam_pairs_merged": scan["merged"] + sum(r.get("unit_pairs", 0) for r in records),
+        "seam_pairs_unmerged": scan["unmerged"],
         "objects_spanning_halo": scan["spanning"],
         "timings": {**job.timings, "total": elapsed},
         "voxels_per_second": n_voxels / elapsed if elapsed > 0 else 0.0,
         "staging": plan.staging_root,
     }
+    if plan.unit_tile_shape is not None:
+        summary["merge_units"] = {"n_units": plan.grid.n_tiles,
+                                  "unit_shape": list(plan.grid.tile_shape)}
     summary["skipped_fraction"] = summary["n_skipped"] / max(plan.grid.n_tiles, 1)
     job.details["seams"] = [
         {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}

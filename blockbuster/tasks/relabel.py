@@ -23,7 +23,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     t0 = time.perf_counter()
     plan, out = job.plan, job.out
     dtype = table.dtype
-    out.create(plan.grid.shape, dtype, plan.grid.tile_shape,
+    out.create(plan.grid.shape, dtype, plan.out_chunks,
                {"run_key": plan.run_key, "n_labels": table.n_labels})
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     client = job.client()

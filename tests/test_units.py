@@ -1,0 +1,78 @@
+"""Merge units (core/units.py): how tiles are grouped, and what a unit stages."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import zarr
+from hypothesis import given, settings, strategies as st
+
+from blockbuster.core.plan import make_plan
+from blockbuster.core.sources import open_image
+from blockbuster.core.staging import Staging
+from blockbuster.core.tile_ops import relabel_tiles, segment_tiles
+from blockbuster.core.units import MIN_TILES_PER_UNIT, SMALL_TILE_FRACTION, unit_tiles
+from blockbuster.errors import BlockbusterError, InvalidParameterError
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), ndim=st.integers(1, 3), budget=st.sampled_from([64, 4096, 1 << 22]),
+       min_units=st.integers(1, 64))
+def test_unit_tiles_keeps_to_its_limits(data, ndim, budget, min_units):
+    shape = tuple(data.draw(st.integers(1, 5000)) for _ in range(ndim))
+    tile = tuple(data.draw(st.integers(1, s)) for s in shape)
+    per = unit_tiles(shape, tile, unit_voxels=budget, min_units=min_units)
+    assert len(per) == ndim and all(p >= 1 for p in per)
+    if per == (1,) * ndim:
+        return
+    n_tiles = [math.ceil(s / t) for s, t in zip(shape, tile)]
+    assert math.prod(per) >= MIN_TILES_PER_UNIT
+    assert math.prod(tile) <= budget // SMALL_TILE_FRACTION
+    assert math.prod(tile) * math.prod(per) <= budget
+    assert all(p <= n for p, n in zip(per, n_tiles))
+    assert math.prod(math.ceil(n / p) for n, p in zip(n_tiles, per)) >= min_units
+
+
+def test_units_parameter_is_checked():
+    src = open_image(np.zeros((8, 8), np.int32))
+    with pytest.raises(InvalidParameterError, match="units="):
+        make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units=(2, 0))
+    with pytest.raises(InvalidParameterError, match="units="):
+        make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units="many")
+    plan = make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units=(2, 4))
+    assert plan.grid.tile_shape == (4, 8) and plan.out_chunks == (2, 2)
+    # the units are part of what a run is: another grouping is another staging
+    other = make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units=(4, 2))
+    assert other.run_key != plan.run_key
+
+
+def test_a_unit_stages_one_record_and_joins_its_inner_seams(tmp_path):
+    img = np.zeros((12, 12), np.uint8)
+    img[2:10, 5] = 1                          # one line across three tiles of 4 x 4
+    img[1, 1] = 1
+    per_tile = np.zeros(img.shape, np.int64)
+    for i in range(0, 12, 4):
+        for j in range(0, 12, 4):
+            per_tile[i:i + 4, j:j + 4] = ndi.label(img[i:i + 4, j:j + 4])[0]
+    path = str(tmp_path / "t.zarr")
+    zarr.create_array(store=path, shape=img.shape, chunks=(4, 4), dtype=np.int64)[...] = per_tile
+    src = open_image(path)
+    plan = make_plan(src, fn_id="m", tile_shape=(4, 4), read_back=True, units=(3, 3))
+    plan = plan.__class__(**{**plan.__dict__, "staging_root": str(tmp_path / "st")})
+    Staging(plan.staging_root).prepare({"run_key": plan.run_key})
+    assert plan.grid.n_tiles == 1
+    (rec,) = segment_tiles(plan, None, [0], reader=src.reader)
+    assert rec["unit_counts"] == [1, 1, 0, 0, 1, 0, 0, 1, 0]
+    assert rec["n_labels"] == 2 and rec["unit_pairs"] == 2
+    assert Staging(plan.staging_root).finished_tiles() == [0]
+    # relabelling reads the tiles again: an id the index did not see is an error
+    per_tile[8, 4] = 7                      # in tile (2, 1), which had only id 1
+    zarr.open_array(path, mode="r+")[...] = per_tile
+    out = str(tmp_path / "o.zarr")
+    zarr.create_array(store=out, shape=img.shape, chunks=plan.out_chunks, dtype=np.uint32,
+                      fill_value=0)
+    with pytest.raises(BlockbusterError, match="input changed"):
+        relabel_tiles(plan, [0], [np.array([0, 1, 2], np.uint32)], out, "t", src.reader)
