@@ -7,7 +7,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
 
-__all__ = ["stage_cache_policy", "stage_key", "NO_CACHE", "local_result_storage",
+__all__ = ["tiles_word", "stage_cache_policy", "stage_key", "NO_CACHE", "local_result_storage",
            "local_result_dir", "prefect_client_context", "prefect_tls_context"]
 
 _SSL: dict[tuple, Any] = {}
@@ -54,6 +54,16 @@ def prefect_client_context():
     except Exception:  # pragma: no cover - a Prefect without the attribute
         return SyncClientContext()
     return ctx
+
+
+def tiles_word(plan) -> str:
+    """What a stage's log counts: ``"tiles"``, or merge units (core/units.py)."""
+    if plan.unit_tile_shape is None:
+        return "tiles"
+    per = 1
+    for t, u in zip(plan.unit_tile_shape, plan.grid.tile_shape):
+        per *= -(-u // t)
+    return f"merge units (of up to {per} tiles)"
 
 
 def local_result_dir() -> str:

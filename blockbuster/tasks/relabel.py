@@ -10,7 +10,7 @@ from ..core.lut import MergeTable
 from ..core.tile_ops import relabel_tiles, table_luts
 from ..execution import StageWork, split_batches
 from ..cluster import client_threads
-from .common import NO_CACHE
+from .common import NO_CACHE, tiles_word
 from .job import Job
 from .progress import StageProgress
 
@@ -55,6 +55,6 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
         bar.close()
     job.timings["relabel"] = time.perf_counter() - work.started
     n_tiles = work.n_tiles
-    get_run_logger().info("relabelled %d tiles (%d voxels) in %.2f s", n_tiles,
-                          sum(voxels), job.timings["relabel"])
+    get_run_logger().info("relabelled %d %s (%d voxels) in %.2f s", n_tiles,
+                          tiles_word(job.plan), sum(voxels), job.timings["relabel"])
     return {"dtype": work.info["dtype"], "tiles_written": n_tiles, "voxels": int(sum(voxels))}

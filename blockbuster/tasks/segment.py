@@ -19,7 +19,7 @@ from ..core.sources import full_slices
 from ..core.staging import Staging
 from ..core.tile_ops import segment_tiles
 from ..execution import StageWork, split_batches
-from .common import stage_cache_policy
+from .common import stage_cache_policy, tiles_word
 from .job import Job
 from .progress import StageProgress
 from .seams import start_scan
@@ -89,6 +89,6 @@ def segment_stage(job: Job) -> list[dict[str, Any]]:
     out = [records[n] for n in range(plan.grid.n_tiles)]
     job.start_ahead("seams", start_scan(job, out))     # while this task run ends
     n_skipped = sum(r["skipped"] for r in out)
-    logger.info("segmented %d tiles (%d resumed, %d skipped as empty) in %.2f s",
-                len(todo), n_resumed, n_skipped, job.timings["segment"])
+    logger.info("segmented %d %s (%d resumed, %d skipped as empty) in %.2f s",
+                len(todo), tiles_word(plan), n_resumed, n_skipped, job.timings["segment"])
     return out
