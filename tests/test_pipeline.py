@@ -137,6 +137,11 @@ def test_merge_tile_labels_of_small_tiles_in_merge_units(tmp_path):
     assert summary["labels_before_merge"] == tiles_labels
     if plan.unit_tile_shape is not None:             # units on this machine
         assert summary["merge_units"]["n_units"] == plan.grid.n_tiles < 256
+        # one shard file per unit, one inner chunk per tile
+        stored = zarr.open_array(out_path, mode="r")
+        assert stored.shards == plan.out_shards == plan.grid.tile_shape
+        n_files = sum(len(f) for _, _, f in os.walk(os.path.join(out_path, "c")))
+        assert 0 < n_files <= plan.grid.n_tiles
     else:                                            # pragma: no cover - many CPUs
         assert "merge_units" not in summary
 

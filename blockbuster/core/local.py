@@ -36,8 +36,11 @@ __all__ = ["run_locally"]
 
 
 def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: str,
-                return_table: bool = False):
-    """Segment, scan, merge and relabel every tile of ``plan`` here; return the labels."""
+                return_table: bool = False, sharded: bool = True):
+    """Segment, scan, merge and relabel every tile of ``plan`` here; return the labels.
+
+    With merge units (``plan.out_shards``) the output is sharded by units, as a run's
+    zarr v3 output is, unless ``sharded`` is False."""
     if not plan.staging_root:
         plan = dataclasses.replace(plan, staging_root=os.path.join(workdir, "staging"))
     staging = Staging(plan.staging_root)
@@ -55,8 +58,9 @@ def run_locally(plan: RunPlan, src: ImageSource, fn: Callable | None, workdir: s
     pairs, _ = scan_tiles(plan, tiles, counts, offsets)
     table = MergeTable.build(counts, pairs, sequential=plan.sequential)
     out_path = os.path.join(workdir, "labels.zarr")
+    shards = {"shards": plan.out_shards} if plan.out_shards and sharded else {}
     zarr.create_array(store=out_path, shape=g.shape, chunks=plan.out_chunks, dtype=table.dtype,
-                      fill_value=0, overwrite=True)
+                      fill_value=0, overwrite=True, **shards)
     tiles = [n for n in range(g.n_tiles) if counts[n]]
     relabel_tiles(plan, tiles, [table.tile_lut(n) for n in tiles], out_path, "local", reader,
                   [bool(records[n].get("ids_1_to_n")) for n in tiles])

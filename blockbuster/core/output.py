@@ -68,8 +68,9 @@ class OutputTarget:
             return f"OME-Zarr labels {self.path}"
         return f"{'temporary ' if self.temporary else ''}zarr array {self.path}"
 
-    def create(self, shape, dtype, chunks, info: dict[str, Any]) -> zarr.Array:
-        """(Re)create the array, marked incomplete; returns it."""
+    def create(self, shape, dtype, chunks, info: dict[str, Any], shards=None) -> zarr.Array:
+        """(Re)create the array, marked incomplete; returns it. ``shards``: the shard
+        shape, for a zarr v3 array outside an OME-Zarr (ignored elsewhere)."""
         self.token = uuid.uuid4().hex
         attrs = {ATTR: {"complete": False, **info}}
         if self._ngff is not None:
@@ -81,9 +82,11 @@ class OutputTarget:
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+        sharded = shards is not None and self.zarr_format == 3
         return zarr.create_array(store=self.path, shape=tuple(shape), chunks=tuple(chunks),
                                  dtype=dtype, fill_value=0, zarr_format=self.zarr_format,
-                                 attributes=attrs)
+                                 attributes=attrs,
+                                 **({"shards": tuple(shards)} if sharded else {}))
 
     def open(self, mode: str = "r") -> zarr.Array:
         return zarr.open_array(self.array_path, mode=mode)

@@ -67,6 +67,14 @@ class RunPlan:
         return self.unit_tile_shape or self.grid.tile_shape
 
     @property
+    def out_shards(self) -> tuple[int, ...] | None:
+        """Shards of a zarr v3 output: one per merge unit (None without units)."""
+        if self.unit_tile_shape is None:
+            return None
+        return tuple(-(-u // t) * t for u, t in zip(self.grid.tile_shape,
+                                                     self.unit_tile_shape))
+
+    @property
     def ndim(self) -> int:
         return self.grid.ndim
 

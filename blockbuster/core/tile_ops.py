@@ -26,6 +26,7 @@ from .seams import band_key, face_key, overlap_pairs, touch_pairs
 from .sources import full_slices
 from .staging import Staging
 from .chunkfiles import chunk_files
+from .shardfiles import ShardWriter
 from .units import index_unit, relabel_unit
 from .scratch import Scratch, keep_freed_memory, map_through
 from .zarrio import open_zarr_array_cached, write_regions
@@ -357,14 +358,18 @@ def relabel_tiles(plan: RunPlan, tiles: Sequence[int], luts: Sequence[np.ndarray
 def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarray], out,
                    direct, reader, staging: Staging) -> int:
     """relabel_tiles for merge units (core/units.py): each tile of each unit is read
-    from the input, mapped and written as its own chunk."""
+    from the input, mapped, and stored as its own chunk: a chunk file, or an inner chunk
+    of the unit's shard when the output is sharded (core/shardfiles.py)."""
     g = plan.grid
+    sharded = getattr(out, "shards", None) is not None
+    shards = ShardWriter.of(out) if sharded else None
     pending: list = []
     size = 0
     unit = [0]
+    reuse = direct is not None or shards is not None      # the tile is stored at once
 
     def map_into(tile_lut, raw, ids):
-        dst = (_SCRATCH.array("output", raw.shape, tile_lut.dtype) if direct is not None
+        dst = (_SCRATCH.array("output", raw.shape, tile_lut.dtype) if reuse
                else np.empty(raw.shape, tile_lut.dtype))
         _map_raw(plan, unit[0], raw, tile_lut, ids, dst)
         return dst
@@ -376,7 +381,7 @@ def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarra
             return
         pending.append((region, data))
         size += data.nbytes
-        if size >= WRITE_GROUP_BYTES:
+        if size >= WRITE_GROUP_BYTES and not sharded:
             write_regions(out, pending, check_fill=False)
             pending, size = [], 0
 
@@ -389,12 +394,29 @@ def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarra
                     continue
                 unit[0] = n
                 rec, arrays = staging.read_tile(n, names=("comp", "ids"))
+                shard = shards.shard(g.tile_index(n)) if shards is not None else None
                 written += relabel_unit(g.core_bounds(n), plan.unit_tile_shape, rec, arrays,
-                                        lut, read, write_tile, map_into)
+                                        lut, read, shard.add if shard else write_tile,
+                                        map_into)
+                if shard is not None:
+                    shard.close()
+                elif sharded:          # zarr writes the unit's shard, once
+                    write_regions(out, [(g.core_slices(n), _assemble(g, n, pending, lut))],
+                                  check_fill=False)
+                    pending, size = [], 0
             write_regions(out, pending, check_fill=False)
     finally:
         _SCRATCH.clear()
     return written
+
+
+def _assemble(g, n: int, parts: list, lut: np.ndarray) -> np.ndarray:
+    """Unit ``n``'s labels from its tiles' ``(region, labels)`` (absent tiles: 0)."""
+    lo = [a for a, _ in g.core_bounds(n)]
+    buf = np.zeros(g.core_shape(n), lut.dtype)
+    for region, data in parts:
+        buf[tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, lo))] = data
+    return buf
 
 
 def _map_raw(plan: RunPlan, n: int, raw: np.ndarray, lut: np.ndarray,

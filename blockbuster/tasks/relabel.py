@@ -24,7 +24,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     plan, out = job.plan, job.out
     dtype = table.dtype
     out.create(plan.grid.shape, dtype, plan.out_chunks,
-               {"run_key": plan.run_key, "n_labels": table.n_labels})
+               {"run_key": plan.run_key, "n_labels": table.n_labels}, shards=plan.out_shards)
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     client = job.client()
     nthreads = client_threads(client)
