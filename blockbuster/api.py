@@ -398,6 +398,13 @@ def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape
     -------
     dask.array.Array or numpy.ndarray
 
+    Notes
+    -----
+    The output is chunked by tiles. Small stored tiles (at most 512 x 512 voxels, or
+    as many in 3D) are indexed and relabelled in blocks of whole tiles (merge units,
+    up to 4 Mi voxels; docs/architecture.md), and a zarr v3 output is then sharded: one
+    shard per block, one inner chunk per tile (4,096 tiles of 128 x 128 make 16 files).
+
     Examples
     --------
     >>> import dask.array as da, numpy as np, scipy.ndimage as ndi

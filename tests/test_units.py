@@ -76,3 +76,17 @@ def test_a_unit_stages_one_record_and_joins_its_inner_seams(tmp_path):
                       fill_value=0)
     with pytest.raises(BlockbusterError, match="input changed"):
         relabel_tiles(plan, [0], [np.array([0, 1, 2], np.uint32)], out, "t", src.reader)
+
+
+def test_negative_labels_in_a_unit_name_the_tile(tmp_path):
+    from blockbuster.errors import TileOutputError
+    per_tile = np.zeros((8, 8), np.int32)
+    per_tile[5, 6] = -3                            # in the tile at (4, 4)
+    path = str(tmp_path / "t.zarr")
+    zarr.create_array(store=path, shape=(8, 8), chunks=(4, 4), dtype=np.int32)[...] = per_tile
+    src = open_image(path)
+    plan = make_plan(src, fn_id="m", tile_shape=(4, 4), read_back=True, units=(2, 2))
+    plan = plan.__class__(**{**plan.__dict__, "staging_root": str(tmp_path / "st")})
+    Staging(plan.staging_root).prepare({"run_key": plan.run_key})
+    with pytest.raises(TileOutputError, match=r"negative labels \(min -3\).*origin \(4, 4\)"):
+        segment_tiles(plan, None, [0], reader=src.reader)

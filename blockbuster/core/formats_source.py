@@ -157,6 +157,15 @@ class ArraySource:
         return _cached(("zarr", self.path, sub, self._stamp),
                        lambda: _open_zarr_array(_join(self.path, sub)))
 
+    def chunk_files(self):
+        """The chosen level's :class:`~blockbuster.core.chunkfiles.ChunkFiles` (whole
+        chunks read directly from a local disk), or None (TIFF, or a layout zarr must
+        decode)."""
+        if self.kind == "tiff":
+            return None
+        from .chunkfiles import chunk_files
+        return chunk_files(self._array(self.level))
+
     def read(self, slices: tuple[slice | int, ...], out: np.ndarray | None = None
              ) -> np.ndarray:
         """Read a region of the chosen level into a NumPy array.

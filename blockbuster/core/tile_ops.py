@@ -218,8 +218,21 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
 
 
 def _read_tile_into(plan: RunPlan, reader, name: str):
-    """``read(tile_bounds)``: a tile of the input, decoded into a reused buffer."""
+    """``read(tile_bounds)``: a tile of the input, decoded into a reused buffer; the
+    tile's chunk file is read directly when tiles are the input's chunks."""
     dtype = _reader_dtype(reader)
+    files = getattr(reader, "chunk_files", None)
+    cf = files() if files is not None and plan.channel_axis is None else None
+    if cf is not None and cf.chunks == plan.out_chunks:
+        chunks = cf.chunks
+
+        def read_chunk(tb):
+            got = cf.read_chunk(tuple(a // c for (a, _), c in zip(tb, chunks)),
+                                out=_SCRATCH.array(name, chunks, cf.stored))
+            if any(b - a != c for (a, b), c in zip(tb, chunks)):    # at the image's edge
+                got = got[tuple(slice(0, b - a) for a, b in tb)]
+            return got
+        return read_chunk
 
     def read(tb):
         region = full_slices(tuple(slice(a, b) for a, b in tb), plan.channel_axis)

@@ -135,8 +135,8 @@ def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
     for pos, tb in unit_tiles_of(bounds, tile_shape):
         shape = tuple(b - a for a, b in tb)
         origin = tuple(a for a, _ in tb)
-        labels = check_tile_labels(read_tile(tb), shape, unit, origin)
-        ids = present_ids(labels)
+        labels = check_tile_labels(read_tile(tb), shape, unit, origin, negatives=False)
+        ids = present_ids(labels, unit, origin)          # negative labels: an error
         k = int(ids.size)
         same = k == 0 or int(ids[-1]) == k
         counts.append(k)
