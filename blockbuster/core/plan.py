@@ -198,7 +198,7 @@ def make_plan(src: ImageSource, *, fn_id: str, tile_shape: Sequence[int] | int,
             f"labels without a halo; got merge={merge!r}, overlap={ov}")
     grid = TileGrid(spatial, ts, ov)
     unit_ts, per_unit = None, None
-    if read_back and units is not None:
+    if read_back and units is not None and nsp >= 2:
         from .units import UNIT_VOXELS, unit_tiles
         per_unit = tuple(units) if units != "auto" else unit_tiles(
             spatial, ts, unit_voxels=UNIT_VOXELS, min_units=4 * (os.cpu_count() or 1))

@@ -217,28 +217,28 @@ def segment_tiles(plan: RunPlan, fn: Callable, tiles: Sequence[int], reader=None
     return out
 
 
-def _read_tile_into(plan: RunPlan, reader, name: str):
-    """``read(tile_bounds)``: a tile of the input, decoded into a reused buffer; the
-    tile's chunk file is read directly when tiles are the input's chunks."""
-    dtype = _reader_dtype(reader)
-    files = getattr(reader, "chunk_files", None)
-    cf = files() if files is not None and plan.channel_axis is None else None
-    if cf is not None and cf.chunks == plan.out_chunks:
-        chunks = cf.chunks
+class _TileReader:
+    """``read(tile_bounds, out)``: fills ``out`` (the tiles' whole shape) with a tile of
+    the input from its top corner; the tile's chunk file is decoded into ``out``
+    directly when tiles are the input's chunks."""
 
-        def read_chunk(tb):
-            got = cf.read_chunk(tuple(a // c for (a, _), c in zip(tb, chunks)),
-                                out=_SCRATCH.array(name, chunks, cf.stored))
-            if any(b - a != c for (a, b), c in zip(tb, chunks)):    # at the image's edge
-                got = got[tuple(slice(0, b - a) for a, b in tb)]
-            return got
-        return read_chunk
+    def __init__(self, plan: RunPlan, reader):
+        self.reader = reader
+        self.channel_axis = plan.channel_axis
+        self.dtype = _reader_dtype(reader)
+        files = getattr(reader, "chunk_files", None)
+        cf = files() if files is not None and plan.channel_axis is None else None
+        self.cf = cf if cf is not None and cf.chunks == plan.out_chunks else None
 
-    def read(tb):
-        region = full_slices(tuple(slice(a, b) for a, b in tb), plan.channel_axis)
-        shape = tuple(b - a for a, b in tb)
-        return np.asarray(reader.read(region, out=_SCRATCH.array(name, shape, dtype)))
-    return read
+    def __call__(self, tb, out: np.ndarray) -> None:
+        cf = self.cf
+        if cf is not None:
+            got = cf.read_chunk(tuple(a // c for (a, _), c in zip(tb, cf.chunks)), out=out)
+            if got is not out:
+                out[...] = got
+            return
+        region = full_slices(tuple(slice(a, b) for a, b in tb), self.channel_axis)
+        out[tuple(slice(0, b - a) for a, b in tb)] = self.reader.read(region)
 
 
 def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, An
                            "shape": list(g.core_shape(n)), "n_labels": 0, "fn_seconds": 0.0,
                            "skipped": False, "attempts": 0, "resumed": False, "pid": os.getpid()}
     fields, arrays = index_unit(g.core_bounds(n), plan.unit_tile_shape, plan.connectivity,
-                                _read_tile_into(plan, reader, "input"), n)
+                                _TileReader(plan, reader), n, _SCRATCH.array)
     rec.update(fields)
     staging.write_tile(n, rec, arrays)
     return rec
@@ -392,13 +392,13 @@ def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarra
         region = tuple(slice(a, b) for a, b in tb)
         if direct is not None and direct.write(region, data, check_fill=False):
             return
-        pending.append((region, data))
+        pending.append((region, np.array(data)))       # data is a reused buffer's
         size += data.nbytes
         if size >= WRITE_GROUP_BYTES and not sharded:
             write_regions(out, pending, check_fill=False)
             pending, size = [], 0
 
-    read = _read_tile_into(plan, reader, "input")
+    read = _TileReader(plan, reader)
     written = 0
     try:
         with staging:
@@ -406,11 +406,11 @@ def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarra
                 if lut.size <= 1:
                     continue
                 unit[0] = n
-                rec, arrays = staging.read_tile(n, names=("comp", "ids"))
+                rec, arrays = staging.read_tile(n, names=("comp", "ids", "keys"))
                 shard = shards.shard(g.tile_index(n)) if shards is not None else None
                 written += relabel_unit(g.core_bounds(n), plan.unit_tile_shape, rec, arrays,
-                                        lut, read, shard.add if shard else write_tile,
-                                        map_into)
+                                        lut, read, _SCRATCH.array,
+                                        shard.add if shard else write_tile, map_into)
                 if shard is not None:
                     shard.close()
                 elif sharded:          # zarr writes the unit's shard, once

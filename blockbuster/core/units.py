@@ -40,7 +40,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .labels import _map_ids, _small_uint, check_tile_labels, present_ids
+from ..errors import BlockbusterError, TileOutputError
+from .labels import _map_ids, _negative_labels, _small_uint, present_ids
 from .seams import face_key, touch_pairs_planes
 
 __all__ = ["UNIT_VOXELS", "MIN_TILES_PER_UNIT", "unit_tiles", "unit_tiles_of",
@@ -110,17 +111,58 @@ def _layers(bounds, tile_shape) -> list[int]:
 
 
 def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
-               connectivity: int, read_tile, unit: int) -> tuple[dict[str, Any],
-                                                                 dict[str, np.ndarray]]:
+               connectivity: int, read_into, unit: int, buffer
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Index the tiles of one unit; return its record fields and staged arrays.
 
-    ``read_tile(tile_bounds)`` returns a tile's labels (may reuse one buffer). Record:
+    ``read_into(tile_bounds, out)`` fills ``out`` (the tile's whole chunk shape) with
+    the tile's labels from its top corner (the rest may hold anything);
+    ``buffer(name, shape, dtype)`` hands out reusable work arrays. Record:
     ``n_labels`` (m, the unit's labels after joining touching labels inside it),
     ``unit_counts`` (labels per tile), ``unit_identity`` (per tile: ids are 1..k),
-    ``unit_pairs`` (touching pairs joined inside the unit).
-    Arrays: the unit's outer faces in unit ids, ``comp`` (node -> unit id) and
-    ``ids`` (the present ids of the tiles whose ids are not 1..k, concatenated).
+    ``unit_pairs`` (touching pairs joined inside the unit) and, when the unit's ids are
+    small enough for one lookup table, ``unit_max`` (each tile's largest id). Arrays: the
+    unit's outer faces in unit ids, ``comp`` (node -> unit id), and ``keys`` (with
+    ``unit_max``: the present ids as positions in the unit's table) or ``ids`` (the
+    present ids of the tiles whose ids are not 1..k, concatenated).
     """
+    tm = read_unit(bounds, tile_shape, read_into, buffer)
+    _check_negative(tm, bounds, tile_shape, unit)
+    table = UnitTable.of(tm)
+    if table is None:                        # huge ids: one tile at a time
+        return _index_tiles(bounds, tile_shape, connectivity, tm)
+    nd = len(bounds)
+    ushape = tuple(hi - lo for lo, hi in bounds)
+    layers = tm.shape[:nd]
+    planes: dict[tuple[int, bool], list[np.ndarray]] = {}
+    for d in range(nd):
+        for hi in (False, True):
+            face = np.take(tm, tile_shape[d] - 1 if hi else 0, axis=nd + d)
+            nodes = table.nodes(face)
+            planes[(d, hi)] = [_spatial(nodes.take(i, axis=d)) for i in range(layers[d])]
+    comp, m, n_pairs = _join(planes, layers, connectivity, table.n_nodes)
+    small = _small_uint(m)
+    arrays: dict[str, np.ndarray] = {}
+    if m:
+        arrays["comp"] = comp.astype(small)
+        arrays["keys"] = table.keys
+        for d in range(nd):
+            other = tuple(slice(0, u) for e, u in enumerate(ushape) if e != d)
+            arrays[face_key(d, False)] = comp[planes[(d, False)][0][other]].astype(small)
+            # the last layer's tiles end where the unit ends (maybe inside a tile)
+            last = np.take(tm.take(layers[d] - 1, axis=d),
+                           ushape[d] - 1 - (layers[d] - 1) * tile_shape[d], axis=nd - 1 + d)
+            nodes = table.nodes(last, layer=(d, layers[d] - 1))
+            arrays[face_key(d, True)] = comp[_spatial(nodes)[other]].astype(small)
+    rec = {"n_labels": m, "unit_counts": table.counts.tolist(),
+           "unit_identity": table.identity.tolist(), "unit_max": table.max.tolist(),
+           "unit_pairs": n_pairs}
+    return rec, arrays
+
+
+def _index_tiles(bounds, tile_shape, connectivity: int, tm: np.ndarray
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """index_unit one tile at a time (ids too large for one table of the unit)."""
     nd = len(bounds)
     lo = [b[0] for b in bounds]
     ushape = tuple(hi - lo_ for lo_, hi in bounds)
@@ -133,10 +175,8 @@ def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
     kept_ids: list[np.ndarray] = []
     offset = 0
     for pos, tb in unit_tiles_of(bounds, tile_shape):
-        shape = tuple(b - a for a, b in tb)
-        origin = tuple(a for a, _ in tb)
-        labels = check_tile_labels(read_tile(tb), shape, unit, origin, negatives=False)
-        ids = present_ids(labels, unit, origin)          # negative labels: an error
+        labels = tm[pos][tuple(slice(0, b - a) for a, b in tb)]
+        ids = present_ids(labels)
         k = int(ids.size)
         same = k == 0 or int(ids[-1]) == k
         counts.append(k)
@@ -149,11 +189,8 @@ def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
             for d in range(nd):
                 other = tuple(place[:d] + place[d + 1:])
                 for hi in (False, True):
-                    face = labels.take(-1 if hi else 0, axis=d)
-                    if same:
-                        face = np.where(face > 0, face.astype(np.int64) + offset, 0)
-                    else:
-                        face = _map_ids(face, ids, nodes, np.int64)
+                    face = _map_ids(labels.take(-1 if hi else 0, axis=d), ids, nodes,
+                                    np.int64)
                     planes[(d, hi)][pos[d]][other] = face
         offset += k
     comp, m, n_pairs = _join(planes, layers, connectivity, offset)
@@ -197,29 +234,178 @@ def _join(planes, layers, connectivity: int, n_nodes: int) -> tuple[np.ndarray, 
 
 def relabel_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
                  record: dict[str, Any], arrays: dict[str, np.ndarray], lut: np.ndarray,
-                 read_tile, write_tile, map_into) -> int:
+                 read_into, buffer, write_tile, map_into) -> int:
     """Write the final labels of each tile of a unit; return the voxels written.
 
-    ``lut`` maps the unit's ids to final ids. For each tile with labels,
-    ``map_into(tile_lut, raw, ids)`` returns the final labels of the raw tile (``ids``:
-    its present ids, or None when they are 1..k) and ``write_tile(tile_bounds, labels)``
-    stores them; tiles without labels are not written (they read as 0).
+    ``lut`` maps the unit's ids to final ids. The unit's tiles are read as in
+    :func:`index_unit`; with one table for the unit (``unit_max`` in the record) the
+    whole unit is mapped at once, else ``map_into(tile_lut, raw, ids)`` maps one tile
+    (``ids``: its present ids, or None when they are 1..k). ``write_tile(tile_bounds,
+    labels)`` stores a tile; tiles without labels are not written (they read as 0).
     """
     final = lut[arrays["comp"]] if "comp" in arrays else np.zeros(1, lut.dtype)
-    ids_all = arrays.get("ids")
-    offset = 0
-    ids_at = 0
+    tm = read_unit(bounds, tile_shape, read_into, buffer)
+    counts = record["unit_counts"]
+    tiles = list(unit_tiles_of(bounds, tile_shape))
+    if "unit_max" in record:
+        table = UnitTable.rebuild(record["unit_max"], arrays["keys"], tm.shape[:len(bounds)])
+        n_tiles = table.max.size
+        if np.any(tm.reshape(n_tiles, -1).max(axis=1) > table.max):
+            raise _changed(bounds)       # an id past its tile's largest when indexed
+        out = table.map(tm, final, buffer("unit-output", tm.shape, lut.dtype),
+                        buffer("unit-index", tm.shape[1:], np.intp))
+        mapped = (out[pos] for pos, _ in tiles)
+    else:
+        mapped = _map_tiles(tm, tiles, record, arrays, final, map_into)
     written = 0
-    tiles = unit_tiles_of(bounds, tile_shape)
-    for (_, tb), k, same in zip(tiles, record["unit_counts"], record["unit_identity"]):
+    for (pos, tb), k, labels in zip(tiles, counts, mapped):
         if k:
-            tile_lut = final[offset:offset + k + 1].copy()
-            tile_lut[0] = 0
-            ids = None
-            if not same:
-                ids = ids_all[ids_at:ids_at + k]
-                ids_at += k
-            write_tile(tb, map_into(tile_lut, read_tile(tb), ids))
+            write_tile(tb, labels[tuple(slice(0, b - a) for a, b in tb)])
             written += math.prod(b - a for a, b in tb)
-        offset += k
     return written
+
+
+def _map_tiles(tm, tiles, record, arrays, final, map_into):
+    """Each tile's final labels, one tile at a time (None for tiles without labels)."""
+    ids_all = arrays.get("ids")
+    offset = ids_at = 0
+    for (pos, tb), k, same in zip(tiles, record["unit_counts"], record["unit_identity"]):
+        if not k:
+            yield None
+            continue
+        tile_lut = final[offset:offset + k + 1].copy()
+        tile_lut[0] = 0
+        ids = None
+        if not same:
+            ids = ids_all[ids_at:ids_at + k]
+            ids_at += k
+        yield map_into(tile_lut, np.ascontiguousarray(tm[pos]), ids)
+        offset += k
+
+
+def _changed(bounds) -> BlockbusterError:
+    return BlockbusterError(
+        f"the merge unit at {tuple(lo for lo, _ in bounds)} of the input holds label ids it "
+        "did not hold when it was indexed: the input changed during the merge. Run the "
+        "merge again on an input nobody is writing to.")
+
+
+# -- a unit as one array ---------------------------------------------------------------
+
+def read_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int], read_into,
+              buffer) -> np.ndarray:
+    """The unit's tiles in *tile-major* order: shape ``layers + tile_shape`` (tile
+    ``pos`` is ``tm[pos]``, contiguous); the part of a tile past the unit's end is 0."""
+    layers = tuple(_layers(bounds, tile_shape))
+    tm = None
+    for pos, tb in unit_tiles_of(bounds, tile_shape):
+        if tm is None:
+            tm = buffer("unit-input", layers + tuple(tile_shape), read_into.dtype)
+        slot = tm[pos]
+        read_into(tb, slot)
+        for ax, ((a, b), t) in enumerate(zip(tb, tile_shape)):
+            if b - a < t:                                  # clipped at the image's edge
+                slot[(slice(None),) * ax + (slice(b - a, None),)] = 0
+    return tm
+
+
+def _check_negative(tm: np.ndarray, bounds, tile_shape, unit: int) -> None:
+    if tm.dtype.kind not in "iu":
+        raise TileOutputError(f"labels of dtype {tm.dtype} in merge unit {unit}; label "
+                              "images must hold integers (0 = background)", unit,
+                              tuple(lo for lo, _ in bounds))
+    if tm.dtype.kind == "i" and tm.size and tm.min() < 0:
+        nd = len(bounds)
+        at = np.unravel_index(int(np.argmin(tm)), tm.shape)
+        origin = tuple(int(lo + g * t) for (lo, _), g, t in zip(bounds, at[:nd], tile_shape))
+        raise _negative_labels(int(tm.min()), unit, origin)
+
+
+def _spatial(a: np.ndarray) -> np.ndarray:
+    """A tile-major array (``layers + tile dims``) in spatial layout."""
+    k = a.ndim // 2
+    order = [x for d in range(k) for x in (d, k + d)]
+    return a.transpose(order).reshape([a.shape[d] * a.shape[k + d] for d in range(k)])
+
+
+class UnitTable:
+    """The ids present in a unit, as positions in one table: tile ``t``'s id ``v`` is at
+    ``base[t] + v`` (``base`` from the tiles' largest ids), so that one lookup maps any
+    voxel, face or tile of the unit. Node ids are 1..n in table order (tile by tile,
+    then by id), as in :func:`_index_tiles`."""
+
+    def __init__(self, mx: np.ndarray, keys: np.ndarray, layers: tuple[int, ...]):
+        self.max = mx
+        self.layers = layers
+        self.base = np.zeros(mx.size, np.int64)
+        np.cumsum(mx[:-1] + 1, out=self.base[1:])
+        self.size = int(self.base[-1] + mx[-1] + 1)
+        self.keys = keys
+        self.n_nodes = int(keys.size)
+        self.node = np.zeros(self.size, np.int64)
+        self.node[keys] = np.arange(1, keys.size + 1)
+
+    @classmethod
+    def of(cls, tm: np.ndarray) -> "UnitTable | None":
+        """The table of a tile-major unit, or None when its ids are too large."""
+        nd = tm.ndim // 2
+        n_tiles = math.prod(tm.shape[:nd])
+        per = tm.reshape(n_tiles, -1)
+        mx = per.max(axis=1)
+        limit = 4 * tm.size + 65536
+        if int(mx.max()) > limit:
+            return None
+        mx = mx.astype(np.int64)
+        if int((mx + 1).sum()) > limit:
+            return None
+        flat = per.reshape(-1)
+        starts = np.empty(flat.size, bool)      # every id starts a run of equal values
+        starts[0] = True
+        np.not_equal(flat[1:], flat[:-1], out=starts[1:])
+        starts[::per.shape[1]] = True
+        at = np.flatnonzero(starts)
+        vals = flat[at]
+        keep = vals > 0
+        table = cls(mx, np.zeros(0, np.int64), tm.shape[:nd])
+        seen = np.zeros(table.size, bool)
+        seen[vals[keep].astype(np.int64) + table.base[at[keep] // per.shape[1]]] = True
+        keys = np.flatnonzero(seen)
+        return cls(mx, keys, tm.shape[:nd])
+
+    @classmethod
+    def rebuild(cls, mx, keys: np.ndarray, layers) -> "UnitTable":
+        return cls(np.asarray(mx, np.int64), keys.astype(np.int64, copy=False), tuple(layers))
+
+    @property
+    def counts(self) -> np.ndarray:
+        tile = np.searchsorted(self.base, self.keys, side="right") - 1
+        return np.bincount(tile, minlength=self.max.size)
+
+    @property
+    def identity(self) -> np.ndarray:
+        return self.counts == self.max
+
+    def nodes(self, face: np.ndarray, layer: tuple[int, int] | None = None) -> np.ndarray:
+        """Node ids of a tile-major ``face`` (``layers + tile dims``, one tile axis
+        taken; with ``layer=(axis, i)`` one layer along ``axis`` taken too)."""
+        base = self.base.reshape(self.layers)
+        if layer is not None:
+            base = base.take(layer[1], axis=layer[0])
+        k = base.ndim
+        return self.node[face + base.reshape(base.shape + (1,) * (face.ndim - k))]
+
+    def map(self, tm: np.ndarray, final: np.ndarray, out: np.ndarray,
+            index: np.ndarray) -> np.ndarray:
+        """``out`` = final ids of every voxel of the tile-major unit ``tm`` (``final``:
+        node -> final id), one layer of tiles at a time through ``index``. No id of a
+        tile may exceed that tile's largest id when the table was made (the caller
+        checks)."""
+        by_key = final[self.node]
+        base = self.base.reshape(self.layers)
+        nd = len(self.layers)
+        for i in range(tm.shape[0]):
+            b = base[i].reshape(base.shape[1:] + (1,) * nd)
+            np.add(tm[i], b, out=index, casting="unsafe")
+            # "clip": with "raise" and out=, numpy maps into a copy first
+            np.take(by_key, index, out=out[i], mode="clip")
+        return out
