@@ -58,6 +58,27 @@ def _tmp_suffix() -> str:
     return f".{_TMP['tag']}-{next(_TMP['count'])}.partial"
 
 
+def write_file(path: str, payload) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary name, then a rename), as
+    zarr's ``LocalStore`` does; the directory is created when missing."""
+    tmp = path + _tmp_suffix()
+    try:
+        f = open(tmp, "wb")
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(tmp, "wb")
+    try:
+        with f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _v3_codec(codecs: Sequence[Any], dtype: np.dtype):
     """``(stored dtype, numcodecs codec or None)`` for a v3 codec chain, or ``None``."""
     import numcodecs
@@ -251,22 +272,7 @@ class ChunkFiles:
             return
         data = np.ascontiguousarray(data, dtype=self.stored)
         payload = memoryview(data).cast("B") if self.codec is None else self.codec.encode(data)
-        tmp = path + _tmp_suffix()
-        try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            f = open(tmp, "wb")
-        try:
-            with f:
-                f.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_file(path, payload)
 
     def _is_fill(self, data: np.ndarray) -> bool:
         if self._fill_is_nan:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .chunkfiles import _tmp_suffix, _v3_codec
+from .chunkfiles import _v3_codec, write_file
 
 __all__ = ["ShardWriter"]
 
@@ -161,21 +161,5 @@ class _Shard:
             import google_crc32c
             raw += struct.pack("<I", google_crc32c.value(raw))
         blob = b"".join([*self.parts, raw] if w.at_end else [raw, *self.parts])
-        path = os.path.join(w.directory, w.key_of(self.coords))
-        tmp = path + _tmp_suffix()
-        try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            f = open(tmp, "wb")
-        try:
-            with f:
-                f.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_file(os.path.join(w.directory, w.key_of(self.coords)), blob)
 
