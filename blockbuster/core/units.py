@@ -125,9 +125,10 @@ def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Index the tiles of one unit; return its record fields and staged arrays.
 
-    ``read_into(tile_bounds, out)`` fills ``out`` (the tile's whole chunk shape) with
-    the tile's labels from its top corner (the rest may hold anything);
-    ``buffer(name, shape, dtype)`` hands out reusable work arrays. Record:
+    ``read_into(tile_bounds, out)`` fills ``out`` (the tile's whole chunk shape, of
+    dtype ``read_into.dtype``) with the tile's labels from its top corner (the rest
+    may hold anything); ``buffer(name, shape, dtype)`` hands out reusable work arrays
+    (e.g. :meth:`Scratch.array <blockbuster.core.scratch.Scratch.array>`). Record:
     ``n_labels`` (m, the unit's labels after joining touching labels inside it),
     ``unit_counts`` (labels per tile), ``unit_identity`` (per tile: ids are 1..k),
     ``unit_pairs`` (touching pairs joined inside the unit) and, when the unit's ids are
@@ -135,6 +136,19 @@ def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
     unit's outer faces in unit ids, ``comp`` (node -> unit id), and ``keys`` (with
     ``unit_max``: the present ids as positions in the unit's table) or ``ids`` (the
     present ids of the tiles whose ids are not 1..k, concatenated).
+
+    Examples
+    --------
+    One object over two tiles of 2 x 2, each tile labelled on its own:
+
+    >>> labels = np.array([[0, 1, 1, 0], [0, 1, 0, 0]], np.int32)
+    >>> def read_into(tb, out):
+    ...     out[...] = labels[tuple(slice(a, b) for a, b in tb)]
+    >>> read_into.dtype = labels.dtype
+    >>> rec, arrays = index_unit(((0, 2), (0, 4)), (2, 2), 1, read_into, 0,
+    ...                          lambda name, shape, dtype: np.empty(shape, dtype))
+    >>> rec["unit_counts"], rec["unit_pairs"], rec["n_labels"]
+    ([1, 1], 1, 1)
     """
     tm = read_unit(bounds, tile_shape, read_into, buffer)
     _check_negative(tm, bounds, tile_shape, unit)
