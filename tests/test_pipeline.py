@@ -57,6 +57,9 @@ def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
     assert arr.chunks == (32, 40) and arr.dtype == np.uint32
     assert arr.attrs["blockbuster"]["complete"] is True
     assert summary["labels_after_merge"] == n
+    per_tile = sum(oracle(img[i:i + 32, j:j + 40], 2)[1] for i in range(0, 96, 32)
+                   for j in range(0, 80, 40))
+    assert summary["labels_before_merge"] == per_tile > n
     assert len(fn.calls()) == 3 * 2
     # staging is removed after success
     assert not os.path.exists(summary["staging"])

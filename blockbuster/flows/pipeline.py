@@ -61,8 +61,9 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         "tile_shape": list(tiles.tile_shape), "overlap": list(plan.grid.overlap),
         "merge": plan.merge, "n_skipped": sum(r["skipped"] for r in records),
         "n_resumed": sum(r["resumed"] for r in records),
+        # merge units join labels inside a unit before the table: count the tiles' labels
         "labels_before_merge": table.n_nodes + sum(
-            sum(r.get("unit_counts", ())) - r["n_labels"] for r in records),
+            sum(r["unit_counts"]) - r["n_labels"] for r in records if "unit_counts" in r),
         "labels_after_merge": table.n_labels,
         "max_label": table.max_label, "dtype": rel["dtype"],
         "sequential_labels": plan.sequential,
