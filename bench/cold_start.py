@@ -55,14 +55,14 @@ def stamp_and_label(tile):
 def _instrument(marks: dict) -> None:
     """Timestamps of the phases inside tile_process, by wrapping (not changing) two
     internals: Prefect's API warm-up and the background start of the local cluster."""
-    import blockbuster.api as api
     import blockbuster.cluster as cl
-    warm, start = api._warm_prefect, cl.ClusterHandle._start
+    import blockbuster.tasks.ephemeral as eph
+    warm, start = eph.warm_up, cl.ClusterHandle._start
 
-    def timed_warm():
+    def timed_warm(*args):
         marks["prefect_warm_start"] = time.time()
         try:
-            return warm()
+            return warm(*args)
         finally:
             marks["prefect_ready"] = time.time()
 
@@ -73,7 +73,7 @@ def _instrument(marks: dict) -> None:
         finally:
             marks["cluster_ready"] = time.time()
 
-    api._warm_prefect = timed_warm
+    eph.warm_up = timed_warm
     cl.ClusterHandle._start = timed_start
 
 

@@ -7,7 +7,6 @@ a Dask cluster, and run the Prefect flows of :mod:`blockbuster.flows`.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -152,7 +151,8 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     # the cluster starts; tiles start as soon as the cluster is up.
     ctx = contextvars.copy_context()     # the caller's Prefect settings context
     warm_errors: list[BaseException] = []
-    warm = threading.Thread(target=ctx.run, args=(_warm_prefect, warm_errors), daemon=True,
+    from .tasks import ephemeral
+    warm = threading.Thread(target=ctx.run, args=(ephemeral.warm_up, warm_errors), daemon=True,
                             name="blockbuster-prefect-warm-up")
     warm.start()
     try:
@@ -176,7 +176,7 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
         from .tasks.common import local_result_storage, prefect_client_context
-        with _ephemeral_without_heartbeats(), prefect_client_context():
+        with ephemeral.without_heartbeats(), prefect_client_context():
             summary = flow.with_options(task_runner=runner, persist_result=False,
                                         result_storage=local_result_storage())(
                 job, keep_staging=keep_staging)
@@ -189,68 +189,6 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
             job.cancel_started()   # work no stage adopted (the flow failed or never started)
         warm.join()
         handle.close()
-
-
-@contextlib.contextmanager
-def _ephemeral_without_heartbeats():
-    """No flow-run heartbeats when Prefect runs ephemeral (no API URL configured).
-
-    Heartbeats let a long-lived server notice crashed runs; a temporary server dies with
-    this process, so they only cost time: the heartbeat thread is joined at the end of
-    every flow run with a 1 s sleep granularity (measured: an empty flow run takes
-    1.1 s with heartbeats, 0.1 s without). With a real server they stay as configured.
-    The changed settings object is built once per settings object (building one takes
-    ~0.1 s of pydantic validation, which a warm small run notices).
-    """
-    import prefect.context
-    ctx = prefect.context.get_settings_context()
-    if ctx.settings.api.url:
-        yield
-        return
-    base, changed = _NO_HEARTBEAT_SETTINGS.get(id(ctx.settings), (None, None))
-    if base is not ctx.settings:
-        base, changed = ctx.settings, ctx.settings.copy_with_update(
-            updates={"flows.heartbeat_frequency": None})
-        _NO_HEARTBEAT_SETTINGS.clear()
-        _NO_HEARTBEAT_SETTINGS[id(base)] = (base, changed)
-    with prefect.context.SettingsContext(profile=ctx.profile, settings=changed):
-        yield
-
-
-_NO_HEARTBEAT_SETTINGS: dict[int, tuple[Any, Any]] = {}
-
-
-def _warm_prefect(errors: list) -> None:
-    """Start Prefect's API (the temporary server in ephemeral mode) now, in this thread.
-
-    Once per process and API URL: after that the flow run itself talks to the API (a
-    health check costs ~25 ms, a new client with its TLS context included). A temporary
-    server that does not start is an error for the run (appended to ``errors``; see
-    :mod:`blockbuster.tasks.ephemeral`); a failed health check is left to the flow run.
-    """
-    from .tasks.ephemeral import ensure_api
-    try:
-        ensure_api()
-    except Exception as exc:
-        errors.append(exc)
-        return
-    try:
-        from prefect.settings import get_current_settings
-        url = get_current_settings().api.url
-        if url in _PREFECT_WARM:
-            return
-        from prefect.client.orchestration import get_client
-
-        from .tasks.common import prefect_tls_context
-        with get_client(sync_client=True,
-                        httpx_settings={"verify": prefect_tls_context()}) as c:
-            c.api_healthcheck()
-        _PREFECT_WARM.add(url)
-    except Exception:  # pragma: no cover - the flow run reports real problems itself
-        log.debug("Prefect API warm-up failed", exc_info=True)
-
-
-_PREFECT_WARM: set = set()
 
 
 def _has_gpu_workers(client) -> bool:
