@@ -37,11 +37,8 @@ def smallest_label_dtype(max_label: int) -> np.dtype:
 
 
 def check_tile_labels(labels, expected_shape: tuple[int, ...], tile: int,
-                      origin: tuple[int, ...], negatives: bool = True) -> np.ndarray:
+                      origin: tuple[int, ...]) -> np.ndarray:
     """Validate what ``fn`` returned for one tile; return it as a NumPy integer array.
-
-    ``negatives=False`` leaves the check for negative labels to the caller (a pass over
-    the voxels that :func:`present_ids` can do on the run starts it looks at anyway).
 
     Raises
     ------
@@ -65,8 +62,7 @@ def check_tile_labels(labels, expected_shape: tuple[int, ...], tile: int,
             f"fn returned shape {arr.shape} for {where}; expected {tuple(expected_shape)}, the "
             "spatial shape of the tile it was given (halo included, channel axis removed)",
             tile, origin)
-    if negatives and arr.size and np.issubdtype(arr.dtype, np.signedinteger) \
-            and arr.min() < 0:
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise _negative_labels(int(arr.min()), tile, origin)
     return arr
 
@@ -77,7 +73,7 @@ def _negative_labels(low: int, tile: int, origin) -> TileOutputError:
         "labels must be >= 0 with 0 as background", tile, origin)
 
 
-def present_ids(labels: np.ndarray, tile: int | None = None, origin=None) -> np.ndarray:
+def present_ids(labels: np.ndarray) -> np.ndarray:
     """Sorted non-zero ids present in ``labels``.
 
     Label images are made of runs of equal values, and every id present starts a run
@@ -89,9 +85,6 @@ def present_ids(labels: np.ndarray, tile: int | None = None, origin=None) -> np.
 
     >>> present_ids(np.array([[0, 5, 5, 0], [2, 2, 0, 9]]))
     array([2, 5, 9])
-
-    With ``tile`` (and its ``origin``), a negative label is a :class:`TileOutputError`
-    (every id starts a run, so the run starts hold the minimum too).
     """
     if labels.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -101,13 +94,10 @@ def present_ids(labels: np.ndarray, tile: int | None = None, origin=None) -> np.
         starts = flat[1:] != flat[:-1]
         if np.count_nonzero(starts) < flat.size // 4:
             vals = np.concatenate([flat[:1], flat[1:][starts]])
-    negative = vals.dtype.kind == "i" and int(vals.min()) < 0
-    if negative and tile is not None:
-        raise _negative_labels(int(vals.min()), tile, origin)
     mx = int(vals.max())
     if mx <= 0:
         return np.zeros(0, dtype=np.int64)
-    if mx <= 4 * vals.size + 65536 and not negative:
+    if mx <= 4 * vals.size + 65536 and not (vals.dtype.kind == "i" and vals.min() < 0):
         seen = np.zeros(mx + 1, dtype=bool)
         seen[vals] = True
         ids = np.flatnonzero(seen)
