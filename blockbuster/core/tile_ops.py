@@ -27,7 +27,7 @@ from .sources import full_slices
 from .staging import Staging
 from .chunkfiles import chunk_files
 from .shardfiles import ShardWriter
-from .units import index_unit, relabel_unit
+from .units import index_unit, input_changed, relabel_unit
 from .scratch import Scratch, keep_freed_memory, map_through
 from .zarrio import open_zarr_array_cached, write_regions
 
@@ -93,14 +93,20 @@ def _is_empty(plan: RunPlan, data: np.ndarray, n: int) -> bool:
     return region.size == 0 or not bool((region > thr).any())
 
 
+def _new_record(plan: RunPlan, n: int) -> dict[str, Any]:
+    """The staging record of tile (or merge unit) ``n`` before any work on it."""
+    g = plan.grid
+    return {"tile": n, "index": list(g.tile_index(n)), "origin": list(g.origin(n)),
+            "shape": list(g.core_shape(n)), "n_labels": 0, "fn_seconds": 0.0,
+            "skipped": False, "attempts": 0, "resumed": False, "pid": os.getpid()}
+
+
 def segment_one(plan: RunPlan, fn: Callable, n: int, data: np.ndarray,
                 staging: Staging) -> dict[str, Any]:
     """Segment tile ``n`` from its extended ``data``; stage it; return its record."""
     g = plan.grid
     origin = g.origin(n)
-    rec: dict[str, Any] = {"tile": n, "index": list(g.tile_index(n)), "origin": list(origin),
-                           "shape": list(g.core_shape(n)), "n_labels": 0, "fn_seconds": 0.0,
-                           "skipped": False, "attempts": 0, "resumed": False, "pid": os.getpid()}
+    rec = _new_record(plan, n)
     if plan.skip_empty and _is_empty(plan, data, n):
         rec["skipped"] = True
         staging.write_tile(n, rec)
@@ -244,9 +250,7 @@ class _TileReader:
 def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, Any]:
     """Index merge unit ``n`` (core/units.py) and stage it; return its record."""
     g = plan.grid
-    rec: dict[str, Any] = {"tile": n, "index": list(g.tile_index(n)), "origin": list(g.origin(n)),
-                           "shape": list(g.core_shape(n)), "n_labels": 0, "fn_seconds": 0.0,
-                           "skipped": False, "attempts": 0, "resumed": False, "pid": os.getpid()}
+    rec = _new_record(plan, n)
     fields, arrays = index_unit(g.core_bounds(n), plan.unit_tile_shape, plan.connectivity,
                                 _TileReader(plan, reader), n, _SCRATCH.array)
     rec.update(fields)
@@ -378,13 +382,12 @@ def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarra
     shards = ShardWriter.of(out) if sharded else None
     pending: list = []
     size = 0
-    unit = [0]
     reuse = direct is not None or shards is not None      # the tile is stored at once
 
-    def map_into(tile_lut, raw, ids):
+    def map_into(n, tile_lut, raw, ids):
         dst = (_SCRATCH.array("output", raw.shape, tile_lut.dtype) if reuse
                else np.empty(raw.shape, tile_lut.dtype))
-        _map_raw(plan, unit[0], raw, tile_lut, ids, dst)
+        _map_raw(plan, n, raw, tile_lut, ids, dst)
         return dst
 
     def write_tile(tb, data):
@@ -405,12 +408,12 @@ def _relabel_units(plan: RunPlan, units: Sequence[int], luts: Sequence[np.ndarra
             for n, lut in zip(units, luts):
                 if lut.size <= 1:
                     continue
-                unit[0] = n
                 rec, arrays = staging.read_tile(n, names=("comp", "ids", "keys"))
                 shard = shards.shard(g.tile_index(n)) if shards is not None else None
                 written += relabel_unit(g.core_bounds(n), plan.unit_tile_shape, rec, arrays,
                                         lut, read, _SCRATCH.array,
-                                        shard.add if shard else write_tile, map_into)
+                                        shard.add if shard else write_tile,
+                                        functools.partial(map_into, n))
                 if shard is not None:
                     shard.close()
                 elif sharded:          # zarr writes the unit's shard, once
@@ -442,10 +445,7 @@ def _map_raw(plan: RunPlan, n: int, raw: np.ndarray, lut: np.ndarray,
         else:
             dst[...] = _map_ids(raw, ids, lut[1:], lut.dtype)
     except IndexError:
-        raise BlockbusterError(
-            f"tile {n} (origin {plan.grid.origin(n)}) of the input holds label ids it did "
-            "not hold when it was indexed: the input changed during the merge. Run the "
-            "merge again on an input nobody is writing to.") from None
+        raise input_changed(f"tile {n} (origin {plan.grid.origin(n)})") from None
 
 
 def _read_back(plan: RunPlan, reader, n: int, lut: np.ndarray, ids: np.ndarray | None,

@@ -55,7 +55,7 @@ from .labels import _map_ids, _negative_labels, _small_uint, present_ids
 from .seams import face_key, touch_pairs_planes
 
 __all__ = ["UNIT_VOXELS", "MIN_TILES_PER_UNIT", "unit_tiles", "unit_tiles_of",
-           "index_unit", "relabel_unit"]
+           "index_unit", "relabel_unit", "input_changed"]
 
 #: voxels of a merge unit at most (16 MiB of uint32 labels; as a relabel batch)
 UNIT_VOXELS = 1 << 22
@@ -164,24 +164,18 @@ def index_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
             face = np.take(tm, tile_shape[d] - 1 if hi else 0, axis=nd + d)
             nodes = table.nodes(face)
             planes[(d, hi)] = [_spatial(nodes.take(i, axis=d)) for i in range(layers[d])]
-    comp, m, n_pairs = _join(planes, layers, connectivity, table.n_nodes)
-    small = _small_uint(m)
-    arrays: dict[str, np.ndarray] = {}
-    if m:
-        arrays["comp"] = comp.astype(small)
-        arrays["keys"] = table.keys
-        for d in range(nd):
-            other = tuple(slice(0, u) for e, u in enumerate(ushape) if e != d)
-            arrays[face_key(d, False)] = comp[planes[(d, False)][0][other]].astype(small)
-            # the last layer's tiles end where the unit ends (maybe inside a tile)
-            last = np.take(tm.take(layers[d] - 1, axis=d),
-                           ushape[d] - 1 - (layers[d] - 1) * tile_shape[d], axis=nd - 1 + d)
-            nodes = table.nodes(last, layer=(d, layers[d] - 1))
-            arrays[face_key(d, True)] = comp[_spatial(nodes)[other]].astype(small)
-    rec = {"n_labels": m, "unit_counts": table.counts.tolist(),
-           "unit_identity": table.identity.tolist(), "unit_max": table.max.tolist(),
-           "unit_pairs": n_pairs}
-    return rec, arrays
+    faces = {}
+    for d in range(nd):
+        other = tuple(slice(0, u) for e, u in enumerate(ushape) if e != d)
+        faces[face_key(d, False)] = planes[(d, False)][0][other]
+        # the last layer's tiles end where the unit ends (maybe inside a tile)
+        last = np.take(tm.take(layers[d] - 1, axis=d),
+                       ushape[d] - 1 - (layers[d] - 1) * tile_shape[d], axis=nd - 1 + d)
+        faces[face_key(d, True)] = _spatial(table.nodes(last, layer=(d, layers[d] - 1)))[other]
+    return _staged(planes, layers, connectivity, table.n_nodes, faces, {"keys": table.keys},
+                   {"unit_counts": table.counts.tolist(),
+                    "unit_identity": table.identity.tolist(),
+                    "unit_max": table.max.tolist()})
 
 
 def _index_tiles(bounds, tile_shape, connectivity: int, tm: np.ndarray
@@ -217,19 +211,24 @@ def _index_tiles(bounds, tile_shape, connectivity: int, tm: np.ndarray
                                     np.int64)
                     planes[(d, hi)][pos[d]][other] = face
         offset += k
-    comp, m, n_pairs = _join(planes, layers, connectivity, offset)
+    faces = {face_key(d, hi): planes[(d, hi)][-1 if hi else 0]
+             for d in range(nd) for hi in (False, True)}
+    return _staged(planes, layers, connectivity, offset, faces,
+                   {"ids": np.concatenate(kept_ids)} if kept_ids else {},
+                   {"unit_counts": counts, "unit_identity": identity})
+
+
+def _staged(planes, layers, connectivity: int, n_nodes: int, faces: dict, arrays: dict,
+            fields: dict) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Join the unit's labels across its inner seams; return the record fields and the
+    arrays to stage (``comp``, the outer ``faces`` in unit ids, and ``arrays``)."""
+    comp, m, n_pairs = _join(planes, layers, connectivity, n_nodes)
+    rec = {"n_labels": m, **fields, "unit_pairs": n_pairs}
+    if not m:
+        return rec, {}
     small = _small_uint(m)
-    arrays: dict[str, np.ndarray] = {}
-    if m:
-        arrays["comp"] = comp.astype(small)
-        if kept_ids:
-            arrays["ids"] = np.concatenate(kept_ids)
-        for d in range(nd):
-            arrays[face_key(d, False)] = comp[planes[(d, False)][0]].astype(small)
-            arrays[face_key(d, True)] = comp[planes[(d, True)][-1]].astype(small)
-    rec = {"n_labels": m, "unit_counts": counts, "unit_identity": identity,
-           "unit_pairs": n_pairs}
-    return rec, arrays
+    return rec, {"comp": comp.astype(small), **arrays,
+                 **{k: comp[v].astype(small) for k, v in faces.items()}}
 
 
 def _join(planes, layers, connectivity: int, n_nodes: int) -> tuple[np.ndarray, int, int]:
@@ -275,7 +274,8 @@ def relabel_unit(bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int],
         table = UnitTable.rebuild(record["unit_max"], arrays["keys"], tm.shape[:len(bounds)])
         n_tiles = table.max.size
         if np.any(tm.reshape(n_tiles, -1).max(axis=1) > table.max):
-            raise _changed(bounds)       # an id past its tile's largest when indexed
+            # an id past its tile's largest when indexed
+            raise input_changed(f"the merge unit at {tuple(lo for lo, _ in bounds)}")
         out = table.map(tm, final, buffer("unit-output", tm.shape, lut.dtype),
                         buffer("unit-index", tm.shape[1:], np.intp))
         mapped = (out[pos] for pos, _ in tiles)
@@ -307,11 +307,12 @@ def _map_tiles(tm, tiles, record, arrays, final, map_into):
         offset += k
 
 
-def _changed(bounds) -> BlockbusterError:
+def input_changed(where: str) -> BlockbusterError:
+    """The error for stored labels that hold ids their index pass did not see."""
     return BlockbusterError(
-        f"the merge unit at {tuple(lo for lo, _ in bounds)} of the input holds label ids it "
-        "did not hold when it was indexed: the input changed during the merge. Run the "
-        "merge again on an input nobody is writing to.")
+        f"{where} of the input holds label ids it did not hold when it was indexed: the "
+        "input changed during the merge. Run the merge again on an input nobody is "
+        "writing to.")
 
 
 # -- a unit as one array ---------------------------------------------------------------
