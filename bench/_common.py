@@ -31,8 +31,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "_data")
-SIGMA = 4.0                 # smoothing of the random field, pixels
-THRESHOLD = 32768 + 1000    # z > 1
+SIGMA = 4.0  # smoothing of the random field, pixels
+THRESHOLD = 32768 + 1000  # z > 1
 SEED = 0
 REPEATS = 3
 
@@ -41,8 +41,12 @@ def parse_args(doc: str, extra=()) -> argparse.Namespace:
     """``--quick``, ``--repeats`` and any ``extra`` ``(flag, add_argument kwargs)``."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (<1 min)")
-    p.add_argument("--repeats", type=int, default=REPEATS,
-                   help=f"repetitions per measurement, median reported (default {REPEATS})")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help=f"repetitions per measurement, median reported (default {REPEATS})",
+    )
     for flag, kwargs in extra:
         p.add_argument(flag, **kwargs)
     return p.parse_args()
@@ -50,8 +54,10 @@ def parse_args(doc: str, extra=()) -> argparse.Namespace:
 
 # -- data ------------------------------------------------------------------------------
 
+
 def _field(n: int) -> np.ndarray:
     from scipy import ndimage as ndi
+
     rng = np.random.default_rng(SEED + n)
     f = rng.standard_normal((n, n), dtype=np.float32)
     f = ndi.gaussian_filter(f, SIGMA, mode="wrap")
@@ -62,9 +68,11 @@ def _field(n: int) -> np.ndarray:
 
 def _write(path: str, arr: np.ndarray, chunks) -> None:
     import zarr
+
     tmp = path + f".tmp-{uuid.uuid4().hex[:6]}"
-    z = zarr.create_array(store=tmp, shape=arr.shape, chunks=tuple(chunks), dtype=arr.dtype,
-                          fill_value=0)
+    z = zarr.create_array(
+        store=tmp, shape=arr.shape, chunks=tuple(chunks), dtype=arr.dtype, fill_value=0
+    )
     z[...] = arr
     if os.path.exists(path):
         shutil.rmtree(path)
@@ -73,6 +81,7 @@ def _write(path: str, arr: np.ndarray, chunks) -> None:
 
 def _read_image(n: int) -> np.ndarray:
     import zarr
+
     for name in sorted(os.listdir(DATA)) if os.path.isdir(DATA) else []:
         if name.startswith(f"image-{n}-c") and name.endswith(".zarr"):
             return zarr.open_array(os.path.join(DATA, name), mode="r")[...]
@@ -96,12 +105,13 @@ def tile_labels_path(n: int, tile: int) -> str:
     path = os.path.join(DATA, f"tilelabels-{n}-t{tile}.zarr")
     if not os.path.exists(path):
         from scipy import ndimage as ndi
+
         t0 = time.perf_counter()
         binary = _read_image(n) > THRESHOLD
         out = np.zeros(binary.shape, np.int32)
         for i in range(0, n, tile):
             for j in range(0, n, tile):
-                out[i:i + tile, j:j + tile] = ndi.label(binary[i:i + tile, j:j + tile])[0]
+                out[i : i + tile, j : j + tile] = ndi.label(binary[i : i + tile, j : j + tile])[0]
         _write(path, out, (tile, tile))
         print(f"  [data] wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
     return path
@@ -110,16 +120,21 @@ def tile_labels_path(n: int, tile: int) -> str:
 def threshold_label(tile):
     """The cheap per-tile function of the end-to-end benchmark: threshold, then label."""
     from scipy import ndimage as ndi
+
     return ndi.label(tile > THRESHOLD)[0]
 
 
 def data_stats(n: int) -> dict:
     """Whole-image truth (connectivity 1) for the data description."""
     from scipy import ndimage as ndi
+
     binary = _read_image(n) > THRESHOLD
     lab, k = ndi.label(binary)
-    return {"foreground": float(binary.mean()), "objects": int(k),
-            "mean_area": float(binary.sum() / max(k, 1))}
+    return {
+        "foreground": float(binary.mean()),
+        "objects": int(k),
+        "mean_area": float(binary.sum() / max(k, 1)),
+    }
 
 
 def scratch(name: str) -> str:
@@ -179,16 +194,20 @@ def drop_outputs() -> None:
 
 # -- cluster -----------------------------------------------------------------------------
 
+
 def make_client():
     """The benchmark cluster: 2 worker processes, 1 thread each."""
     from distributed import Client, LocalCluster
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     return Client(cluster), cluster
 
 
 def _warm_fn(tile):
     from scipy import ndimage as ndi
+
     return ndi.label(tile > 0)[0]
 
 
@@ -196,7 +215,9 @@ def warm_up(client) -> float:
     """One small tile_process + merge_tile_labels so Prefect's server and the worker
     imports are warm before anything is timed. Returns its seconds."""
     import dask.array as da
-    from blockbuster import merge_tile_labels, tile_process
+
+    from blockbuster.api import merge_tile_labels, tile_process
+
     t0 = time.perf_counter()
     img = np.zeros((256, 256), np.uint8)
     img[10:200, 30:100] = 1
@@ -211,6 +232,7 @@ def warm_up(client) -> float:
 
 # -- timing and tables ---------------------------------------------------------------------
 
+
 class OtherLoad:
     """CPU used by processes outside this benchmark's process tree while it measures.
 
@@ -220,9 +242,16 @@ class OtherLoad:
 
     def _busy(self) -> float:
         import psutil
+
         t = psutil.cpu_times()
-        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + \
-            getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+        return (
+            t.user
+            + t.system
+            + getattr(t, "nice", 0)
+            + getattr(t, "irq", 0)
+            + getattr(t, "softirq", 0)
+            + getattr(t, "steal", 0)
+        )
 
     def _mine(self) -> float:
         """CPU seconds of this process, its live descendants and its reaped children
@@ -230,6 +259,7 @@ class OtherLoad:
         import resource
 
         import psutil
+
         me = psutil.Process()
         total = 0.0
         for p in [me] + me.children(recursive=True):
@@ -241,8 +271,9 @@ class OtherLoad:
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
         return total + r.ru_utime + r.ru_stime
 
-    def start(self) -> "OtherLoad":
+    def start(self) -> OtherLoad:
         import time as _t
+
         self._t0 = _t.perf_counter()
         self._b0 = self._busy()
         self._m0 = self._mine()
@@ -250,10 +281,12 @@ class OtherLoad:
 
     def stop(self) -> float:
         import time as _t
+
         wall = _t.perf_counter() - self._t0
         other = (self._busy() - self._b0) - (self._mine() - self._m0)
         self.value = max(0.0, other / wall) if wall > 0 else 0.0
         return self.value
+
 
 def median(xs):
     return statistics.median(xs)
@@ -266,9 +299,14 @@ def fmt_s(x: float) -> str:
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
     """A GitHub-markdown table (also readable in a terminal)."""
     cells = [[str(c) for c in r] for r in rows]
-    w = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-         for i, h in enumerate(headers)]
-    line = lambda r: "| " + " | ".join(c.rjust(w[i]) for i, c in enumerate(r)) + " |"
+    w = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+        for i, h in enumerate(headers)
+    ]
+
+    def line(r):
+        return "| " + " | ".join(c.rjust(w[i]) for i, c in enumerate(r)) + " |"
+
     out = [line(headers), "|" + "|".join("-" * (x + 1) + ":" for x in w) + "|"]
     out += [line(r) for r in cells]
     text = "\n".join(out)
@@ -280,6 +318,7 @@ def table(headers: list[str], rows: list[list], title: str | None = None) -> str
 
 def machine() -> str:
     import psutil
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -293,10 +332,13 @@ def machine() -> str:
     import distributed
     import prefect
     import zarr
-    return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"Python {platform.python_version()}, prefect {prefect.__version__}, "
-            f"dask/distributed {dask.__version__}/{distributed.__version__}, "
-            f"zarr {zarr.__version__}, numpy {np.__version__}")
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, prefect {prefect.__version__}, "
+        f"dask/distributed {dask.__version__}/{distributed.__version__}, "
+        f"zarr {zarr.__version__}, numpy {np.__version__}"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -306,14 +348,31 @@ def verdict(ok: bool) -> str:
 def package_version() -> str:
     """The commit of the package measured (the package is edited while benchmarks run)."""
     import subprocess
+
     root = os.path.dirname(HERE)
     try:
-        rev = subprocess.run(["git", "-C", root, "log", "-1", "--format=%h %cd",
-                              "--date=format:%H:%M", "--", "blockbuster"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
-                                "blockbuster"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        rev = subprocess.run(
+            [
+                "git",
+                "-C",
+                root,
+                "log",
+                "-1",
+                "--format=%h %cd",
+                "--date=format:%H:%M",
+                "--",
+                "blockbuster",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "blockbuster"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"blockbuster at {rev or 'unknown'}{' + uncommitted changes' if dirty else ''}"
@@ -323,8 +382,11 @@ def header(title: str, args) -> None:
     print(f"# {title}{' (--quick)' if args.quick else ''}", flush=True)
     print(machine(), flush=True)
     print(f"{package_version()}; started {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    print(f"cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True); "
-          f"median of {args.repeats}", flush=True)
+    print(
+        f"cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True); "
+        f"median of {args.repeats}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,7 @@ def stamp_and_label(tile):
     """Threshold + label; the first call on any worker writes the time to a file."""
     import os
     import time
+
     path = os.environ.get("BENCH_FIRST_TILE_FILE")
     if path and not os.path.exists(path):
         t = time.time()
@@ -49,14 +50,16 @@ def stamp_and_label(tile):
         except FileExistsError:
             pass
     from scipy import ndimage as ndi
+
     return ndi.label(tile > THRESHOLD)[0]
 
 
 def _instrument(marks: dict) -> None:
     """Timestamps of the phases inside tile_process, by wrapping (not changing) two
     internals: Prefect's API warm-up and the background start of the local cluster."""
-    import blockbuster.cluster as cl
-    import blockbuster.tasks.ephemeral as eph
+    import blockbuster.cluster._local as cl
+    import blockbuster.tasks._ephemeral as eph
+
     warm, start = eph.warm_up, cl.ClusterHandle._start
 
     def timed_warm(*args):
@@ -79,7 +82,8 @@ def _instrument(marks: dict) -> None:
 
 def child(image: str, out: str, marks_path: str) -> None:
     marks = {"main": time.time()}
-    from blockbuster import tile_process
+    from blockbuster.api import tile_process
+
     marks["imported"] = time.time()
     _instrument(marks)
     marks["call"] = time.time()
@@ -94,8 +98,11 @@ def one_run(image: str, work: str, i: int) -> dict:
     stamp = os.path.join(work, f"first-tile-{i}.txt")
     marks = os.path.join(work, f"marks-{i}.json")
     out = os.path.join(work, f"out-{i}.zarr")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE")
+    }
     env.update(PREFECT_HOME=home, BENCH_FIRST_TILE_FILE=stamp)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", image, out, marks]
     meter = C.OtherLoad().start()
@@ -111,14 +118,21 @@ def one_run(image: str, work: str, i: int) -> dict:
         m = json.load(f)
     text = res.stdout + res.stderr
     servers = len(re.findall(r"Starting temporary server", text))
-    return {"first_tile": t_first - t_spawn, "total": t_exit - t_spawn,
-            "to_main": m["main"] - t_spawn, "imports": m["imported"] - m["main"],
-            "call_to_first_tile": t_first - m["call"],
-            "prefect_ready": m.get("prefect_ready", float("nan")) - m["call"],
-            "cluster_ready": m.get("cluster_ready", float("nan")) - m["call"],
-            "call": m["returned"] - m["call"], "exit": t_exit - m["returned"],
-            "servers": servers, "tracebacks": text.count("Traceback"),
-            "errors": len(re.findall(r"\| ERROR ", text)), "other_load": load}
+    return {
+        "first_tile": t_first - t_spawn,
+        "total": t_exit - t_spawn,
+        "to_main": m["main"] - t_spawn,
+        "imports": m["imported"] - m["main"],
+        "call_to_first_tile": t_first - m["call"],
+        "prefect_ready": m.get("prefect_ready", float("nan")) - m["call"],
+        "cluster_ready": m.get("cluster_ready", float("nan")) - m["call"],
+        "call": m["returned"] - m["call"],
+        "exit": t_exit - m["returned"],
+        "servers": servers,
+        "tracebacks": text.count("Traceback"),
+        "errors": len(re.findall(r"\| ERROR ", text)),
+        "other_load": load,
+    }
 
 
 def main() -> int:
@@ -127,8 +141,12 @@ def main() -> int:
         return 0
     args = C.parse_args(__doc__)
     C.header("cold start: fresh process to first tile (no client, fresh PREFECT_HOME)", args)
-    print("(--quick runs the same thing: a cold start can not be made smaller)"
-          if args.quick else "", flush=True)
+    print(
+        "(--quick runs the same thing: a cold start can not be made smaller)"
+        if args.quick
+        else "",
+        flush=True,
+    )
     image = C.image_path(512, 128)
     work = tempfile.mkdtemp(prefix="cold-", dir=C.DATA)
     runs = []
@@ -136,35 +154,81 @@ def main() -> int:
         for i in range(1 if args.quick else args.repeats):
             r = one_run(image, work, i)
             runs.append(r)
-            print(f"  run {i + 1}: first tile {r['first_tile']:.2f} s, total {r['total']:.2f} s",
-                  flush=True)
+            print(
+                f"  run {i + 1}: first tile {r['first_tile']:.2f} s, total {r['total']:.2f} s",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = []
     for i, r in enumerate(runs):
-        rows.append([i + 1, f"{r['first_tile']:.2f}", C.verdict(r["first_tile"] < TARGET),
-                     f"{r['to_main']:.2f}", f"{r['imports']:.2f}",
-                     f"{r['prefect_ready']:.2f}", f"{r['cluster_ready']:.2f}",
-                     f"{r['call_to_first_tile']:.2f}", f"{r['call']:.2f}", f"{r['exit']:.2f}",
-                     f"{r['total']:.2f}", r["servers"], r["tracebacks"], r["errors"],
-                     f"{r['other_load']:.2f}"])
+        rows.append(
+            [
+                i + 1,
+                f"{r['first_tile']:.2f}",
+                C.verdict(r["first_tile"] < TARGET),
+                f"{r['to_main']:.2f}",
+                f"{r['imports']:.2f}",
+                f"{r['prefect_ready']:.2f}",
+                f"{r['cluster_ready']:.2f}",
+                f"{r['call_to_first_tile']:.2f}",
+                f"{r['call']:.2f}",
+                f"{r['exit']:.2f}",
+                f"{r['total']:.2f}",
+                r["servers"],
+                r["tracebacks"],
+                r["errors"],
+                f"{r['other_load']:.2f}",
+            ]
+        )
     med = {k: C.median([r[k] for r in runs]) for k in runs[0]}
-    rows.append(["median", f"{med['first_tile']:.2f}", C.verdict(med["first_tile"] < TARGET),
-                 f"{med['to_main']:.2f}", f"{med['imports']:.2f}",
-                 f"{med['prefect_ready']:.2f}", f"{med['cluster_ready']:.2f}",
-                 f"{med['call_to_first_tile']:.2f}", f"{med['call']:.2f}",
-                 f"{med['exit']:.2f}", f"{med['total']:.2f}", "", "", "",
-                 f"{med['other_load']:.2f}"])
-    C.table(["run", "spawn -> first tile s", f"target < {TARGET:.0f} s",
-             "spawn -> script runs", "import blockbuster", "call -> Prefect API up",
-             "call -> cluster up", "call -> first tile",
-             "tile_process call", "return -> process exit", "total wall s",
-             "temporary Prefect servers", "tracebacks", "ERROR lines", "other load, cores"],
-            rows, title="cold start, 512 x 512 uint16, 16 tiles")
-    print(f"\ntarget (first tile < {TARGET:.0f} s after a cold process start): "
-          f"{C.verdict(med['first_tile'] < TARGET)}")
-    with open(os.path.join(C.DATA, f"results-cold{'-quick' if args.quick else ''}.json"),
-              "w") as f:
+    rows.append(
+        [
+            "median",
+            f"{med['first_tile']:.2f}",
+            C.verdict(med["first_tile"] < TARGET),
+            f"{med['to_main']:.2f}",
+            f"{med['imports']:.2f}",
+            f"{med['prefect_ready']:.2f}",
+            f"{med['cluster_ready']:.2f}",
+            f"{med['call_to_first_tile']:.2f}",
+            f"{med['call']:.2f}",
+            f"{med['exit']:.2f}",
+            f"{med['total']:.2f}",
+            "",
+            "",
+            "",
+            f"{med['other_load']:.2f}",
+        ]
+    )
+    C.table(
+        [
+            "run",
+            "spawn -> first tile s",
+            f"target < {TARGET:.0f} s",
+            "spawn -> script runs",
+            "import blockbuster",
+            "call -> Prefect API up",
+            "call -> cluster up",
+            "call -> first tile",
+            "tile_process call",
+            "return -> process exit",
+            "total wall s",
+            "temporary Prefect servers",
+            "tracebacks",
+            "ERROR lines",
+            "other load, cores",
+        ],
+        rows,
+        title="cold start, 512 x 512 uint16, 16 tiles",
+    )
+    print(
+        f"\ntarget (first tile < {TARGET:.0f} s after a cold process start): "
+        f"{C.verdict(med['first_tile'] < TARGET)}"
+    )
+    with open(
+        os.path.join(C.DATA, f"results-cold{'-quick' if args.quick else ''}.json"), "w"
+    ) as f:
         json.dump(runs, f, indent=1)
     return 0
 

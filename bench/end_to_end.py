@@ -41,7 +41,9 @@ def main() -> int:
 
     import dask.array as da
     import numpy as np
-    from blockbuster import tile_process
+
+    from blockbuster.api import tile_process
+
     fn = C.threshold_label
 
     client, cluster = C.make_client()
@@ -49,7 +51,7 @@ def main() -> int:
     try:
         print(f"warm-up: {C.warm_up(client):.1f} s", flush=True)
         for r in range(args.repeats):
-            for which in (("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")):
+            for which in ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline"):
                 out = C.fresh(f"e2e-{which}.zarr")
                 meter = C.OtherLoad().start()
                 t0 = time.perf_counter()
@@ -57,8 +59,9 @@ def main() -> int:
                     da.from_zarr(img).map_blocks(fn, dtype=np.int32).to_zarr(out)
                     base.append(time.perf_counter() - t0)
                 else:
-                    _, summ = tile_process(img, fn, tile_shape=(t, t), write_to=out,
-                                           return_summary=True)
+                    _, summ = tile_process(
+                        img, fn, tile_shape=(t, t), write_to=out, return_summary=True
+                    )
                     ours.append(time.perf_counter() - t0)
                     stages.append(summ["timings"])
                     nlab = summ["labels_after_merge"]
@@ -77,26 +80,76 @@ def main() -> int:
     st = {k: C.median([s.get(k, 0.0) for s in stages]) for k in (*STAGES, "total")}
     ok1 = o / b <= TARGET
     ok2 = C.median(frac) <= OVERHEAD_TARGET
-    C.table(["tiles", "baseline s (map_blocks + to_zarr)", "ours s (tile_process)", "ours/baseline",
-             f"target <= {TARGET}x", "label count = scipy", "other load, cores"],
-            [[n_tiles, C.fmt_s(b), C.fmt_s(o), f"{o / b:.2f}x", C.verdict(ok1),
-              "yes" if nlab == truth["objects"] else f"NO ({nlab})",
-              f"{C.median(load):.2f}"]],
-            title=f"end to end, {n} x {n} uint16, tiles {t} x {t}, median of {args.repeats}")
-    C.table(["segment", "seams", "lut", "relabel", "sum of stages", "wall",
-             "orchestration (wall - stages)", "fraction of run",
-             f"target < {OVERHEAD_TARGET:.0%}"],
-            [[C.fmt_s(st["segment"]), C.fmt_s(st["seams"]), C.fmt_s(st["lut"]),
-              C.fmt_s(st["relabel"]), C.fmt_s(sum(st[k] for k in STAGES)), C.fmt_s(o),
-              C.fmt_s(C.median(over)), f"{C.median(frac):.1%}", C.verdict(ok2)]],
-            title="ours, per-stage seconds and Prefect orchestration overhead (medians)")
-    print(f"\ntargets: ours/baseline <= {TARGET}x: {C.verdict(ok1)}; orchestration < "
-          f"{OVERHEAD_TARGET:.0%} of the run: {C.verdict(ok2)}")
-    with open(os.path.join(C.DATA, f"results-e2e{'-quick' if args.quick else ''}.json"),
-              "w") as f:
-        json.dump({"n": n, "tile": t, "ours": ours, "baseline": base, "stages": stages,
-                   "overhead": over, "truth": truth, "labels": nlab, "load": load}, f,
-                  indent=1)
+    C.table(
+        [
+            "tiles",
+            "baseline s (map_blocks + to_zarr)",
+            "ours s (tile_process)",
+            "ours/baseline",
+            f"target <= {TARGET}x",
+            "label count = scipy",
+            "other load, cores",
+        ],
+        [
+            [
+                n_tiles,
+                C.fmt_s(b),
+                C.fmt_s(o),
+                f"{o / b:.2f}x",
+                C.verdict(ok1),
+                "yes" if nlab == truth["objects"] else f"NO ({nlab})",
+                f"{C.median(load):.2f}",
+            ]
+        ],
+        title=f"end to end, {n} x {n} uint16, tiles {t} x {t}, median of {args.repeats}",
+    )
+    C.table(
+        [
+            "segment",
+            "seams",
+            "lut",
+            "relabel",
+            "sum of stages",
+            "wall",
+            "orchestration (wall - stages)",
+            "fraction of run",
+            f"target < {OVERHEAD_TARGET:.0%}",
+        ],
+        [
+            [
+                C.fmt_s(st["segment"]),
+                C.fmt_s(st["seams"]),
+                C.fmt_s(st["lut"]),
+                C.fmt_s(st["relabel"]),
+                C.fmt_s(sum(st[k] for k in STAGES)),
+                C.fmt_s(o),
+                C.fmt_s(C.median(over)),
+                f"{C.median(frac):.1%}",
+                C.verdict(ok2),
+            ]
+        ],
+        title="ours, per-stage seconds and Prefect orchestration overhead (medians)",
+    )
+    print(
+        f"\ntargets: ours/baseline <= {TARGET}x: {C.verdict(ok1)}; orchestration < "
+        f"{OVERHEAD_TARGET:.0%} of the run: {C.verdict(ok2)}"
+    )
+    with open(os.path.join(C.DATA, f"results-e2e{'-quick' if args.quick else ''}.json"), "w") as f:
+        json.dump(
+            {
+                "n": n,
+                "tile": t,
+                "ours": ours,
+                "baseline": base,
+                "stages": stages,
+                "overhead": over,
+                "truth": truth,
+                "labels": nlab,
+                "load": load,
+            },
+            f,
+            indent=1,
+        )
     return 0
 
 

@@ -49,15 +49,20 @@ def main() -> int:
         try:
             report[name] = func()
         except Exception as exc:  # keep going: later steps may still tell something
-            report[name] = {"error": f"{type(exc).__name__}: {exc}",
-                            "traceback": traceback.format_exc()}
+            report[name] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
         report[name + "_seconds"] = round(time.perf_counter() - t0, 2)
-        print(f"## {name} ({report[name + '_seconds']} s)\n"
-              f"{json.dumps(report[name], indent=1, default=str)[:3000]}", flush=True)
+        print(
+            f"## {name} ({report[name + '_seconds']} s)\n"
+            f"{json.dumps(report[name], indent=1, default=str)[:3000]}",
+            flush=True,
+        )
         save()
 
-    from blockbuster import make_local_cluster, tile_process
-    from blockbuster.cluster import gpu_info
+    from blockbuster.api import tile_process
+    from blockbuster.cluster import gpu_info, make_local_cluster
 
     step("gpus", gpu_info)
 
@@ -69,35 +74,51 @@ def main() -> int:
 
         def probe():
             import os as _os
+
             try:
                 import torch
+
                 n = torch.cuda.device_count()
             except Exception as exc:  # noqa: BLE001
                 n = f"torch: {exc}"
-            return {"pid": _os.getpid(), "CUDA_VISIBLE_DEVICES":
-                    _os.environ.get("CUDA_VISIBLE_DEVICES"), "torch_cuda_devices": n}
+            return {
+                "pid": _os.getpid(),
+                "CUDA_VISIBLE_DEVICES": _os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "torch_cuda_devices": n,
+            }
+
         info = client.scheduler_info()
-        return {"workers": {w: {"nthreads": d.get("nthreads"), "resources": d.get("resources")}
-                            for w, d in info["workers"].items()},
-                "probe": client.run(probe)}
+        return {
+            "workers": {
+                w: {"nthreads": d.get("nthreads"), "resources": d.get("resources")}
+                for w, d in info["workers"].items()
+            },
+            "probe": client.run(probe),
+        }
+
     step("cluster", cluster)
 
     def auto():
         from blockbuster.api import choose_tile_shape
-        from blockbuster.core.sources import open_image
+        from blockbuster.io import open_image
         from blockbuster.plugins.cellpose import cellpose_fn
-        vol = np.zeros((512, 2048, 2048), np.uint16)   # only its shape and dtype matter
+
+        vol = np.zeros((512, 2048, 2048), np.uint16)  # only its shape and dtype matter
         src = open_image(vol)
-        shape, why = choose_tile_shape(src, cellpose_fn("cyto3", gpu=True), 16, True,
-                                       client=state.get("client"))
+        shape, why = choose_tile_shape(
+            src, cellpose_fn("cyto3", gpu=True), 16, True, client=state.get("client")
+        )
         return {"image": vol.shape, "tile_shape": shape, "why": why}
+
     step("auto_tile_shape", auto)
 
     def cellpose():
         import torch
         from cellpose.resnet_torch import CPnet
+
         from blockbuster.plugins.cellpose import cellpose_fn
         from blockbuster.synthetic import synthetic_nuclei
+
         model = os.path.join(out_dir, "random_cp3")
         if not os.path.exists(model):
             torch.manual_seed(0)
@@ -105,24 +126,36 @@ def main() -> int:
         img = synthetic_nuclei((a.size, a.size), seed=0)[0]
         res = {}
         for gpu in (True, False):
-            fn = cellpose_fn(pretrained_model=model, gpu=gpu, diameter=30,
-                             flow_threshold=0, cellprob_threshold=-3)
-            data = img if gpu else img[:2 * a.tile, :2 * a.tile]   # CPU: 4 tiles only
+            fn = cellpose_fn(
+                pretrained_model=model,
+                gpu=gpu,
+                diameter=30,
+                flow_threshold=0,
+                cellprob_threshold=-3,
+            )
+            data = img if gpu else img[: 2 * a.tile, : 2 * a.tile]  # CPU: 4 tiles only
             t0 = time.perf_counter()
-            _, s = tile_process(data, fn, tile_shape=(a.tile, a.tile), overlap=16,
-                                use_gpu=gpu, return_summary=True)
+            _, s = tile_process(
+                data, fn, tile_shape=(a.tile, a.tile), overlap=16, use_gpu=gpu, return_summary=True
+            )
             wall = time.perf_counter() - t0
             fs = [r["fn_seconds"] for r in s["tiles"]]
             per_pid: dict = {}
             for r in s["tiles"]:
                 per_pid[r["pid"]] = per_pid.get(r["pid"], 0) + 1
             res["gpu" if gpu else "cpu"] = {
-                "image": list(data.shape), "tiles": s["n_tiles"], "wall_s": round(wall, 2),
+                "image": list(data.shape),
+                "tiles": s["n_tiles"],
+                "wall_s": round(wall, 2),
                 "fn_s_median": round(float(np.median(fs)), 4),
-                "tiles_per_worker_pid": per_pid, "labels": s["labels_after_merge"]}
-        res["fn_per_tile_cpu_over_gpu"] = round(res["cpu"]["fn_s_median"]
-                                                / max(res["gpu"]["fn_s_median"], 1e-9), 1)
+                "tiles_per_worker_pid": per_pid,
+                "labels": s["labels_after_merge"],
+            }
+        res["fn_per_tile_cpu_over_gpu"] = round(
+            res["cpu"]["fn_s_median"] / max(res["gpu"]["fn_s_median"], 1e-9), 1
+        )
         return res
+
     step("cellpose", cellpose)
 
     for k in ("client", "cluster"):

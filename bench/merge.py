@@ -32,11 +32,15 @@ def main() -> int:
     C.header(f"merge_tile_labels vs I/O floor, {n} x {n}", args)
     paths = {t: C.tile_labels_path(n, t) for t in tiles}
     truth = C.data_stats(n)
-    print(f"data: foreground {truth['foreground']:.1%}, {truth['objects']} objects "
-          f"(whole-image scipy label), mean area {truth['mean_area']:.0f} px", flush=True)
+    print(
+        f"data: foreground {truth['foreground']:.1%}, {truth['objects']} objects "
+        f"(whole-image scipy label), mean area {truth['mean_area']:.0f} px",
+        flush=True,
+    )
 
     import dask.array as da
-    from blockbuster import merge_tile_labels
+
+    from blockbuster.api import merge_tile_labels
 
     client, cluster = C.make_client()
     try:
@@ -56,7 +60,7 @@ def main() -> int:
             path = paths[t]
             ours, floor, stages, nlab, load = [], [], [], None, []
             for r in range(args.repeats):
-                for which in (("floor", "ours") if r % 2 == 0 else ("ours", "floor")):
+                for which in ("floor", "ours") if r % 2 == 0 else ("ours", "floor"):
                     out = C.fresh(f"merge-{which}.zarr")
                     meter = C.OtherLoad().start()
                     if which == "floor":
@@ -71,15 +75,27 @@ def main() -> int:
                         nlab = summ["labels_after_merge"]
                     load.append(meter.stop())
                     C.discard(out)
-            st = {k: C.median([s.get(k, 0.0) for s in stages])
-                  for k in ("segment", "seams", "lut", "relabel", "total")}
-            results[t] = {"n_tiles": (n // t) ** 2, "ours": C.median(ours),
-                          "floor": C.median(floor), "ours_all": ours, "floor_all": floor,
-                          "stages": st, "labels": nlab, "other_load": C.median(load)}
+            st = {
+                k: C.median([s.get(k, 0.0) for s in stages])
+                for k in ("segment", "seams", "lut", "relabel", "total")
+            }
+            results[t] = {
+                "n_tiles": (n // t) ** 2,
+                "ours": C.median(ours),
+                "floor": C.median(floor),
+                "ours_all": ours,
+                "floor_all": floor,
+                "stages": st,
+                "labels": nlab,
+                "other_load": C.median(load),
+            }
             res = results[t]
-            print(f"  tile {t}: ours {res['ours']:.2f} s, floor {res['floor']:.2f} s, "
-                  f"ratio {res['ours'] / res['floor']:.2f}x, labels {nlab} "
-                  f"(truth {truth['objects']})", flush=True)
+            print(
+                f"  tile {t}: ours {res['ours']:.2f} s, floor {res['floor']:.2f} s, "
+                f"ratio {res['ours'] / res['floor']:.2f}x, labels {nlab} "
+                f"(truth {truth['objects']})",
+                flush=True,
+            )
     finally:
         client.close()
         cluster.close()
@@ -91,28 +107,69 @@ def main() -> int:
         ratio = r["ours"] / r["floor"]
         ok = ratio <= TARGET
         ok_all &= ok
-        rows.append([r["n_tiles"], f"{t}x{t}", C.fmt_s(r["floor"]), C.fmt_s(r["ours"]),
-                     f"{ratio:.2f}x", C.verdict(ok),
-                     "yes" if r["labels"] == truth["objects"] else f"NO ({r['labels']})",
-                     f"{r['other_load']:.2f}"])
+        rows.append(
+            [
+                r["n_tiles"],
+                f"{t}x{t}",
+                C.fmt_s(r["floor"]),
+                C.fmt_s(r["ours"]),
+                f"{ratio:.2f}x",
+                C.verdict(ok),
+                "yes" if r["labels"] == truth["objects"] else f"NO ({r['labels']})",
+                f"{r['other_load']:.2f}",
+            ]
+        )
         s = r["stages"]
-        srows.append([r["n_tiles"], C.fmt_s(s["segment"]), C.fmt_s(s["seams"]),
-                      C.fmt_s(s["lut"]), C.fmt_s(s["relabel"]), C.fmt_s(s["total"]),
-                      C.fmt_s(r["ours"] - s["total"]), C.fmt_s(r["ours"])])
-    C.table(["tiles", "tile", "floor s (dask copy)", "ours s (merge_tile_labels)",
-             "ours/floor", f"target <= {TARGET}x", "label count = scipy",
-             "other processes' load, cores"], rows,
-            title=f"merge vs I/O floor, {n} x {n} int32, median of {args.repeats}")
-    C.table(["tiles", "segment (read, index, stage faces)", "seams", "lut",
-             "relabel (read again, map, write chunk)",
-             "stages total", "outside stages", "wall"], srows,
-            title="ours, per-stage seconds (median)")
-    print(f"\nfixed cost of one warm merge_tile_labels call (512 x 512, 4 tiles): "
-          f"{C.median(fixed):.2f} s")
-    print(f"\ntarget (ours within {TARGET}x of the floor at every tile count): "
-          f"{C.verdict(ok_all)}")
-    with open(os.path.join(C.DATA, f"results-merge{'-quick' if args.quick else ''}.json"),
-              "w") as f:
+        srows.append(
+            [
+                r["n_tiles"],
+                C.fmt_s(s["segment"]),
+                C.fmt_s(s["seams"]),
+                C.fmt_s(s["lut"]),
+                C.fmt_s(s["relabel"]),
+                C.fmt_s(s["total"]),
+                C.fmt_s(r["ours"] - s["total"]),
+                C.fmt_s(r["ours"]),
+            ]
+        )
+    C.table(
+        [
+            "tiles",
+            "tile",
+            "floor s (dask copy)",
+            "ours s (merge_tile_labels)",
+            "ours/floor",
+            f"target <= {TARGET}x",
+            "label count = scipy",
+            "other processes' load, cores",
+        ],
+        rows,
+        title=f"merge vs I/O floor, {n} x {n} int32, median of {args.repeats}",
+    )
+    C.table(
+        [
+            "tiles",
+            "segment (read, index, stage faces)",
+            "seams",
+            "lut",
+            "relabel (read again, map, write chunk)",
+            "stages total",
+            "outside stages",
+            "wall",
+        ],
+        srows,
+        title="ours, per-stage seconds (median)",
+    )
+    print(
+        f"\nfixed cost of one warm merge_tile_labels call (512 x 512, 4 tiles): "
+        f"{C.median(fixed):.2f} s"
+    )
+    print(
+        f"\ntarget (ours within {TARGET}x of the floor at every tile count): {C.verdict(ok_all)}"
+    )
+    with open(
+        os.path.join(C.DATA, f"results-merge{'-quick' if args.quick else ''}.json"), "w"
+    ) as f:
         json.dump({"n": n, "truth": truth, "results": results, "fixed": fixed}, f, indent=1)
     return 0
 

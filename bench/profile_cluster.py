@@ -33,14 +33,18 @@ def processes(client) -> dict[str, list[int]]:
     """pids by role: the driver itself, the worker and nanny processes, and the driver's
     other children (Prefect's temporary server when it runs as a subprocess)."""
     import psutil
+
     me = psutil.Process()
     workers = list(client.run(os.getpid).values())
     try:
         nannies = list(client.run(os.getpid, nanny=True).values())
     except Exception:
         nannies = []
-    roles = {"driver (scheduler, nannies, client, flow)": [me.pid], "workers": workers,
-             "other children (Prefect server?)": []}
+    roles = {
+        "driver (scheduler, nannies, client, flow)": [me.pid],
+        "workers": workers,
+        "other children (Prefect server?)": [],
+    }
     if any(p != me.pid for p in nannies):
         roles["nannies"] = [p for p in nannies if p != me.pid]
     for ch in me.children(recursive=True):
@@ -58,12 +62,13 @@ def processes(client) -> dict[str, list[int]]:
 
 def cpu_of(roles):
     import psutil
+
     out = {}
     for name, pids in roles.items():
         out[name] = 0.0
         for pid in pids:
             try:
-                t = psutil.Process(pid).cpu_times()   # this process only
+                t = psutil.Process(pid).cpu_times()  # this process only
                 out[name] += t.user + t.system
             except psutil.Error:
                 pass
@@ -91,8 +96,10 @@ def summarize(raw_path: str, label: str, top: int) -> None:
     mine = [(fr, n) for fr, n in rows if fr[0] == tt]
     total = sum(n for _, n in mine)
     in_task = sum(n for fr, n in mine if any("_run_task" in x for x in fr))
-    print(f"\n## {label}, task thread: {total} samples, {100 * in_task / total:.0f}% inside a "
-          "task; inclusive share of the thread's wall time by frame:")
+    print(
+        f"\n## {label}, task thread: {total} samples, {100 * in_task / total:.0f}% inside a "
+        "task; inclusive share of the thread's wall time by frame:"
+    )
     incl = collections.Counter()
     for fr, n in mine:
         seen = set()
@@ -103,8 +110,17 @@ def summarize(raw_path: str, label: str, top: int) -> None:
                 incl[key] += n
     shown = 0
     for key, n in incl.most_common():
-        if any(k in key for k in ("threading.py", "thread.py", "_concurrent_futures",
-                                  "distributed/", "_task_spec", "utils.py")):
+        if any(
+            k in key
+            for k in (
+                "threading.py",
+                "thread.py",
+                "_concurrent_futures",
+                "distributed/",
+                "_task_spec",
+                "utils.py",
+            )
+        ):
             continue
         print(f"   {100 * n / total:5.1f}%  {key[:140]}")
         shown += 1
@@ -119,12 +135,16 @@ def main() -> int:
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--spy", action="store_true")
     p.add_argument("--top", type=int, default=15)
-    p.add_argument("--cprofile", action="store_true",
-                   help="cProfile the driver's main thread (the flow and its stage tasks)")
+    p.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="cProfile the driver's main thread (the flow and its stage tasks)",
+    )
     a = p.parse_args()
     import dask.array as da
     import numpy as np
-    from blockbuster import merge_tile_labels, tile_process
+
+    from blockbuster.api import merge_tile_labels, tile_process
 
     if a.what.startswith("e2e"):
         src = C.image_path(a.n, a.tile)
@@ -134,20 +154,42 @@ def main() -> int:
     try:
         C.warm_up(client)
         workers = {f"worker{i}": pid for i, pid in enumerate(client.run(os.getpid).values())}
-        pids = {"driver": os.getpid(), **workers}
+        {"driver": os.getpid(), **workers}
         roles = processes(client)
         spies = []
         if a.spy:
-            for name, pid in list(workers.items())[:1]:   # one worker, lightly sampled
+            for name, pid in list(workers.items())[:1]:  # one worker, lightly sampled
                 path = os.path.join(C.DATA, f"spy-{a.what}-{name}.txt")
-                spies.append((name, path, subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(pid), "--format", "raw", "-r", "100",
-                     "--threads", "--idle", "-o", path, "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+                spies.append(
+                    (
+                        name,
+                        path,
+                        subprocess.Popen(
+                            [
+                                "py-spy",
+                                "record",
+                                "--pid",
+                                str(pid),
+                                "--format",
+                                "raw",
+                                "-r",
+                                "100",
+                                "--threads",
+                                "--idle",
+                                "-o",
+                                path,
+                                "--nonblocking",
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        ),
+                    )
+                )
             time.sleep(1.0)
         out = C.scratch(f"prof-{a.what}.zarr")
         c0 = cpu_of(roles)
         import cProfile
+
         prof = cProfile.Profile() if a.cprofile else None
         if prof:
             prof.enable()
@@ -158,8 +200,13 @@ def main() -> int:
         elif a.what == "floor":
             da.from_zarr(src).to_zarr(out)
         elif a.what == "e2e":
-            _, summ = tile_process(src, C.threshold_label, tile_shape=(a.tile, a.tile),
-                                   write_to=out, return_summary=True)
+            _, summ = tile_process(
+                src,
+                C.threshold_label,
+                tile_shape=(a.tile, a.tile),
+                write_to=out,
+                return_summary=True,
+            )
         else:
             da.from_zarr(src).map_blocks(C.threshold_label, dtype=np.int32).to_zarr(out)
         wall = time.perf_counter() - t0
@@ -174,18 +221,21 @@ def main() -> int:
         if summ:
             print("stages:", {k: round(v, 2) for k, v in summ["timings"].items()})
         for k in roles:
-            print(f"  CPU s {k} {roles[k]}: {c1[k] - c0[k]:.2f} ({100 * (c1[k] - c0[k]) / wall:.0f}% of "
-                  f"one core)")
+            print(
+                f"  CPU s {k} {roles[k]}: {c1[k] - c0[k]:.2f} ({100 * (c1[k] - c0[k]) / wall:.0f}% of "
+                f"one core)"
+            )
         if prof:
             import io
             import pstats
+
             for key in ("cumulative", "tottime"):
                 buf = io.StringIO()
                 pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(3 * a.top)
                 print(f"\n## driver main thread, cProfile by {key}")
                 lines = buf.getvalue().splitlines()
                 i = next(j for j, ln in enumerate(lines) if "ncalls" in ln)
-                print("\n".join(lines[i:i + 3 * a.top + 1]))
+                print("\n".join(lines[i : i + 3 * a.top + 1]))
         for name, path, _ in spies:
             if os.path.exists(path):
                 summarize(path, f"py-spy {name}", a.top)

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 TARGET = 1.5
-BUDGET = 120.0        # seconds one dask_image run may take (full)
+BUDGET = 120.0  # seconds one dask_image run may take (full)
 BUDGET_QUICK = 5.0
 
 
@@ -44,12 +44,13 @@ def run_dask_image(client, path: str, out: str, budget: float) -> float | None:
     the time covers graph construction and compute, not the child's start.
     """
     import subprocess
+
     addr = client.scheduler.address
     cmd = [sys.executable, os.path.abspath(__file__), "--dask-image-child", addr, path, out]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget + 30)
     except subprocess.TimeoutExpired:
-        time.sleep(3.0)            # the scheduler drops the dead client's tasks
+        time.sleep(3.0)  # the scheduler drops the dead client's tasks
         return None
     for ln in res.stdout.splitlines():
         if ln.startswith("DASK_IMAGE_SECONDS "):
@@ -64,6 +65,7 @@ def dask_image_child(addr: str, path: str, out: str, budget: float) -> None:
     import dask.array as da
     import dask_image.ndmeasure as ndm
     from distributed import Client, wait
+
     with Client(addr) as client:
         client.run(lambda: None)
         t0 = time.perf_counter()
@@ -81,13 +83,14 @@ def dask_image_child(addr: str, path: str, out: str, budget: float) -> None:
 
 
 def measure(client, path: str, repeats: int, budget: float, with_ref: bool = True):
-    from blockbuster import merge_tile_labels
     import dask.array as da
+
+    from blockbuster.api import merge_tile_labels
+
     ours, ref, floor, stages, labels, load = [], [], [], [], None, []
     ref_stopped = False
     for r in range(repeats):
-        order = ("floor", "ours", "dask_image") if r % 2 == 0 else ("dask_image", "ours",
-                                                                     "floor")
+        order = ("floor", "ours", "dask_image") if r % 2 == 0 else ("dask_image", "ours", "floor")
         for which in order:
             if which == "dask_image" and (ref_stopped or not with_ref):
                 continue
@@ -105,7 +108,7 @@ def measure(client, path: str, repeats: int, budget: float, with_ref: bool = Tru
             else:
                 t = run_dask_image(client, path, out, budget)
                 if t is None:
-                    ref_stopped = True     # past the budget once: not repeated
+                    ref_stopped = True  # past the budget once: not repeated
                 else:
                     ref.append(t)
                     if t > budget / 2:
@@ -113,31 +116,49 @@ def measure(client, path: str, repeats: int, budget: float, with_ref: bool = Tru
             if which == "ours":
                 load.append(meter.stop())
             C.discard(out)
-    return {"ours": C.median(ours), "ref": C.median(ref) if ref else None,
-            "floor": C.median(floor), "floor_all": floor,
-            "ref_stopped": ref_stopped, "ref_run": with_ref, "budget": budget, "ours_all": ours, "ref_all": ref,
-            "stages": {k: C.median([s.get(k, 0.0) for s in stages])
-                       for k in ("segment", "seams", "lut", "relabel", "total")},
-            "labels": labels, "other_load": C.median(load)}
+    return {
+        "ours": C.median(ours),
+        "ref": C.median(ref) if ref else None,
+        "floor": C.median(floor),
+        "floor_all": floor,
+        "ref_stopped": ref_stopped,
+        "ref_run": with_ref,
+        "budget": budget,
+        "ours_all": ours,
+        "ref_all": ref,
+        "stages": {
+            k: C.median([s.get(k, 0.0) for s in stages])
+            for k in ("segment", "seams", "lut", "relabel", "total")
+        },
+        "labels": labels,
+        "other_load": C.median(load),
+    }
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--dask-image-child":
-        dask_image_child(*sys.argv[2:5], budget=BUDGET_QUICK if "quick" in os.environ.get(
-            "BENCH_MODE", "") else BUDGET)
+        dask_image_child(
+            *sys.argv[2:5],
+            budget=BUDGET_QUICK if "quick" in os.environ.get("BENCH_MODE", "") else BUDGET,
+        )
         return 0
     args = C.parse_args(__doc__)
     os.environ["BENCH_MODE"] = "quick" if args.quick else "full"
     if args.quick:
-        views = {"same image": [(512, 256), (512, 64)],
-                 "same tile": [(256, 64), (1024, 64)]}
+        views = {"same image": [(512, 256), (512, 64)], "same tile": [(256, 64), (1024, 64)]}
         budget = BUDGET_QUICK
     else:
         budget = BUDGET
-        views = {"same image": [(8192, 1024), (8192, 128)],
-                 "same tile": [(2048, 256), (16384, 256)]}
-    C.header("merge cost per voxel, 64 vs 4096 tiles (quick: 16 vs 256)"
-             if args.quick else "merge cost per voxel, 64 vs 4096 tiles", args)
+        views = {
+            "same image": [(8192, 1024), (8192, 128)],
+            "same tile": [(2048, 256), (16384, 256)],
+        }
+    C.header(
+        "merge cost per voxel, 64 vs 4096 tiles (quick: 16 vs 256)"
+        if args.quick
+        else "merge cost per voxel, 64 vs 4096 tiles",
+        args,
+    )
     for cases in views.values():
         for n, t in cases:
             C.tile_labels_path(n, t)
@@ -149,14 +170,21 @@ def main() -> int:
             for n, t in cases:
                 # --quick: the reference only where it finishes in seconds (4 tiles)
                 with_ref = not args.quick or (n // t) ** 2 <= 4
-                res = measure(client, C.tile_labels_path(n, t), args.repeats, budget,
-                              with_ref)
+                res = measure(client, C.tile_labels_path(n, t), args.repeats, budget, with_ref)
                 res.update(n=n, tile=t, n_tiles=(n // t) ** 2, voxels=n * n)
                 results[f"{view}|{n}|{t}"] = res
-                ref = (f"{res['ref']:.2f} s" if res["ref"] is not None
-                       else f"stopped after {budget:.0f} s" if with_ref else "not run")
-                print(f"  {view}: {n}x{n}, tile {t}: ours {res['ours']:.2f} s, floor "
-                      f"{res['floor']:.2f} s, dask_image {ref}", flush=True)
+                ref = (
+                    f"{res['ref']:.2f} s"
+                    if res["ref"] is not None
+                    else f"stopped after {budget:.0f} s"
+                    if with_ref
+                    else "not run"
+                )
+                print(
+                    f"  {view}: {n}x{n}, tile {t}: ours {res['ours']:.2f} s, floor "
+                    f"{res['floor']:.2f} s, dask_image {ref}",
+                    flush=True,
+                )
     finally:
         client.close()
         cluster.close()
@@ -175,34 +203,70 @@ def main() -> int:
             if not r["ref_run"]:
                 ref_cells = ["not run (--quick)", "-", "-", "-"]
             elif ns_ref is None:
-                ref_cells = [f"> {r['budget']:.0f} (stopped)",
-                             f"> {1e9 * r['budget'] / r['voxels']:.1f}", "-", "-"]
+                ref_cells = [
+                    f"> {r['budget']:.0f} (stopped)",
+                    f"> {1e9 * r['budget'] / r['voxels']:.1f}",
+                    "-",
+                    "-",
+                ]
             else:
-                ref_cells = [C.fmt_s(r["ref"]), f"{ns_ref:.2f}",
-                             f"{ns_ref / base[1]:.2f}x" if base[1] else "-",
-                             f"{r['ours'] / r['ref']:.2f}x"]
+                ref_cells = [
+                    C.fmt_s(r["ref"]),
+                    f"{ns_ref:.2f}",
+                    f"{ns_ref / base[1]:.2f}x" if base[1] else "-",
+                    f"{r['ours'] / r['ref']:.2f}x",
+                ]
             ns_floor = 1e9 * r["floor"] / r["voxels"]
             fbase = fbase or ns_floor
-            rows.append([r["n_tiles"], f"{n}x{n}", f"{t}x{t}", C.fmt_s(r["ours"]),
-                         f"{ns_ours:.2f}", f"{ns_ours / base[0]:.2f}x",
-                         C.fmt_s(r["floor"]), f"{ns_floor:.2f}", f"{ns_floor / fbase:.2f}x",
-                         *ref_cells,
-                         " / ".join(C.fmt_s(s[k]) for k in ("segment", "seams", "relabel"))
-                         + f" / {C.fmt_s(r['ours'] - s['total'])}", f"{r['other_load']:.2f}"])
+            rows.append(
+                [
+                    r["n_tiles"],
+                    f"{n}x{n}",
+                    f"{t}x{t}",
+                    C.fmt_s(r["ours"]),
+                    f"{ns_ours:.2f}",
+                    f"{ns_ours / base[0]:.2f}x",
+                    C.fmt_s(r["floor"]),
+                    f"{ns_floor:.2f}",
+                    f"{ns_floor / fbase:.2f}x",
+                    *ref_cells,
+                    " / ".join(C.fmt_s(s[k]) for k in ("segment", "seams", "relabel"))
+                    + f" / {C.fmt_s(r['ours'] - s['total'])}",
+                    f"{r['other_load']:.2f}",
+                ]
+            )
         growth = rows[-1][5]
         ok = float(growth[:-1]) <= TARGET
         ok_all &= ok
-        C.table(["tiles", "image", "tile", "ours s", "ours ns/voxel", "ours per-voxel vs first",
-                 "floor s (dask copy)", "floor ns/voxel", "floor per-voxel vs first",
-                 "dask_image s", "dask_image ns/voxel", "dask_image per-voxel vs first",
-                 "ours/dask_image", "ours segment / seams / relabel / outside stages s",
-                 "other load during ours, cores"],
-                rows, title=f"{view}: median of {args.repeats} — per-voxel growth {growth} "
-                            f"(target <= {TARGET}x: {C.verdict(ok)})")
-    print(f"\ntarget (ours per voxel at the most tiles within {TARGET}x of the fewest, both "
-          f"views): {C.verdict(ok_all)}")
-    with open(os.path.join(C.DATA, f"results-scaling{'-quick' if args.quick else ''}.json"),
-              "w") as f:
+        C.table(
+            [
+                "tiles",
+                "image",
+                "tile",
+                "ours s",
+                "ours ns/voxel",
+                "ours per-voxel vs first",
+                "floor s (dask copy)",
+                "floor ns/voxel",
+                "floor per-voxel vs first",
+                "dask_image s",
+                "dask_image ns/voxel",
+                "dask_image per-voxel vs first",
+                "ours/dask_image",
+                "ours segment / seams / relabel / outside stages s",
+                "other load during ours, cores",
+            ],
+            rows,
+            title=f"{view}: median of {args.repeats} — per-voxel growth {growth} "
+            f"(target <= {TARGET}x: {C.verdict(ok)})",
+        )
+    print(
+        f"\ntarget (ours per voxel at the most tiles within {TARGET}x of the fewest, both "
+        f"views): {C.verdict(ok_all)}"
+    )
+    with open(
+        os.path.join(C.DATA, f"results-scaling{'-quick' if args.quick else ''}.json"), "w"
+    ) as f:
         json.dump(results, f, indent=1)
     return 0
 

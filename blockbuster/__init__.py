@@ -13,11 +13,18 @@ import os as _os
 # its telemetry database writes; a user's explicit setting wins.
 _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from blockbuster.cluster import make_local_cluster  # noqa: E402
+
 from .api import estimate_empty_tiles, merge_tile_labels, tile_process  # noqa: E402
-from .cluster import make_local_cluster  # noqa: E402
 from .errors import BlockbusterError  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["tile_process", "merge_tile_labels", "estimate_empty_tiles", "make_local_cluster",
-           "BlockbusterError", "__version__"]
+__all__ = [
+    "tile_process",
+    "merge_tile_labels",
+    "estimate_empty_tiles",
+    "make_local_cluster",
+    "BlockbusterError",
+    "__version__",
+]

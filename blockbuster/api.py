@@ -14,15 +14,14 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .core.autosize import DEFAULT_MEMORY_FACTOR, auto_tile_shape
-from .core.identity import fn_token
-from .core.output import OutputTarget
-from .core.plan import RunPlan, make_plan
-from .core.sources import ImageSource, open_image
+from blockbuster.core import DEFAULT_MEMORY_FACTOR, RunPlan, auto_tile_shape, fn_token, make_plan
+from blockbuster.io import ImageSource, OutputTarget, open_image
+
 from .errors import InvalidParameterError
 
 __all__ = ["tile_process", "merge_tile_labels", "estimate_empty_tiles", "choose_tile_shape"]
@@ -71,9 +70,11 @@ def _fn_description(fn: Callable) -> str:
 
 def _worker_memory(client) -> tuple[int, str]:
     import dask
+
     cfg = dask.config.get("blockbuster.worker-memory", None)
     if cfg:
         from dask.utils import parse_bytes
+
         return int(parse_bytes(cfg)), "dask config blockbuster.worker-memory"
     if client is not None:
         try:
@@ -83,29 +84,40 @@ def _worker_memory(client) -> tuple[int, str]:
                 return int(min(limits)), "Dask worker memory_limit"
         except Exception:  # pragma: no cover
             pass
-    from .cluster import allocation
+    from blockbuster.cluster import allocation
+
     a = allocation()
     return int(a["memory_bytes"] / a["cpus"]), "allocation / CPUs (" + ", ".join(a["source"]) + ")"
 
 
-def choose_tile_shape(src: ImageSource, fn: Callable | None, overlap, use_gpu: bool,
-                      client=None) -> tuple[tuple[int, ...], dict[str, Any]]:
-    """The tile shape ``"auto"`` picks for ``src`` (see :mod:`blockbuster.core.autosize`)."""
-    from .core.plan import normalize_overlap
+def choose_tile_shape(
+    src: ImageSource, fn: Callable | None, overlap, use_gpu: bool, client=None
+) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """The tile shape ``"auto"`` picks for ``src`` (see :mod:`blockbuster.core`)."""
+    from blockbuster.core import normalize_overlap
+
     ov = normalize_overlap(overlap, src)
     factor = float(getattr(fn, "memory_factor", DEFAULT_MEMORY_FACTOR) or DEFAULT_MEMORY_FACTOR)
     mem, where = _worker_memory(client)
     if use_gpu:
-        from .cluster import gpu_info
+        from blockbuster.cluster import gpu_info
+
         gpus = gpu_info()
         if gpus:
             mem = min(g["memory_free"] for g in gpus)
             where = "free memory of the smallest GPU (nvidia-ml-py)"
             factor = float(getattr(fn, "gpu_memory_factor", factor))
     n_ch = src.shape[src.channel_axis] if src.channel_axis is not None else 1
-    return auto_tile_shape(src.spatial_shape, src.spatial_chunks, itemsize=src.dtype.itemsize,
-                           memory_bytes=mem, n_channels=n_ch, overlap=ov,
-                           memory_factor=factor, where=where)
+    return auto_tile_shape(
+        src.spatial_shape,
+        src.spatial_chunks,
+        itemsize=src.dtype.itemsize,
+        memory_bytes=mem,
+        n_channels=n_ch,
+        overlap=ov,
+        memory_factor=factor,
+        where=where,
+    )
 
 
 def _check_bool(name: str, value) -> None:
@@ -124,24 +136,36 @@ def _prepare_output(write_to, zarr_format: int) -> OutputTarget:
 def _result(out: OutputTarget, compute: bool):
     import dask.array as da
     import zarr
+
     arr = zarr.open_array(out.array_path, mode="r")
     if compute:
         return arr[...]
     return da.from_zarr(arr)
 
 
-def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTarget, *,
-         use_gpu, progress: bool, keep_staging: bool) -> dict[str, Any]:
-    from .cluster import ClusterHandle, check_client
-    from .tasks.job import Job
-    from .core.staging import Staging
-    from .tasks.background import wait_for_closed
-    from .tasks.segment import start_segment
+def _run(
+    flow,
+    plan: RunPlan,
+    src: ImageSource,
+    fn,
+    fn_desc: str,
+    out: OutputTarget,
+    *,
+    use_gpu,
+    progress: bool,
+    keep_staging: bool,
+) -> dict[str, Any]:
+    from blockbuster.cluster import ClusterHandle, check_client
+    from blockbuster.io import Staging
+    from blockbuster.tasks import Job, start_segment, wait_for_closed
 
     done = out.completed_run()
     if done is not None and done.get("result_key") == plan.result_key:
-        log.info("output %s is already complete for this run (key %s); nothing to do",
-                 out.path, plan.result_key)
+        log.info(
+            "output %s is already complete for this run (key %s); nothing to do",
+            out.path,
+            plan.result_key,
+        )
         return {"run_key": plan.run_key, "output": out.path, "cached": True, **done}
     staging = Staging(plan.staging_root)
     info = {"run_key": plan.run_key, "description": plan.description}
@@ -149,11 +173,16 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
     job = None
     # Prefect's API (a temporary server, in ephemeral mode) comes up in a thread while
     # the cluster starts; tiles start as soon as the cluster is up.
-    ctx = contextvars.copy_context()     # the caller's Prefect settings context
+    ctx = contextvars.copy_context()  # the caller's Prefect settings context
     warm_errors: list[BaseException] = []
-    from .tasks import ephemeral
-    warm = threading.Thread(target=ctx.run, args=(ephemeral.warm_up, warm_errors), daemon=True,
-                            name="blockbuster-prefect-warm-up")
+    from blockbuster.tasks import _ephemeral as ephemeral
+
+    warm = threading.Thread(
+        target=ctx.run,
+        args=(ephemeral.warm_up, warm_errors),
+        daemon=True,
+        name="blockbuster-prefect-warm-up",
+    )
     warm.start()
     try:
         client = handle.client()
@@ -162,31 +191,41 @@ def _run(flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTar
         if resumed:
             log.info("resuming from staging %s", plan.staging_root)
         resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
-        job = Job.create(plan=plan, source=src, fn=fn, cluster=handle, output=out,
-                         progress=progress, fn_description=fn_desc, resources=resources,
-                         generation=staging.generation or "")
+        job = Job.create(
+            plan=plan,
+            source=src,
+            fn=fn,
+            cluster=handle,
+            output=out,
+            progress=progress,
+            fn_description=fn_desc,
+            resources=resources,
+            generation=staging.generation or "",
+        )
         job.start_ahead("segment", start_segment(job))
         warm.join()
         if warm_errors:
-            raise warm_errors[0]     # Prefect's temporary server did not start
-        wait_for_closed()        # the previous run's last artifacts (tasks/background.py)
+            raise warm_errors[0]  # Prefect's temporary server did not start
+        wait_for_closed()  # the previous run's last artifacts (tasks/background.py)
         from prefect_dask import DaskTaskRunner
+
         # The flow runs on a DaskTaskRunner bound to the same cluster; its stage tasks
         # run in the flow's thread and fan tiles out through the client themselves
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
-        from .tasks.common import local_result_storage, prefect_client_context
+        from blockbuster.tasks import local_result_storage, prefect_client_context
+
         with ephemeral.without_heartbeats(), prefect_client_context():
-            summary = flow.with_options(task_runner=runner, persist_result=False,
-                                        result_storage=local_result_storage())(
-                job, keep_staging=keep_staging)
+            summary = flow.with_options(
+                task_runner=runner, persist_result=False, result_storage=local_result_storage()
+            )(job, keep_staging=keep_staging)
         return {**summary, **job.details}
     finally:
         if job is not None:
             # the last artifacts are sent by the reporter thread after the call returns
             # (tens of ms; a process waits for the thread before it exits)
             job.reporter.close(wait=False)
-            job.cancel_started()   # work no stage adopted (the flow failed or never started)
+            job.cancel_started()  # work no stage adopted (the flow failed or never started)
         warm.join()
         handle.close()
 
@@ -199,14 +238,31 @@ def _has_gpu_workers(client) -> bool:
         return False
 
 
-def tile_process(image, fn: Callable, *, tile_shape="auto", overlap=0, channel_axis=None,
-                 merge: str = "auto", connectivity: int = 1, iou_threshold: float = 0.5,
-                 skip_empty: bool = False, empty_threshold: float | None = None,
-                 sequential_labels: bool = False, write_to=None, compute: bool = False,
-                 progress: bool = False, use_gpu: bool | str = False, staging=None,
-                 retries: int = 2, keep_staging: bool = False, level: int = 0,
-                 zarr_format: int = 3, retry_delay: float = 1.0,
-                 return_summary: bool = False):
+def tile_process(
+    image,
+    fn: Callable,
+    *,
+    tile_shape="auto",
+    overlap=0,
+    channel_axis=None,
+    merge: str = "auto",
+    connectivity: int = 1,
+    iou_threshold: float = 0.5,
+    skip_empty: bool = False,
+    empty_threshold: float | None = None,
+    sequential_labels: bool = False,
+    write_to=None,
+    compute: bool = False,
+    progress: bool = False,
+    use_gpu: bool | str = False,
+    staging=None,
+    retries: int = 2,
+    keep_staging: bool = False,
+    level: int = 0,
+    zarr_format: int = 3,
+    retry_delay: float = 1.0,
+    return_summary: bool = False,
+):
     """Run ``fn`` on every tile of ``image`` and merge the results into global labels.
 
     Parameters
@@ -275,49 +331,89 @@ def tile_process(image, fn: Callable, *, tile_shape="auto", overlap=0, channel_a
     1
     """
     if not callable(fn):
-        raise InvalidParameterError(f"fn={fn!r} is not callable; pass a function "
-                                    "fn(tile) -> integer labels")
-    for name, v in (("skip_empty", skip_empty), ("sequential_labels", sequential_labels),
-                    ("compute", compute), ("progress", progress),
-                    ("keep_staging", keep_staging)):
+        raise InvalidParameterError(
+            f"fn={fn!r} is not callable; pass a function fn(tile) -> integer labels"
+        )
+    for name, v in (
+        ("skip_empty", skip_empty),
+        ("sequential_labels", sequential_labels),
+        ("compute", compute),
+        ("progress", progress),
+        ("keep_staging", keep_staging),
+    ):
         _check_bool(name, v)
     if use_gpu not in (False, True, "auto"):
         raise InvalidParameterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
     src = open_image(image, channel_axis=channel_axis, level=level)
     if src.channel_axis is not None and callable(getattr(fn, "with_channel_axis", None)):
-        fn = fn.with_channel_axis(src.channel_axis)   # built-in segmenters learn the axis
+        fn = fn.with_channel_axis(src.channel_axis)  # built-in segmenters learn the axis
     fid = fn_token(fn)
     why = None
     if isinstance(tile_shape, str):
         if tile_shape != "auto":
             raise InvalidParameterError(
-                f"tile_shape={tile_shape!r} must be 'auto', an int or a tuple of ints")
+                f"tile_shape={tile_shape!r} must be 'auto', an int or a tuple of ints"
+            )
         tile_shape, why = choose_tile_shape(src, fn, overlap, use_gpu is True)
     out = _prepare_output(write_to, zarr_format)
-    plan = make_plan(src, fn_id=fid, tile_shape=tile_shape, overlap=overlap, merge=merge,
-                     connectivity=connectivity, iou_threshold=iou_threshold,
-                     skip_empty=skip_empty, empty_threshold=empty_threshold,
-                     sequential_labels=sequential_labels, retries=retries,
-                     retry_delay=retry_delay)
+    plan = make_plan(
+        src,
+        fn_id=fid,
+        tile_shape=tile_shape,
+        overlap=overlap,
+        merge=merge,
+        connectivity=connectivity,
+        iou_threshold=iou_threshold,
+        skip_empty=skip_empty,
+        empty_threshold=empty_threshold,
+        sequential_labels=sequential_labels,
+        retries=retries,
+        retry_delay=retry_delay,
+    )
     if why is not None:
         log.info("tile_shape='auto' chose %s: %s", plan.grid.tile_shape, why)
-    root = os.fspath(staging) if staging is not None else (
-        _default_staging(out.path) if not out.temporary else os.path.join(
-            os.path.dirname(out.path), "staging"))
+    root = (
+        os.fspath(staging)
+        if staging is not None
+        else (
+            _default_staging(out.path)
+            if not out.temporary
+            else os.path.join(os.path.dirname(out.path), "staging")
+        )
+    )
     plan = dataclasses.replace(plan, staging_root=root)
-    from .flows.pipeline import tile_process_flow
-    summary = _run(tile_process_flow, plan, src, fn, _fn_description(fn), out,
-                   use_gpu=use_gpu, progress=progress, keep_staging=keep_staging,
-                   )
+    from blockbuster.flows import tile_process_flow
+
+    summary = _run(
+        tile_process_flow,
+        plan,
+        src,
+        fn,
+        _fn_description(fn),
+        out,
+        use_gpu=use_gpu,
+        progress=progress,
+        keep_staging=keep_staging,
+    )
     result = _result(out, compute)
     return (result, summary) if return_summary else result
 
 
-def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape=None,
-                      write_to=None, connectivity: int = 1, sequential_labels: bool = False,
-                      progress: bool = False, compute: bool = False, staging=None,
-                      keep_staging: bool = False, zarr_format: int = 3,
-                      return_summary: bool = False):
+def merge_tile_labels(
+    labeled,
+    *,
+    input_component: str | None = None,
+    tile_shape=None,
+    write_to=None,
+    connectivity: int = 1,
+    sequential_labels: bool = False,
+    progress: bool = False,
+    compute: bool = False,
+    staging=None,
+    keep_staging: bool = False,
+    zarr_format: int = 3,
+    return_summary: bool = False,
+):
     """Merge per-tile labels into globally consistent labels (touching labels join).
 
     Parameters
@@ -351,32 +447,59 @@ def merge_tile_labels(labeled, *, input_component: str | None = None, tile_shape
     >>> merge_tile_labels(per_tile, compute=True).max()  # doctest: +SKIP
     1
     """
-    for name, v in (("sequential_labels", sequential_labels), ("compute", compute),
-                    ("progress", progress), ("keep_staging", keep_staging)):
+    for name, v in (
+        ("sequential_labels", sequential_labels),
+        ("compute", compute),
+        ("progress", progress),
+        ("keep_staging", keep_staging),
+    ):
         _check_bool(name, v)
     src = open_image(labeled, component=input_component)
     if src.channel_axis is not None:
-        raise InvalidParameterError("merge_tile_labels takes label images without a channel "
-                                    "axis")
+        raise InvalidParameterError("merge_tile_labels takes label images without a channel axis")
     if not np.issubdtype(src.dtype, np.integer) or src.dtype == bool:
         raise InvalidParameterError(
-            f"labeled has dtype {src.dtype}; per-tile labels must be integers (0 = background)")
+            f"labeled has dtype {src.dtype}; per-tile labels must be integers (0 = background)"
+        )
     if tile_shape is None:
         tile_shape = _tiles_of(src)
     out = _prepare_output(write_to, zarr_format)
     # stored labels are read again when relabelling rather than copied to the staging
     # (a dask array's blocks are computed once, so those are staged)
-    plan = make_plan(src, fn_id="merge-only", tile_shape=tile_shape, overlap=0, merge="touch",
-                     connectivity=connectivity, sequential_labels=sequential_labels,
-                     retries=0, read_back=src.kind == "stored")
-    root = os.fspath(staging) if staging is not None else (
-        _default_staging(out.path) if not out.temporary else os.path.join(
-            os.path.dirname(out.path), "staging"))
+    plan = make_plan(
+        src,
+        fn_id="merge-only",
+        tile_shape=tile_shape,
+        overlap=0,
+        merge="touch",
+        connectivity=connectivity,
+        sequential_labels=sequential_labels,
+        retries=0,
+        read_back=src.kind == "stored",
+    )
+    root = (
+        os.fspath(staging)
+        if staging is not None
+        else (
+            _default_staging(out.path)
+            if not out.temporary
+            else os.path.join(os.path.dirname(out.path), "staging")
+        )
+    )
     plan = dataclasses.replace(plan, staging_root=root)
-    from .flows.pipeline import merge_flow
-    summary = _run(merge_flow, plan, src, None, "merge of per-tile labels", out,
-                   use_gpu=False, progress=progress, keep_staging=keep_staging,
-                   )
+    from blockbuster.flows import merge_flow
+
+    summary = _run(
+        merge_flow,
+        plan,
+        src,
+        None,
+        "merge of per-tile labels",
+        out,
+        use_gpu=False,
+        progress=progress,
+        keep_staging=keep_staging,
+    )
     result = _result(out, compute)
     return (result, summary) if return_summary else result
 
@@ -389,7 +512,8 @@ def _tiles_of(src: ImageSource) -> tuple[int, ...]:
                 raise InvalidParameterError(
                     f"labeled has irregular chunks along axis {ax} ({c[:5]}...); blocks must be "
                     "regular tiles (all equal except the last): rechunk it, e.g. "
-                    "labeled.rechunk(...), or pass tile_shape")
+                    "labeled.rechunk(...), or pass tile_shape"
+                )
         return tuple(int(c[0]) for c in chunks)
     reader = src.reader
     arr = getattr(reader, "array", None)
@@ -397,8 +521,14 @@ def _tiles_of(src: ImageSource) -> tuple[int, ...]:
     return tuple(int(c) for c in (shards or src.chunks))
 
 
-def estimate_empty_tiles(image, tile_shape, *, threshold: float | None = None,
-                         channel_axis: int | None = None, level: int = 0) -> dict[str, Any]:
+def estimate_empty_tiles(
+    image,
+    tile_shape,
+    *,
+    threshold: float | None = None,
+    channel_axis: int | None = None,
+    level: int = 0,
+) -> dict[str, Any]:
     """Which tiles of ``image`` hold nothing above ``threshold``.
 
     Parameters
@@ -425,8 +555,13 @@ def estimate_empty_tiles(image, tile_shape, *, threshold: float | None = None,
     >>> r["n_empty"], r["empty"].tolist()
     (3, [[False, True], [True, True]])
     """
-    from .core.empty import sample_image, threshold_from_sample, tile_maxima
-    from .core.plan import normalize_tile_shape
+    from blockbuster.core import (
+        normalize_tile_shape,
+        sample_image,
+        threshold_from_sample,
+        tile_maxima,
+    )
+
     src = open_image(image, channel_axis=channel_axis, level=level)
     ts = normalize_tile_shape(tile_shape, src)
     method = "given"
@@ -436,16 +571,31 @@ def estimate_empty_tiles(image, tile_shape, *, threshold: float | None = None,
         est = threshold_from_sample(sample)
         threshold, method = est["threshold"], f"{est['method']} ({sample_desc})"
     import dask.array as da
+
     if src.kind == "stored":
-        arr = da.from_array(src.reader, chunks=src.chunks, asarray=True, lock=False,
-                            meta=np.empty((0,) * src.ndim, dtype=src.dtype)) \
-            if not hasattr(src.reader, "array") else da.from_zarr(src.reader.array)
+        arr = (
+            da.from_array(
+                src.reader,
+                chunks=src.chunks,
+                asarray=True,
+                lock=False,
+                meta=np.empty((0,) * src.ndim, dtype=src.dtype),
+            )
+            if not hasattr(src.reader, "array")
+            else da.from_zarr(src.reader.array)
+        )
     else:
         arr = src.dask_array
     maxima = tile_maxima(arr, ts, src.channel_axis)
     empty = ~(maxima > threshold)
     n = int(empty.size)
-    return {"threshold": float(threshold), "threshold_method": method,
-            "empty_fraction": float(empty.sum()) / n if n else 0.0, "n_tiles": n,
-            "n_empty": int(empty.sum()), "empty": empty, "grid_shape": tuple(empty.shape),
-            "tile_shape": ts}
+    return {
+        "threshold": float(threshold),
+        "threshold_method": method,
+        "empty_fraction": float(empty.sum()) / n if n else 0.0,
+        "n_tiles": n,
+        "n_empty": int(empty.sum()),
+        "empty": empty,
+        "grid_shape": tuple(empty.shape),
+        "tile_shape": ts,
+    }

@@ -52,8 +52,9 @@ class TileFunctionError(BlockbusterError, RuntimeError):
     The original exception is chained as ``__cause__``.
     """
 
-    def __init__(self, message: str, tile_index: int | None = None,
-                 origin: tuple[int, ...] | None = None):
+    def __init__(
+        self, message: str, tile_index: int | None = None, origin: tuple[int, ...] | None = None
+    ):
         super().__init__(message)
         self.tile_index = tile_index
         self.origin = origin

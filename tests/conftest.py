@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
+
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
@@ -24,10 +25,17 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def cluster_client(prefect_harness):
     """A client to 2 single-threaded worker processes, the default client of the session."""
-    from distributed import Client, LocalCluster
     import logging
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
     client = Client(cluster)
     yield client
     client.close()
@@ -63,6 +71,7 @@ class CountingLabel:
 
     def __call__(self, tile):
         import scipy.ndimage as ndi
+
         with open(os.path.join(self.calls_dir, f"{os.getpid()}-{uuid.uuid4().hex}"), "w") as f:
             f.write(str(tile.shape))
         st = ndi.generate_binary_structure(tile.ndim, self.connectivity)
@@ -89,6 +98,7 @@ def counting_label(tmp_path):
 def blobs(shape, density=0.5, sigma=1.5, seed=0):
     """A random binary image of blobs of varied sizes (deterministic for a seed)."""
     import scipy.ndimage as ndi
+
     rng = np.random.default_rng(seed)
     img = ndi.gaussian_filter(rng.random(shape), sigma)
     return (img > np.quantile(img, 1 - density)).astype(np.uint8)

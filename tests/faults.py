@@ -24,7 +24,7 @@ class FaultyLabel:
         self.flag_dir = flag_dir or calls_dir
         self.delay = delay
 
-    def cache_token(self) -> str:       # same identity whatever the directories are
+    def cache_token(self) -> str:  # same identity whatever the directories are
         return "tests.faults.FaultyLabel-v1"
 
     def _flag(self, name: str) -> str:
@@ -39,11 +39,11 @@ class FaultyLabel:
         if marked and os.path.exists(self._flag("fail")):
             raise RuntimeError("injected failure on the marked tile")
         if marked and os.path.exists(self._flag("transient")):
-            os.remove(self._flag("transient"))          # fails once, then works
+            os.remove(self._flag("transient"))  # fails once, then works
             raise ConnectionError("injected transient failure")
         if marked and os.path.exists(self._flag("kill-worker")):
             os.remove(self._flag("kill-worker"))
-            os.kill(os.getpid(), signal.SIGKILL)       # the worker process dies mid-task
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-task
         return ndi.label(tile > 0)[0]
 
     def n_calls(self) -> int:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
+from conftest import CountingLabel, blobs
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from blockbuster import tile_process
-from blockbuster.tasks.progress import PROGRESS_KEY
-from blockbuster.tasks.report import SUMMARY_KEY, TILES_KEY
-
-from conftest import blobs, CountingLabel
+from blockbuster.api import tile_process
+from blockbuster.tasks import PROGRESS_KEY, SUMMARY_KEY, TILES_KEY
 
 pytestmark = pytest.mark.usefixtures("client")
 
@@ -26,7 +23,9 @@ def latest(key, ready=lambda art: True, timeout=15.0):
         with get_client(sync_client=True) as c:
             arts = c.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                sort="CREATED_DESC", limit=1)
+                sort="CREATED_DESC",
+                limit=1,
+            )
         if arts and ready(arts[0]):
             return arts[0]
         assert time.monotonic() < deadline, f"no (ready) artifact {key}: {arts}"
@@ -38,20 +37,28 @@ def test_artifacts_describe_the_run(tmp_path):
     d.mkdir()
     out = str(tmp_path / "labels.zarr")
     img = blobs((60, 90), seed=2)
-    img[:, 60:] = 0                                   # an empty column of tiles
-    _, summary = tile_process(img, CountingLabel(str(d)), tile_shape=(20, 30), write_to=out,
-                              skip_empty=True, return_summary=True)
+    img[:, 60:] = 0  # an empty column of tiles
+    _, summary = tile_process(
+        img,
+        CountingLabel(str(d)),
+        tile_shape=(20, 30),
+        write_to=out,
+        skip_empty=True,
+        return_summary=True,
+    )
     run = summary["flow_run_id"]
     assert run
     table = latest(TILES_KEY, lambda a: str(a.flow_run_id) == run)
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert len(rows) == 9
-    assert {"tile", "origin", "shape", "labels", "skipped", "fn_seconds",
-            "seam_merges"} <= set(rows[0])
+    assert {"tile", "origin", "shape", "labels", "skipped", "fn_seconds", "seam_merges"} <= set(
+        rows[0]
+    )
     assert sum(r["skipped"] for r in rows) == 3
     md = latest(SUMMARY_KEY, lambda a: str(a.flow_run_id) == run)
     assert out in md.data and "labels after merge" in md.data
-    prog = latest(PROGRESS_KEY, lambda a: str(a.flow_run_id) == run
-                  and float(a.data) == pytest.approx(100.0))
+    latest(
+        PROGRESS_KEY, lambda a: str(a.flow_run_id) == run and float(a.data) == pytest.approx(100.0)
+    )
     assert summary["n_skipped"] == 3
     # all three were sent from the run's reporter thread, attached to its flow run

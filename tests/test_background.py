@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from blockbuster.tasks.background import Reporter
+from blockbuster.tasks import Reporter
 
 VAR = contextvars.ContextVar("VAR", default="unset")
 
@@ -18,13 +18,13 @@ def test_calls_run_in_order_off_the_callers_thread_in_its_context():
     VAR.set("flow")
 
     def slow(i):
-        time.sleep(0.01 * (3 - i))       # earlier calls are slower: order must still hold
+        time.sleep(0.01 * (3 - i))  # earlier calls are slower: order must still hold
         seen.append((i, VAR.get(), threading.current_thread() is threading.main_thread()))
 
     t0 = time.perf_counter()
     for i in range(3):
         r.submit(slow, i)
-    assert time.perf_counter() - t0 < 0.02        # submitting does not wait
+    assert time.perf_counter() - t0 < 0.02  # submitting does not wait
     r.flush()
     assert seen == [(0, "flow", False), (1, "flow", False), (2, "flow", False)]
 
@@ -66,7 +66,7 @@ def test_flush_without_calls_and_twice():
 def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
     """close(wait=False) returns at once; wait_for_closed() (called before the next
     run's flow run is created) returns only when those calls have been sent."""
-    from blockbuster.tasks.background import wait_for_closed
+    from blockbuster.tasks import wait_for_closed
 
     r = Reporter()
     release = threading.Event()
@@ -78,4 +78,4 @@ def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
     threading.Timer(0.2, release.set).start()
     wait_for_closed(timeout=5)
     assert sent == ["summary"]
-    wait_for_closed(timeout=5)                   # nothing left: returns at once
+    wait_for_closed(timeout=5)  # nothing left: returns at once

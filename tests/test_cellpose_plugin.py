@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("cellpose", reason="the cellpose extra is not installed")
 torch = pytest.importorskip("torch", reason="the cellpose extra is not installed")
 
-from blockbuster.errors import (  # noqa: E402
+from blockbuster.errors import (
     InvalidParameterError,
     ModelNotFoundError,
     NoGPUError,
 )
-from blockbuster.plugins.cellpose import (  # noqa: E402
+from blockbuster.plugins.cellpose import (
     CellposeFn,
     cellpose_fn,
     cellpose_major_version,
@@ -49,9 +49,19 @@ def _tiny_sam_vit(checkpoint=None):
 
     from segment_anything.modeling import ImageEncoderViT
 
-    return SimpleNamespace(image_encoder=ImageEncoderViT(
-        img_size=1024, patch_size=16, embed_dim=32, depth=1, num_heads=1, mlp_ratio=2.0,
-        out_chans=256, use_rel_pos=False, window_size=0))
+    return SimpleNamespace(
+        image_encoder=ImageEncoderViT(
+            img_size=1024,
+            patch_size=16,
+            embed_dim=32,
+            depth=1,
+            num_heads=1,
+            mlp_ratio=2.0,
+            out_chans=256,
+            use_rel_pos=False,
+            window_size=0,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +90,7 @@ def model_path(tmp_path_factory):
         mp.setitem(sam_model_registry, "vit_l", _tiny_sam_vit)
         net = Net()
         with torch.no_grad():  # bias the cell probability up so that masks appear
-            net.out.bias[2 * net.ps ** 2:3 * net.ps ** 2] += 2.0
+            net.out.bias[2 * net.ps**2 : 3 * net.ps**2] += 2.0
         net.save_model(str(path))
         yield str(path)
         clear_model_cache()
@@ -89,11 +99,11 @@ def model_path(tmp_path_factory):
 
 def _disks(shape=(128, 128), n=8, radius=9, seed=0):
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     img = np.full(shape, 100.0)
     for _ in range(n):
         cy, cx = rng.integers(radius, np.array(shape) - radius)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 1000
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1000
     return (img + rng.integers(0, 20, shape)).astype(np.uint16)
 
 
@@ -106,6 +116,7 @@ def _check_labels(labels, shape):
 
 # ---- construction ---------------------------------------------------------------------
 
+
 def test_construction_is_cheap_and_validated():
     before = model_loads()
     fn = cellpose_fn("cyto3", False, 30, flow_threshold=0.6)
@@ -115,15 +126,22 @@ def test_construction_is_cheap_and_validated():
     assert fn.memory_factor > 1
     assert cellpose_fn(diameter=0).diameter is None
     assert model_loads() == before  # nothing loaded at construction
-    bad = [dict(diameter=-3), dict(gpu="yes"), dict(do_3D=True, stitch_threshold=0.5),
-           dict(stitch_threshold=2.0), dict(compute_masks=False), dict(channel_axis=1.5),
-           dict(normalize="yes")]
+    bad = [
+        dict(diameter=-3),
+        dict(gpu="yes"),
+        dict(do_3D=True, stitch_threshold=0.5),
+        dict(stitch_threshold=2.0),
+        dict(compute_masks=False),
+        dict(channel_axis=1.5),
+        dict(normalize="yes"),
+    ]
     for kwargs in bad:
         with pytest.raises(InvalidParameterError):
             cellpose_fn(**kwargs)
 
 
 # ---- segmentation ---------------------------------------------------------------------
+
 
 def test_2d_tile(model_path):
     fn = cellpose_fn(pretrained_model=model_path, **FAST)
@@ -140,8 +158,9 @@ def test_3d_tile(model_path):
 
 def test_stack_of_2d_planes(model_path):
     vol = np.stack([_disks((64, 64), n=4, radius=8, seed=z) for z in range(6)])
-    stitched = cellpose_fn(pretrained_model=model_path, do_3D=False, stitch_threshold=0.5,
-                           **FINDS_MASKS)(vol)
+    stitched = cellpose_fn(
+        pretrained_model=model_path, do_3D=False, stitch_threshold=0.5, **FINDS_MASKS
+    )(vol)
     _check_labels(stitched, vol.shape)
     per_plane = cellpose_fn(pretrained_model=model_path, do_3D=False, **FINDS_MASKS)(vol)
     _check_labels(per_plane, vol.shape)
@@ -158,8 +177,8 @@ def test_axes(model_path):
     assert ref.max() > 0
     # a channel axis of length 1 is a grayscale tile; it is removed from the labels
     np.testing.assert_array_equal(
-        cellpose_fn(pretrained_model=model_path, channel_axis=0, **FINDS_MASKS)(img[None]),
-        ref)
+        cellpose_fn(pretrained_model=model_path, channel_axis=0, **FINDS_MASKS)(img[None]), ref
+    )
     two = cellpose_fn(pretrained_model=model_path, channel_axis=-1, **FINDS_MASKS)
     _check_labels(two(np.stack([img, img // 2], axis=-1)), img.shape)
     # z anywhere: labels follow the tile's own axis order
@@ -172,7 +191,7 @@ def test_axes(model_path):
     np.testing.assert_array_equal(with_c, ref3)
     # thin tiles (image edges) keep their shape
     for shape in [(5, 128), (128, 1), (3, 3)]:
-        _check_labels(plain(img[:shape[0], :shape[1]]), shape)
+        _check_labels(plain(img[: shape[0], : shape[1]]), shape)
     _check_labels(cellpose_fn(pretrained_model=model_path, **FAST)(vol[:1]), (1, 48, 40))
     with pytest.raises(InvalidParameterError):
         plain(img[0])  # 1D
@@ -181,6 +200,7 @@ def test_axes(model_path):
 
 
 # ---- pickling, caching, processes -----------------------------------------------------
+
 
 def test_pickle_round_trip(model_path):
     fn = cellpose_fn(pretrained_model=model_path, diameter=25, **FINDS_MASKS)
@@ -197,8 +217,10 @@ def test_pickle_round_trip(model_path):
 def test_model_loaded_once_per_process(model_path):
     clear_model_cache()
     before = model_loads()
-    fns = [cellpose_fn(pretrained_model=model_path, **FINDS_MASKS),
-           cellpose_fn(pretrained_model=model_path, diameter=40, **FAST)]
+    fns = [
+        cellpose_fn(pretrained_model=model_path, **FINDS_MASKS),
+        cellpose_fn(pretrained_model=model_path, diameter=40, **FAST),
+    ]
     tiles = [_disks(seed=s) for s in range(3)]
     # cold cache, concurrent first calls from several threads (a Dask worker's threads)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -232,8 +254,10 @@ def test_no_compiling_per_tile(model_path, monkeypatch):
         assert not any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
 
 
-@pytest.mark.skipif(MAJOR >= 4, reason="the tiny Cellpose 4 test network needs a patch "
-                    "that a fresh process does not have")
+@pytest.mark.skipif(
+    MAJOR >= 4,
+    reason="the tiny Cellpose 4 test network needs a patch that a fresh process does not have",
+)
 def test_fresh_worker_process(model_path):
     fn = cellpose_fn(pretrained_model=model_path, **FINDS_MASKS)
     tile = _disks()
@@ -248,6 +272,7 @@ def test_fresh_worker_process(model_path):
 
 
 # ---- errors ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def no_downloads(monkeypatch, tmp_path):
@@ -269,8 +294,11 @@ def no_downloads(monkeypatch, tmp_path):
 
 def test_missing_model(no_downloads):
     builtin = "cyto3" if MAJOR < 4 else "cpsam"
-    for fn in [cellpose_fn(builtin, **FAST), cellpose_fn(None),
-               cellpose_fn("no_such_model", **FAST)]:
+    for fn in [
+        cellpose_fn(builtin, **FAST),
+        cellpose_fn(None),
+        cellpose_fn("no_such_model", **FAST),
+    ]:
         with pytest.raises(ModelNotFoundError) as info:
             fn(_disks((32, 32)))
         msg = str(info.value)
@@ -310,11 +338,15 @@ def test_cache_token(model_path, tmp_path):
     token = fn.cache_token()
     assert isinstance(token, str) and token
     assert cellpose_fn(pretrained_model=model_path, diameter=30, **FAST).cache_token() == token
-    assert cellpose_fn(pretrained_model=model_path, diameter=30, gpu=True,
-                       **FAST).cache_token() == token  # where, not what
+    assert (
+        cellpose_fn(pretrained_model=model_path, diameter=30, gpu=True, **FAST).cache_token()
+        == token
+    )  # where, not what
     assert cellpose_fn(pretrained_model=model_path, diameter=31, **FAST).cache_token() != token
-    assert cellpose_fn(pretrained_model=model_path, diameter=30, min_size=5,
-                       **FAST).cache_token() != token
+    assert (
+        cellpose_fn(pretrained_model=model_path, diameter=30, min_size=5, **FAST).cache_token()
+        != token
+    )
     copy = tmp_path / "weights"
     shutil.copy(model_path, copy)
     fn2 = cellpose_fn(pretrained_model=str(copy))

@@ -10,8 +10,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockbuster.core.chunkfiles import ChunkFiles, chunk_files
-from blockbuster.core.zarrio import read_region, read_regions, write_regions
+from blockbuster.io import ChunkFiles, chunk_files, read_region, read_regions, write_regions
 
 LAYOUTS = {
     "v3-zstd": dict(compressors=zarr.codecs.ZstdCodec(level=1)),
@@ -37,15 +36,20 @@ def cases(draw):
 
 def _make(tmp_path, name, shape, chunks, dtype, layout, fill):
     kw = dict(LAYOUTS[layout])
-    return zarr.create_array(store=str(tmp_path / name), shape=shape, chunks=chunks,
-                             dtype=dtype, fill_value=np.asarray(fill).astype(dtype)[()],
-                             **kw)
+    return zarr.create_array(
+        store=str(tmp_path / name),
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=np.asarray(fill).astype(dtype)[()],
+        **kw,
+    )
 
 
 def _random(rng, shape, dtype):
     if dtype == "bool":
         return rng.random(shape) < 0.3
-    x = rng.integers(0, 4, shape)          # small values: some chunks all fill
+    x = rng.integers(0, 4, shape)  # small values: some chunks all fill
     x[rng.random(shape) < 0.5] = 0
     return x.astype(dtype)
 
@@ -62,8 +66,9 @@ def _regions(rng, shape, k):
     return out
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=cases())
 def test_direct_io_matches_zarr_both_ways(tmp_path_factory, case):
     shape, chunks, dtype, layout, fill, seed = case
@@ -86,6 +91,7 @@ def test_direct_io_matches_zarr_both_ways(tmp_path_factory, case):
     cf2 = ChunkFiles.of(z2)
     ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
     import itertools
+
     for origin in itertools.product(*ranges):
         sl = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
         assert cf2.write(sl, data[sl])
@@ -94,9 +100,14 @@ def test_direct_io_matches_zarr_both_ways(tmp_path_factory, case):
     assert not [f for f in files if f.endswith(".partial")]
     # a chunk equal to the fill value everywhere is not stored, as zarr does by default
     n_stored = sum(1 for f in files if not f.startswith((".z", "zarr.json")))
-    n_nonfill = sum(1 for origin in itertools.product(*ranges)
-                    if (data[tuple(slice(o, o + c) for o, c in zip(origin, chunks))]
-                        != np.asarray(fill).astype(dtype)).any())
+    n_nonfill = sum(
+        1
+        for origin in itertools.product(*ranges)
+        if (
+            data[tuple(slice(o, o + c) for o, c in zip(origin, chunks))]
+            != np.asarray(fill).astype(dtype)
+        ).any()
+    )
     assert n_stored == n_nonfill
 
 
@@ -108,8 +119,13 @@ def test_write_refuses_unaligned_and_writes_nothing(tmp_path):
     assert not cf.write((slice(0, 4, 2), slice(0, 4)), np.ones((2, 4), "u2"))
     assert int(np.asarray(z[...]).sum()) == 0
     # write_regions falls back to zarr for what the direct path refuses
-    write_regions(z, [((slice(1, 5), slice(0, 4)), np.ones((4, 4), "u2")),
-                      ((slice(4, 8), slice(4, 8)), np.full((4, 4), 2, "u2"))])
+    write_regions(
+        z,
+        [
+            ((slice(1, 5), slice(0, 4)), np.ones((4, 4), "u2")),
+            ((slice(4, 8), slice(4, 8)), np.full((4, 4), 2, "u2")),
+        ],
+    )
     assert int(np.asarray(z[...]).sum()) == 16 + 32
 
 
@@ -124,16 +140,18 @@ def test_overwriting_with_fill_removes_the_chunk(tmp_path):
 
 
 def test_nan_fill(tmp_path):
-    z = zarr.create_array(store=str(tmp_path / "f.zarr"), shape=(4,), chunks=(2,),
-                          dtype="f4", fill_value=np.nan)
+    z = zarr.create_array(
+        store=str(tmp_path / "f.zarr"), shape=(4,), chunks=(2,), dtype="f4", fill_value=np.nan
+    )
     cf = ChunkFiles.of(z)
     assert cf.write((slice(0, 4),), np.array([np.nan, np.nan, 1, np.nan], "f4"))
     assert not os.path.exists(cf.path((0,)))
     np.testing.assert_array_equal(cf.read((slice(0, 4),)), np.asarray(z[...]))
 
 
-@pytest.mark.parametrize("kind", ["memory", "sharded", "transpose", "crc32c", "bigendian",
-                                  "v2-filters", "v2-fortran"])
+@pytest.mark.parametrize(
+    "kind", ["memory", "sharded", "transpose", "crc32c", "bigendian", "v2-filters", "v2-fortran"]
+)
 def test_layouts_it_does_not_encode_fall_back_to_zarr(tmp_path, kind):
     p = str(tmp_path / "a.zarr")
     common = dict(shape=(8, 8), dtype="u2", fill_value=0)
@@ -142,24 +160,34 @@ def test_layouts_it_does_not_encode_fall_back_to_zarr(tmp_path, kind):
     elif kind == "sharded":
         z = zarr.create_array(store=p, chunks=(2, 2), shards=(4, 4), **common)
     elif kind == "transpose":
-        z = zarr.create_array(store=p, chunks=(4, 4), serializer="auto",
-                              filters=[zarr.codecs.TransposeCodec(order=(1, 0))], **common)
+        z = zarr.create_array(
+            store=p,
+            chunks=(4, 4),
+            serializer="auto",
+            filters=[zarr.codecs.TransposeCodec(order=(1, 0))],
+            **common,
+        )
     elif kind == "crc32c":
-        z = zarr.create_array(store=p, chunks=(4, 4),
-                              compressors=[zarr.codecs.Crc32cCodec()], **common)
+        z = zarr.create_array(
+            store=p, chunks=(4, 4), compressors=[zarr.codecs.Crc32cCodec()], **common
+        )
     elif kind == "bigendian":
-        z = zarr.create_array(store=p, chunks=(4, 4),
-                              serializer=zarr.codecs.BytesCodec(endian="big"), **common)
+        z = zarr.create_array(
+            store=p, chunks=(4, 4), serializer=zarr.codecs.BytesCodec(endian="big"), **common
+        )
     elif kind == "v2-filters":
         import numcodecs
-        z = zarr.create_array(store=p, chunks=(4, 4), zarr_format=2,
-                              filters=[numcodecs.Delta(dtype="u2")], **common)
+
+        z = zarr.create_array(
+            store=p, chunks=(4, 4), zarr_format=2, filters=[numcodecs.Delta(dtype="u2")], **common
+        )
     else:
         z = zarr.create_array(store=p, chunks=(4, 4), zarr_format=2, order="F", **common)
     assert ChunkFiles.of(z) is None
     data = np.arange(64, dtype="u2").reshape(8, 8)
-    write_regions(z, [((slice(0, 4), slice(0, 4)), data[:4, :4]),
-                      ((slice(4, 8), slice(0, 8)), data[4:])])
+    write_regions(
+        z, [((slice(0, 4), slice(0, 4)), data[:4, :4]), ((slice(4, 8), slice(0, 8)), data[4:])]
+    )
     got = read_regions(z, [(slice(0, 8), slice(0, 8)), (slice(2, 6), slice(1, 3))])
     np.testing.assert_array_equal(got[0][:4, :4], data[:4, :4])
     np.testing.assert_array_equal(got[0][4:], data[4:])

@@ -15,28 +15,31 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
+from conftest import same_partition
 
 from blockbuster.synthetic import write_synthetic_zarr
-
-from conftest import same_partition
 
 THRESHOLD = 0.3 * 65535
 COMMANDS = ["run", "merge", "estimate-empty", "info", "demo", "serve"]
 
 
 def _cmd() -> list[str]:
-    exe = shutil.which("blockbuster", path=os.path.dirname(sys.executable) + os.pathsep
-                       + os.environ.get("PATH", ""))
+    exe = shutil.which(
+        "blockbuster",
+        path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
     return [exe] if exe else [sys.executable, "-m", "blockbuster.cli"]
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 300,
-        cwd: str | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict | None = None, timeout: float = 300, cwd: str | None = None
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKBUSTER_")}
     base.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     base.update(env or {})
-    return subprocess.run(_cmd() + list(args), env=base, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        _cmd() + list(args), env=base, capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *needles: str) -> None:
@@ -59,20 +62,23 @@ def image(tmp_path_factory) -> str:
 def main(monkeypatch, capsys):
     """``blockbuster.cli.main`` in this process (for the many quick error cases): returns
     (exit code, stdout, stderr)."""
-    from blockbuster import cli as cli_module
+    from blockbuster.cli import _main as cli_module
+
     for k in [k for k in os.environ if k.startswith("BLOCKBUSTER_")]:
         monkeypatch.delenv(k)
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
     def run(*args: str):
         import warnings
+
         with warnings.catch_warnings():
             try:
                 code = cli_module.main(list(args))
-            except SystemExit as exc:      # argparse: --help, usage errors
+            except SystemExit as exc:  # argparse: --help, usage errors
                 code = exc.code
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 
@@ -105,25 +111,26 @@ def test_bad_path_is_one_line_and_exit_code_2(tmp_path, main):
     assert not (tmp_path / "o.zarr").exists()
     assert_one_line(main("info", missing), 2, "does not exist")
     assert_one_line(main("estimate-empty", missing, "-t", "8,8"), 2, "does not exist")
-    assert_one_line(main("merge", missing, "-w", str(tmp_path / "m.zarr")), 2,
-                    "do not exist")
+    assert_one_line(main("merge", missing, "-w", str(tmp_path / "m.zarr")), 2, "do not exist")
 
 
 def test_usage_and_input_errors_are_one_line_and_exit_code_2(image, tmp_path, main):
     assert_one_line_error(cli(), 2, "required")
     assert_one_line(main("frobnicate"), 2, "invalid choice")
     assert_one_line(main("run", image), 2, "--segmenter")
-    assert_one_line(main("run", image, "-s", "nope"), 2,
-                    "no segmenter named 'nope'", "Available:")
-    assert_one_line(main("run", image, "-s", "threshold", "-o", "min_sise=3"), 2,
-                    "did you mean 'min_size'")
+    assert_one_line(main("run", image, "-s", "nope"), 2, "no segmenter named 'nope'", "Available:")
+    assert_one_line(
+        main("run", image, "-s", "threshold", "-o", "min_sise=3"), 2, "did you mean 'min_size'"
+    )
     assert_one_line(main("run", image, "-s", "threshold", "-o", "oops"), 2, "KEY=VALUE")
     assert_one_line(main("run", image, "-s", "threshold", "-t", "big"), 2, "tile shape")
     assert_one_line(main("run", image, "-s", "threshold", "-t", "8,8,8"), 2, "tile_shape")
-    assert_one_line(main("run", image, "-s", "threshold", "-w", image), 2,
-                    "would replace the input")
-    assert_one_line(main("run", image, "-s", "threshold", "--merge", "overlap"), 2,
-                    "needs overlap > 0")
+    assert_one_line(
+        main("run", image, "-s", "threshold", "-w", image), 2, "would replace the input"
+    )
+    assert_one_line(
+        main("run", image, "-s", "threshold", "--merge", "overlap"), 2, "needs overlap > 0"
+    )
     assert_one_line(main("estimate-empty", image, "-t", "auto"), 2, "explicit --tile-shape")
     assert_one_line(main("serve", "--limit", "0"), 2, "--limit")
     # serve refuses to start without data roots
@@ -133,10 +140,15 @@ def test_usage_and_input_errors_are_one_line_and_exit_code_2(image, tmp_path, ma
 
 def test_a_failure_of_the_work_is_one_line_and_exit_code_1(tmp_path):
     (tmp_path / "incoming").mkdir()
-    closed = f"http://127.0.0.1:{_closed_port()}/api"       # no Prefect server there
-    p = cli("serve", env={"BLOCKBUSTER_DATA_ROOTS": str(tmp_path),
-                          "BLOCKBUSTER_WATCH_FOLDER": str(tmp_path / "incoming"),
-                          "PREFECT_API_URL": closed})
+    closed = f"http://127.0.0.1:{_closed_port()}/api"  # no Prefect server there
+    p = cli(
+        "serve",
+        env={
+            "BLOCKBUSTER_DATA_ROOTS": str(tmp_path),
+            "BLOCKBUSTER_WATCH_FOLDER": str(tmp_path / "incoming"),
+            "PREFECT_API_URL": closed,
+        },
+    )
     assert_one_line_error(p, 1, "cannot reach the Prefect API", closed, "--debug")
 
 
@@ -144,6 +156,7 @@ def _servers_using(home: str) -> list:
     """The live processes started with ``PREFECT_HOME=home`` other than us (the
     temporary API server a run may have left behind)."""
     import psutil
+
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
@@ -163,10 +176,23 @@ def test_a_temporary_server_that_does_not_start_in_time_is_stopped(image, tmp_pa
     home = str(tmp_path / "prefect-home")
     env = {"PREFECT_HOME": home, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
     try:
-        p = cli("run", image, "-s", "threshold", "-o", f"threshold={THRESHOLD}",
-                "-t", "32,32", "-w", str(tmp_path / "labels.zarr"), env=env, timeout=120)
-        assert_one_line_error(p, 1, "did not start within 1 s",
-                              "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+        p = cli(
+            "run",
+            image,
+            "-s",
+            "threshold",
+            "-o",
+            f"threshold={THRESHOLD}",
+            "-t",
+            "32,32",
+            "-w",
+            str(tmp_path / "labels.zarr"),
+            env=env,
+            timeout=120,
+        )
+        assert_one_line_error(
+            p, 1, "did not start within 1 s", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        )
         assert not _servers_using(home)
         # nothing that could pass for a finished output
         assert not (tmp_path / "labels.zarr").exists()
@@ -177,6 +203,7 @@ def test_a_temporary_server_that_does_not_start_in_time_is_stopped(image, tmp_pa
 
 def _closed_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -184,20 +211,44 @@ def _closed_port() -> int:
 
 def test_run_segments_a_small_image(image, tmp_path):
     out = str(tmp_path / "labels.zarr")
-    p = cli("run", image, "--segmenter", "threshold", "--option", f"threshold={THRESHOLD}",
-            "--tile-shape", "32,32", "--write-to", out)
+    p = cli(
+        "run",
+        image,
+        "--segmenter",
+        "threshold",
+        "--option",
+        f"threshold={THRESHOLD}",
+        "--tile-shape",
+        "32,32",
+        "--write-to",
+        out,
+    )
     assert p.returncode == 0, p.stderr
-    noise = [ln for ln in p.stderr.splitlines()
-             if any(w in ln for w in ("Traceback", "ERROR", "Error", "| INFO"))]
-    assert not noise, p.stderr                # no tracebacks, error logs or Prefect chatter
+    noise = [
+        ln
+        for ln in p.stderr.splitlines()
+        if any(w in ln for w in ("Traceback", "ERROR", "Error", "| INFO"))
+    ]
+    assert not noise, p.stderr  # no tracebacks, error logs or Prefect chatter
     assert p.stdout.startswith("segmented ") and out in p.stdout
     img = zarr.open_array(image, mode="r")[...]
     lab = zarr.open_array(out, mode="r")
     assert lab.attrs["blockbuster"]["complete"] is True and lab.chunks == (32, 32)
     assert same_partition(lab[...], ndi.label(img > THRESHOLD)[0])
     # again: the output is complete, nothing is redone
-    p = cli("run", image, "-s", "threshold", "-o", f"threshold={THRESHOLD}", "-t", "32,32",
-            "-w", out, "--json")
+    p = cli(
+        "run",
+        image,
+        "-s",
+        "threshold",
+        "-o",
+        f"threshold={THRESHOLD}",
+        "-t",
+        "32,32",
+        "-w",
+        out,
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["status"] == "already-segmented"
 
@@ -211,8 +262,9 @@ def test_info_estimate_empty_and_serve_check(image, tmp_path, main):
     info = json.loads(out)
     assert info["shape"] == [96, 96] and info["kind"] == "zarr"
     assert len(info["auto_tile_shape"]) == 2 and info["n_tiles"] >= 1
-    code, out, err = main("estimate-empty", image, "--tile-shape", "32,32", "--threshold",
-                          str(THRESHOLD), "--json")
+    code, out, err = main(
+        "estimate-empty", image, "--tile-shape", "32,32", "--threshold", str(THRESHOLD), "--json"
+    )
     assert code == 0, err
     r = json.loads(out)
     img = zarr.open_array(image, mode="r")[...]
@@ -221,8 +273,11 @@ def test_info_estimate_empty_and_serve_check(image, tmp_path, main):
     assert np.array_equal(np.array(r["empty"]), maxima <= THRESHOLD)
     code, out, err = main("estimate-empty", image, "-t", "32,32")
     assert code == 0 and "threshold" in out and "--skip-empty" in out, err
-    env = {"BLOCKBUSTER_DATA_ROOTS": str(tmp_path), "BLOCKBUSTER_WATCH_FOLDER":
-           str(tmp_path / "incoming"), "BLOCKBUSTER_WATCH_CRON": "0 2 * * *"}
+    env = {
+        "BLOCKBUSTER_DATA_ROOTS": str(tmp_path),
+        "BLOCKBUSTER_WATCH_FOLDER": str(tmp_path / "incoming"),
+        "BLOCKBUSTER_WATCH_CRON": "0 2 * * *",
+    }
     p = cli("serve", "--check", env=env)
     assert p.returncode == 0, p.stderr
     assert "cron '0 2 * * *'" in p.stdout and "segment/segment" in p.stdout
@@ -232,8 +287,7 @@ def test_info_estimate_empty_and_serve_check(image, tmp_path, main):
 
 
 def test_demo_prints_its_summary(tmp_path):
-    p = cli("demo", "--workdir", str(tmp_path), "--size", "128", "--tile", "64",
-            "--no-progress")
+    p = cli("demo", "--workdir", str(tmp_path), "--size", "128", "--tile", "64", "--no-progress")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("blockbuster demo") and "F1" in p.stdout, p.stdout
     assert zarr.open_array(str(tmp_path / "labels.zarr"), mode="r").shape == (128, 128)

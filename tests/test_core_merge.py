@@ -7,19 +7,21 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from blockbuster.core.local import run_locally
-from blockbuster.core.plan import make_plan
-from blockbuster.core.sources import open_image
-
 from conftest import same_partition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockbuster.core import make_plan
+from blockbuster.io import open_image
+from blockbuster.worker import run_locally
 
 
 def label_fn(connectivity):
     def fn(tile):
-        return ndi.label(tile > 0, structure=ndi.generate_binary_structure(tile.ndim,
-                                                                           connectivity))[0]
+        return ndi.label(
+            tile > 0, structure=ndi.generate_binary_structure(tile.ndim, connectivity)
+        )[0]
+
     return fn
 
 
@@ -45,10 +47,18 @@ def cases(draw, max_ndim=3):
 def test_touch_merge_equals_whole_image_label(case, sequential, tmp_path_factory):
     img, tile, conn, overlap = case
     src = open_image(img)
-    plan = make_plan(src, fn_id="label", tile_shape=tile, overlap=overlap, merge="touch",
-                     connectivity=conn, sequential_labels=sequential)
-    out, table = run_locally(plan, src, label_fn(conn), str(tmp_path_factory.mktemp("run")),
-                             return_table=True)
+    plan = make_plan(
+        src,
+        fn_id="label",
+        tile_shape=tile,
+        overlap=overlap,
+        merge="touch",
+        connectivity=conn,
+        sequential_labels=sequential,
+    )
+    out, table = run_locally(
+        plan, src, label_fn(conn), str(tmp_path_factory.mktemp("run")), return_table=True
+    )
     ref, n = ndi.label(img, structure=ndi.generate_binary_structure(img.ndim, conn))
     assert same_partition(out, ref)
     assert table.n_labels == n
@@ -58,13 +68,18 @@ def test_touch_merge_equals_whole_image_label(case, sequential, tmp_path_factory
 
 
 @settings(max_examples=80, deadline=None)
-@given(case=cases(), read_back=st.booleans(), ids=st.sampled_from(["compact", "sparse", "huge"]),
-       sequential=st.booleans(), chunks_are_tiles=st.booleans(),
-       units=st.none() | st.lists(st.integers(1, 4), min_size=3, max_size=3),
-       output=st.sampled_from(["shards", "chunk files", "zarr shards"]))
-def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids, sequential,
-                                                            chunks_are_tiles, units, output,
-                                                            tmp_path_factory):
+@given(
+    case=cases(),
+    read_back=st.booleans(),
+    ids=st.sampled_from(["compact", "sparse", "huge"]),
+    sequential=st.booleans(),
+    chunks_are_tiles=st.booleans(),
+    units=st.none() | st.lists(st.integers(1, 4), min_size=3, max_size=3),
+    output=st.sampled_from(["shards", "chunk files", "zarr shards"]),
+)
+def test_merge_from_stored_labels_equals_whole_image_label(
+    case, read_back, ids, sequential, chunks_are_tiles, units, output, tmp_path_factory
+):
     """The merge alone over per-tile labels read from a zarr store: copied to the staging,
     or (``read_back``) read again from the store when relabelling, with ids that are
     1..n per tile, sparse, or too large for a lookup table; read back, tiles are
@@ -74,7 +89,8 @@ def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids,
     per_tile = np.zeros(img.shape, np.int64)
     st_ = ndi.generate_binary_structure(img.ndim, conn)
     # label each tile independently, with arbitrary (non-compact, repeated) ids
-    from blockbuster.core.grid import TileGrid
+    from blockbuster.core import TileGrid
+
     g = TileGrid(img.shape, tile)
     for n in range(g.n_tiles):
         sl = g.core_slices(n)
@@ -86,19 +102,27 @@ def test_merge_from_stored_labels_equals_whole_image_label(case, read_back, ids,
     chunks = tile if chunks_are_tiles else tuple(max(1, t // 2 + 1) for t in tile)
     zarr.create_array(store=path, shape=img.shape, chunks=chunks, dtype=np.int64)[...] = per_tile
     src = open_image(path)
-    plan = make_plan(src, fn_id="merge", tile_shape=tile, connectivity=conn,
-                     sequential_labels=sequential, read_back=read_back,
-                     units=tuple(units[:img.ndim]) if units else None)
-    if read_back and units and any(u > 1 for u in units[:img.ndim]):
+    plan = make_plan(
+        src,
+        fn_id="merge",
+        tile_shape=tile,
+        connectivity=conn,
+        sequential_labels=sequential,
+        read_back=read_back,
+        units=tuple(units[: img.ndim]) if units else None,
+    )
+    if read_back and units and any(u > 1 for u in units[: img.ndim]):
         assert plan.unit_tile_shape == plan.out_chunks
     # merge units write their output as shards (ours), chunk files, or shards that zarr
     # writes (where our shard writer does not apply)
-    from blockbuster.core import tile_ops
+    from blockbuster.worker import _tile_ops as tile_ops
+
     with pytest.MonkeyPatch.context() as mp:
         if output == "zarr shards":
             mp.setattr(tile_ops.ShardWriter, "of", classmethod(lambda cls, arr: None))
-        out, table = run_locally(plan, src, None, str(d), return_table=True,
-                                 sharded=output != "chunk files")
+        out, table = run_locally(
+            plan, src, None, str(d), return_table=True, sharded=output != "chunk files"
+        )
     ref, n = ndi.label(img, structure=st_)
     assert same_partition(out, ref)
     assert table.n_labels == n

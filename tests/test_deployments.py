@@ -26,18 +26,25 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-
-from blockbuster.errors import (InputError, InvalidParameterError, PathNotAllowedError,
-                                SegmenterNotFoundError)
-from blockbuster.flows.segment import (check_allowed_path, default_output, prepare_segment,
-                                       segment)
-from blockbuster.settings import Settings
-from blockbuster.synthetic import write_synthetic_zarr
-
 from conftest import same_partition
 
+from blockbuster.deploy import (
+    Settings,
+    check_allowed_path,
+    default_output,
+    prepare_segment,
+    segment,
+)
+from blockbuster.errors import (
+    InputError,
+    InvalidParameterError,
+    PathNotAllowedError,
+    SegmenterNotFoundError,
+)
+from blockbuster.synthetic import write_synthetic_zarr
+
 REPO = Path(__file__).resolve().parents[1]
-THRESHOLD = 0.3 * 65535          # above the synthetic background, below every nucleus
+THRESHOLD = 0.3 * 65535  # above the synthetic background, below every nucleus
 SEG = {"name": "threshold", "options": {"threshold": THRESHOLD}}
 TILING = {"tile_shape": [32, 32]}
 
@@ -56,6 +63,7 @@ def _expected(path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 def test_parameter_schema_titles_descriptions_and_dropdowns():
     from prefect.utilities.callables import parameter_schema
+
     s = parameter_schema(segment).model_dump_for_openapi()
     assert s["required"] == ["image"]
     for name, prop in s["properties"].items():
@@ -73,8 +81,7 @@ def test_prepare_refuses_unregistered_segmenter_and_options(tmp_path):
     with pytest.raises(SegmenterNotFoundError, match="no segmenter named 'os.system'"):
         prepare_segment(img, {"name": "os.system"}, settings=st)
     with pytest.raises(SegmenterNotFoundError):
-        prepare_segment(img, {"name": "blockbuster.segmenters.threshold:threshold"},
-                        settings=st)
+        prepare_segment(img, {"name": "blockbuster.segmenters:threshold"}, settings=st)
     with pytest.raises(InvalidParameterError, match="does not accept the option 'min_sise'"):
         prepare_segment(img, {"name": "threshold", "options": {"min_sise": 3}}, settings=st)
     with pytest.raises(InvalidParameterError, match="unknown field"):
@@ -97,7 +104,7 @@ def test_paths_must_resolve_under_the_data_roots(tmp_path):
     with pytest.raises(PathNotAllowedError, match="outside the data roots"):
         prepare_segment(img_out, SEG, settings=st)
     with pytest.raises(PathNotAllowedError, match="resolves to"):
-        prepare_segment(str(root / "escape.zarr"), SEG, settings=st)    # symlink out
+        prepare_segment(str(root / "escape.zarr"), SEG, settings=st)  # symlink out
     with pytest.raises(PathNotAllowedError, match="outside the data roots"):
         prepare_segment(str(root / ".." / "outside" / "b.zarr"), SEG, settings=st)
     with pytest.raises(PathNotAllowedError, match="outside the data roots"):
@@ -128,7 +135,7 @@ def test_outputs_never_replace_inputs_or_foreign_data(tmp_path):
     with pytest.raises(InvalidParameterError, match="would replace the input"):
         prepare_segment(img, SEG, output=str(tmp_path), settings=st)
     with pytest.raises(InvalidParameterError, match="inside the input image"):
-        prepare_segment(img, SEG, output=img + "/labels/x", settings=st)   # not OME-Zarr
+        prepare_segment(img, SEG, output=img + "/labels/x", settings=st)  # not OME-Zarr
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("precious")
@@ -141,51 +148,74 @@ def test_default_outputs(tmp_path):
     assert default_output("/d/a.ome.zarr", kind="ome-zarr") == "/d/a.ome.zarr/labels/segmentation"
     assert default_output("/d/a.zarr", kind="zarr") == "/d/a.labels.zarr"
     assert default_output("/d/s/b.ome.tif", kind="tiff") == "/d/s/b.labels.zarr"
-    assert default_output("/d/s/b.tif", kind="tiff", output_dir="/o",
-                          base_folder="/d") == "/o/s/b.labels.zarr"
-    assert default_output("/x/b.tif", kind="tiff", output_dir="/o",
-                          base_folder="/d") == "/o/b.labels.zarr"
+    assert (
+        default_output("/d/s/b.tif", kind="tiff", output_dir="/o", base_folder="/d")
+        == "/o/s/b.labels.zarr"
+    )
+    assert (
+        default_output("/x/b.tif", kind="tiff", output_dir="/o", base_folder="/d")
+        == "/o/b.labels.zarr"
+    )
 
 
 def test_settings_from_environment():
-    s = Settings.from_env({
-        "BLOCKBUSTER_DATA_ROOTS": os.pathsep.join(["/data", "/scratch"]),
-        "BLOCKBUSTER_WATCH_FOLDER": "/data/in", "BLOCKBUSTER_WATCH_CRON": "0 2 * * *",
-        "BLOCKBUSTER_WATCH_TIMEZONE": "Europe/Berlin", "BLOCKBUSTER_SETTLE_SECONDS": "60",
-        "BLOCKBUSTER_SEGMENTER": "threshold",
-        "BLOCKBUSTER_SEGMENTER_OPTIONS": '{"threshold": 1000}',
-        "BLOCKBUSTER_SERVE_LIMIT": "none"})
+    s = Settings.from_env(
+        {
+            "BLOCKBUSTER_DATA_ROOTS": os.pathsep.join(["/data", "/scratch"]),
+            "BLOCKBUSTER_WATCH_FOLDER": "/data/in",
+            "BLOCKBUSTER_WATCH_CRON": "0 2 * * *",
+            "BLOCKBUSTER_WATCH_TIMEZONE": "Europe/Berlin",
+            "BLOCKBUSTER_SETTLE_SECONDS": "60",
+            "BLOCKBUSTER_SEGMENTER": "threshold",
+            "BLOCKBUSTER_SEGMENTER_OPTIONS": '{"threshold": 1000}',
+            "BLOCKBUSTER_SERVE_LIMIT": "none",
+        }
+    )
     assert s.data_roots == ("/data", "/scratch") and s.watch_folder == "/data/in"
-    assert (s.watch_cron, s.watch_timezone, s.settle_seconds) == ("0 2 * * *",
-                                                                  "Europe/Berlin", 60.0)
+    assert (s.watch_cron, s.watch_timezone, s.settle_seconds) == (
+        "0 2 * * *",
+        "Europe/Berlin",
+        60.0,
+    )
     assert s.segmenter_options == {"threshold": 1000} and s.serve_limit is None
     assert Settings.from_env({}).data_roots == ()
-    for key, value in [("WATCH_INTERVAL", "0"), ("SETTLE_SECONDS", "-1"),
-                       ("WATCH_CRON", "every night"), ("SERVE_LIMIT", "many"),
-                       ("DATA_ROOTS", "relative/path"), ("SEGMENTER_OPTIONS", "[1]")]:
+    for key, value in [
+        ("WATCH_INTERVAL", "0"),
+        ("SETTLE_SECONDS", "-1"),
+        ("WATCH_CRON", "every night"),
+        ("SERVE_LIMIT", "many"),
+        ("DATA_ROOTS", "relative/path"),
+        ("SEGMENTER_OPTIONS", "[1]"),
+    ]:
         with pytest.raises(InvalidParameterError, match=f"BLOCKBUSTER_{key}="):
             Settings.from_env({f"BLOCKBUSTER_{key}": value})
 
 
 def test_serve_checks_its_settings(tmp_path):
-    from blockbuster.serve import build_deployments, check_settings, watch_schedule
+    from blockbuster.deploy import build_deployments, check_settings, watch_schedule
+
     with pytest.raises(PathNotAllowedError, match="BLOCKBUSTER_DATA_ROOTS is not set"):
         check_settings(Settings())
     with pytest.raises(PathNotAllowedError, match="outside the data roots"):
         check_settings(Settings(data_roots=(str(tmp_path / "d"),), watch_folder="/elsewhere"))
     with pytest.raises(SegmenterNotFoundError):
         check_settings(Settings(data_roots=(str(tmp_path),), segmenter="nope"))
-    st = Settings(data_roots=(str(tmp_path),), watch_folder=str(tmp_path),
-                  watch_cron="0 2 * * *", watch_timezone="Europe/Berlin",
-                  segmenter="threshold", segmenter_options={"threshold": 5})
+    st = Settings(
+        data_roots=(str(tmp_path),),
+        watch_folder=str(tmp_path),
+        watch_cron="0 2 * * *",
+        watch_timezone="Europe/Berlin",
+        segmenter="threshold",
+        segmenter_options={"threshold": 5},
+    )
     seg, watch = build_deployments(st)
     assert (seg.name, watch.name) == ("segment", "watch-acquisitions")
-    assert seg.entrypoint == "blockbuster.flows.segment.segment"
+    assert seg.entrypoint == "blockbuster.deploy.segment"
     assert seg.parameters["segmenter"] == {"name": "threshold", "options": {"threshold": 5}}
     assert seg.triggers[0].expect == {"blockbuster.acquisition.finished"}
     assert watch.parameters["folder"] == str(tmp_path)
     assert watch.schedules and "0 2 * * *" in repr(watch.schedules[0])
-    assert watch_schedule(Settings(data_roots=(str(tmp_path),))) is None   # no folder
+    assert watch_schedule(Settings(data_roots=(str(tmp_path),))) is None  # no folder
 
 
 def test_prefect_yaml_is_valid_for_the_flows():
@@ -239,7 +269,7 @@ def _group_members(pgid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
             out.append(int(d))
     return out
@@ -248,9 +278,15 @@ def _group_members(pgid: int) -> list[int]:
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     f = open(log, "wb")
     try:
-        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                cwd=str(log.parent))
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(log.parent),
+        )
     finally:
         f.close()
 
@@ -297,7 +333,7 @@ class Stack:
             r = self.client.request(method, url, **kw)
             if r.status_code not in (429, 502, 503):
                 return r
-            time.sleep(min(0.25 * 2 ** attempt, 4.0))
+            time.sleep(min(0.25 * 2**attempt, 4.0))
         return r
 
     def post(self, url: str, **kw):
@@ -307,16 +343,16 @@ class Stack:
         return self.request("GET", url, **kw)
 
     def deployment(self, name: str) -> dict:
-        r = self.post("/deployments/filter",
-                             json={"deployments": {"name": {"any_": [name]}}})
+        r = self.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}})
         r.raise_for_status()
         (d,) = [d for d in r.json() if d["name"] == name]
         return d
 
     def run(self, deployment: str, parameters: dict):
         d = self.deployment(deployment)
-        return self.post(f"/deployments/{d['id']}/create_flow_run",
-                                json={"parameters": parameters})
+        return self.post(
+            f"/deployments/{d['id']}/create_flow_run", json={"parameters": parameters}
+        )
 
     def wait(self, run_id: str, timeout: float = 180.0) -> dict:
         deadline = time.time() + timeout
@@ -324,29 +360,39 @@ class Stack:
             r = self.get(f"/flow_runs/{run_id}")
             r.raise_for_status()
             fr = r.json()
-            if fr["state"] and fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED",
-                                                       "CANCELLED"):
+            if fr["state"] and fr["state"]["type"] in (
+                "COMPLETED",
+                "FAILED",
+                "CRASHED",
+                "CANCELLED",
+            ):
                 return fr
             time.sleep(1.0)
-        raise AssertionError(f"flow run {run_id} did not finish in {timeout} s; serve log:\n"
-                             + _tail(self.serve_log))
+        raise AssertionError(
+            f"flow run {run_id} did not finish in {timeout} s; serve log:\n"
+            + _tail(self.serve_log)
+        )
 
     def completed(self, run_id: str, timeout: float = 180.0) -> dict:
         fr = self.wait(run_id, timeout)
         assert fr["state"]["type"] == "COMPLETED", (
             f"flow run {fr['name']}: {fr['state']['type']} {fr['state'].get('message')}; "
-            "serve log:\n" + _tail(self.serve_log))
+            "serve log:\n" + _tail(self.serve_log)
+        )
         return fr
 
     def flow_runs(self, flow_name: str) -> list[dict]:
-        r = self.post("/flow_runs/filter",
-                             json={"flows": {"name": {"any_": [flow_name]}}, "limit": 200})
+        r = self.post(
+            "/flow_runs/filter", json={"flows": {"name": {"any_": [flow_name]}}, "limit": 200}
+        )
         r.raise_for_status()
         return r.json()
 
     def artifact_rows(self, flow_run_id: str, key: str) -> list[dict]:
-        r = self.post("/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": [key]}}})
+        r = self.post(
+            "/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": [key]}}},
+        )
         r.raise_for_status()
         (a,) = r.json()
         data = a["data"]
@@ -354,8 +400,10 @@ class Stack:
 
 
 def _blockbuster_cmd() -> list[str]:
-    exe = shutil.which("blockbuster", path=os.path.dirname(sys.executable) + os.pathsep
-                       + os.environ.get("PATH", ""))
+    exe = shutil.which(
+        "blockbuster",
+        path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
     return [exe] if exe else [sys.executable, "-m", "blockbuster.cli"]
 
 
@@ -376,6 +424,7 @@ def stack(tmp_path_factory):
     """A Prefect server, a Dask cluster and `blockbuster serve`, in their own process
     groups, stopped (with all they started) at the end of the module."""
     import httpx
+
     base = tmp_path_factory.mktemp("e2e")
     home, data = base / "prefect-home", base / "data"
     watch = data / "incoming"
@@ -383,33 +432,51 @@ def stack(tmp_path_factory):
         d.mkdir(parents=True)
     port, dask_port = _free_port(), _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "BLOCKBUSTER_"))}
-    env.update({
-        "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BLOCKBUSTER_"))}
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     server_env = dict(env)
-    env.update({
-        "PREFECT_API_URL": api,
-        "BLOCKBUSTER_DATA_ROOTS": str(data),
-        "BLOCKBUSTER_WATCH_FOLDER": str(watch),
-        # a schedule that never fires during the test; runs are started through the API
-        "BLOCKBUSTER_WATCH_CRON": "0 3 1 1 *",
-        "BLOCKBUSTER_WATCH_TIMEZONE": "UTC",
-        "BLOCKBUSTER_SEGMENTER": "threshold",
-        "BLOCKBUSTER_SEGMENTER_OPTIONS": json.dumps({"threshold": THRESHOLD}),
-        "BLOCKBUSTER_SERVE_LIMIT": "6",
-        # runs use one warm cluster (as on a facility cluster) instead of starting one each
-        "BLOCKBUSTER_DASK_ADDRESS": f"tcp://127.0.0.1:{dask_port}",
-    })
+    env.update(
+        {
+            "PREFECT_API_URL": api,
+            "BLOCKBUSTER_DATA_ROOTS": str(data),
+            "BLOCKBUSTER_WATCH_FOLDER": str(watch),
+            # a schedule that never fires during the test; runs are started through the API
+            "BLOCKBUSTER_WATCH_CRON": "0 3 1 1 *",
+            "BLOCKBUSTER_WATCH_TIMEZONE": "UTC",
+            "BLOCKBUSTER_SEGMENTER": "threshold",
+            "BLOCKBUSTER_SEGMENTER_OPTIONS": json.dumps({"threshold": THRESHOLD}),
+            "BLOCKBUSTER_SERVE_LIMIT": "6",
+            # runs use one warm cluster (as on a facility cluster) instead of starting one each
+            "BLOCKBUSTER_DASK_ADDRESS": f"tcp://127.0.0.1:{dask_port}",
+        }
+    )
     server_log, serve_log, dask_log = base / "server.log", base / "serve.log", base / "dask.log"
     procs: list[subprocess.Popen] = []
     client = httpx.Client(base_url=api, timeout=30)
     try:
-        server = _start([sys.executable, "-m", "prefect", "server", "start", "--host",
-                         "127.0.0.1", "--port", str(port)], server_env, server_log)
+        server = _start(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            server_env,
+            server_log,
+        )
         procs.append(server)
         procs.append(_start([sys.executable, "-c", _CLUSTER, str(dask_port)], env, dask_log))
         deadline = time.time() + 300
@@ -429,7 +496,9 @@ def stack(tmp_path_factory):
             assert serve.poll() is None, "blockbuster serve exited:\n" + _tail(serve_log)
             r = client.post("/deployments/filter", json={})
             if r.status_code == 200 and {d["name"] for d in r.json()} >= {
-                    "segment", "watch-acquisitions"}:
+                "segment",
+                "watch-acquisitions",
+            }:
                 break
             assert time.time() < deadline, "deployments not served:\n" + _tail(serve_log)
             time.sleep(0.5)
@@ -448,24 +517,43 @@ def launched(stack):
     refused ones, and one through the event trigger."""
     img = _image(stack.data / "api.zarr", seed=1)
     out = stack.data / "results" / "api-labels.zarr"
-    api_run = stack.run("segment", {"image": img, "segmenter": SEG, "tiling": TILING,
-                                    "output": str(out)})
+    api_run = stack.run(
+        "segment", {"image": img, "segmenter": SEG, "tiling": TILING, "output": str(out)}
+    )
     assert api_run.status_code == 201, api_run.text
     inside = _image(stack.data / "refuse.zarr", seed=5)
     outside = _image(stack.base / "outside.zarr", seed=6)
-    refused = [stack.run("segment", {"image": outside}),
-               stack.run("segment", {"image": inside,
-                                     "output": str(stack.base / "stolen.labels.zarr")})]
+    refused = [
+        stack.run("segment", {"image": outside}),
+        stack.run("segment", {"image": inside, "output": str(stack.base / "stolen.labels.zarr")}),
+    ]
     for r in refused:
         assert r.status_code == 201, r.text
     # an acquisition system announces a finished acquisition in the watched folder
     e_img = _image(stack.watch / "e.zarr", seed=4)
-    p = subprocess.run([sys.executable, "-m", "prefect", "event", "emit",
-                        "blockbuster.acquisition.finished", "--resource-id", e_img],
-                       env=stack.env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "event",
+            "emit",
+            "blockbuster.acquisition.finished",
+            "--resource-id",
+            e_img,
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
-    return {"api": (api_run.json()["id"], img, out), "inside": inside,
-            "refused": [r.json()["id"] for r in refused], "event_image": e_img}
+    return {
+        "api": (api_run.json()["id"], img, out),
+        "inside": inside,
+        "refused": [r.json()["id"] for r in refused],
+        "event_image": e_img,
+    }
 
 
 @pytest.mark.slow
@@ -496,8 +584,9 @@ def test_served_deployments_schema_schedule_and_trigger(stack):
 @pytest.mark.slow
 def test_served_segment_refuses_unregistered_segmenters(stack, launched):
     # refused by the server at flow-run creation: the name is not in the schema's enum
-    r = stack.run("segment", {"image": launched["inside"],
-                              "segmenter": {"name": "os.system", "options": {}}})
+    r = stack.run(
+        "segment", {"image": launched["inside"], "segmenter": {"name": "os.system", "options": {}}}
+    )
     assert r.status_code in (409, 422), r.text
     assert "os.system" in r.text and "is not one of" in r.text
 
@@ -526,8 +615,9 @@ def test_served_segment_through_the_api(stack, launched):
 def _event_run(stack, image: str) -> dict:
     deadline = time.time() + 180
     while time.time() < deadline:
-        run = next((f for f in stack.flow_runs("segment")
-                    if f["parameters"].get("image") == image), None)
+        run = next(
+            (f for f in stack.flow_runs("segment") if f["parameters"].get("image") == image), None
+        )
         if run is not None:
             return stack.completed(run["id"])
         time.sleep(1.0)
@@ -538,7 +628,7 @@ def _event_run(stack, image: str) -> dict:
 def test_served_segment_runs_on_the_acquisition_finished_event(stack, launched):
     e_img = launched["event_image"]
     _event_run(stack, e_img)
-    e_out = stack.watch / "e.labels.zarr"             # the default output: next to it
+    e_out = stack.watch / "e.labels.zarr"  # the default output: next to it
     assert same_partition(zarr.open_array(str(e_out), mode="r")[...], _expected(e_img))
 
 
@@ -553,7 +643,7 @@ def _touch_tree(path: Path, t: float) -> None:
 def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack, launched):
     w = stack.watch
     e_img = launched["event_image"]
-    _event_run(stack, e_img)                   # e is segmented (by the event trigger)
+    _event_run(stack, e_img)  # e is segmented (by the event trigger)
     e_out = w / "e.labels.zarr"
     e_stamp = (e_out / "zarr.json").stat().st_mtime_ns
     # c finished (quiet for an hour), d still being written
@@ -562,7 +652,7 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
     d_img = _image(w / "d.zarr", seed=3)
     stop = threading.Event()
 
-    def writer():                              # the microscope keeps writing d
+    def writer():  # the microscope keeps writing d
         arr = zarr.open_array(d_img, mode="r+")
         i = 0
         while not stop.is_set():
@@ -581,8 +671,10 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
         rows = {}
         for r in scans:
             fr = stack.completed(r.json()["id"])
-            rows[fr["id"]] = {Path(x["acquisition"]).name: x["status"]
-                              for x in stack.artifact_rows(fr["id"], "watch-acquisitions")}
+            rows[fr["id"]] = {
+                Path(x["acquisition"]).name: x["status"]
+                for x in stack.artifact_rows(fr["id"], "watch-acquisitions")
+            }
         for decided in rows.values():
             assert decided["d.zarr"] == "unfinished"
             assert decided["e.zarr"] == "already-segmented"
@@ -594,9 +686,12 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
         assert not (w / "d.labels.zarr").exists()
         assert (e_out / "zarr.json").stat().st_mtime_ns == e_stamp
 
-        def pipeline_runs(name: str) -> int:    # tile-process subflows that wrote `name`
-            return sum(1 for f in stack.flow_runs("tile-process")
-                       if f["parameters"].get("job", {}).get("output", "").endswith(name))
+        def pipeline_runs(name: str) -> int:  # tile-process subflows that wrote `name`
+            return sum(
+                1
+                for f in stack.flow_runs("tile-process")
+                if f["parameters"].get("job", {}).get("output", "").endswith(name)
+            )
 
         assert pipeline_runs("c.labels.zarr") == 1
         assert pipeline_runs("e.labels.zarr") == 1
@@ -605,10 +700,15 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
         # a later scan processes nothing
         r = stack.run("watch-acquisitions", params)
         fr = stack.completed(r.json()["id"])
-        decided = {Path(x["acquisition"]).name: x["status"]
-                   for x in stack.artifact_rows(fr["id"], "watch-acquisitions")}
-        assert decided == {"c.zarr": "already-segmented", "d.zarr": "unfinished",
-                           "e.zarr": "already-segmented"}
+        decided = {
+            Path(x["acquisition"]).name: x["status"]
+            for x in stack.artifact_rows(fr["id"], "watch-acquisitions")
+        }
+        assert decided == {
+            "c.zarr": "already-segmented",
+            "d.zarr": "unfinished",
+            "e.zarr": "already-segmented",
+        }
         assert len(stack.flow_runs("segment")) == n_segment
         assert pipeline_runs("c.labels.zarr") == 1
     finally:

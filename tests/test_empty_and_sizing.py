@@ -7,21 +7,29 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-
-from blockbuster import estimate_empty_tiles, make_local_cluster, tile_process
-from blockbuster.api import choose_tile_shape
-from blockbuster.core.sources import open_image
-from blockbuster.errors import ClusterError, NoGPUError
-from blockbuster.synthetic import sparse_nuclei
-
 from conftest import CountingLabel, same_partition
+
+from blockbuster.api import choose_tile_shape, estimate_empty_tiles, tile_process
+from blockbuster.cluster import make_local_cluster
+from blockbuster.errors import ClusterError, NoGPUError
+from blockbuster.io import open_image
+from blockbuster.synthetic import sparse_nuclei
 
 
 def true_empty(img, tile, threshold):
     gy, gx = -(-img.shape[0] // tile[0]), -(-img.shape[1] // tile[1])
-    return np.array([[not (img[i * tile[0]:(i + 1) * tile[0],
-                               j * tile[1]:(j + 1) * tile[1]] > threshold).any()
-                      for j in range(gx)] for i in range(gy)])
+    return np.array(
+        [
+            [
+                not (
+                    img[i * tile[0] : (i + 1) * tile[0], j * tile[1] : (j + 1) * tile[1]]
+                    > threshold
+                ).any()
+                for j in range(gx)
+            ]
+            for i in range(gy)
+        ]
+    )
 
 
 @pytest.mark.parametrize("outside", ["zero", "noise"])
@@ -49,14 +57,23 @@ def test_skip_empty_never_calls_fn_on_empty_tiles(tmp_path, client):
     path = str(tmp_path / "img.zarr")
     zarr.create_array(store=path, shape=img.shape, chunks=(32, 32), dtype=img.dtype)[...] = img
     out = str(tmp_path / "labels.zarr")
-    lab, s = tile_process(path, fn, tile_shape=(32, 32), skip_empty=True, empty_threshold=1000,
-                          write_to=out, compute=True, return_summary=True)
+    lab, s = tile_process(
+        path,
+        fn,
+        tile_shape=(32, 32),
+        skip_empty=True,
+        empty_threshold=1000,
+        write_to=out,
+        compute=True,
+        return_summary=True,
+    )
     non_empty = (~true_empty(img, (32, 32), 1000)).sum()
     assert len(fn.calls()) == non_empty < 64
     assert s["n_skipped"] == 64 - non_empty
     assert same_partition(lab, ndi.label(img > 1000)[0])
     # no chunk is stored for skipped tiles
     import os
+
     chunk_files = [f for _, _, fs in os.walk(os.path.join(out, "c")) for f in fs]
     assert len(chunk_files) <= non_empty
 
@@ -71,10 +88,11 @@ def test_auto_tile_shape_respects_budget_and_chunks(tmp_path):
 
         def __call__(self, t):
             return t
+
     with dask.config.set({"blockbuster.worker-memory": "64MiB"}):
         shape, why = choose_tile_shape(src, Fn(), overlap=8, use_gpu=False)
     assert shape[0] % 128 == 0 and (shape[1] % 100 == 0 or shape[1] == 3000)
-    assert why["working_set_bytes"] <= 32 * 2**20          # half the budget, the safety
+    assert why["working_set_bytes"] <= 32 * 2**20  # half the budget, the safety
     bpv = 2 * 7 + 12
     assert (shape[0] + 16) * (shape[1] + 16) * bpv <= 32 * 2**20
     with dask.config.set({"blockbuster.worker-memory": "256MiB"}):
@@ -89,16 +107,17 @@ def test_gpu_cluster_without_gpu_is_a_clear_error():
 
 def test_in_process_client_is_refused():
     from distributed import Client, LocalCluster
+
     cluster = LocalCluster(processes=False, n_workers=1, dashboard_address=":0")
     c = Client(cluster, set_as_default=False)
     try:
         from blockbuster.cluster import check_client
+
         with pytest.raises(ClusterError, match="processes"):
             check_client(c)
         with c.as_current():
             with pytest.raises(ClusterError, match="processes=True"):
-                tile_process(np.ones((8, 8), np.uint8), lambda t: t.astype(np.int32),
-                             tile_shape=4)
+                tile_process(np.ones((8, 8), np.uint8), lambda t: t.astype(np.int32), tile_shape=4)
     finally:
         c.close()
         cluster.close()

@@ -1,18 +1,22 @@
-"""How a stage's tiles are split into batches (:func:`blockbuster.execution.split_batches`)."""
+"""How a stage's tiles are split into batches (:func:`blockbuster.cluster.split_batches`)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockbuster.execution import BATCH_VOXELS, split_batches
+from blockbuster.cluster import BATCH_VOXELS, split_batches
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(0, 5000), threads=st.integers(1, 16), max_batch=st.integers(1, 64),
-       tile_voxels=st.one_of(st.none(), st.integers(1, 1 << 24)))
+@given(
+    n=st.integers(0, 5000),
+    threads=st.integers(1, 16),
+    max_batch=st.integers(1, 64),
+    tile_voxels=st.one_of(st.none(), st.integers(1, 1 << 24)),
+)
 def test_batches_partition_the_tiles(n, threads, max_batch, tile_voxels):
-    tiles = [3 * i + 1 for i in range(n)]           # any increasing tile numbers
+    tiles = [3 * i + 1 for i in range(n)]  # any increasing tile numbers
     batches = split_batches(tiles, threads, max_batch=max_batch, tile_voxels=tile_voxels)
     assert [t for b in batches for t in b] == tiles  # contiguous, in order, each once
     assert all(batches)
@@ -21,7 +25,7 @@ def test_batches_partition_the_tiles(n, threads, max_batch, tile_voxels):
     # every thread gets work, with slack, when there are enough tiles
     assert len(batches) >= min(n, 4 * threads)
     sizes = [len(b) for b in batches]
-    assert not sizes or max(sizes) - min(sizes) <= 1   # even
+    assert not sizes or max(sizes) - min(sizes) <= 1  # even
 
 
 def test_small_tiles_share_batches():

@@ -1,4 +1,4 @@
-"""Tests of blockbuster.core.formats: opening zarr, OME-Zarr and TIFF inputs lazily."""
+"""Tests of blockbuster.io: opening zarr, OME-Zarr and TIFF inputs lazily."""
 
 from __future__ import annotations
 
@@ -14,17 +14,26 @@ import pytest
 import tifffile
 import zarr
 
-from blockbuster.core.formats import ArraySource, describe, open_path
 from blockbuster.errors import InputError, InvalidParameterError
+from blockbuster.io import ArraySource, describe, open_path
 
-AXES_CZYX = [{"name": "c", "type": "channel"},
-             {"name": "z", "type": "space", "unit": "micrometer"},
-             {"name": "y", "type": "space", "unit": "micrometer"},
-             {"name": "x", "type": "space", "unit": "micrometer"}]
+AXES_CZYX = [
+    {"name": "c", "type": "channel"},
+    {"name": "z", "type": "space", "unit": "micrometer"},
+    {"name": "y", "type": "space", "unit": "micrometer"},
+    {"name": "x", "type": "space", "unit": "micrometer"},
+]
 
 
-def make_ome(path, data: np.ndarray, axes: list[dict], version: str, n_levels: int = 3,
-             chunks=None, pixel=(2.0, 0.5, 0.5)) -> list[np.ndarray]:
+def make_ome(
+    path,
+    data: np.ndarray,
+    axes: list[dict],
+    version: str,
+    n_levels: int = 3,
+    chunks=None,
+    pixel=(2.0, 0.5, 0.5),
+) -> list[np.ndarray]:
     """Write an OME-Zarr image (NGFF 0.4 on zarr v2, 0.5 on zarr v3); y/x halved per level.
 
     Returns the level arrays written.
@@ -36,18 +45,29 @@ def make_ome(path, data: np.ndarray, axes: list[dict], version: str, n_levels: i
     levels, datasets = [], []
     lvl = data
     for i in range(n_levels):
-        kw = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if fmt == 2
-              else {"dimension_names": names})
+        kw = (
+            {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+            if fmt == 2
+            else {"dimension_names": names}
+        )
         ch = chunks or tuple(1 if a.get("type") == "channel" else 16 for a in axes)
-        arr = g.create_array(str(i), shape=lvl.shape, dtype=lvl.dtype,
-                             chunks=tuple(min(c, s) for c, s in zip(ch, lvl.shape)), **kw)
+        arr = g.create_array(
+            str(i),
+            shape=lvl.shape,
+            dtype=lvl.dtype,
+            chunks=tuple(min(c, s) for c, s in zip(ch, lvl.shape)),
+            **kw,
+        )
         arr[...] = lvl
         levels.append(lvl)
         sp = iter(pixel)
-        scale = [1.0 if a.get("type") == "channel" else next(sp) * (2 ** i if h else 1)
-                 for a, h in zip(axes, halve)]
-        datasets.append({"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": scale}]})
+        scale = [
+            1.0 if a.get("type") == "channel" else next(sp) * (2**i if h else 1)
+            for a, h in zip(axes, halve)
+        ]
+        datasets.append(
+            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
         lvl = lvl[tuple(slice(None, None, 2) if h else slice(None) for h in halve)]
     ms = {"name": "img", "axes": axes, "datasets": datasets}
     if version == "0.4":
@@ -99,8 +119,11 @@ def test_ome_zarr_levels_axes_scale(tmp_path, data4d, version):
 
 def test_ome_zarr_05_cyx_and_describe(tmp_path):
     data = np.arange(3 * 32 * 24, dtype=np.uint8).reshape(3, 32, 24)
-    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
-            {"name": "x", "type": "space"}]
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"},
+    ]
     make_ome(tmp_path / "im.zarr", data, axes, "0.5", n_levels=2, pixel=(0.25, 0.25))
     src = open_path(tmp_path / "im.zarr")
     assert src.channel_axis == 0 and src.levels == [(3, 32, 24), (3, 16, 12)]
@@ -206,6 +229,7 @@ def test_tiff_source_pickles_and_reads_in_child(tmp_path):
 def test_dask_from_array(tmp_path, data4d):
     da = pytest.importorskip("dask.array")
     from dask.base import tokenize
+
     img = tmp_path / "img.zarr"
     make_ome(img, data4d, AXES_CZYX, "0.5")
     src = open_path(img)
@@ -220,14 +244,16 @@ def test_dask_from_array(tmp_path, data4d):
 def test_tiff_tiled_reads_same_pixels(tmp_path):
     data = np.random.default_rng(2).integers(0, 4000, (3, 70, 90), dtype=np.uint16)
     p = tmp_path / "img.tif"
-    tifffile.imwrite(p, data, tile=(32, 32), photometric="minisblack",
-                     metadata={"axes": "CYX"})
+    tifffile.imwrite(p, data, tile=(32, 32), photometric="minisblack", metadata={"axes": "CYX"})
     src = open_path(p)
     assert src.kind == "tiff" and src.shape == data.shape and src.dtype == np.uint16
     assert src.chunks == (1, 32, 32) and src.channel_axis == 0
     assert src.axis_names == ("c", "y", "x") and src.levels == [data.shape]
-    for sl in [(slice(None), slice(0, 70), slice(0, 90)),
-               (slice(1, 3), slice(17, 55), slice(31, 89)), (2, slice(5, 6))]:
+    for sl in [
+        (slice(None), slice(0, 70), slice(0, 90)),
+        (slice(1, 3), slice(17, 55), slice(31, 89)),
+        (2, slice(5, 6)),
+    ]:
         np.testing.assert_array_equal(src.read(sl), data[sl])
     assert describe(src).startswith("TIFF ")
 
@@ -246,8 +272,12 @@ def test_pyramidal_ome_tiff(tmp_path):
     p = tmp_path / "pyr.ome.tif"
     opts = dict(tile=(16, 16), photometric="minisblack")
     with tifffile.TiffWriter(p) as tw:
-        tw.write(data, subifds=2, metadata={"axes": "CYX", "PhysicalSizeX": 0.3,
-                                            "PhysicalSizeY": 0.3}, **opts)
+        tw.write(
+            data,
+            subifds=2,
+            metadata={"axes": "CYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3},
+            **opts,
+        )
         tw.write(data[:, ::2, ::2], subfiletype=1, **opts)
         tw.write(data[:, ::4, ::4], subfiletype=1, **opts)
     src = open_path(p)
@@ -277,8 +307,7 @@ def test_rgb_tiff_channel_axis_is_samples(tmp_path):
 def test_plain_zarr_arrays(tmp_path, fmt):
     data = np.random.default_rng(5).integers(0, 9, (30, 41), dtype=np.int32)
     p = tmp_path / "a.zarr"
-    z = zarr.create_array(p, shape=data.shape, chunks=(8, 16), dtype=data.dtype,
-                          zarr_format=fmt)
+    z = zarr.create_array(p, shape=data.shape, chunks=(8, 16), dtype=data.dtype, zarr_format=fmt)
     z[...] = data
     src = open_path(str(p))
     assert src.kind == "zarr" and src.zarr_format == fmt
@@ -292,16 +321,18 @@ def test_plain_zarr_arrays(tmp_path, fmt):
 
 def test_zarr_v3_dimension_names_give_channel_axis(tmp_path):
     p = tmp_path / "c.zarr"
-    zarr.create_array(p, shape=(10, 10, 3), chunks=(5, 5, 3), dtype="u1",
-                      dimension_names=["y", "x", "c"])
+    zarr.create_array(
+        p, shape=(10, 10, 3), chunks=(5, 5, 3), dtype="u1", dimension_names=["y", "x", "c"]
+    )
     assert open_path(p).channel_axis == 2
 
 
 def test_group_with_component(tmp_path):
     data = np.arange(60, dtype=np.uint16).reshape(6, 10)
     g = zarr.open_group(tmp_path / "g.zarr", mode="w")
-    g.create_group("raw").create_array("data", shape=data.shape, chunks=(3, 5),
-                                       dtype=data.dtype)[...] = data
+    g.create_group("raw").create_array("data", shape=data.shape, chunks=(3, 5), dtype=data.dtype)[
+        ...
+    ] = data
     src = open_path(tmp_path / "g.zarr", component="raw/data")
     assert src.component == "raw/data" and src.shape == (6, 10)
     np.testing.assert_array_equal(src.read((slice(None), slice(2, 7))), data[:, 2:7])
@@ -343,8 +374,12 @@ def test_bad_paths_raise_input_error(tmp_path):
 
 def test_plate_needs_component(tmp_path):
     g = zarr.open_group(tmp_path / "plate.zarr", mode="w", zarr_format=2)
-    g.attrs["plate"] = {"version": "0.4", "rows": [{"name": "A"}],
-                        "columns": [{"name": "1"}], "wells": [{"path": "A/1"}]}
+    g.attrs["plate"] = {
+        "version": "0.4",
+        "rows": [{"name": "A"}],
+        "columns": [{"name": "1"}],
+        "wells": [{"path": "A/1"}],
+    }
     with pytest.raises(InputError, match="plate.*component"):
         open_path(tmp_path / "plate.zarr")
 

@@ -3,17 +3,15 @@ metadata), NGFF labels out (read by ome-zarr-py), TIFF in, zarr v2 out."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-
-from blockbuster import tile_process
-
 from conftest import blobs, same_partition
+
+from blockbuster.api import tile_process
 
 pytestmark = pytest.mark.usefixtures("client")
 
@@ -34,12 +32,23 @@ def write_ome_zarr(path, img_cyx, version="0.5"):
     datasets = []
     for i, lvl in enumerate(levels):
         root.create_array(str(i), shape=lvl.shape, chunks=(1, 32, 32), dtype=lvl.dtype)[...] = lvl
-        datasets.append({"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 0.5 * 2 ** i, 0.5 * 2 ** i]}]})
-    ms = {"axes": [{"name": "c", "type": "channel"},
-                   {"name": "y", "type": "space", "unit": "micrometer"},
-                   {"name": "x", "type": "space", "unit": "micrometer"}],
-          "datasets": datasets, "name": "img"}
+        datasets.append(
+            {
+                "path": str(i),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, 0.5 * 2**i, 0.5 * 2**i]}
+                ],
+            }
+        )
+    ms = {
+        "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
+        "datasets": datasets,
+        "name": "img",
+    }
     if version == "0.5":
         root.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
     else:
@@ -54,14 +63,14 @@ def test_ome_zarr_in_ngff_labels_out(version, tmp_path):
     cyx = np.stack([img, np.zeros_like(img)]).astype(np.uint16)
     path = write_ome_zarr(str(tmp_path / "img.zarr"), cyx, version)
     out = os.path.join(path, "labels", "cells")
-    lab = tile_process(path, FirstChannelLabel(), tile_shape=(32, 32), write_to=out,
-                       compute=True)
+    lab = tile_process(path, FirstChannelLabel(), tile_shape=(32, 32), write_to=out, compute=True)
     assert lab.shape == img.shape
     assert same_partition(lab, ndi.label(img)[0])
 
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Reader
-    nodes = list(Reader(parse_url(path))())          # opened from the image, as napari does
+
+    nodes = list(Reader(parse_url(path))())  # opened from the image, as napari does
     label_nodes = [n for n in nodes if n.load(Label)]
     assert len(label_nodes) == 1
     node = label_nodes[0]
@@ -87,6 +96,7 @@ def test_tiff_gives_same_labels_as_zarr(tmp_path):
 
     def lab(t):
         return ndi.label(t > 0)[0]
+
     a = tile_process(tif, lab, tile_shape=(40, 40), compute=True)
     b = tile_process(zpath, lab, tile_shape=(40, 40), compute=True)
     assert np.array_equal(a, b)
@@ -95,8 +105,7 @@ def test_tiff_gives_same_labels_as_zarr(tmp_path):
 def test_zarr_v2_output(tmp_path):
     img = blobs((50, 50), seed=6)
     out = str(tmp_path / "v2.zarr")
-    tile_process(img, lambda t: ndi.label(t)[0], tile_shape=(25, 25), write_to=out,
-                 zarr_format=2)
+    tile_process(img, lambda t: ndi.label(t)[0], tile_shape=(25, 25), write_to=out, zarr_format=2)
     assert os.path.exists(os.path.join(out, ".zarray"))
     arr = zarr.open_array(out, mode="r")
     assert arr.metadata.zarr_format == 2

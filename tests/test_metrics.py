@@ -1,4 +1,4 @@
-"""Tests of blockbuster.core.metrics: instance F1 and partition equality."""
+"""Tests of blockbuster.core: instance F1 and partition equality."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from blockbuster.core.metrics import contingency, instance_f1, same_partition
+from blockbuster.core import contingency, instance_f1, same_partition
 
 
 def _blocks() -> np.ndarray:
@@ -24,17 +24,26 @@ def test_perfect_match_with_other_ids_and_dtype():
     truth = _blocks()
     pred = np.where(truth > 0, truth.astype(np.int64) * 1000 + 7, 0)
     r = instance_f1(pred, truth)
-    assert r == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "tp": 4, "fp": 0, "fn": 0,
-                 "n_pred": 4, "n_true": 4, "mean_iou": 1.0}
+    assert r == {
+        "f1": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "tp": 4,
+        "fp": 0,
+        "fn": 0,
+        "n_pred": 4,
+        "n_true": 4,
+        "mean_iou": 1.0,
+    }
 
 
 def test_merge_split_missing_and_extra():
     truth = _blocks()
     pred = np.zeros_like(truth)
-    pred[0:4, 0:9] = 1          # merges truth 1 and 2 (IoU 16/36 each: no match)
-    pred[6:10, 0:2] = 2         # splits truth 3 into two halves (IoU 0.5 each)
+    pred[0:4, 0:9] = 1  # merges truth 1 and 2 (IoU 16/36 each: no match)
+    pred[6:10, 0:2] = 2  # splits truth 3 into two halves (IoU 0.5 each)
     pred[6:10, 2:4] = 3
-    pred[2, 9] = 9              # a spurious object; truth 4 is missed
+    pred[2, 9] = 9  # a spurious object; truth 4 is missed
     r = instance_f1(pred, truth)
     # truth 3 matches one half at IoU exactly 0.5 (>= threshold)
     assert (r["tp"], r["fp"], r["fn"]) == (1, 3, 3)
@@ -106,8 +115,9 @@ def test_same_partition():
     assert not same_partition(truth, truth[:5])
 
 
-label_images = hnp.arrays(np.int64, st.tuples(st.integers(1, 12), st.integers(1, 12)),
-                          elements=st.integers(0, 5))
+label_images = hnp.arrays(
+    np.int64, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 5)
+)
 
 
 @given(labels=label_images, perm_seed=st.integers(0, 2**32 - 1))

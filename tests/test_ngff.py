@@ -1,4 +1,4 @@
-"""Tests of blockbuster.core.ngff: label images inside OME-Zarr images.
+"""Tests of blockbuster.io: label images inside OME-Zarr images.
 
 The output is read back with ome-zarr-py's reader (the library napari-ome-zarr uses;
 ome-zarr >= 0.11 reads NGFF 0.5 / zarr v3, both versions are checked with it) and
@@ -16,16 +16,20 @@ import numpy as np
 import pytest
 import zarr
 
-from blockbuster.core.formats import open_path
-from blockbuster.core.ngff import LabelTarget, label_target
 from blockbuster.errors import InvalidParameterError
+from blockbuster.io import LabelTarget, label_target, open_path
 
-AXES_CZYX = [{"name": "c", "type": "channel"},
-             {"name": "z", "type": "space", "unit": "micrometer"},
-             {"name": "y", "type": "space", "unit": "micrometer"},
-             {"name": "x", "type": "space", "unit": "micrometer"}]
-AXES_CYX = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
-            {"name": "x", "type": "space"}]
+AXES_CZYX = [
+    {"name": "c", "type": "channel"},
+    {"name": "z", "type": "space", "unit": "micrometer"},
+    {"name": "y", "type": "space", "unit": "micrometer"},
+    {"name": "x", "type": "space", "unit": "micrometer"},
+]
+AXES_CYX = [
+    {"name": "c", "type": "channel"},
+    {"name": "y", "type": "space"},
+    {"name": "x", "type": "space"},
+]
 
 
 def make_ome(path, shape, axes, version, n_levels=3, chunks=None, translation=False):
@@ -40,19 +44,28 @@ def make_ome(path, shape, axes, version, n_levels=3, chunks=None, translation=Fa
     shapes, datasets = [], []
     s = tuple(shape)
     for i in range(n_levels):
-        kw = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if fmt == 2
-              else {"dimension_names": [a["name"] for a in axes]})
+        kw = (
+            {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+            if fmt == 2
+            else {"dimension_names": [a["name"] for a in axes]}
+        )
         ch = chunks or tuple(1 if a.get("type") == "channel" else 16 for a in axes)
-        g.create_array(str(i), shape=s, dtype="uint16",
-                       chunks=tuple(min(c, n) for c, n in zip(ch, s)), **kw)
+        g.create_array(
+            str(i), shape=s, dtype="uint16", chunks=tuple(min(c, n) for c, n in zip(ch, s)), **kw
+        )
         shapes.append(s)
-        scale = [1.0 if a.get("type") == "channel" else (0.5 * 2 ** i if h else 2.0)
-                 for a, h in zip(axes, halve)]
+        scale = [
+            1.0 if a.get("type") == "channel" else (0.5 * 2**i if h else 2.0)
+            for a, h in zip(axes, halve)
+        ]
         tr = [{"type": "scale", "scale": scale}]
         if translation:
-            tr.append({"type": "translation",
-                       "translation": [0.0 if a.get("type") == "channel" else 0.25 * i
-                                       for a in axes]})
+            tr.append(
+                {
+                    "type": "translation",
+                    "translation": [0.0 if a.get("type") == "channel" else 0.25 * i for a in axes],
+                }
+            )
         datasets.append({"path": str(i), "coordinateTransformations": tr})
         s = tuple(-(-n // 2) if h else n for n, h in zip(s, halve))
     ms = {"name": "img", "axes": axes, "datasets": datasets}
@@ -68,7 +81,7 @@ def label_pattern(shape):
     """Blocks of distinct labels with background gaps (any integer pattern would do)."""
     idx = np.indices(shape)
     lab = np.ones(shape, np.int64)
-    for ax, n in enumerate(shape):
+    for ax, _n in enumerate(shape):
         lab = lab * 7 + idx[ax] // 6
     lab = (lab % 1000 + 1).astype(np.uint32)
     lab[(idx[-1] % 6 == 0) | (idx[-2] % 6 == 0)] = 0
@@ -78,8 +91,7 @@ def label_pattern(shape):
 def write_level0_chunkwise(target: LabelTarget, data: np.ndarray, chunks):
     """What the pipeline does: every chunk written by its own (re)opened array."""
     for index in np.ndindex(*[-(-s // c) for s, c in zip(data.shape, chunks)]):
-        sl = tuple(slice(i * c, min((i + 1) * c, s))
-                   for i, c, s in zip(index, chunks, data.shape))
+        sl = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, data.shape))
         zarr.open_array(target.level0_path, mode="r+")[sl] = data[sl]
 
 
@@ -103,8 +115,12 @@ def expected_level(data, image_shapes, level):
     return out
 
 
-CASES = [("0.4", AXES_CZYX, (2, 5, 50, 45)), ("0.5", AXES_CZYX, (2, 5, 50, 45)),
-         ("0.4", AXES_CYX, (3, 64, 70)), ("0.5", AXES_CYX, (3, 64, 70))]
+CASES = [
+    ("0.4", AXES_CZYX, (2, 5, 50, 45)),
+    ("0.5", AXES_CZYX, (2, 5, 50, 45)),
+    ("0.4", AXES_CYX, (3, 64, 70)),
+    ("0.5", AXES_CYX, (3, 64, 70)),
+]
 
 
 @pytest.mark.parametrize("version,axes,shape", CASES)
@@ -132,8 +148,10 @@ def test_labels_written_and_read_by_ome_zarr_py(tmp_path, version, axes, shape):
     assert arr.chunks == tuple(min(c, n) for c, n in zip(chunks, t.spatial_shape))  # clipped
     data = label_pattern(t.spatial_shape)
     write_level0_chunkwise(t, data, chunks)
-    t.finish(colors={1: (255, 0, 0), 2: (0, 255, 0, 128)},
-             properties={1: {"class": "a"}, 2: {"class": "b"}})
+    t.finish(
+        colors={1: (255, 0, 0), 2: (0, 255, 0, 128)},
+        properties={1: {"class": "a"}, 2: {"class": "b"}},
+    )
 
     # pixels of every level: striding by the image's factors
     for lv, s in enumerate(spatial_shapes):
@@ -149,16 +167,16 @@ def test_labels_written_and_read_by_ome_zarr_py(tmp_path, version, axes, shape):
     assert meta["multiscales"][0]["axes"] == ms_axes
     ds = meta["multiscales"][0]["datasets"]
     assert [d["path"] for d in ds] == ["0", "1", "2"]
-    assert ds[1]["coordinateTransformations"][0]["scale"] == \
-        [2.0, 1.0, 1.0][-len(ms_axes):]
+    assert ds[1]["coordinateTransformations"][0]["scale"] == [2.0, 1.0, 1.0][-len(ms_axes) :]
     assert len(ds[1]["coordinateTransformations"][1]["translation"]) == len(ms_axes)
     assert read_attrs(t.labels_path, version)["labels"] == ["cells"]
     if version == "0.5":
         zj = json.load(open(os.path.join(t.level0_path, "zarr.json")))
         assert zj["dimension_names"] == [a["name"] for a in ms_axes]
     else:
-        assert json.load(open(os.path.join(t.level0_path, ".zarray")))[
-            "dimension_separator"] == "/"
+        assert (
+            json.load(open(os.path.join(t.level0_path, ".zarray")))["dimension_separator"] == "/"
+        )
 
     # ome-zarr-py, from the image: finds the labels and recognises a label image
     nodes = list(reader.Reader(parse_url(str(img)))())
@@ -225,7 +243,7 @@ def test_odd_shapes_and_anisotropic_factors(tmp_path):
     for lv in range(4):
         z = zarr.open_array(t.level_path(lv))
         assert z.shape == shapes[lv][1:]
-        np.testing.assert_array_equal(z[...], data[:, ::2 ** lv, ::2 ** lv])
+        np.testing.assert_array_equal(z[...], data[:, :: 2**lv, :: 2**lv])
 
 
 def test_non_integer_factor_uses_nearest_centres(tmp_path):
@@ -234,8 +252,9 @@ def test_non_integer_factor_uses_nearest_centres(tmp_path):
     g = zarr.open_group(img, mode="r+")
     g.create_array("1", shape=(1, 12, 30), dtype="uint16", chunks=(1, 12, 30))
     ms = g.attrs["multiscales"]
-    ms[0]["datasets"].append({"path": "1", "coordinateTransformations": [
-        {"type": "scale", "scale": [1.0, 2.5, 0.5]}]})
+    ms[0]["datasets"].append(
+        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.5, 0.5]}]}
+    )
     g.attrs["multiscales"] = ms
     t = label_target(img / "labels" / "a")
     data = np.arange(30 * 30, dtype=np.uint32).reshape(30, 30)
@@ -260,8 +279,7 @@ def test_parallel_pyramid_and_level_blocks(tmp_path):
     assert (covered == 1).all()
     with ThreadPoolExecutor(4) as ex:
         t.finish(executor=ex, max_block_bytes=4096)
-    np.testing.assert_array_equal(zarr.open_array(t.level_path(2))[...],
-                                  data[:, ::4, ::4])
+    np.testing.assert_array_equal(zarr.open_array(t.level_path(2))[...], data[:, ::4, ::4])
     # or built by the caller (e.g. mapped on a cluster), then finish(build_pyramid=False)
     t2 = label_target(img / "labels" / "d")
     t2.create_level0(t2.spatial_shape, np.uint32, (2, 16, 16))[...] = data
@@ -323,14 +341,16 @@ def test_label_target_none_and_refusals(tmp_path):
 
     old = zarr.open_group(tmp_path / "old.zarr", mode="w", zarr_format=2)
     old.create_array("0", shape=(16, 16), dtype="u1")
-    old.attrs["multiscales"] = [{"version": "0.3", "axes": ["y", "x"],
-                                 "datasets": [{"path": "0"}]}]
+    old.attrs["multiscales"] = [
+        {"version": "0.3", "axes": ["y", "x"], "datasets": [{"path": "0"}]}
+    ]
     with pytest.raises(InvalidParameterError, match="0.3"):
         label_target(tmp_path / "old.zarr" / "labels" / "a")
 
 
 def test_label_target_pickles(tmp_path):
     import pickle
+
     make_ome(tmp_path / "img.zarr", (2, 16, 16), AXES_CYX, "0.4", n_levels=1)
     t = label_target(tmp_path / "img.zarr" / "labels" / "a")
     assert pickle.loads(pickle.dumps(t)) == t

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from blockbuster import merge_tile_labels, tile_process
-from blockbuster.errors import InvalidParameterError, TileFunctionError, TileOutputError
-
 from conftest import CountingLabel, blobs, same_partition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockbuster.api import merge_tile_labels, tile_process
+from blockbuster.errors import InvalidParameterError, TileFunctionError, TileOutputError
 
 pytestmark = pytest.mark.usefixtures("client")
 
@@ -23,8 +23,11 @@ def oracle(img, conn):
     return ndi.label(img > 0, structure=ndi.generate_binary_structure(img.ndim, conn))
 
 
-@settings(max_examples=8, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(ndim=st.sampled_from([2, 3]), data=st.data())
 def test_tile_process_equals_whole_image_label(ndim, data, tmp_path_factory):
     d = tmp_path_factory.mktemp("calls")
@@ -37,7 +40,7 @@ def test_tile_process_equals_whole_image_label(ndim, data, tmp_path_factory):
     ref, n = oracle(img, conn)
     assert same_partition(out, ref)
     n_tiles = int(np.prod([-(-s // t) for s, t in zip(shape, tile)]))
-    assert len(fn.calls()) == n_tiles           # fn ran exactly once per tile
+    assert len(fn.calls()) == n_tiles  # fn ran exactly once per tile
 
 
 def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
@@ -46,8 +49,15 @@ def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
     zarr.create_array(store=src, shape=img.shape, chunks=(32, 32), dtype=img.dtype)[...] = img
     fn = counting_label(connectivity=2)
     out_path = str(tmp_path / "labels.zarr")
-    res, summary = tile_process(src, fn, tile_shape=(32, 40), connectivity=2,
-                                sequential_labels=True, write_to=out_path, return_summary=True)
+    res, summary = tile_process(
+        src,
+        fn,
+        tile_shape=(32, 40),
+        connectivity=2,
+        sequential_labels=True,
+        write_to=out_path,
+        return_summary=True,
+    )
     assert isinstance(res, da.Array)
     lab = res.compute()
     ref, n = oracle(img, 2)
@@ -57,21 +67,25 @@ def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
     assert arr.chunks == (32, 40) and arr.dtype == np.uint32
     assert arr.attrs["blockbuster"]["complete"] is True
     assert summary["labels_after_merge"] == n
-    per_tile = sum(oracle(img[i:i + 32, j:j + 40], 2)[1] for i in range(0, 96, 32)
-                   for j in range(0, 80, 40))
+    per_tile = sum(
+        oracle(img[i : i + 32, j : j + 40], 2)[1]
+        for i in range(0, 96, 32)
+        for j in range(0, 80, 40)
+    )
     assert summary["labels_before_merge"] == per_tile > n
     assert len(fn.calls()) == 3 * 2
     # staging is removed after success
     assert not os.path.exists(summary["staging"])
     # the same call again finds the output complete and runs nothing
-    tile_process(src, fn, tile_shape=(32, 40), connectivity=2, sequential_labels=True,
-                 write_to=out_path)
+    tile_process(
+        src, fn, tile_shape=(32, 40), connectivity=2, sequential_labels=True, write_to=out_path
+    )
     assert len(fn.calls()) == 6
 
 
 def test_dask_input_with_channel_axis(counting_label):
     img = blobs((40, 50), seed=5)
-    stack = np.stack([img, np.zeros_like(img)], axis=-1)       # channels last
+    stack = np.stack([img, np.zeros_like(img)], axis=-1)  # channels last
     x = da.from_array(stack, chunks=(20, 25, 2))
 
     class FirstChannel(CountingLabel):
@@ -104,11 +118,12 @@ def test_merge_tile_labels_zarr_path(tmp_path, scale):
     per_tile = np.zeros(img.shape, np.uint16)
     for i in range(0, 60, 20):
         for j in range(0, 70, 30):
-            per_tile[i:i + 20, j:j + 30] = ndi.label(img[i:i + 20, j:j + 30])[0] * scale
+            per_tile[i : i + 20, j : j + 30] = ndi.label(img[i : i + 20, j : j + 30])[0] * scale
     grp = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     grp.create_array("tiles", shape=img.shape, chunks=(20, 30), dtype=np.uint16)[...] = per_tile
-    out = merge_tile_labels(str(tmp_path / "g.zarr"), input_component="tiles",
-                            sequential_labels=True, compute=True)
+    out = merge_tile_labels(
+        str(tmp_path / "g.zarr"), input_component="tiles", sequential_labels=True, compute=True
+    )
     ref, n = oracle(img, 1)
     assert same_partition(out, ref) and out.max() == n
 
@@ -116,56 +131,67 @@ def test_merge_tile_labels_zarr_path(tmp_path, scale):
 def test_merge_tile_labels_of_small_tiles_in_merge_units(tmp_path):
     """256 stored tiles of 16 x 16: indexed and relabelled in merge units of several
     tiles (core/units.py) where this machine allows; the same labels, chunked by tiles."""
-    from blockbuster.core.plan import make_plan
-    from blockbuster.core.sources import open_image
+    from blockbuster.core import make_plan
+    from blockbuster.io import open_image
+
     img = blobs((256, 256), density=0.5, sigma=1.5, seed=4)
     per_tile = np.zeros(img.shape, np.int32)
     for i in range(0, 256, 16):
         for j in range(0, 256, 16):
-            lab = ndi.label(img[i:i + 16, j:j + 16], structure=np.ones((3, 3)))[0]
-            per_tile[i:i + 16, j:j + 16] = np.where(lab > 0, lab * 3 + 1, 0)   # sparse ids
+            lab = ndi.label(img[i : i + 16, j : j + 16], structure=np.ones((3, 3)))[0]
+            per_tile[i : i + 16, j : j + 16] = np.where(lab > 0, lab * 3 + 1, 0)  # sparse ids
     path = str(tmp_path / "tiles.zarr")
-    zarr.create_array(store=path, shape=img.shape, chunks=(16, 16), dtype=np.int32)[...] = \
-        per_tile
+    zarr.create_array(store=path, shape=img.shape, chunks=(16, 16), dtype=np.int32)[...] = per_tile
     plan = make_plan(open_image(path), fn_id="m", tile_shape=(16, 16), read_back=True)
     out_path = str(tmp_path / "merged.zarr")
-    out, summary = merge_tile_labels(path, write_to=out_path, connectivity=2,
-                                     return_summary=True)
+    out, summary = merge_tile_labels(path, write_to=out_path, connectivity=2, return_summary=True)
     ref, n = oracle(img, 2)
     assert same_partition(out.compute(), ref) and summary["labels_after_merge"] == n
     assert zarr.open_array(out_path, mode="r").chunks == (16, 16)
     assert summary["n_tiles"] == 256 and summary["tile_shape"] == [16, 16]
-    tiles_labels = sum(len(np.unique(per_tile[i:i + 16, j:j + 16])) - 1
-                       for i in range(0, 256, 16) for j in range(0, 256, 16))
+    tiles_labels = sum(
+        len(np.unique(per_tile[i : i + 16, j : j + 16])) - 1
+        for i in range(0, 256, 16)
+        for j in range(0, 256, 16)
+    )
     assert summary["labels_before_merge"] == tiles_labels
-    if plan.unit_tile_shape is not None:             # units on this machine
+    if plan.unit_tile_shape is not None:  # units on this machine
         assert summary["merge_units"]["n_units"] == plan.grid.n_tiles < 256
         # one shard file per unit, one inner chunk per tile
         stored = zarr.open_array(out_path, mode="r")
         assert stored.shards == plan.out_shards == plan.grid.tile_shape
         n_files = sum(len(f) for _, _, f in os.walk(os.path.join(out_path, "c")))
         assert 0 < n_files <= plan.grid.n_tiles
-    else:                                            # pragma: no cover - many CPUs
+    else:  # pragma: no cover - many CPUs
         assert "merge_units" not in summary
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda t: t.astype(float), "dtype float64"),
-    (lambda t: np.zeros((2, 2), np.int32), "shape"),
-    (lambda t: -np.ones(t.shape, np.int32), "negative"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda t: t.astype(float), "dtype float64"),
+        (lambda t: np.zeros((2, 2), np.int32), "shape"),
+        (lambda t: -np.ones(t.shape, np.int32), "negative"),
+    ],
+)
 def test_bad_fn_output_names_the_tile(bad, match, tmp_path):
     out_path = tmp_path / "out.zarr"
     with pytest.raises(TileOutputError, match=match) as exc:
-        tile_process(np.ones((20, 20), np.uint8), bad, tile_shape=(10, 10), retries=0,
-                     write_to=str(out_path))
+        tile_process(
+            np.ones((20, 20), np.uint8),
+            bad,
+            tile_shape=(10, 10),
+            retries=0,
+            write_to=str(out_path),
+        )
     assert "tile " in str(exc.value) and "origin" in str(exc.value)
-    assert not out_path.exists()          # nothing that looks like an output
+    assert not out_path.exists()  # nothing that looks like an output
 
 
 def test_fn_exception_names_tile_and_original_error(tmp_path):
     def boom(tile):
         raise KeyError("no such model")
+
     with pytest.raises(TileFunctionError, match="KeyError") as exc:
         tile_process(np.ones((8, 8), np.uint8), boom, tile_shape=(4, 4), retries=0)
     assert "origin" in str(exc.value)
@@ -174,8 +200,9 @@ def test_fn_exception_names_tile_and_original_error(tmp_path):
 @pytest.mark.parametrize("tile_shape", [(0, 4), (4,), (4, 4, 4), "big", (2.5, 4), -3])
 def test_bad_tile_shape_is_value_error(tile_shape):
     with pytest.raises(ValueError, match="tile_shape"):
-        tile_process(np.ones((8, 8), np.uint8), lambda t: t.astype(np.int32),
-                     tile_shape=tile_shape)
+        tile_process(
+            np.ones((8, 8), np.uint8), lambda t: t.astype(np.int32), tile_shape=tile_shape
+        )
 
 
 def test_other_bad_parameters():
@@ -192,7 +219,8 @@ def test_other_bad_parameters():
 
 
 def test_uint64_when_labels_exceed_uint32():
-    from blockbuster.core.lut import MergeTable
+    from blockbuster.core import MergeTable
+
     t = MergeTable.build([2**32 - 1, 5], np.zeros((0, 2), np.int64))
     assert t.dtype == np.uint64 and t.max_label == 2**32 + 4
     s = MergeTable.build([2**32 - 1, 5], np.array([[2**32 - 1, 2**32]]), sequential=True)

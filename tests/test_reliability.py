@@ -10,17 +10,15 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-
-from blockbuster import tile_process
-from blockbuster.core.staging import Staging
-from blockbuster.errors import TileFunctionError
-
 from conftest import same_partition
 from faults import FaultyLabel, marked_image
+
+from blockbuster.api import tile_process
+from blockbuster.errors import TileFunctionError
+from blockbuster.io import Staging
 
 pytestmark = pytest.mark.usefixtures("client")
 TESTS = os.path.dirname(__file__)
@@ -48,19 +46,19 @@ def test_failing_tile_fails_run_naming_it_then_resumes(setup):
     open(os.path.join(flags, "fail"), "w").close()
     fn = FaultyLabel(calls, flags)
     with pytest.raises(TileFunctionError) as exc:
-        tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, retries=1,
-                     retry_delay=0.05)
+        tile_process(
+            path, fn, tile_shape=TILE, write_to=out, staging=stg, retries=1, retry_delay=0.05
+        )
     msg = str(exc.value)
     assert "tile 21" in msg and "origin (60, 60)" in msg and "injected failure" in msg
     assert exc.value.origin == (60, 60)
-    assert not os.path.exists(out)                    # no output that looks finished
+    assert not os.path.exists(out)  # no output that looks finished
     finished = len(Staging(stg).finished_tiles())
     assert 0 < finished < 36
     first = fn.n_calls()
     os.remove(os.path.join(flags, "fail"))
-    lab = tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg,
-                       compute=True)
-    assert fn.n_calls() - first == 36 - finished       # only unfinished tiles ran again
+    lab = tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, compute=True)
+    assert fn.n_calls() - first == 36 - finished  # only unfinished tiles ran again
     assert same_partition(lab, oracle(img))
     assert zarr.open_array(out).attrs["blockbuster"]["complete"]
 
@@ -71,7 +69,7 @@ def test_transient_failure_succeeds_with_retries(setup):
     fn = FaultyLabel(calls, flags)
     lab = tile_process(path, fn, tile_shape=TILE, retries=2, retry_delay=0.05, compute=True)
     assert same_partition(lab, oracle(img))
-    assert fn.n_calls() == 37                        # one tile ran twice
+    assert fn.n_calls() == 37  # one tile ran twice
 
 
 def test_worker_killed_mid_run_is_survived(setup, client):
@@ -80,10 +78,10 @@ def test_worker_killed_mid_run_is_survived(setup, client):
     pids_before = set(client.run(os.getpid).values())
     fn = FaultyLabel(calls, flags)
     lab = tile_process(path, fn, tile_shape=TILE, compute=True)
-    assert not os.path.exists(os.path.join(flags, "kill-worker"))   # the kill happened
+    assert not os.path.exists(os.path.join(flags, "kill-worker"))  # the kill happened
     assert same_partition(lab, oracle(img))
     client.wait_for_workers(2, timeout=60)
-    assert set(client.run(os.getpid).values()) != pids_before      # a worker was replaced
+    assert set(client.run(os.getpid).values()) != pids_before  # a worker was replaced
 
 
 def test_changed_function_or_input_invalidates_staging(setup):
@@ -91,14 +89,21 @@ def test_changed_function_or_input_invalidates_staging(setup):
     fn = FaultyLabel(calls, flags)
     tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, keep_staging=True)
     assert fn.n_calls() == 36
-    tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, keep_staging=True,
-                 sequential_labels=True)          # relabel only: staging reused
+    tile_process(
+        path,
+        fn,
+        tile_shape=TILE,
+        write_to=out,
+        staging=stg,
+        keep_staging=True,
+        sequential_labels=True,
+    )  # relabel only: staging reused
     assert fn.n_calls() == 36
     tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2)
-    assert fn.n_calls() == 72                      # an option changed: recomputed
+    assert fn.n_calls() == 72  # an option changed: recomputed
     time.sleep(0.01)
     a = zarr.open_array(path, mode="r+")
-    a[0, 0] = 1                                    # the input changed (mtime)
+    a[0, 0] = 1  # the input changed (mtime)
     a.attrs["touched"] = True
     tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2)
     assert fn.n_calls() == 108
@@ -118,13 +123,24 @@ DRIVER = textwrap.dedent("""
 def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path):
     img, path, calls, flags, out, stg = setup
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(tests=TESTS, path=path, calls=calls, flags=flags,
-                                    tile=TILE, out=out, stg=stg))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    script.write_text(
+        DRIVER.format(
+            tests=TESTS, path=path, calls=calls, flags=flags, tile=TILE, out=out, stg=stg
+        )
+    )
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     try:
         while time.time() < deadline:
@@ -136,13 +152,14 @@ def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path):
         else:
             pytest.fail("the driver did not segment 10 tiles in time")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)           # the driver and all it started
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and all it started
         proc.wait()
     time.sleep(0.5)
     finished = len(Staging(stg).finished_tiles())
     assert 10 <= finished < 36
-    assert not os.path.exists(out) or not zarr.open_array(out).attrs.get(
-        "blockbuster", {}).get("complete")
+    assert not os.path.exists(out) or not zarr.open_array(out).attrs.get("blockbuster", {}).get(
+        "complete"
+    )
     before = FaultyLabel(calls, flags).n_calls()
     fn = FaultyLabel(calls, flags)
     lab = tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, compute=True)

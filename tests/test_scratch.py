@@ -9,17 +9,21 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from blockbuster.core import scratch
-from blockbuster.core.scratch import Scratch, keep_freed_memory, map_through
+from blockbuster.worker import Scratch, keep_freed_memory, map_through
+from blockbuster.worker import _memory as scratch
 
 
 @settings(max_examples=150, deadline=None)
-@given(shape=st.lists(st.integers(0, 30), min_size=1, max_size=3),
-       n=st.integers(1, 400), dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64,
-                                                     np.uint64]),
-       block=st.sampled_from([1, 7, 64, 1 << 16]), seed=st.integers(0, 2**31 - 1))
+@given(
+    shape=st.lists(st.integers(0, 30), min_size=1, max_size=3),
+    n=st.integers(1, 400),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.uint64]),
+    block=st.sampled_from([1, 7, 64, 1 << 16]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_map_through_equals_fancy_indexing(shape, n, dtype, block, seed):
     rng = np.random.default_rng(seed)
     n = min(n, np.iinfo(dtype).max + 1)
@@ -44,7 +48,7 @@ def test_scratch_buffers_are_per_name_and_reused():
     c = s.array("out", (10,), np.float64)
     assert np.shares_memory(a, b) and not np.shares_memory(a, c)
     assert a.flags.c_contiguous and b.shape == (50, 50) and b.dtype == np.uint8
-    big = s.array("in", (200, 200), np.int32)          # grows
+    big = s.array("in", (200, 200), np.int32)  # grows
     assert big.shape == (200, 200)
     s.clear()
     assert not np.shares_memory(s.array("in", (10,), np.int32), big)
@@ -53,7 +57,7 @@ def test_scratch_buffers_are_per_name_and_reused():
 _WORKER = """
 import resource, numpy as np
 from blockbuster.core import scratch
-from blockbuster.core.scratch import keep_freed_memory
+from blockbuster.worker import keep_freed_memory
 
 def faults(k=30, nbytes=4 << 20):
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -78,8 +82,9 @@ def test_keep_freed_memory_in_a_dask_like_worker():
     returned at once), large temporaries page-fault every time; inside
     keep_freed_memory they are reused; after it the worker's own setting is back."""
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
-    p = subprocess.run([sys.executable, "-c", _WORKER], env=env, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", _WORKER], env=env, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     before, inside, after, depth, final = map(int, p.stdout.split())
     pages = 30 * (4 << 20) // 4096

@@ -30,11 +30,17 @@ def test_plain_script_runs_cleanly(tmp_path):
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "labels: 1" in r.stdout
     assert "Traceback" not in out, out
     assert "| ERROR" not in out and "CancelledError" not in out, out
-    assert "segment" in r.stderr            # the tqdm bars
+    assert "segment" in r.stderr  # the tqdm bars

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-import blockbuster.segmenters.registry as registry
-from blockbuster.core.metrics import instance_f1
+import blockbuster.segmenters._registry as registry
+from blockbuster.core import instance_f1
 from blockbuster.errors import InvalidParameterError, SegmenterNotFoundError
 from blockbuster.segmenters import (
     ThresholdSegmenter,
@@ -30,7 +30,7 @@ from blockbuster.synthetic import synthetic_nuclei
 FACTORIES = [threshold, watershed]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _image(kind: str):
     if kind == "2d":
         return synthetic_nuclei((160, 192), seed=0)
@@ -42,6 +42,7 @@ def _is_consecutive(labels: np.ndarray) -> bool:
 
 
 # --- behaviour on tiles --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("factory", FACTORIES)
 @pytest.mark.parametrize("kind", ["2d", "3d"])
@@ -56,12 +57,15 @@ def test_output_shape_dtype_and_determinism(factory, kind):
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
-@pytest.mark.parametrize("tile", [
-    np.zeros((32, 40), np.uint16),
-    np.full((8, 16, 16), 1234, np.uint16),
-    np.full((20, 20), 0.25, np.float32),
-    np.zeros((1, 1), np.uint8),
-])
+@pytest.mark.parametrize(
+    "tile",
+    [
+        np.zeros((32, 40), np.uint16),
+        np.full((8, 16, 16), 1234, np.uint16),
+        np.full((20, 20), 0.25, np.float32),
+        np.zeros((1, 1), np.uint8),
+    ],
+)
 def test_all_background_tile_gives_zeros(factory, tile):
     out = factory()(tile)
     assert out.shape == tile.shape and out.dtype == np.uint32 and not out.any()
@@ -77,7 +81,7 @@ def test_fixed_threshold_above_everything_gives_zeros(factory):
 def test_float_and_bool_tiles(factory):
     image, _ = _image("2d")
     as_float = image.astype(np.float64) / 65535
-    a, b = factory()(image) > 0, factory()(as_float) > 0   # Otsu: per-value vs 256 bins
+    a, b = factory()(image) > 0, factory()(as_float) > 0  # Otsu: per-value vs 256 bins
     assert (a & b).sum() >= 0.98 * (a | b).sum()
     fixed_int = factory(threshold=30000.5)(image)
     assert np.array_equal(fixed_int, factory(threshold=30000.5 / 65535)(as_float))
@@ -88,14 +92,14 @@ def test_float_and_bool_tiles(factory):
 
 def test_threshold_connectivity_min_size_and_fixed_value():
     tile = np.zeros((7, 7), np.uint16)
-    tile[1, 1] = tile[2, 2] = 100     # diagonal neighbours
-    tile[4:7, 4:7] = 100              # a 3x3 square
+    tile[1, 1] = tile[2, 2] = 100  # diagonal neighbours
+    tile[4:7, 4:7] = 100  # a 3x3 square
     assert threshold(connectivity=1)(tile).max() == 3
     assert threshold(connectivity=2)(tile).max() == 2
     assert threshold(connectivity=5)(tile).max() == 2  # above ndim: full connectivity
     out = threshold(min_size=2)(tile)
     assert out.max() == 1 and (out == 1).sum() == 9 and _is_consecutive(out)
-    assert threshold(threshold=100)(tile).max() == 0   # strictly greater than
+    assert threshold(threshold=100)(tile).max() == 0  # strictly greater than
     assert threshold(threshold=99.5)(tile).max() == 3
 
 
@@ -150,8 +154,8 @@ def test_watershed_options():
 
 def test_watershed_thin_objects_keep_a_label():
     tile = np.zeros((9, 30), np.uint16)
-    tile[2, 2:28] = 500      # a one-pixel-wide line
-    tile[5:8, 5] = 500       # a tiny vertical bar
+    tile[2, 2:28] = 500  # a one-pixel-wide line
+    tile[5:8, 5] = 500  # a tiny vertical bar
     out = watershed(smooth_sigma=0, threshold=100)(tile)
     assert np.array_equal(out > 0, tile > 0)
     assert out.max() >= 2 and _is_consecutive(out)
@@ -159,15 +163,16 @@ def test_watershed_thin_objects_keep_a_label():
 
 # --- channels --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_channel_selection_and_reduction(factory):
     image, _ = _image("2d")
     dim = (image // 8).astype(np.uint16)
-    stack = np.stack([dim, image, np.zeros_like(image)], axis=-1)   # channels last
+    stack = np.stack([dim, image, np.zeros_like(image)], axis=-1)  # channels last
     plain = factory()(image)
     assert np.array_equal(factory(channel_axis=-1, channel=1)(stack), plain)
     assert np.array_equal(factory(channel_axis=2, channel=1)(stack), plain)
-    assert np.array_equal(factory(channel_axis=-1)(stack), plain)         # "max" default
+    assert np.array_equal(factory(channel_axis=-1)(stack), plain)  # "max" default
     assert np.array_equal(factory(channel_axis=-1, channel="max")(stack), plain)
     mean = factory(channel_axis=0, channel="mean")(np.moveaxis(stack, -1, 0))
     assert mean.shape == image.shape and mean.max() > 0
@@ -186,6 +191,7 @@ def test_with_channel_axis():
 
 
 # --- identity, pickling, options --------------------------------------------------------
+
 
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_pickle_round_trip_and_cache_token(factory):
@@ -211,29 +217,32 @@ def test_tokens_differ_between_segmenters():
 
 
 def test_identity_module_uses_cache_token():
-    identity = pytest.importorskip("blockbuster.core.identity")
+    identity = pytest.importorskip("blockbuster.core")
     seg = watershed(min_distance=3)
     assert identity.fn_token(seg) == seg.cache_token()
 
 
-@pytest.mark.parametrize("factory, kwargs, option", [
-    (threshold, {"threshold": "otsu"}, "threshold"),
-    (threshold, {"threshold": float("nan")}, "threshold"),
-    (threshold, {"smooth_sigma": -1}, "smooth_sigma"),
-    (threshold, {"smooth_sigma": ()}, "smooth_sigma"),
-    (threshold, {"min_size": -1}, "min_size"),
-    (threshold, {"min_size": 2.5}, "min_size"),
-    (threshold, {"min_size": True}, "min_size"),
-    (threshold, {"connectivity": 0}, "connectivity"),
-    (threshold, {"channel": 1}, "channel"),
-    (threshold, {"channel_axis": 0, "channel": "median"}, "channel"),
-    (threshold, {"channel_axis": 0, "channel": -1}, "channel"),
-    (threshold, {"channel_axis": 1.0}, "channel_axis"),
-    (watershed, {"min_distance": 0}, "min_distance"),
-    (watershed, {"footprint": 0}, "footprint"),
-    (watershed, {"footprint": []}, "footprint"),
-    (watershed, {"smooth_sigma": "big"}, "smooth_sigma"),
-])
+@pytest.mark.parametrize(
+    "factory, kwargs, option",
+    [
+        (threshold, {"threshold": "otsu"}, "threshold"),
+        (threshold, {"threshold": float("nan")}, "threshold"),
+        (threshold, {"smooth_sigma": -1}, "smooth_sigma"),
+        (threshold, {"smooth_sigma": ()}, "smooth_sigma"),
+        (threshold, {"min_size": -1}, "min_size"),
+        (threshold, {"min_size": 2.5}, "min_size"),
+        (threshold, {"min_size": True}, "min_size"),
+        (threshold, {"connectivity": 0}, "connectivity"),
+        (threshold, {"channel": 1}, "channel"),
+        (threshold, {"channel_axis": 0, "channel": "median"}, "channel"),
+        (threshold, {"channel_axis": 0, "channel": -1}, "channel"),
+        (threshold, {"channel_axis": 1.0}, "channel_axis"),
+        (watershed, {"min_distance": 0}, "min_distance"),
+        (watershed, {"footprint": 0}, "footprint"),
+        (watershed, {"footprint": []}, "footprint"),
+        (watershed, {"smooth_sigma": "big"}, "smooth_sigma"),
+    ],
+)
 def test_bad_options_raise_invalid_parameter(factory, kwargs, option):
     with pytest.raises(InvalidParameterError, match=option) as info:
         factory(**kwargs)
@@ -241,6 +250,7 @@ def test_bad_options_raise_invalid_parameter(factory, kwargs, option):
 
 
 # --- memory model -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_memory_estimate_covers_measured_peak(factory):
@@ -255,20 +265,24 @@ def test_memory_estimate_covers_measured_peak(factory):
         tracemalloc.stop()
     measured = peak + image.nbytes
     estimate = seg.peak_memory_bytes(image.shape, image.dtype)
-    print(f"{type(seg).__name__}: measured {measured / image.nbytes:.1f}x, "
-          f"estimate {estimate / image.nbytes:.1f}x, memory_factor {seg.memory_factor}")
+    print(
+        f"{type(seg).__name__}: measured {measured / image.nbytes:.1f}x, "
+        f"estimate {estimate / image.nbytes:.1f}x, memory_factor {seg.memory_factor}"
+    )
     assert measured <= 1.15 * estimate
     assert measured <= 1.15 * seg.memory_factor * image.nbytes
 
 
 # --- quality on the synthetic nuclei ---------------------------------------------------
 
+
 def test_watershed_splits_touching_nuclei_2d():
     image, truth = synthetic_nuclei((384, 384), seed=0, touching=True)
     f_thr = instance_f1(threshold()(image), truth)
     f_ws = instance_f1(watershed()(image), truth)
-    print(f"2D {truth.max()} nuclei: threshold F1 {f_thr['f1']:.3f}, "
-          f"watershed F1 {f_ws['f1']:.3f}")
+    print(
+        f"2D {truth.max()} nuclei: threshold F1 {f_thr['f1']:.3f}, watershed F1 {f_ws['f1']:.3f}"
+    )
     # measured over seeds 0-9: threshold 0.06-0.26, watershed 0.925-0.978
     assert f_ws["f1"] >= 0.9
     assert f_thr["f1"] <= 0.4
@@ -279,8 +293,9 @@ def test_watershed_splits_touching_nuclei_3d():
     image, truth = synthetic_nuclei((48, 96, 96), radius=(5, 8), seed=1, touching=True)
     f_thr = instance_f1(threshold()(image), truth)
     f_ws = instance_f1(watershed()(image), truth)
-    print(f"3D {truth.max()} nuclei: threshold F1 {f_thr['f1']:.3f}, "
-          f"watershed F1 {f_ws['f1']:.3f}")
+    print(
+        f"3D {truth.max()} nuclei: threshold F1 {f_thr['f1']:.3f}, watershed F1 {f_ws['f1']:.3f}"
+    )
     # measured over seeds 0-9: threshold 0.00-0.03, watershed 0.93-1.00
     assert f_ws["f1"] >= 0.9
     assert f_ws["f1"] - f_thr["f1"] >= 0.5
@@ -293,6 +308,7 @@ def test_separate_nuclei_are_found_by_both():
 
 
 # --- registry ---------------------------------------------------------------------------
+
 
 def test_builtins_are_available():
     segs = available_segmenters()
@@ -328,13 +344,19 @@ def test_unknown_option_names_it_and_lists_accepted():
     for name in ("threshold", "smooth_sigma", "min_size", "connectivity", "channel"):
         assert name in msg
     with pytest.raises(InvalidParameterError, match="min_size"):
-        get_segmenter("threshold", min_size=-2)   # value checked by the factory
+        get_segmenter("threshold", min_size=-2)  # value checked by the factory
 
 
 def test_options_schema():
     schema = segmenter_options_schema("threshold")
-    assert list(schema) == ["threshold", "smooth_sigma", "min_size", "connectivity",
-                            "channel_axis", "channel"]
+    assert list(schema) == [
+        "threshold",
+        "smooth_sigma",
+        "min_size",
+        "connectivity",
+        "channel_axis",
+        "channel",
+    ]
     default, annotation, doc = schema["min_size"]
     assert default == 0 and annotation == "int" and doc.startswith("Objects with fewer")
     assert schema["threshold"].annotation == "float | None"
@@ -374,11 +396,12 @@ def fake_plugins(tmp_path, monkeypatch):
         EntryPoint("fake", "bb_fake_plugin:make", group),
         EntryPoint("loose", "bb_fake_plugin:anything", group),
         EntryPoint("broken", "bb_no_such_module_xyz:make", group),
-        EntryPoint("threshold", "bb_fake_plugin:make", group),   # must not hijack
-        EntryPoint("fake", "bb_fake_plugin:anything", group),    # duplicate: first wins
+        EntryPoint("threshold", "bb_fake_plugin:make", group),  # must not hijack
+        EntryPoint("fake", "bb_fake_plugin:anything", group),  # duplicate: first wins
     ]
-    monkeypatch.setattr(registry, "entry_points", lambda group: [e for e in eps
-                                                                 if e.group == group])
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [e for e in eps if e.group == group]
+    )
     return eps
 
 
@@ -390,7 +413,7 @@ def test_plugins_via_entry_points(fake_plugins):
     assert get_segmenter("fake", size=3) == ("made", 3, 1.0)
     assert get_segmenter("loose", anything=1, goes=2) == {"anything": 1, "goes": 2}
     with pytest.raises(InvalidParameterError, match="'size'"):
-        get_segmenter("fake")                       # required option missing
+        get_segmenter("fake")  # required option missing
     with pytest.raises(InvalidParameterError, match="accepted options: size, scale"):
         get_segmenter("fake", size=1, colour="red")
     with pytest.raises(SegmenterNotFoundError, match="cannot be loaded") as info:

@@ -6,15 +6,24 @@ import itertools
 
 import numpy as np
 import zarr
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from blockbuster.core.shardfiles import ShardWriter
+from blockbuster.io import ShardWriter
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
-@given(data=st.data(), ndim=st.integers(1, 3), dtype=st.sampled_from(["u1", "u4", "i8", "f4"]),
-       at_end=st.booleans(), compressed=st.booleans())
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    data=st.data(),
+    ndim=st.integers(1, 3),
+    dtype=st.sampled_from(["u1", "u4", "i8", "f4"]),
+    at_end=st.booleans(),
+    compressed=st.booleans(),
+)
 def test_shards_read_back_as_written(data, ndim, dtype, at_end, compressed, tmp_path_factory):
     chunks = tuple(data.draw(st.integers(1, 5)) for _ in range(ndim))
     per = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
@@ -22,9 +31,15 @@ def test_shards_read_back_as_written(data, ndim, dtype, at_end, compressed, tmp_
     shape = tuple(data.draw(st.integers(1, 3 * s)) for s in shards)
     kw = {} if compressed else {"compressors": None}
     path = str(tmp_path_factory.mktemp("sh") / "a.zarr")
-    z = zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                          shards={"shape": shards,
-                                  "index_location": "end" if at_end else "start"}, **kw)
+    z = zarr.create_array(
+        store=path,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0,
+        shards={"shape": shards, "index_location": "end" if at_end else "start"},
+        **kw,
+    )
     w = ShardWriter.of(z)
     assert w is not None and w.at_end == at_end and w.crc
     expect = np.zeros(shape, dtype)
@@ -35,7 +50,7 @@ def test_shards_read_back_as_written(data, ndim, dtype, at_end, compressed, tmp_
         for ic in itertools.product(*map(range, per)):
             lo = [o * sh + i * c for o, sh, i, c in zip(sc, shards, ic, chunks)]
             if any(a >= s for a, s in zip(lo, shape)) or rng.random() < 0.3:
-                continue                                   # absent inner chunk
+                continue  # absent inner chunk
             b = tuple((a, min(a + c, s)) for a, c, s in zip(lo, chunks, shape))
             block = rng.integers(1, 100, [hi - a for a, hi in b]).astype(dtype)
             shard.add(b, block)
@@ -49,8 +64,9 @@ def test_only_sharded_local_v3_arrays_are_written(tmp_path):
     assert ShardWriter.of(plain) is None
     mem = zarr.create_array(store={}, shape=(8,), chunks=(2,), shards=(4,), dtype="u1")
     assert ShardWriter.of(mem) is None
-    z = zarr.create_array(store=str(tmp_path / "s.zarr"), shape=(8,), chunks=(2,), shards=(4,),
-                          dtype="u1")
+    z = zarr.create_array(
+        store=str(tmp_path / "s.zarr"), shape=(8,), chunks=(2,), shards=(4,), dtype="u1"
+    )
     s = ShardWriter.of(z).shard((0,))
     try:
         s.add(((1, 3),), np.ones(2, "u1"))

@@ -8,19 +8,22 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from blockbuster.core.labels import compact_labels, present_ids
-from blockbuster.core.staging import Staging
+from blockbuster.core import compact_labels, present_ids
+from blockbuster.io import Staging
 
 
 def test_round_trip_and_partial_reads(tmp_path):
     st = Staging(tmp_path / "s")
     assert st.prepare({"run_key": "k"}) is False
-    arrays = {"labels": np.arange(12, dtype=np.uint16).reshape(3, 4),
-              "f0lo": np.array([1, 2, 3], np.uint8),
-              "empty": np.zeros((0, 5), np.uint32),
-              "big": np.arange(70000, dtype=np.uint32)}
+    arrays = {
+        "labels": np.arange(12, dtype=np.uint16).reshape(3, 4),
+        "f0lo": np.array([1, 2, 3], np.uint8),
+        "empty": np.zeros((0, 5), np.uint32),
+        "big": np.arange(70000, dtype=np.uint32),
+    }
     with st:
         st.write_tile(7, {"n_labels": 11, "origin": [np.int64(3), 4]}, arrays)
     rec, got = st.read_tile(7)
@@ -69,8 +72,9 @@ def test_a_record_cut_off_by_a_crash_is_not_a_finished_tile(tmp_path):
             f.truncate(cut)
         fresh = Staging(tmp_path / "s")
         fresh._index = None
-        from blockbuster.core import staging as mod
-        mod._INDEXES.clear()                       # a new process: no index yet
+        from blockbuster.io import _staging as mod
+
+        mod._INDEXES.clear()  # a new process: no index yet
         assert fresh.finished_tiles() == [0]
     # the tile is written again by the rerun; both are readable
     with Staging(tmp_path / "s") as w:
@@ -84,9 +88,9 @@ def test_same_run_reused_other_run_or_format_wiped(tmp_path):
     gen = st.generation
     with st:
         st.write_tile(0, {"n_labels": 0})
-    assert st.prepare({"run_key": "a"}) is True            # a resume keeps the tiles
+    assert st.prepare({"run_key": "a"}) is True  # a resume keeps the tiles
     assert st.finished_tiles() == [0] and st.generation == gen
-    assert st.prepare({"run_key": "b"}) is False           # another run: wiped
+    assert st.prepare({"run_key": "b"}) is False  # another run: wiped
     assert st.finished_tiles() == [] and st.generation != gen
     # a staging written by an older blockbuster (format 1: a file per tile) is never
     # reused
@@ -107,11 +111,12 @@ def test_foreign_file_is_a_clear_error(tmp_path):
         st.read_tile(2)
 
 
-@pytest.mark.parametrize("n, dtype", [(0, np.uint8), (255, np.uint8), (256, np.uint16),
-                                      (70000, np.uint32)])
+@pytest.mark.parametrize(
+    "n, dtype", [(0, np.uint8), (255, np.uint8), (256, np.uint16), (70000, np.uint32)]
+)
 def test_staged_labels_use_the_smallest_dtype(n, dtype):
     lab = np.zeros(2 * n + 2, np.int64)
-    lab[1:2 * n:2] = np.arange(1, n + 1) * 9      # n distinct, gappy ids
+    lab[1 : 2 * n : 2] = np.arange(1, n + 1) * 9  # n distinct, gappy ids
     out, k = compact_labels(lab, small=True)
     assert k == n and out.dtype == dtype
     assert out.max(initial=0) == n
@@ -119,18 +124,22 @@ def test_staged_labels_use_the_smallest_dtype(n, dtype):
 
 
 @settings(max_examples=200, deadline=None)
-@given(shape=st.lists(st.integers(0, 40), min_size=1, max_size=3),
-       n_ids=st.integers(1, 50), big=st.booleans(), dtype=st.sampled_from(
-           [np.uint8, np.uint16, np.int32, np.uint32, np.int64, np.uint64]),
-       runs=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    shape=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+    n_ids=st.integers(1, 50),
+    big=st.booleans(),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.uint32, np.int64, np.uint64]),
+    runs=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_present_ids_equals_unique(shape, n_ids, big, dtype, runs, seed):
     """present_ids (run starts only, when runs are long) equals np.unique minus 0."""
     rng = np.random.default_rng(seed)
     hi = min(np.iinfo(dtype).max, 2**40 if big else 300)
     pool = rng.integers(0, hi, n_ids, endpoint=True)
     lab = pool[rng.integers(0, n_ids, shape)]
-    if runs and lab.size:                       # long runs of equal values
-        lab = np.repeat(lab.reshape(-1), 8)[:lab.size].reshape(shape)
+    if runs and lab.size:  # long runs of equal values
+        lab = np.repeat(lab.reshape(-1), 8)[: lab.size].reshape(shape)
     lab = lab.astype(dtype)
     expected = np.unique(lab)
     expected = expected[expected > 0].astype(np.int64)

@@ -84,14 +84,13 @@ def test_n_nuclei_is_respected():
     assert truth.max() == 12
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene_2d():
     scene = nuclei_scene((96, 80), radius=(4, 8), seed=4)
     return scene, scene.render()
 
 
-@given(a0=st.integers(0, 95), a1=st.integers(1, 96), b0=st.integers(0, 79),
-       b1=st.integers(1, 80))
+@given(a0=st.integers(0, 95), a1=st.integers(1, 96), b0=st.integers(0, 79), b1=st.integers(1, 80))
 @settings(max_examples=25, deadline=None)
 def test_any_region_renders_like_the_whole(a0, a1, b0, b1):
     scene, (image, truth) = _scene_2d()
@@ -102,7 +101,7 @@ def test_any_region_renders_like_the_whole(a0, a1, b0, b1):
 
 
 def test_3d_region_and_slab_rendering_agree(monkeypatch):
-    import blockbuster.synthetic as syn
+    import blockbuster.synthetic._scene as syn
 
     scene = nuclei_scene((24, 40, 48), radius=(4, 6), seed=8)
     image, truth = scene.render()
@@ -138,8 +137,9 @@ def test_sparse_nuclei_zero_outside_corner():
 
 
 def test_sparse_nuclei_noise_outside_stays_below_bound():
-    image, truth = sparse_nuclei((128, 128), corner_fraction=0.25, seed=1,
-                                 outside="noise", radius=(3, 5))
+    image, truth = sparse_nuclei(
+        (128, 128), corner_fraction=0.25, seed=1, outside="noise", radius=(3, 5)
+    )
     bound = 14418  # documented: ceil((0.1 + 4 * 0.03) * 65535)
     outside = np.ones(image.shape, bool)
     outside[:32, :32] = False
@@ -154,8 +154,14 @@ def test_sparse_nuclei_3d():
 
 
 def test_write_synthetic_zarr_matches_in_memory(tmp_path):
-    path = write_synthetic_zarr(tmp_path / "img.zarr", (100, 90), (32, 40), seed=7,
-                                labels_path=tmp_path / "truth.zarr", radius=(5, 9))
+    path = write_synthetic_zarr(
+        tmp_path / "img.zarr",
+        (100, 90),
+        (32, 40),
+        seed=7,
+        labels_path=tmp_path / "truth.zarr",
+        radius=(5, 9),
+    )
     z = zarr.open_array(path, mode="r")
     assert z.shape == (100, 90) and z.chunks == (32, 40) and z.dtype == np.uint16
     assert z.metadata.zarr_format == 3
@@ -166,8 +172,15 @@ def test_write_synthetic_zarr_matches_in_memory(tmp_path):
 
 
 def test_write_sparse_zarr_stores_no_empty_chunks(tmp_path):
-    path = write_synthetic_zarr(tmp_path / "sparse.zarr", (128, 128), (32, 32), seed=0,
-                                kind="sparse", corner_fraction=0.25, radius=(3, 5))
+    path = write_synthetic_zarr(
+        tmp_path / "sparse.zarr",
+        (128, 128),
+        (32, 32),
+        seed=0,
+        kind="sparse",
+        corner_fraction=0.25,
+        radius=(3, 5),
+    )
     z = zarr.open_array(path, mode="r")
     image, _ = sparse_nuclei((128, 128), corner_fraction=0.25, seed=0, radius=(3, 5))
     assert np.array_equal(z[...], image)
@@ -175,24 +188,28 @@ def test_write_sparse_zarr_stores_no_empty_chunks(tmp_path):
 
 
 def test_write_3d_zarr(tmp_path):
-    path = write_synthetic_zarr(str(tmp_path / "vol.zarr"), (20, 33, 30), (8, 16, 16),
-                                seed=1, radius=(3, 5), dtype="uint8")
+    path = write_synthetic_zarr(
+        str(tmp_path / "vol.zarr"), (20, 33, 30), (8, 16, 16), seed=1, radius=(3, 5), dtype="uint8"
+    )
     z = zarr.open_array(path, mode="r")
     image, _ = synthetic_nuclei((20, 33, 30), seed=1, radius=(3, 5), dtype="uint8")
     assert z.dtype == np.uint8 and np.array_equal(z[...], image)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"shape": (10,)},
-    {"shape": (0, 10)},
-    {"shape": (8, 8, 8, 8)},
-    {"radius": (0.5, 2)},
-    {"radius": (9, 4)},
-    {"density": 0},
-    {"noise": -1},
-    {"intensity": (0.05, 0.9)},
-    {"n_nuclei": -3},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"shape": (10,)},
+        {"shape": (0, 10)},
+        {"shape": (8, 8, 8, 8)},
+        {"radius": (0.5, 2)},
+        {"radius": (9, 4)},
+        {"density": 0},
+        {"noise": -1},
+        {"intensity": (0.05, 0.9)},
+        {"n_nuclei": -3},
+    ],
+)
 def test_invalid_parameters(kwargs):
     kwargs = {"shape": (64, 64), **kwargs}
     with pytest.raises(InvalidParameterError):

@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from blockbuster.core.plan import make_plan
-from blockbuster.core.sources import open_image
-from blockbuster.core.staging import Staging
-from blockbuster.core.tile_ops import relabel_tiles, segment_tiles
-from blockbuster.core.units import MIN_TILES_PER_UNIT, SMALL_TILE_FRACTION, unit_tiles
+from blockbuster.core import MIN_TILES_PER_UNIT, SMALL_TILE_FRACTION, make_plan, unit_tiles
 from blockbuster.errors import BlockbusterError, InvalidParameterError
+from blockbuster.io import Staging, open_image
+from blockbuster.worker import relabel_tiles, segment_tiles
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.data(), ndim=st.integers(1, 3), budget=st.sampled_from([64, 4096, 1 << 22]),
-       min_units=st.integers(1, 64))
+@given(
+    data=st.data(),
+    ndim=st.integers(1, 3),
+    budget=st.sampled_from([64, 4096, 1 << 22]),
+    min_units=st.integers(1, 64),
+)
 def test_unit_tiles_keeps_to_its_limits(data, ndim, budget, min_units):
     shape = tuple(data.draw(st.integers(1, 5000)) for _ in range(ndim))
     tile = tuple(data.draw(st.integers(1, s)) for s in shape)
@@ -51,12 +54,12 @@ def test_units_parameter_is_checked():
 
 def test_a_unit_stages_one_record_and_joins_its_inner_seams(tmp_path):
     img = np.zeros((12, 12), np.uint8)
-    img[2:10, 5] = 1                          # one line across three tiles of 4 x 4
+    img[2:10, 5] = 1  # one line across three tiles of 4 x 4
     img[1, 1] = 1
     per_tile = np.zeros(img.shape, np.int64)
     for i in range(0, 12, 4):
         for j in range(0, 12, 4):
-            per_tile[i:i + 4, j:j + 4] = ndi.label(img[i:i + 4, j:j + 4])[0]
+            per_tile[i : i + 4, j : j + 4] = ndi.label(img[i : i + 4, j : j + 4])[0]
     path = str(tmp_path / "t.zarr")
     zarr.create_array(store=path, shape=img.shape, chunks=(4, 4), dtype=np.int64)[...] = per_tile
     src = open_image(path)
@@ -69,19 +72,21 @@ def test_a_unit_stages_one_record_and_joins_its_inner_seams(tmp_path):
     assert rec["n_labels"] == 2 and rec["unit_pairs"] == 2
     assert Staging(plan.staging_root).finished_tiles() == [0]
     # relabelling reads the tiles again: an id the index did not see is an error
-    per_tile[8, 4] = 7                      # in tile (2, 1), which had only id 1
+    per_tile[8, 4] = 7  # in tile (2, 1), which had only id 1
     zarr.open_array(path, mode="r+")[...] = per_tile
     out = str(tmp_path / "o.zarr")
-    zarr.create_array(store=out, shape=img.shape, chunks=plan.out_chunks, dtype=np.uint32,
-                      fill_value=0)
+    zarr.create_array(
+        store=out, shape=img.shape, chunks=plan.out_chunks, dtype=np.uint32, fill_value=0
+    )
     with pytest.raises(BlockbusterError, match="input changed"):
         relabel_tiles(plan, [0], [np.array([0, 1, 2], np.uint32)], out, "t", src.reader)
 
 
 def test_negative_labels_in_a_unit_name_the_tile(tmp_path):
     from blockbuster.errors import TileOutputError
+
     per_tile = np.zeros((8, 8), np.int32)
-    per_tile[5, 6] = -3                            # in the tile at (4, 4)
+    per_tile[5, 6] = -3  # in the tile at (4, 4)
     path = str(tmp_path / "t.zarr")
     zarr.create_array(store=path, shape=(8, 8), chunks=(4, 4), dtype=np.int32)[...] = per_tile
     src = open_image(path)

@@ -19,12 +19,20 @@ import numpy as np
 import pytest
 import zarr
 
-from blockbuster.core.output import OutputTarget
-from blockbuster.flows.segment import (MAX_ATTEMPTS, OutputLock, _record_failure,
-                                       lock_path, output_state, prepare_segment,
-                                       run_segment)
-from blockbuster.flows.watch import acquisition_finished, find_acquisitions, scan_folder
-from blockbuster.settings import Settings
+from blockbuster.deploy import (
+    MAX_ATTEMPTS,
+    OutputLock,
+    Settings,
+    acquisition_finished,
+    find_acquisitions,
+    lock_path,
+    output_state,
+    prepare_segment,
+    run_segment,
+    scan_folder,
+)
+from blockbuster.deploy._paths import _record_failure
+from blockbuster.io import OutputTarget
 
 HOUR = 3600.0
 
@@ -38,6 +46,7 @@ def _store(path: Path, shape=(16, 16)) -> str:
 
 def _tiff(path: Path) -> str:
     import tifffile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(str(path), np.ones((16, 16), "u2"))
     return str(path)
@@ -64,22 +73,23 @@ def test_find_acquisitions(tmp_path):
         _store(w / "a.zarr"),
         _tiff(w / "b.ome.tif"),
         _store(w / "day1" / "c.zarr"),
-        _store(w / "day1" / "deeper" / "run7"),      # a store without the .zarr suffix
+        _store(w / "day1" / "deeper" / "run7"),  # a store without the .zarr suffix
         _tiff(w / "day1" / "d.tiff"),
     ]
-    _store(w / ".hidden.zarr")                        # hidden: staging, locks
-    _complete_output(w / "a.labels.zarr")            # our own output
-    (w / "a.zarr.done").write_text("")               # a completion marker
+    _store(w / ".hidden.zarr")  # hidden: staging, locks
+    _complete_output(w / "a.labels.zarr")  # our own output
+    (w / "a.zarr.done").write_text("")  # a completion marker
     (w / "notes.txt").write_text("not an image")
-    (w / "day1" / "deeper" / "run7" / "0").mkdir()    # inside a store: not entered
+    (w / "day1" / "deeper" / "run7" / "0").mkdir()  # inside a store: not entered
     _store(w / "day1" / "deeper" / "run7" / "0" / "inner.zarr")
-    os.symlink(w / "day1", w / "link-to-day1")        # folder links are not followed
+    os.symlink(w / "day1", w / "link-to-day1")  # folder links are not followed
     _store(tmp_path / "out" / "x.zarr")
     (w / "out").symlink_to(tmp_path / "out")
     assert find_acquisitions(str(w)) == sorted(expected)
     _store(w / "labels-out" / "y.zarr")
     assert str(w / "labels-out" / "y.zarr") not in find_acquisitions(
-        str(w), skip=(str(w / "labels-out"),))
+        str(w), skip=(str(w / "labels-out"),)
+    )
 
 
 def test_finished_by_settle_time_or_completion_marker(tmp_path):
@@ -99,8 +109,10 @@ def test_finished_by_settle_time_or_completion_marker(tmp_path):
     assert not acquisition_finished(str(a), settle_seconds=60)[0]
     # a completion marker finishes it at once, next to it or inside it
     (tmp_path / "a.zarr.done").write_text("")
-    assert acquisition_finished(str(a), settle_seconds=60) == (True,
-                                                               "completion marker a.zarr.done")
+    assert acquisition_finished(str(a), settle_seconds=60) == (
+        True,
+        "completion marker a.zarr.done",
+    )
     os.remove(tmp_path / "a.zarr.done")
     (a / ".done").write_text("")
     assert acquisition_finished(str(a), settle_seconds=60)[0]
@@ -118,13 +130,14 @@ def test_finished_by_settle_time_or_completion_marker(tmp_path):
 
 def _hold_lock(output: str) -> subprocess.Popen:
     """Another process that takes the output's lock and keeps it until killed."""
-    code = ("import sys, time\n"
-            "from blockbuster.flows.segment import OutputLock\n"
-            "assert OutputLock(sys.argv[1]).acquire({'flow_run_id': 'other-run'})\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(600)\n")
-    p = subprocess.Popen([sys.executable, "-c", code, output], stdout=subprocess.PIPE,
-                         text=True)
+    code = (
+        "import sys, time\n"
+        "from blockbuster.deploy import OutputLock\n"
+        "assert OutputLock(sys.argv[1]).acquire({'flow_run_id': 'other-run'})\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, output], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     return p
 
@@ -153,16 +166,24 @@ def test_scan_decides_what_to_segment(tmp_path):
     (w / "marked.zarr.done").write_text("")
     holder = _hold_lock(str(w / "held.labels.zarr"))
     try:
-        decisions = scan_folder(str(w), settle_seconds=60, marker=".done", output_dir=None,
-                                label_name="segmentation")
+        decisions = scan_folder(
+            str(w), settle_seconds=60, marker=".done", output_dir=None, label_name="segmentation"
+        )
     finally:
         holder.kill()
         holder.wait()
     got = {Path(d.acquisition).name: d.status for d in decisions}
     assert got == {
-        "fin.zarr": "segment", "wip.zarr": "unfinished", "done.zarr": "already-segmented",
-        "half.zarr": "segment", "foreign.zarr": "output-exists", "broken.zarr": "unreadable",
-        "held.zarr": "busy", "failing.zarr": "gave-up", "marked.zarr": "segment"}
+        "fin.zarr": "segment",
+        "wip.zarr": "unfinished",
+        "done.zarr": "already-segmented",
+        "half.zarr": "segment",
+        "foreign.zarr": "output-exists",
+        "broken.zarr": "unreadable",
+        "held.zarr": "busy",
+        "failing.zarr": "gave-up",
+        "marked.zarr": "segment",
+    }
     by = {Path(d.acquisition).name: d for d in decisions}
     assert by["fin.zarr"].output == str(w / "fin.labels.zarr")
     assert "other-run" in by["held.zarr"].detail
@@ -170,8 +191,9 @@ def test_scan_decides_what_to_segment(tmp_path):
     del wip, marked
     # with an output folder, outputs mirror the sub-folders and the folder is not scanned
     out = w / "labels"
-    d2 = scan_folder(str(w), settle_seconds=60, marker=".done", output_dir=str(out),
-                     label_name="segmentation")
+    d2 = scan_folder(
+        str(w), settle_seconds=60, marker=".done", output_dir=str(out), label_name="segmentation"
+    )
     assert {d.output for d in d2 if d.status == "segment"} >= {str(out / "fin.labels.zarr")}
 
 
@@ -179,13 +201,28 @@ def test_ome_zarr_labels_go_inside_the_image(tmp_path):
     img = tmp_path / "in" / "cells.ome.zarr"
     g = zarr.open_group(str(img), mode="w")
     g.create_array("0", shape=(16, 16), chunks=(8, 8), dtype="u2")[...] = 1
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 1.0]}]}]}]}
+    g.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}],
+                    }
+                ],
+            }
+        ],
+    }
     _age(img)
-    (d,) = scan_folder(str(tmp_path / "in"), settle_seconds=60, marker=".done",
-                       output_dir=None, label_name="nuclei")
+    (d,) = scan_folder(
+        str(tmp_path / "in"),
+        settle_seconds=60,
+        marker=".done",
+        output_dir=None,
+        label_name="nuclei",
+    )
     assert (d.status, d.output) == ("segment", str(img / "labels" / "nuclei"))
 
 
@@ -197,9 +234,9 @@ def test_lock_is_exclusive_and_released_when_its_holder_dies(tmp_path):
         assert lock.is_held() and not lock.acquire()
         assert lock.held_by()["pid"] == holder.pid
     finally:
-        holder.send_signal(signal.SIGKILL)      # a crash: no cleanup code runs
+        holder.send_signal(signal.SIGKILL)  # a crash: no cleanup code runs
         holder.wait()
-    assert os.path.exists(lock_path(out))       # the file stays, the lock does not
+    assert os.path.exists(lock_path(out))  # the file stays, the lock does not
     assert not lock.is_held()
     assert lock.acquire({"flow_run_id": "me"})
     lock.release()
@@ -232,8 +269,7 @@ def test_only_one_of_many_simultaneous_claims_wins(tmp_path):
 def test_run_segment_never_writes_a_held_or_complete_output(tmp_path):
     img = _store(tmp_path / "a.zarr")
     st = Settings(data_roots=(str(tmp_path),))
-    req = prepare_segment(img, {"name": "threshold", "options": {"threshold": 10}},
-                          settings=st)
+    req = prepare_segment(img, {"name": "threshold", "options": {"threshold": 10}}, settings=st)
     holder = _hold_lock(req.output)
     try:
         res = run_segment(req)

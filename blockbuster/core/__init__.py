@@ -1,2 +1,82 @@
-"""Pure algorithms of blockbuster: NumPy, zarr and SciPy only (no Prefect, no Dask
-distributed). Everything here can be used and tested without a cluster."""
+"""Pure algorithms: tile grids, run plans, label checks and compaction, seam pairs, the
+merge table, merge units, identities and metrics.
+
+NumPy and SciPy only: no Prefect, no Dask distributed, no reading or writing of arrays
+(that is :mod:`blockbuster.io`). Everything here can be used and tested without a cluster.
+"""
+
+from ._autosize import DEFAULT_MEMORY_FACTOR, auto_tile_shape
+from ._empty import (
+    sample_image,
+    threshold_from_sample,
+    tile_maxima,
+)
+from ._grid import TileGrid
+from ._identity import fn_token, path_stamp
+from ._labels import (
+    check_tile_labels,
+    compact_labels,
+    compact_with_halo,
+    present_ids,
+)
+from ._merge_table import MergeTable
+from ._merge_units import (
+    MIN_TILES_PER_UNIT,
+    SMALL_TILE_FRACTION,
+    index_unit,
+    input_changed,
+    relabel_unit,
+    unit_tiles,
+)
+from ._metrics import (
+    contingency,
+    instance_f1,
+    same_partition,
+)
+from ._plan import (
+    RunPlan,
+    make_plan,
+    normalize_overlap,
+    normalize_tile_shape,
+)
+from ._seams import (
+    band_key,
+    face_key,
+    match_iou,
+    overlap_pairs,
+    touch_pairs,
+)
+
+__all__ = [
+    "DEFAULT_MEMORY_FACTOR",
+    "MIN_TILES_PER_UNIT",
+    "MergeTable",
+    "RunPlan",
+    "SMALL_TILE_FRACTION",
+    "TileGrid",
+    "auto_tile_shape",
+    "band_key",
+    "check_tile_labels",
+    "compact_labels",
+    "compact_with_halo",
+    "contingency",
+    "face_key",
+    "fn_token",
+    "index_unit",
+    "input_changed",
+    "instance_f1",
+    "make_plan",
+    "match_iou",
+    "normalize_overlap",
+    "normalize_tile_shape",
+    "overlap_pairs",
+    "path_stamp",
+    "present_ids",
+    "relabel_unit",
+    "same_partition",
+    "sample_image",
+    "threshold_from_sample",
+    "tile_maxima",
+    "touch_pairs",
+    "unit_tiles",
+]

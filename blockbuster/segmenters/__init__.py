@@ -18,23 +18,32 @@ Examples
 >>> seg(np.array([[0.0, 1.0], [1.0, 0.0]]))
 array([[0, 1],
        [2, 0]], dtype=uint32)
+
 """
 
-from blockbuster.segmenters.registry import (
+from ._registry import (
+    REQUIRED,
     available_segmenters,
     get_segmenter,
+    load_factory,
     segmenter_options_schema,
 )
-from blockbuster.segmenters.threshold import SegmenterBase, ThresholdSegmenter, threshold
-from blockbuster.segmenters.watershed import WatershedSegmenter, watershed
+from ._threshold import (
+    SegmenterBase,
+    ThresholdSegmenter,
+    threshold,
+)
+from ._watershed import WatershedSegmenter, watershed
 
 __all__ = [
-    "threshold",
-    "watershed",
-    "available_segmenters",
-    "get_segmenter",
-    "segmenter_options_schema",
+    "REQUIRED",
     "SegmenterBase",
     "ThresholdSegmenter",
     "WatershedSegmenter",
+    "available_segmenters",
+    "get_segmenter",
+    "load_factory",
+    "segmenter_options_schema",
+    "threshold",
+    "watershed",
 ]

@@ -1,0 +1,9 @@
+"""The ``blockbuster`` command line: ``run``, ``merge``, ``estimate-empty``, ``info``,
+``demo``, ``serve``.
+"""
+
+from ._main import main
+
+__all__ = [
+    "main",
+]

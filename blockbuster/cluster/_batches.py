@@ -1,0 +1,208 @@
+"""Fanning batches of tiles out to a Dask cluster from the driver.
+
+Prefect task runs cost ~200 ms each on a Dask task runner (see docs/orchestration.md),
+so a stage is one Prefect task in the driver that submits plain functions, one per
+batch of tiles, straight to the Dask client. A bounded number of batches is in flight at
+once, so tile inputs computed by the cluster (dask / NumPy images) never pile up in
+worker memory, and a failure stops the stage quickly: the remaining batches are
+cancelled and the original error is raised.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["split_batches", "BatchRun", "StageWork"]
+
+
+#: Voxels a batch may hold before ``max_batch`` tiles limits it: small tiles go in
+#: bigger batches, so that a batch's fixed cost (a Dask task: ~2-3 ms of the scheduler's
+#: and client's CPU, which on a small machine competes with the workers) stays small
+#: next to its work.
+BATCH_VOXELS = 1 << 22
+
+
+def split_batches(
+    tiles: Sequence[int],
+    n_threads: int,
+    max_batch: int = 32,
+    min_batches_per_thread: int = 4,
+    tile_voxels: int | None = None,
+) -> list[list[int]]:
+    """Split tile numbers into contiguous batches.
+
+    Enough batches to keep every thread busy with some slack for uneven tiles (at least
+    ``min_batches_per_thread`` per thread when there are that many tiles), and none
+    larger than ``max_batch`` tiles, so per-batch overhead is amortised while progress
+    and retries stay fine-grained. With ``tile_voxels`` (the voxels of one tile), a
+    batch may hold more than ``max_batch`` tiles when they are small, up to
+    :data:`BATCH_VOXELS` voxels.
+
+    Examples
+    --------
+    >>> [len(b) for b in split_batches(list(range(10)), n_threads=2)]
+    [2, 2, 1, 1, 1, 1, 1, 1]
+    >>> len(split_batches(list(range(1024)), n_threads=2))
+    32
+    """
+    tiles = list(tiles)
+    if not tiles:
+        return []
+    if tile_voxels:
+        max_batch = max(max_batch, BATCH_VOXELS // max(1, int(tile_voxels)))
+    n_batches = max(
+        min(len(tiles), n_threads * min_batches_per_thread), math.ceil(len(tiles) / max_batch)
+    )
+    size, extra = divmod(len(tiles), n_batches)
+    out, i = [], 0
+    for b in range(n_batches):
+        k = size + (1 if b < extra else 0)
+        if k:
+            out.append(tiles[i : i + k])
+        i += k
+    return out
+
+
+class BatchRun:
+    """Batches of tiles on the cluster: ``func(*args_of[i]())`` for every i, at most
+    ``window`` in flight.
+
+    Creating one submits the first window at once (``args_of[i]`` is called only when
+    batch i is submitted, so inputs that are themselves cluster computations start
+    late); :meth:`gather` submits the rest as batches finish and returns the results in
+    order. Every stage uses this split to start its batches before its Prefect task run
+    (the segment stage even before Prefect's temporary server is up), then gathers them
+    inside the task (docs/orchestration.md).
+    """
+
+    def __init__(
+        self,
+        client,
+        func: Callable,
+        args_of: Sequence[Callable[[], tuple]],
+        *,
+        name: str,
+        window: int,
+        resources: dict | None = None,
+    ):
+        from distributed import as_completed
+
+        self.client, self.func, self.args_of = client, func, list(args_of)
+        self.resources = resources
+        self.results: list[Any] = [None] * len(self.args_of)
+        self._tag = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._pending = iter(range(len(self.args_of)))
+        self._inflight: dict[str, tuple[int, Any]] = {}
+        self._ac = as_completed()
+        try:
+            for _ in range(max(1, window)):
+                if not self._submit_next():
+                    break
+        except BaseException:
+            self.cancel()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.args_of)
+
+    def _submit_next(self) -> bool:
+        i = next(self._pending, None)
+        if i is None:
+            return False
+        fut = self.client.submit(
+            self.func,
+            *self.args_of[i](),
+            key=f"{self._tag}-{i}",
+            pure=False,
+            resources=self.resources,
+        )
+        self._inflight[fut.key] = (i, fut)
+        self._ac.add(fut)
+        return True
+
+    def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Wait for every batch (submitting the rest); ``on_done(i, result)`` as each ends."""
+        try:
+            for fut in self._ac:
+                i, _ = self._inflight.pop(fut.key)
+                self.results[i] = fut.result()
+                fut.release()
+                if on_done is not None:
+                    on_done(i, self.results[i])
+                self._submit_next()
+        except BaseException:
+            self.cancel()
+            raise
+        return self.results
+
+    def cancel(self) -> None:
+        """Cancel what is in flight and submit nothing more."""
+        self._pending = iter(())
+        futs = [f for _, f in self._inflight.values()]
+        self._inflight.clear()
+        if futs:
+            try:
+                self.client.cancel(futs, force=True)
+            except Exception:  # pragma: no cover - cluster already gone
+                pass
+        self._ac.clear()
+
+
+@dataclass
+class StageWork:
+    """A stage's batches once submitted, ahead of the Prefect task run that gathers
+    them (docs/orchestration.md), with what that task needs to know of them (``info``).
+
+    ``started`` is when the stage's work began: the stage's time is counted from it.
+    """
+
+    batches: list[list[int]]
+    run: BatchRun | None
+    info: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def submit(
+        cls,
+        client,
+        func: Callable,
+        batches: list[list[int]],
+        args_for: Callable[[list[int]], Callable[[], tuple]],
+        *,
+        name: str,
+        window: int,
+        resources: dict | None = None,
+        info: dict[str, Any] | None = None,
+        started: float | None = None,
+    ) -> StageWork:
+        """Submit ``func(*args_for(batch)())`` for each batch (the first ``window`` now)."""
+        run = (
+            BatchRun(
+                client,
+                func,
+                [args_for(b) for b in batches],
+                name=name,
+                window=window,
+                resources=resources,
+            )
+            if batches
+            else None
+        )
+        return cls(batches, run, info or {}, time.perf_counter() if started is None else started)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Every batch's result, in order (see :meth:`BatchRun.gather`)."""
+        return self.run.gather(on_done) if self.run is not None else []
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()

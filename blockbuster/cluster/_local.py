@@ -1,0 +1,399 @@
+"""Dask clusters for blockbuster: sizing, GPUs, and checks on the client in use.
+
+``tile_process`` runs on the current ``distributed.Client`` when there is one (any Dask
+cluster: local, SLURM through dask-jobqueue, Kubernetes), else it starts a local cluster
+of processes sized to this machine's allocation and closes it afterwards.
+
+Examples
+--------
+>>> from blockbuster.cluster import allocation
+>>> a = allocation()
+>>> a["cpus"] >= 1 and a["memory_bytes"] > 0
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import psutil
+
+from blockbuster.errors import ClusterError, NoGPUError
+
+__all__ = [
+    "make_local_cluster",
+    "allocation",
+    "gpu_info",
+    "ClusterHandle",
+    "check_client",
+    "client_threads",
+]
+
+log = logging.getLogger("blockbuster")
+
+
+def _cgroup_cpus() -> float | None:
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_memory() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                v = f.read().strip()
+            if v != "max" and int(v) < (1 << 60):
+                return int(v)
+        except (OSError, ValueError):
+            pass
+    return None
+
+
+def allocation() -> dict[str, Any]:
+    """CPUs and memory this process may use: SLURM allocation, cgroup limits, affinity.
+
+    Returns a dict with ``cpus``, ``memory_bytes`` and ``source`` (what decided them).
+    """
+    source = []
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        source.append("affinity")
+    except AttributeError:  # pragma: no cover - macOS
+        cpus = os.cpu_count() or 1
+    cg = _cgroup_cpus()
+    if cg is not None and cg < cpus:
+        cpus, _ = max(1, int(cg)), source.append("cgroup cpu.max")
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    if slurm_cpus and slurm_cpus.isdigit() and int(slurm_cpus) < cpus:
+        cpus = int(slurm_cpus)
+        source.append("SLURM_CPUS_PER_TASK")
+    mem = psutil.virtual_memory().available
+    source.append("psutil available memory")
+    cgm = _cgroup_memory()
+    if cgm is not None:
+        used = psutil.Process().memory_info().rss
+        if cgm - used < mem:
+            mem = max(cgm - used, 1)
+            source.append("cgroup memory.max")
+    slurm_mem = os.environ.get("SLURM_MEM_PER_NODE")
+    if slurm_mem and slurm_mem.isdigit():
+        mem = min(mem, int(slurm_mem) * 1024**2)
+        source.append("SLURM_MEM_PER_NODE")
+    slurm_mpc = os.environ.get("SLURM_MEM_PER_CPU")
+    if slurm_mpc and slurm_mpc.isdigit():
+        mem = min(mem, int(slurm_mpc) * 1024**2 * cpus)
+        source.append("SLURM_MEM_PER_CPU")
+    return {"cpus": int(max(1, cpus)), "memory_bytes": int(mem), "source": source}
+
+
+def gpu_info() -> list[dict[str, Any]]:
+    """Visible NVIDIA GPUs (index, name, total and free memory) via nvidia-ml-py.
+
+    An empty list when nvidia-ml-py is not installed or no GPU/driver is present.
+    ``CUDA_VISIBLE_DEVICES`` is honoured.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        indices = list(range(count))
+        if visible is not None and visible.strip() != "":
+            indices = [
+                int(v) for v in visible.split(",") if v.strip().isdigit() and int(v) < count
+            ]
+        out = []
+        for i in indices:
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            m = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            out.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "memory_total": int(m.total),
+                    "memory_free": int(m.free),
+                }
+            )
+        return out
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def _dashboard_address() -> str:
+    """A free port: never the fixed 8787, which a second cluster would fight over."""
+    return ":0"
+
+
+def make_local_cluster(use_gpu: bool | str = False, **kwargs):
+    """Start a local Dask cluster of processes and a client to it.
+
+    Parameters
+    ----------
+    use_gpu : bool or "auto"
+        False: a CPU cluster with one single-threaded worker process per allocated CPU
+        and the allocation's memory split between them. True: one single-threaded worker
+        per visible GPU, pinned with ``CUDA_VISIBLE_DEVICES`` and offering the resource
+        ``GPU=1`` (``dask_cuda.LocalCUDACluster`` when installed); raises
+        :class:`~blockbuster.errors.NoGPUError` when no GPU is visible. "auto": GPUs when
+        there are any, else the CPU cluster (and says so in the log).
+    **kwargs
+        Passed to the cluster class (e.g. ``n_workers``, ``memory_limit``).
+
+    Returns
+    -------
+    (distributed.Client, cluster)
+
+    Examples
+    --------
+    >>> client, cluster = make_local_cluster(n_workers=1)  # doctest: +SKIP
+    >>> client.close(); cluster.close()                      # doctest: +SKIP
+    """
+    from distributed import Client, LocalCluster
+
+    if use_gpu not in (False, True, "auto"):
+        raise ClusterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
+    if kwargs.get("processes") is False:
+        raise ClusterError(
+            "make_local_cluster(processes=False) is not supported: tile "
+            "functions must run in worker processes; drop processes=False"
+        )
+    gpus = gpu_info() if use_gpu else []
+    if use_gpu is True and not gpus:
+        raise NoGPUError(
+            "use_gpu=True but no GPU is visible (nvidia-ml-py found none; "
+            "check the driver, CUDA_VISIBLE_DEVICES and that the 'gpu' extra is "
+            "installed), or pass use_gpu='auto' to fall back to the CPU"
+        )
+    if use_gpu == "auto" and not gpus:
+        log.warning("use_gpu='auto': no GPU visible, starting a CPU cluster instead")
+    if gpus:
+        return _gpu_cluster(gpus, **kwargs)
+    alloc = allocation()
+    n = kwargs.pop("n_workers", alloc["cpus"])
+    kwargs.setdefault("threads_per_worker", 1)
+    kwargs.setdefault(
+        "memory_limit", max(int(alloc["memory_bytes"] * 0.9 / max(n, 1)), 256 * 1024**2)
+    )
+    kwargs.setdefault("dashboard_address", _dashboard_address())
+    kwargs.setdefault("processes", True)
+    kwargs.setdefault("silence_logs", logging.ERROR)
+    _quiet_distributed()
+    cluster = LocalCluster(n_workers=n, **kwargs)
+    client = Client(cluster)
+    return client, cluster
+
+
+def _quiet_distributed() -> None:
+    """Cluster start/stop chatter is not news for users of a cluster we start for them."""
+    lg = logging.getLogger("distributed")
+    if lg.getEffectiveLevel() < logging.WARNING:
+        lg.setLevel(logging.WARNING)
+
+
+def _gpu_cluster(gpus, **kwargs):
+    from distributed import Client
+
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        LocalCUDACluster = None
+    visible = ",".join(str(g["index"]) for g in gpus)
+    _quiet_distributed()
+    if LocalCUDACluster is not None:
+        kwargs.setdefault("threads_per_worker", 1)
+        kwargs.setdefault("resources", {"GPU": 1})
+        cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=visible, **kwargs)
+    else:
+        from distributed import Nanny, Scheduler, SpecCluster
+
+        mem = kwargs.pop("memory_limit", "auto")
+        workers = {
+            f"gpu-{g['index']}": {
+                "cls": Nanny,
+                "options": {
+                    "nthreads": 1,
+                    "memory_limit": mem,
+                    "resources": {"GPU": 1},
+                    "env": {"CUDA_VISIBLE_DEVICES": str(g["index"])},
+                },
+            }
+            for g in gpus
+        }
+        scheduler = {"cls": Scheduler, "options": {"dashboard_address": _dashboard_address()}}
+        cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
+    return Client(cluster), cluster
+
+
+def check_client(client) -> None:
+    """Refuse clients whose workers share the driver process (``processes=False``)."""
+    pids = client.run(os.getpid)
+    if not pids:
+        raise ClusterError(
+            "the Dask cluster has no workers; start some or pass none and "
+            "let blockbuster start a local cluster"
+        )
+    if os.getpid() in set(pids.values()):
+        raise ClusterError(
+            "the current Dask client runs its workers inside this process "
+            "(LocalCluster(processes=False) or Client(processes=False)); tile functions "
+            "must run in worker processes: create it with processes=True, or close it and "
+            "let blockbuster start a local cluster"
+        )
+
+
+def client_threads(client) -> int:
+    info = (
+        client.scheduler_info(n_workers=-1)
+        if _accepts_n_workers(client)
+        else client.scheduler_info()
+    )
+    return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+
+
+def _accepts_n_workers(client) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+_NO_SHIELD = False
+
+
+def _shield_main_script():
+    """Keep worker processes from re-running the user's script.
+
+    Worker processes are started with ``spawn``, which re-imports a script's main module
+    (``python script.py``) in every child; a script that calls ``tile_process`` at top
+    level, without an ``if __name__ == "__main__":`` guard, would then start clusters
+    from inside the workers. Giving ``__main__`` a module spec named ``__main__`` makes
+    multiprocessing skip that re-import (as for an interactive session). Tile functions
+    defined in the script still reach the workers: cloudpickle sends them by value.
+    Returns what to restore.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    if (
+        main is None
+        or getattr(main, "__spec__", None) is not None
+        or not getattr(main, "__file__", None)
+    ):
+        return _NO_SHIELD
+    from importlib.machinery import ModuleSpec
+
+    main.__spec__ = ModuleSpec("__main__", None)
+    return None
+
+
+def _unshield_main_script(previous) -> None:
+    import sys
+
+    if previous is _NO_SHIELD:
+        return
+    main = sys.modules.get("__main__")
+    if main is not None:
+        main.__spec__ = previous
+
+
+class ClusterHandle:
+    """The client a run uses: the current one, or a local cluster started in the background.
+
+    Starting the local cluster in a thread lets it come up while Prefect starts its
+    temporary API server, which takes about as long.
+    """
+
+    def __init__(self, use_gpu: bool | str = False, client=None):
+        self.use_gpu = use_gpu
+        self._client = client
+        self._cluster = None
+        self._owned = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self._client is None:
+            try:
+                from distributed import default_client
+
+                self._client = default_client()
+            except ValueError:
+                self._client = None
+        if self._client is None:
+            self._owned = True
+            self._thread = threading.Thread(
+                target=self._start, name="blockbuster-cluster", daemon=True
+            )
+            self._thread.start()
+
+    def _start(self):
+        try:
+            self._main_spec = _shield_main_script()
+            self._client, self._cluster = make_local_cluster(use_gpu=self.use_gpu)
+        except BaseException as exc:  # re-raised in client()
+            self._error = exc
+
+    @property
+    def owned(self) -> bool:
+        return self._owned
+
+    def client(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise self._error
+            self._client.wait_for_workers(1)
+        return self._client
+
+    def close(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._owned:
+            if self._client is not None:
+                try:  # our own cluster is going away: its workers need not say so
+                    self._client.run(_quiet_teardown, wait=True)
+                except Exception:  # pragma: no cover
+                    pass
+            for obj in (self._client, self._cluster):
+                if obj is not None:
+                    try:
+                        obj.close()
+                    except Exception:  # pragma: no cover
+                        pass
+            self._client = self._cluster = None
+            _unshield_main_script(getattr(self, "_main_spec", False))
+
+
+def _quiet_teardown() -> None:
+    """In a worker of a cluster blockbuster started and is closing: no error logs from
+    the shutdown itself. A worker's heartbeat can race the scheduler's close and log
+    "Failed to communicate with scheduler during heartbeat" with a traceback, on a run
+    that succeeded (seen on the 2-core CI machine)."""
+    for name in (
+        "distributed.worker",
+        "distributed.core",
+        "distributed.comm",
+        "distributed.batched",
+    ):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -1,0 +1,46 @@
+"""Reading and writing arrays: zarr / OME-Zarr / TIFF readers (:func:`open_path`,
+:func:`open_image`), the NGFF label writer, the direct whole-chunk and shard path, the
+output array and its completion record, and the staging of finished tiles.
+
+Imports :mod:`blockbuster.core` only (never Prefect, never Dask distributed).
+"""
+
+from ._array_source import ArraySource, describe
+from ._chunkfiles import ChunkFiles, chunk_files
+from ._ngff import LabelTarget, label_target
+from ._output import ATTR, OutputTarget
+from ._readers import open_path
+from ._shardfiles import ShardWriter
+from ._sources import (
+    ImageSource,
+    full_slices,
+    open_image,
+)
+from ._staging import Staging
+from ._zarrio import (
+    open_zarr_array_cached,
+    read_region,
+    read_regions,
+    write_regions,
+)
+
+__all__ = [
+    "ATTR",
+    "ArraySource",
+    "ChunkFiles",
+    "ImageSource",
+    "LabelTarget",
+    "OutputTarget",
+    "ShardWriter",
+    "Staging",
+    "chunk_files",
+    "describe",
+    "full_slices",
+    "label_target",
+    "open_image",
+    "open_path",
+    "open_zarr_array_cached",
+    "read_region",
+    "read_regions",
+    "write_regions",
+]

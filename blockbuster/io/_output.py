@@ -1,0 +1,120 @@
+"""The output label array: created before relabelling, marked complete only at the end.
+
+The array's attributes carry ``blockbuster = {"complete": false, ...}`` from creation
+on; the very last write of a successful run sets ``complete`` to true together with
+the run key and the label count. A crashed run therefore never leaves an output that
+looks finished, and a new run over an incomplete output simply replaces it.
+
+When ``write_to`` points inside an OME-Zarr image (``image.zarr/labels/<name>``) the
+labels are written as an NGFF label image (see :mod:`blockbuster.io`).
+
+Examples
+--------
+>>> import tempfile, os
+>>> out = OutputTarget(os.path.join(tempfile.mkdtemp(), "labels.zarr"))
+>>> arr = out.create((8, 8), "uint32", (4, 4), {"run_key": "k"})
+>>> out.completed_run() is None
+True
+>>> out.mark_complete({"run_key": "k", "n_labels": 0})
+>>> out.completed_run()["run_key"]
+'k'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Any
+
+import zarr
+
+from blockbuster.errors import InvalidParameterError
+
+__all__ = ["OutputTarget", "ATTR"]
+
+ATTR = "blockbuster"
+
+
+class OutputTarget:
+    """Where the final labels go: a plain zarr array or an NGFF label image."""
+
+    def __init__(self, path: str | os.PathLike, *, zarr_format: int = 3, temporary: bool = False):
+        if zarr_format not in (2, 3):
+            raise InvalidParameterError(f"zarr_format={zarr_format!r} must be 2 or 3")
+        self.path = os.path.abspath(os.fspath(path))
+        self.zarr_format = zarr_format
+        self.temporary = temporary
+        self.token = ""
+        self._ngff = None
+        try:
+            from ._ngff import label_target
+
+            self._ngff = label_target(self.path)
+        except ImportError:  # pragma: no cover - ngff module absent
+            self._ngff = None
+
+    @property
+    def is_ngff(self) -> bool:
+        return self._ngff is not None
+
+    @property
+    def array_path(self) -> str:
+        """Path of the full-resolution array the relabel tasks write to."""
+        return self._ngff.level0_path if self._ngff is not None else self.path
+
+    def describe(self) -> str:
+        if self._ngff is not None:
+            return f"OME-Zarr labels {self.path}"
+        return f"{'temporary ' if self.temporary else ''}zarr array {self.path}"
+
+    def create(self, shape, dtype, chunks, info: dict[str, Any], shards=None) -> zarr.Array:
+        """(Re)create the array, marked incomplete; returns it. ``shards``: the shard
+        shape, for a zarr v3 array outside an OME-Zarr (ignored elsewhere)."""
+        self.token = uuid.uuid4().hex
+        attrs = {ATTR: {"complete": False, **info}}
+        if self._ngff is not None:
+            arr = self._ngff.create_level0(tuple(shape), dtype, tuple(chunks))
+            arr.attrs.update(attrs)
+            return arr
+        if os.path.exists(self.path):
+            shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
+        parent = os.path.dirname(self.path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        sharded = shards is not None and self.zarr_format == 3
+        return zarr.create_array(
+            store=self.path,
+            shape=tuple(shape),
+            chunks=tuple(chunks),
+            dtype=dtype,
+            fill_value=0,
+            zarr_format=self.zarr_format,
+            attributes=attrs,
+            **({"shards": tuple(shards)} if sharded else {}),
+        )
+
+    def open(self, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(self.array_path, mode=mode)
+
+    def completed_run(self) -> dict[str, Any] | None:
+        """The completion record when the output is complete, else None."""
+        try:
+            arr = self.open()
+        except Exception:
+            return None
+        rec = arr.attrs.get(ATTR)
+        if isinstance(rec, dict) and rec.get("complete"):
+            return rec
+        return None
+
+    def mark_complete(self, info: dict[str, Any], colors=None, executor=None) -> None:
+        """Finish the output (pyramid and metadata for NGFF) and mark it complete, last.
+
+        ``executor`` (e.g. ``client.get_executor()``) builds NGFF pyramid levels in
+        parallel, block by block.
+        """
+        if self._ngff is not None:
+            self._ngff.finish(colors=colors, executor=executor)
+        arr = zarr.open_array(self.array_path, mode="r+")
+        arr.attrs[ATTR] = {"complete": True, **info}

@@ -1,0 +1,296 @@
+"""Turning what the user passed as ``image`` into something tiles can be read from.
+
+Two kinds of source:
+
+- *stored* (``kind == "stored"``): a zarr array / OME-Zarr image / TIFF on disk. Each
+  worker process reopens it from its path and reads just the region of its tiles.
+  Identified by path and metadata, so runs over it can be cached and resumed.
+- *dask* (``kind == "dask"``): a dask or NumPy array (or a zarr array in memory). The
+  driver asks the cluster to compute each tile's region as the tile is scheduled.
+  NumPy arrays get a random identity (their pixels are never hashed), so they are not
+  resumed across calls; dask arrays are identified by their graph name.
+
+Examples
+--------
+>>> import numpy as np
+>>> src = open_image(np.zeros((4, 5, 3)), channel_axis=-1)
+>>> src.kind, src.spatial_shape, src.channel_axis
+('dask', (4, 5), 2)
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from blockbuster.core import path_stamp
+from blockbuster.errors import InputError, InvalidParameterError
+
+__all__ = ["ImageSource", "open_image", "full_slices"]
+
+
+def full_slices(spatial: tuple[slice, ...], channel_axis: int | None) -> tuple[slice, ...]:
+    """Insert the whole channel axis into a tuple of spatial slices."""
+    if channel_axis is None:
+        return tuple(spatial)
+    s = list(spatial)
+    s.insert(channel_axis, slice(None))
+    return tuple(s)
+
+
+@dataclass
+class ImageSource:
+    """An image to be tiled (see the module docstring)."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+    channel_axis: int | None
+    description: str
+    ident: dict[str, Any]
+    resumable: bool
+    reader: Any = None  # stored: picklable object with .read(slices, out=None)
+    dask_array: Any = None  # dask: the array
+    meta: dict[str, Any] = field(default_factory=dict)  # axes, scale, ngff info
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(s for i, s in enumerate(self.shape) if i != self.channel_axis)
+
+    @property
+    def spatial_chunks(self) -> tuple[int, ...] | None:
+        if self.chunks is None:
+            return None
+        return tuple(c for i, c in enumerate(self.chunks) if i != self.channel_axis)
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self.ident)
+
+    def read(self, spatial: tuple[slice, ...]) -> np.ndarray:
+        """Read a spatial region (all channels) in the current process."""
+        sl = full_slices(spatial, self.channel_axis)
+        if self.kind == "stored":
+            return np.asarray(self.reader.read(sl))
+        return np.asarray(self.dask_array[sl].compute(scheduler="sync"))
+
+
+def _normalize_channel_axis(channel_axis, ndim: int) -> int | None:
+    if channel_axis is None:
+        return None
+    try:
+        ax = int(channel_axis)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"channel_axis={channel_axis!r} is not an axis number; pass an int or None"
+        ) from None
+    if not -ndim <= ax < ndim:
+        raise InvalidParameterError(
+            f"channel_axis={channel_axis} is out of range for an image with {ndim} axes; "
+            f"use a value in [{-ndim}, {ndim - 1}] or None"
+        )
+    return ax % ndim
+
+
+class ZarrPathReader:
+    """Reopens a zarr array by path in each process (cheap to pickle)."""
+
+    def __init__(self, path: str, component: str | None = None):
+        self.path = path
+        self.component = component
+        self._arr = None
+
+    def __getstate__(self):
+        return {"path": self.path, "component": self.component, "_arr": None}
+
+    @property
+    def array(self) -> zarr.Array:
+        if self._arr is None:
+            if self.component:
+                self._arr = zarr.open_group(self.path, mode="r")[self.component]
+            else:
+                self._arr = zarr.open_array(self.path, mode="r")
+        return self._arr
+
+    def read(self, slices, out: np.ndarray | None = None) -> np.ndarray:
+        """``array[slices]``; ``out`` as in :meth:`ArraySource.read`."""
+        from ._zarrio import read_region
+
+        return read_region(self.array, slices, out)
+
+    def read_many(self, slices_list, max_bytes: int = 64 << 20):
+        """Yield ``self.read(s)`` for each ``s``, reading up to ``max_bytes`` of regions
+        per round trip to zarr (see :mod:`blockbuster.io`)."""
+        from ._zarrio import read_regions
+
+        arr = self.array
+        group: list = []
+        size = 0
+        for sl in slices_list:
+            nbytes = arr.dtype.itemsize * int(
+                np.prod([len(range(*s.indices(d))) for s, d in zip(sl, arr.shape)])
+            )
+            if group and size + nbytes > max_bytes:
+                yield from read_regions(arr, group)
+                group, size = [], 0
+            group.append(sl)
+            size += nbytes
+        if group:
+            yield from read_regions(arr, group)
+
+
+def _from_stored(
+    reader, arr_like, path: str, channel_axis, extra_ident=None, description=None, meta=None
+) -> ImageSource:
+    shape = tuple(int(s) for s in arr_like.shape)
+    ca = _normalize_channel_axis(channel_axis, len(shape))
+    chunks = tuple(int(c) for c in getattr(arr_like, "chunks", shape))
+    ident = {
+        "kind": "stored",
+        **path_stamp(path),
+        "shape": list(shape),
+        "dtype": str(np.dtype(arr_like.dtype)),
+        "chunks": list(chunks),
+        **(extra_ident or {}),
+    }
+    return ImageSource(
+        "stored",
+        shape,
+        np.dtype(arr_like.dtype),
+        chunks,
+        ca,
+        description or f"zarr array {path} {shape} {np.dtype(arr_like.dtype)}",
+        ident,
+        True,
+        reader=reader,
+        meta=meta or {},
+    )
+
+
+def _local_store_path(arr: zarr.Array) -> str | None:
+    store = arr.store
+    root = getattr(store, "root", None)
+    if root is None or type(store).__name__ != "LocalStore":
+        return None
+    return os.path.join(os.fspath(root), arr.path) if arr.path else os.fspath(root)
+
+
+def open_image(
+    image, *, channel_axis: int | None = None, level: int = 0, component: str | None = None
+) -> ImageSource:
+    """Open ``image`` (path, zarr array, dask array or NumPy array) as an :class:`ImageSource`.
+
+    Raises
+    ------
+    InputError
+        The path does not exist or is not a readable image.
+    InvalidParameterError
+        ``channel_axis`` does not fit the image.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _open_path(
+            os.fspath(image), channel_axis=channel_axis, level=level, component=component
+        )
+    if isinstance(image, zarr.Array):
+        path = _local_store_path(image)
+        if path is not None:
+            return _from_stored(ZarrPathReader(path), image, path, channel_axis)
+        import dask.array as da
+
+        return _from_dask(da.from_zarr(image), channel_axis, name_ok=False)
+    try:
+        import dask.array as da
+
+        if isinstance(image, da.Array):
+            return _from_dask(image, channel_axis, name_ok=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
+        import dask.array as da
+
+        arr = np.asarray(image)
+        if arr.ndim < 1:
+            raise InputError("image is a scalar; pass a 2D or 3D array (plus a channel axis)")
+        return _from_dask(
+            da.from_array(arr, chunks=arr.shape, name=False),
+            channel_axis,
+            name_ok=False,
+            what="NumPy array",
+        )
+    raise InputError(
+        f"image of type {type(image).__name__} is not supported; pass a path to a zarr "
+        "array, OME-Zarr image or TIFF, a zarr.Array, a dask array or a NumPy array"
+    )
+
+
+def _from_dask(arr, channel_axis, name_ok: bool, what: str = "dask array") -> ImageSource:
+    shape = tuple(int(s) for s in arr.shape)
+    if any(np.isnan(s) for s in arr.shape):
+        raise InputError(
+            "the dask array has unknown chunk sizes; call arr.compute_chunk_sizes() first"
+        )
+    ca = _normalize_channel_axis(channel_axis, len(shape))
+    chunks = tuple(int(c[0]) for c in arr.chunks)
+    ident = {
+        "kind": "dask",
+        "name": arr.name if name_ok else f"unnamed-{uuid.uuid4().hex}",
+        "shape": list(shape),
+        "dtype": str(arr.dtype),
+    }
+    return ImageSource(
+        "dask",
+        shape,
+        np.dtype(arr.dtype),
+        chunks,
+        ca,
+        f"in-memory {what} {shape} {arr.dtype}",
+        ident,
+        name_ok,
+        dask_array=arr,
+    )
+
+
+def _open_path(path: str, *, channel_axis, level: int, component) -> ImageSource:
+    try:
+        from ._readers import open_path as _formats_open  # OME-Zarr, TIFF, zarr v2/v3
+    except ImportError:  # pragma: no cover - formats module not present
+        _formats_open = None
+    if _formats_open is not None:
+        src = _formats_open(path, level=level, component=component)
+        ca = channel_axis if channel_axis is not None else getattr(src, "channel_axis", None)
+        meta = {
+            "axes": getattr(src, "axes", None),
+            "scale": getattr(src, "scale", None),
+            "levels": getattr(src, "levels", None),
+            "format": getattr(src, "kind", None),
+        }
+        desc = None
+        try:
+            from ._array_source import describe
+
+            desc = describe(src)
+        except Exception:
+            pass
+        return _from_stored(
+            src, src, path, ca, extra_ident=src.identity(), description=desc, meta=meta
+        )
+    if not os.path.exists(path):
+        raise InputError(
+            f"image path {path!r} does not exist; pass an existing zarr array, "
+            "OME-Zarr image or TIFF"
+        )
+    try:
+        reader = ZarrPathReader(path, component)
+        arr = reader.array
+    except Exception as exc:
+        raise InputError(f"image path {path!r} is not a readable zarr array ({exc})") from exc
+    return _from_stored(reader, arr, path, channel_axis)

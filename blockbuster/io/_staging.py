@@ -1,0 +1,335 @@
+"""The staging area of a run: finished tiles appended to a few pack files.
+
+Layout of a staging directory::
+
+    <root>/staging.json        what the staging belongs to (run key, description,
+                               generation, format)
+    <root>/tiles/<id>.pack     the tiles one writer (a batch of tiles) finished, one
+                               record after another: each tile's record, its compacted
+                               core labels, and the small arrays the merge needs
+                               (boundary faces; halo bands for the overlap merge)
+
+A tile is *finished* exactly when its whole record is in a pack. A writer appends each
+tile with one ``write`` and flushes it before it starts the next tile, and only ever
+appends to a pack it created itself, so a run that crashed at any point (a killed
+worker leaves at most one cut-off record at the end of its pack, which readers ignore)
+and is started again redoes only the unfinished tiles.
+
+Why packs and not one file per tile: creating a file is the expensive part of a small
+write on many filesystems (on this project's CI machine 0.5-0.9 ms per new file in a
+busy directory against 0.05-0.2 ms to write its bytes; a metadata-server round trip on
+Lustre or GPFS), and one file per tile of a 100,000-tile volume is 100,000 inodes of
+someone's quota. A batch of tiles makes one file. Why not a staging zarr array:
+zarr-python's per-chunk machinery costs more than the bytes, and nothing but the merge
+ever reads a staged tile.
+
+Record format (format 2): ``b"BBT2"``, a little-endian uint32 header length, a JSON
+header ``{"tile": n, "record": {...}, "arrays": {name: [offset, nbytes, dtype, shape]},
+"size": total array bytes}`` and the arrays, each compressed on its own with Blosc-LZ4
+(byte shuffle), so a reader reads and decodes only the arrays it asks for.
+
+Readers find tiles through an index of the packs kept per process and staging
+generation, extended when a tile is asked for that it does not know yet.
+
+Examples
+--------
+>>> import tempfile, numpy as np
+>>> st = Staging(tempfile.mkdtemp())
+>>> st.prepare({"run_key": "k"})
+False
+>>> with st:
+...     st.write_tile(3, {"n_labels": 2}, {"face": np.arange(4)})
+...     st.write_tile(5, {"n_labels": 0})
+>>> st.finished_tiles()
+[3, 5]
+>>> rec, arrays = st.read_tile(3)
+>>> rec["n_labels"], arrays["face"].tolist()
+(2, [0, 1, 2, 3])
+>>> st.prepare({"run_key": "k"})      # the same run again: reused, a resume
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from numcodecs import Blosc
+
+__all__ = ["Staging"]
+
+FORMAT = 2
+_MAGIC = b"BBT2"
+_HEAD = struct.Struct("<4sI")
+_CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
+PACK_SUFFIX = ".pack"
+
+
+class _PackIndex:
+    """Where each finished tile's record is: ``tile -> (pack path, offset)``, built by
+    reading record headers only; extended on demand (new packs, grown packs)."""
+
+    def __init__(self, tiles_dir: str):
+        self.tiles_dir = tiles_dir
+        self.where: dict[int, tuple[str, int]] = {}
+        self._scanned: dict[str, int] = {}  # pack path -> bytes of whole records seen
+        self.lock = threading.Lock()
+
+    def refresh(self) -> None:
+        try:
+            names = os.listdir(self.tiles_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(PACK_SUFFIX):
+                path = os.path.join(self.tiles_dir, name)
+                self._scan(path, self._scanned.get(path, 0))
+
+    def _scan(self, path: str, pos: int) -> None:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            end = os.fstat(f.fileno()).st_size
+            while pos + _HEAD.size <= end:
+                f.seek(pos)
+                head = f.read(_HEAD.size)
+                magic, hlen = _HEAD.unpack(head)
+                if magic != _MAGIC:
+                    raise OSError(
+                        f"{path} is not a blockbuster staging pack (format "
+                        f"{FORMAT}); remove the staging directory "
+                        f"{os.path.dirname(self.tiles_dir)} and run again"
+                    )
+                if pos + _HEAD.size + hlen > end:
+                    break  # a record cut off by a crash (or in flight)
+                try:
+                    meta = json.loads(f.read(hlen))
+                except ValueError:
+                    break
+                stop = pos + _HEAD.size + hlen + int(meta["size"])
+                if stop > end:
+                    break
+                self.where.setdefault(int(meta["tile"]), (path, pos))
+                pos = stop
+        self._scanned[path] = pos
+
+    def find(self, n: int) -> tuple[str, int] | None:
+        with self.lock:
+            hit = self.where.get(n)
+            if hit is None:
+                self.refresh()
+                hit = self.where.get(n)
+            return hit
+
+    def all(self) -> list[int]:
+        with self.lock:
+            self.refresh()
+            return sorted(self.where)
+
+
+_INDEXES: OrderedDict[tuple[str, str], _PackIndex] = OrderedDict()
+_INDEXES_LOCK = threading.Lock()
+
+
+def _index_for(tiles_dir: str, generation: str) -> _PackIndex:
+    key = (os.path.abspath(tiles_dir), generation)
+    with _INDEXES_LOCK:
+        idx = _INDEXES.get(key)
+        if idx is None:
+            idx = _INDEXES[key] = _PackIndex(tiles_dir)
+            while len(_INDEXES) > 8:
+                _INDEXES.popitem(last=False)
+        else:
+            _INDEXES.move_to_end(key)
+        return idx
+
+
+class Staging:
+    """Staging directory of one run (see the module docstring for the layout).
+
+    Writing (:meth:`write_tile`) appends to a pack this object creates on its first
+    write; close it (or use it as a context manager) when the batch is done. Inside a
+    ``with`` block, packs opened for reading stay open until it ends (a batch reads
+    many tiles of few packs); outside one, each read opens and closes its pack.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.fspath(root)
+        self._pack = None
+        self._index: _PackIndex | None = None
+        self._readers: dict[str, Any] | None = None  # pack path -> file, in a with block
+
+    def __enter__(self) -> Staging:
+        if self._readers is None:
+            self._readers = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pack this object writes to (its records are all complete)."""
+        if self._pack is not None:
+            self._pack.close()
+            self._pack = None
+        readers, self._readers = self._readers, None
+        for f in (readers or {}).values():
+            f.close()
+
+    # -- paths ---------------------------------------------------------------------
+    @property
+    def tiles_dir(self) -> str:
+        return os.path.join(self.root, "tiles")
+
+    @property
+    def info_path(self) -> str:
+        return os.path.join(self.root, "staging.json")
+
+    # -- lifecycle -----------------------------------------------------------------
+    def info(self) -> dict[str, Any] | None:
+        try:
+            with open(self.info_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def prepare(self, info: dict[str, Any]) -> bool:
+        """Create the staging area, or reuse it when it belongs to the same run.
+
+        Returns True when an existing staging of the same run is reused (a resume).
+        Anything else at ``root`` (an older run's staging, or one written in another
+        format) is removed first.
+        """
+        existing = self.info()
+        if (
+            existing is not None
+            and existing.get("run_key") == info.get("run_key")
+            and existing.get("format") == FORMAT
+            and os.path.isdir(self.tiles_dir)
+        ):
+            return True
+        if os.path.exists(self.root):
+            shutil.rmtree(self.root)
+        os.makedirs(self.tiles_dir)
+        # a new id each time a staging area is created: caches of results derived from
+        # this staging (Prefect task caches, the pack index) name it, so they never
+        # outlive it
+        info = {**info, "format": FORMAT, "generation": uuid.uuid4().hex}
+        tmp = self.info_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=1, default=str)
+        os.replace(tmp, self.info_path)
+        self._index = None
+        return False
+
+    @property
+    def generation(self) -> str | None:
+        info = self.info()
+        return info.get("generation") if info else None
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._index = None
+
+    # -- tiles -----------------------------------------------------------------------
+    def _idx(self) -> _PackIndex:
+        if self._index is None:
+            self._index = _index_for(self.tiles_dir, self.generation or "")
+        return self._index
+
+    def finished_tiles(self) -> list[int]:
+        """Every finished tile, sorted."""
+        return self._idx().all()
+
+    def is_finished(self, n: int) -> bool:
+        return self._idx().find(n) is not None
+
+    def write_tile(
+        self, n: int, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Append tile ``n``'s record and arrays to this writer's pack (one write, then
+        a flush); this marks the tile finished."""
+        specs: dict[str, list] = {}
+        blobs = []
+        offset = 0
+        for name, arr in (arrays or {}).items():
+            arr = np.ascontiguousarray(arr)
+            blob = _CODEC.encode(arr) if arr.nbytes else b""
+            specs[name] = [offset, len(blob), arr.dtype.str, list(arr.shape)]
+            blobs.append(blob)
+            offset += len(blob)
+        header = json.dumps(
+            {"tile": int(n), "record": record, "arrays": specs, "size": offset},
+            default=_json_default,
+        ).encode()
+        if self._pack is None:
+            self._pack = open(
+                os.path.join(self.tiles_dir, uuid.uuid4().hex + PACK_SUFFIX), "ab", buffering=0
+            )
+        view = memoryview(b"".join([_HEAD.pack(_MAGIC, len(header)), header, *blobs]))
+        while view:  # unbuffered: each write goes straight to the OS
+            view = view[self._pack.write(view) :]
+
+    def read_record(self, n: int) -> dict[str, Any]:
+        return self.read_tile(n, names=())[0]
+
+    def read_tile(
+        self, n: int, names: Iterable[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Tile ``n``'s record and its arrays (only those in ``names``, when given; only
+        their bytes are read)."""
+        hit = self._idx().find(n)
+        if hit is None:
+            raise FileNotFoundError(f"tile {n} is not staged in {self.root}")
+        path, pos = hit
+        keep = self._readers is not None
+        f = self._readers.get(path) if keep else None
+        if f is None:
+            f = open(path, "rb")
+            if keep:
+                self._readers[path] = f
+        try:
+            f.seek(pos)
+            _, hlen = _HEAD.unpack(f.read(_HEAD.size))
+            meta = json.loads(f.read(hlen))
+            start = pos + _HEAD.size + hlen
+            wanted = (
+                meta["arrays"].keys()
+                if names is None
+                else [k for k in names if k in meta["arrays"]]
+            )
+            out = {}
+            for name in wanted:
+                off, nbytes, dtype, shape = meta["arrays"][name]
+                dt = np.dtype(dtype)
+                if nbytes:
+                    f.seek(start + off)
+                    buf = _CODEC.decode(f.read(nbytes))
+                    out[name] = np.frombuffer(buf, dtype=dt).reshape(shape)
+                else:
+                    out[name] = np.zeros(shape, dtype=dt)
+        finally:
+            if not keep:
+                f.close()
+        return meta["record"], out
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,172 @@
+"""Starting Prefect's temporary API server (ephemeral mode) so that it never outlives us.
+
+With no ``PREFECT_API_URL``, the first Prefect client of a process starts a temporary
+API server: a ``uvicorn`` child process. Two things about that start matter here:
+
+- Its first start on a fresh ``PREFECT_HOME`` creates and migrates the SQLite
+  database: 18.6-21.6 s on a 2-core machine (measured, three fresh homes), against
+  Prefect's default ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` of 20 s. Later
+  starts take 4-8 s.
+- When the start times out, Prefect raises but leaves the child running, and the next
+  client starts a second one. The first child is then never stopped: it keeps the
+  parent's stdout and stderr open, so a shell pipeline or ``subprocess.run(...,
+  capture_output=True)`` waits forever for a command that has long exited (CI saw
+  exactly this: a 9-tile run finished in 36.6 s, then its caller waited 300 s).
+
+:func:`ensure_api` starts the server itself, once per process, with a timeout that
+covers a first start (:data:`STARTUP_TIMEOUT`, unless the user set Prefect's setting),
+stops the child if the start fails, and raises an error that says what to do. Later
+clients find the server running and use it.
+
+Also here, for the runs of :mod:`blockbuster.api`: :func:`warm_up` (the API started and
+checked in a background thread while the cluster starts) and :func:`without_heartbeats`
+(no flow-run heartbeats against a temporary server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from blockbuster.errors import PrefectUnavailableError
+
+__all__ = ["ensure_api", "startup_timeout", "STARTUP_TIMEOUT", "warm_up", "without_heartbeats"]
+
+log = logging.getLogger("blockbuster")
+
+#: seconds a temporary server may take to start when the user has not set
+#: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (a first start measured 18.6-21.6 s)
+STARTUP_TIMEOUT = 120.0
+
+_LOCK = threading.Lock()
+
+
+def startup_timeout() -> float:
+    """Seconds to wait for the temporary server: the user's Prefect setting when set,
+    else :data:`STARTUP_TIMEOUT`.
+
+    Examples
+    --------
+    >>> from prefect.settings import temporary_settings
+    >>> from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as T
+    >>> with temporary_settings({T: 45}):
+    ...     startup_timeout()
+    45.0
+    """
+    from prefect.settings import get_current_settings
+
+    eph = get_current_settings().server.ephemeral
+    if "startup_timeout_seconds" in eph.model_fields_set:
+        return float(eph.startup_timeout_seconds)
+    return STARTUP_TIMEOUT
+
+
+def ensure_api() -> str | None:
+    """Start Prefect's temporary API server if this process needs one; return its URL.
+
+    Returns None when an API URL is configured (a real server: nothing to start) or
+    when ephemeral mode is switched off (Prefect itself then explains what is missing).
+    Safe to call from several threads; the server starts once per process.
+
+    Raises
+    ------
+    PrefectUnavailableError
+        The server did not answer within :func:`startup_timeout` seconds, or its
+        process failed. The process has been stopped.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with _LOCK:
+        server = SubprocessASGIServer()
+        if server.running:
+            return server.api_url
+        timeout = startup_timeout()
+        try:
+            server.start(timeout=int(timeout) if timeout >= 1 else 1)
+        except Exception as exc:
+            # Prefect leaves the child running after a failed start (module docstring)
+            try:
+                server.stop()
+            except Exception:  # pragma: no cover - already gone
+                log.debug("stopping the failed temporary server", exc_info=True)
+            raise PrefectUnavailableError(
+                f"Prefect's temporary API server did not start within {timeout:g} s "
+                f"({type(exc).__name__}: {str(exc)[:200]}). A first start on a new "
+                "PREFECT_HOME migrates its database and can take tens of seconds on a "
+                "busy machine: raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
+                "or start a server once (`prefect server start`) and set "
+                "PREFECT_API_URL to it"
+            ) from exc
+        return server.api_url
+
+
+def warm_up(errors: list) -> None:
+    """Start Prefect's API (the temporary server in ephemeral mode) now, in this thread.
+
+    Once per process and API URL: after that the flow run itself talks to the API (a
+    health check costs ~25 ms, a new client with its TLS context included). A temporary
+    server that does not start is an error for the run (appended to ``errors``, see
+    :func:`ensure_api`); a failed health check is left to the flow run.
+    """
+    try:
+        ensure_api()
+    except Exception as exc:
+        errors.append(exc)
+        return
+    try:
+        from prefect.settings import get_current_settings
+
+        url = get_current_settings().api.url
+        if url in _WARM:
+            return
+        from prefect.client.orchestration import get_client
+
+        from ._common import prefect_tls_context
+
+        with get_client(sync_client=True, httpx_settings={"verify": prefect_tls_context()}) as c:
+            c.api_healthcheck()
+        _WARM.add(url)
+    except Exception:  # pragma: no cover - the flow run reports real problems itself
+        log.debug("Prefect API warm-up failed", exc_info=True)
+
+
+_WARM: set = set()
+
+
+@contextlib.contextmanager
+def without_heartbeats():
+    """No flow-run heartbeats when Prefect runs ephemeral (no API URL configured).
+
+    Heartbeats let a long-lived server notice crashed runs; a temporary server dies with
+    this process, so they only cost time: the heartbeat thread is joined at the end of
+    every flow run with a 1 s sleep granularity (measured: an empty flow run takes
+    1.1 s with heartbeats, 0.1 s without). With a real server they stay as configured.
+    The changed settings object is built once per settings object (building one takes
+    ~0.1 s of pydantic validation, which a warm small run notices).
+    """
+    import prefect.context
+
+    ctx = prefect.context.get_settings_context()
+    if ctx.settings.api.url:
+        yield
+        return
+    base, changed = _NO_HEARTBEAT_SETTINGS.get(id(ctx.settings), (None, None))
+    if base is not ctx.settings:
+        base, changed = (
+            ctx.settings,
+            ctx.settings.copy_with_update(updates={"flows.heartbeat_frequency": None}),
+        )
+        _NO_HEARTBEAT_SETTINGS.clear()
+        _NO_HEARTBEAT_SETTINGS[id(base)] = (base, changed)
+    with prefect.context.SettingsContext(profile=ctx.profile, settings=changed):
+        yield
+
+
+_NO_HEARTBEAT_SETTINGS: dict[int, tuple[Any, Any]] = {}

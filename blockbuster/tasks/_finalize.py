@@ -1,0 +1,65 @@
+"""The last step of a run: the summary, the output marked complete, staging dropped.
+
+Not a Prefect task: it is ~10 ms of bookkeeping in the flow's thread, and a task run
+(state changes, events) would cost about as much again at the end of every run. Its
+failure fails the flow run like any stage's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from blockbuster.io import Staging
+
+from ._common import local_result_dir, stage_key
+from ._job import Job
+from ._report import publish_summary
+
+__all__ = ["finalize_stage", "CACHED_STAGES"]
+
+CACHED_STAGES = ("segment", "table")  # the stages whose results Prefect caches
+
+
+def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> None:
+    """Publish the summary artifact, mark the output complete (its very last write), then
+    drop the staging area and the cached stage results that describe it. (The summary
+    is sent by the run's reporter thread.)"""
+    publish_summary(job, summary)
+    job.out.mark_complete(
+        {
+            "result_key": job.plan.result_key,
+            **{
+                k: summary[k]
+                for k in (
+                    "run_key",
+                    "n_tiles",
+                    "labels_after_merge",
+                    "labels_before_merge",
+                    "dtype",
+                    "sequential_labels",
+                    "merge",
+                )
+            },
+        },
+        executor=job.client().get_executor() if job.out.is_ngff else None,
+    )
+    if not keep_staging:
+        Staging(job.plan.staging_root).remove()
+        _drop_cached_results(job)
+
+
+def _drop_cached_results(job: Job) -> None:
+    """Cached stage results name a staging generation that no longer exists: delete them
+    from Prefect's local result storage rather than let them pile up."""
+    try:
+        base = local_result_dir()
+    except Exception:  # pragma: no cover
+        return
+    for stage in CACHED_STAGES:
+        key = stage_key(stage, job.run_key, job.generation)
+        for path in (os.path.join(base, key), os.path.join(base, key + ".lock")):
+            try:
+                os.remove(path)
+            except OSError:
+                pass

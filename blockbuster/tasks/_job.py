@@ -1,0 +1,145 @@
+"""The job handed from stage to stage: a small description plus live objects.
+
+Prefect records a flow's and a task's parameters in its database (JSON) and may hash
+them for cache keys. Pixel arrays, user functions and Dask clients must never go
+through that, so they travel as private attributes of a pydantic model whose public
+fields are short, human-readable descriptions (what the Prefect UI shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+__all__ = ["Job"]
+
+
+class Job(BaseModel):
+    """What a run works on, as shown in the Prefect UI, with the live objects attached."""
+
+    model_config = ConfigDict(frozen=False)
+
+    run_key: str
+    image: str
+    fn: str
+    output: str
+    staging: str
+    tiles: int
+    merge: str
+    generation: str = ""
+
+    _plan: Any = PrivateAttr(default=None)
+    _source: Any = PrivateAttr(default=None)
+    _fn: Callable | None = PrivateAttr(default=None)
+    _cluster: Any = PrivateAttr(default=None)
+    _progress: bool = PrivateAttr(default=False)
+    _output: Any = PrivateAttr(default=None)
+    _timings: dict = PrivateAttr(default_factory=dict)
+    _resources: dict | None = PrivateAttr(default=None)
+    _details: dict = PrivateAttr(default_factory=dict)
+    _started: dict = PrivateAttr(default_factory=dict)
+    _reporter: Any = PrivateAttr(default=None)
+    _progress_artifact: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        plan,
+        source,
+        fn,
+        cluster,
+        output,
+        progress: bool,
+        fn_description: str,
+        resources: dict | None = None,
+        generation: str = "",
+    ) -> Job:
+        job = cls(
+            run_key=plan.run_key,
+            image=source.description,
+            fn=fn_description,
+            output=output.describe(),
+            staging=plan.staging_root,
+            tiles=plan.grid.n_tiles,
+            merge=plan.merge,
+            generation=generation,
+        )
+        job._plan, job._source, job._fn = plan, source, fn
+        job._cluster, job._output, job._progress = cluster, output, progress
+        job._resources = resources
+        return job
+
+    @property
+    def plan(self):
+        return self._plan
+
+    @property
+    def source(self):
+        return self._source
+
+    @property
+    def tile_fn(self) -> Callable:
+        return self._fn
+
+    @property
+    def out(self):
+        return self._output
+
+    @property
+    def progress(self) -> bool:
+        return self._progress
+
+    @property
+    def reporter(self):
+        """The run's background thread for reporting calls (:mod:`.background`)."""
+        if self._reporter is None:
+            from ._background import Reporter
+
+            self._reporter = Reporter()
+        return self._reporter
+
+    @property
+    def progress_artifact(self):
+        """The run's :class:`~.progress.ProgressArtifact`, or ``None`` before the flow
+        created it."""
+        return self._progress_artifact
+
+    @progress_artifact.setter
+    def progress_artifact(self, value) -> None:
+        self._progress_artifact = value
+
+    @property
+    def timings(self) -> dict:
+        return self._timings
+
+    @property
+    def resources(self) -> dict | None:
+        return self._resources
+
+    @property
+    def details(self) -> dict:
+        """Per-tile and per-seam lists of the run (``tiles``, ``seams``), kept off the
+        flow's return value: Prefect walks every object of a flow's result."""
+        return self._details
+
+    def start_ahead(self, stage: str, work) -> None:
+        """Keep ``work`` (a stage's batches, submitted early) for that stage's task to
+        adopt: the segment stage's before the flow run starts, the others while the
+        task run of the previous stage ends and the next one starts."""
+        self._started[stage] = work
+
+    def take_started(self, stage: str):
+        """The work started ahead for ``stage``, or None; the caller owns it now."""
+        return self._started.pop(stage, None)
+
+    def cancel_started(self) -> None:
+        """Cancel work started ahead that no stage adopted (the flow failed first)."""
+        for work in self._started.values():
+            work.cancel()
+        self._started.clear()
+
+    def client(self):
+        return self._cluster.client()

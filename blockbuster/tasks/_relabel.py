@@ -1,0 +1,90 @@
+"""The relabel stage: output chunk = lut_slice[staged chunk], one writer per chunk."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+
+from blockbuster.cluster import StageWork, client_threads, split_batches
+from blockbuster.core import MergeTable
+from blockbuster.worker import relabel_tiles, table_luts
+
+from ._common import NO_CACHE, tiles_word
+from ._job import Job
+from ._progress import StageProgress
+
+__all__ = ["relabel_stage", "start_relabel"]
+
+
+def start_relabel(job: Job, table: MergeTable) -> StageWork:
+    """Create the output (marked incomplete) and submit the first relabel batches (the
+    merge-table stage does so as it ends)."""
+    t0 = time.perf_counter()
+    plan, out = job.plan, job.out
+    dtype = table.dtype
+    out.create(
+        plan.grid.shape,
+        dtype,
+        plan.out_chunks,
+        {"run_key": plan.run_key, "n_labels": table.n_labels},
+        shards=plan.out_shards,
+    )
+    tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
+    client = job.client()
+    nthreads = client_threads(client)
+    batches = split_batches(tiles, nthreads, tile_voxels=plan.grid.tile_voxels)
+    path, token = out.array_path, out.token
+    reader = job.source.reader if plan.read_back else None  # labels read from the input
+    records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
+    return StageWork.submit(
+        client,
+        relabel_tiles,
+        batches,
+        lambda b: (
+            lambda: (
+                plan,
+                b,
+                table_luts(table, b, dtype),
+                path,
+                token,
+                reader,
+                [bool(records[n].get("ids_1_to_n")) for n in b],
+            )
+        ),
+        name="relabel",
+        window=2 * nthreads + 2,
+        info={"dtype": str(dtype)},
+        started=t0,
+    )
+
+
+@task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
+def relabel_stage(job: Job, table: MergeTable) -> dict:
+    """Write every labelled tile into the output (created incomplete)."""
+    stale = job.take_started("seams")  # scan started ahead, but the table was cached
+    if stale is not None:
+        stale.cancel()
+    work = job.take_started("relabel") or start_relabel(job, table)
+    batches = work.batches
+    bar = StageProgress(
+        "relabel",
+        work.n_tiles,
+        bar=job.progress,
+        artifact=job.progress_artifact,
+        span=(90.0, 100.0),
+    )
+    try:
+        voxels = work.gather(lambda i, r: bar.update(len(batches[i])))
+    finally:
+        bar.close()
+    job.timings["relabel"] = time.perf_counter() - work.started
+    n_tiles = work.n_tiles
+    get_run_logger().info(
+        "relabelled %d %s (%d voxels) in %.2f s",
+        n_tiles,
+        tiles_word(job.plan),
+        sum(voxels),
+        job.timings["relabel"],
+    )
+    return {"dtype": work.info["dtype"], "tiles_written": n_tiles, "voxels": int(sum(voxels))}

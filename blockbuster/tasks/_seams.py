@@ -1,0 +1,114 @@
+"""The merge-table stage: label pairs across every seam, then the global merge table.
+
+One Prefect task for both steps (each Prefect task run costs tens of milliseconds of
+API calls; docs/orchestration.md); the cached result is the table and the per-seam
+statistics, not the pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+
+from blockbuster.cluster import StageWork, client_threads, split_batches
+from blockbuster.core import MergeTable
+from blockbuster.worker import scan_tiles
+
+from ._common import stage_cache_policy
+from ._job import Job
+from ._progress import StageProgress
+from ._relabel import start_relabel
+
+__all__ = ["merge_table_stage", "scan_seams", "build_lut", "start_scan"]
+
+
+@task(name="merge-table", cache_policy=stage_cache_policy("table"), persist_result=True)
+def merge_table_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seam pairs of all tiles, then the merge table; returns the table and seam stats."""
+    scan = scan_seams(job, records)
+    table = build_lut(job, scan)
+    job.start_ahead("relabel", start_relabel(job, table))  # while this task run ends
+    return {"table": table, **{k: v for k, v in scan.items() if k != "pairs"}}
+
+
+def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
+    """Submit the seam scan's batches (the segment stage does so as it ends);
+    ``info["counts"]``: labels per tile."""
+    plan = job.plan
+    counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
+    offsets = np.zeros_like(counts)
+    if counts.size > 1:
+        np.cumsum(counts[:-1], out=offsets[1:])
+    tiles = [n for n in range(plan.grid.n_tiles) if counts[n] > 0]
+    client = job.client()
+    nthreads = client_threads(client)
+    batches = split_batches(tiles, nthreads, max_batch=64, tile_voxels=plan.grid.tile_voxels)
+    return StageWork.submit(
+        client,
+        scan_tiles,
+        batches,
+        lambda b: lambda: (plan, b, counts, offsets),
+        name="seams",
+        window=2 * nthreads + 2,
+        info={"counts": counts},
+    )
+
+
+def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Find label pairs across all seams (touch or IoU), in batches of tiles."""
+    logger = get_run_logger()
+    plan = job.plan
+    work = job.take_started("seams") or start_scan(job, records)
+    batches = work.batches
+    bar = StageProgress("seams", work.n_tiles, bar=job.progress)
+    try:
+        results = work.gather(lambda i, r: bar.update(len(batches[i])))
+    finally:
+        bar.close()
+    pairs = [p for p, _ in results if len(p)]
+    seams = [s for _, ss in results for s in ss]
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    job.timings["seams"] = time.perf_counter() - work.started
+    merged = sum(s[3] for s in seams)
+    unmerged = sum(s[4] for s in seams)
+    spanning = sum(s[5] for s in seams)
+    logger.info(
+        "seams: %d label pairs merged, %d candidate pairs left apart, %d objects "
+        "wider than the halo, in %.2f s",
+        merged,
+        unmerged,
+        spanning,
+        job.timings["seams"],
+    )
+    if spanning and plan.merge == "overlap":
+        logger.warning(
+            "%d objects reach past the halo at a seam; consider a larger overlap (now %s)",
+            spanning,
+            list(plan.grid.overlap),
+        )
+    return {
+        "pairs": pairs,
+        "seams": seams,
+        "counts": work.info["counts"],
+        "merged": merged,
+        "unmerged": unmerged,
+        "spanning": spanning,
+    }
+
+
+def build_lut(job: Job, scan: dict[str, Any]) -> MergeTable:
+    """Connected components over the seam pairs: the global relabelling table."""
+    t0 = time.perf_counter()
+    table = MergeTable.build(scan["counts"], scan["pairs"], sequential=job.plan.sequential)
+    job.timings["lut"] = time.perf_counter() - t0
+    get_run_logger().info(
+        "merge table: %d tile labels -> %d labels (max id %d, %s)",
+        table.n_nodes,
+        table.n_labels,
+        table.max_label,
+        table.dtype,
+    )
+    return table

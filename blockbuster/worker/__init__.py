@@ -1,0 +1,31 @@
+"""What Dask workers run: the segment / seam-scan / relabel batch functions, their work
+buffers and allocator tuning, and an in-process runner of the same stages (no cluster).
+
+Imports :mod:`blockbuster.core` and :mod:`blockbuster.io`; knows nothing of Prefect.
+"""
+
+from ._in_process import run_locally
+from ._memory import (
+    Scratch,
+    keep_freed_memory,
+    map_through,
+)
+from ._tile_ops import (
+    relabel_tiles,
+    scan_tiles,
+    segment_one,
+    segment_tiles,
+    table_luts,
+)
+
+__all__ = [
+    "Scratch",
+    "keep_freed_memory",
+    "map_through",
+    "relabel_tiles",
+    "run_locally",
+    "scan_tiles",
+    "segment_one",
+    "segment_tiles",
+    "table_luts",
+]

@@ -1,0 +1,154 @@
+"""Work memory of a batch of tiles: reused buffers, and freed memory kept for reuse.
+
+Dask workers return freed memory to the operating system at once (``distributed``
+sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its worker processes, which also fixes glibc's
+mmap threshold at 128 KiB), so every large temporary is fresh memory: ~260 page faults
+per MiB. That doubles the cost of a zstd decode or a table lookup over a 1024² tile
+(4.3 vs 2.0 ms to decode 4 MiB, measured), and makes each zstd compression of a small
+chunk allocate its ~0.5 MiB context anew (0.19-0.3 vs 0.05 ms per 128² chunk).
+
+- :class:`Scratch`: named per-thread buffers (a tile's input and output) that a batch
+  reuses for every tile; :meth:`Scratch.clear` drops them when the batch ends.
+- :func:`keep_freed_memory`: while a batch runs in such a worker, freed memory stays in
+  the process for the next tile (glibc ``mallopt``); when the last batch running in the
+  process ends, the worker's own settings come back and the free memory is returned
+  (``malloc_trim``). Elsewhere (no ``MALLOC_TRIM_THRESHOLD_`` set, not glibc) it does
+  nothing.
+
+Examples
+--------
+>>> import numpy as np
+>>> s = Scratch()
+>>> a = s.array("in", (4, 4), np.int32)
+>>> b = s.array("in", (2, 8), np.int32)     # same memory, another shape
+>>> np.shares_memory(a, b)
+True
+>>> s.clear()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+__all__ = ["Scratch", "map_through", "keep_freed_memory"]
+
+
+class Scratch:
+    """Named work buffers of this thread, grown on demand (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _pool(self) -> dict[str, np.ndarray]:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        return pool
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``, backed by this
+        thread's buffer ``name``; it is overwritten by the next call for ``name``."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        pool = self._pool()
+        buf = pool.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = pool[name] = np.empty(max(nbytes, 1), np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
+
+    def clear(self) -> None:
+        """Drop this thread's buffers."""
+        self._local.pool = {}
+
+
+def map_through(
+    table: np.ndarray, labels: np.ndarray, out: np.ndarray, block: int = 1 << 16
+) -> np.ndarray:
+    """``out[...] = table[labels]``, block by block through a small index buffer.
+
+    The same result as ``table[labels.astype(np.intp)]`` without the full-size index
+    array (8 bytes per voxel), with each block's passes in cache. An id outside
+    ``table`` (negative included) raises ``IndexError``.
+
+    >>> map_through(np.array([0, 10, 20]), np.array([[2, 0], [1, 1]]),
+    ...             np.empty((2, 2), np.int64)).tolist()
+    [[20, 0], [10, 10]]
+    """
+    src, dst = labels.reshape(-1), out.reshape(-1)
+    idx = np.empty(min(block, src.size), np.intp)
+    for i in range(0, src.size, block):
+        j = min(i + block, src.size)
+        k = idx[: j - i]
+        np.copyto(k, src[i:j], casting="unsafe")
+        lo, hi = int(k.min()), int(k.max())
+        if lo < 0 or hi >= table.size:
+            bad = hi if hi >= table.size else int(src[i:j].min())
+            raise IndexError(f"label id {bad} is outside the table (0..{table.size - 1})")
+        # 'clip' never buffers the output ('raise' copies it); the bounds are checked above
+        np.take(table, k, out=dst[i:j], mode="clip")
+    return out
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_LOCK = threading.Lock()
+_KEEP_DEPTH = 0
+_LIBC: list = []  # [ctypes library or None], resolved once
+
+
+def _glibc():
+    if not _LIBC:
+        lib = None
+        try:
+            import ctypes
+            import platform
+
+            if platform.libc_ver()[0] == "glibc":
+                lib = ctypes.CDLL("libc.so.6")
+                lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                lib.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # pragma: no cover - no glibc
+            lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+@contextlib.contextmanager
+def keep_freed_memory() -> Iterator[None]:
+    """Keep freed memory in the process while the block runs (see the module docstring).
+
+    >>> with keep_freed_memory():
+    ...     x = np.ones(1 << 20).sum()
+    """
+    global _KEEP_DEPTH
+    lib = _glibc() if "MALLOC_TRIM_THRESHOLD_" in os.environ else None
+    if lib is None:
+        yield
+        return
+    with _KEEP_LOCK:
+        _KEEP_DEPTH += 1
+        if _KEEP_DEPTH == 1:
+            lib.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest
+            lib.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        with _KEEP_LOCK:
+            _KEEP_DEPTH -= 1
+            if _KEEP_DEPTH == 0:
+                lib.mallopt(_M_TRIM_THRESHOLD, _env_int("MALLOC_TRIM_THRESHOLD_", 128 << 10))
+                lib.mallopt(_M_MMAP_THRESHOLD, _env_int("MALLOC_MMAP_THRESHOLD_", 128 << 10))
+                lib.malloc_trim(0)

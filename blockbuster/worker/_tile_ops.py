@@ -1,0 +1,568 @@
+"""What runs on the workers: segment, scan and relabel a batch of tiles.
+
+Each function takes the run's :class:`~blockbuster.core.RunPlan` and a list of tile
+numbers, does the work of each tile independently and returns small per-tile results.
+They are plain functions (no Prefect, no Dask): the orchestration layer decides where
+and how often they run. Segmentation is idempotent per tile: a tile whose staging
+record is complete is finished and is never given to ``fn`` again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from blockbuster.core import (
+    MergeTable,
+    RunPlan,
+    band_key,
+    check_tile_labels,
+    compact_labels,
+    compact_with_halo,
+    face_key,
+    index_unit,
+    input_changed,
+    overlap_pairs,
+    present_ids,
+    relabel_unit,
+    touch_pairs,
+)
+from blockbuster.core._labels import _map_ids, _small_uint
+from blockbuster.errors import BlockbusterError, TileFunctionError
+from blockbuster.io import (
+    ShardWriter,
+    Staging,
+    chunk_files,
+    full_slices,
+    open_zarr_array_cached,
+    write_regions,
+)
+
+from ._memory import Scratch, keep_freed_memory, map_through
+
+__all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
+
+# output chunks of a relabel batch are written together, up to this many bytes at once
+WRITE_GROUP_BYTES = 64 << 20
+# per-thread work buffers for the input and output of one tile (core/scratch.py)
+_SCRATCH = Scratch()
+
+
+def _batch(fn):
+    """A batch function runs with freed memory kept for its next tile (core/scratch.py)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with keep_freed_memory():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int, retry_delay: float):
+    """Call ``fn(data)``, retrying exceptions ``retries`` times with a delay.
+
+    Returns ``(labels, seconds_of_the_successful_call, attempts)``. The final failure
+    is a :class:`TileFunctionError` naming the tile, its origin and the original error
+    (with the worker-side traceback in the message, since a chained cause does not
+    survive the trip between processes).
+    """
+    attempts = 0
+    while True:
+        attempts += 1
+        t0 = time.perf_counter()
+        try:
+            out = fn(data)
+            return out, time.perf_counter() - t0, attempts
+        except Exception as exc:  # noqa: BLE001 - any error of user code
+            # our own errors (a missing model, no GPU, a bad option) are permanent
+            if attempts <= retries and not isinstance(exc, BlockbusterError):
+                time.sleep(retry_delay * attempts)
+                continue
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            raise TileFunctionError(
+                f"fn failed on tile {tile} (origin {tuple(origin)}, input shape {data.shape}) "
+                f"after {attempts} attempt(s): {type(exc).__name__}: {exc}\n"
+                f"--- traceback in the worker ---\n{tb}",
+                tile,
+                tuple(origin),
+            ) from exc
+
+
+def _band_bounds(plan: RunPlan, n: int, axis: int, hi: bool):
+    g = plan.grid
+    ext, core = g.ext_bounds(n), g.core_bounds(n)
+    ov = g.overlap[axis]
+    box = list(ext)
+    e0, e1 = ext[axis]
+    box[axis] = (max(core[axis][1] - ov, e0), e1) if hi else (e0, min(core[axis][0] + ov, e1))
+    return tuple(box)
+
+
+def _is_empty(plan: RunPlan, data: np.ndarray, n: int) -> bool:
+    core = full_slices(plan.grid.core_in_ext(n), plan.channel_axis)
+    thr = plan.empty_threshold if plan.empty_threshold is not None else 0
+    region = data[core]
+    return region.size == 0 or not bool((region > thr).any())
+
+
+def _new_record(plan: RunPlan, n: int) -> dict[str, Any]:
+    """The staging record of tile (or merge unit) ``n`` before any work on it."""
+    g = plan.grid
+    return {
+        "tile": n,
+        "index": list(g.tile_index(n)),
+        "origin": list(g.origin(n)),
+        "shape": list(g.core_shape(n)),
+        "n_labels": 0,
+        "fn_seconds": 0.0,
+        "skipped": False,
+        "attempts": 0,
+        "resumed": False,
+        "pid": os.getpid(),
+    }
+
+
+def segment_one(
+    plan: RunPlan, fn: Callable, n: int, data: np.ndarray, staging: Staging
+) -> dict[str, Any]:
+    """Segment tile ``n`` from its extended ``data``; stage it; return its record."""
+    g = plan.grid
+    origin = g.origin(n)
+    rec = _new_record(plan, n)
+    if plan.skip_empty and _is_empty(plan, data, n):
+        rec["skipped"] = True
+        staging.write_tile(n, rec)
+        return rec
+    if fn is None:  # merging labels the user already has
+        labels = data
+    else:
+        labels, secs, attempts = call_fn(fn, data, n, origin, plan.retries, plan.retry_delay)
+        rec["fn_seconds"], rec["attempts"] = secs, attempts
+    labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
+    if plan.read_back and fn is None:
+        return _index_one(plan, n, labels, rec, staging)
+    crop = g.core_in_ext(n)
+    arrays: dict[str, np.ndarray] = {}
+    if plan.merge == "overlap":
+        ids = present_ids(labels)
+        ext_c, n_core = compact_with_halo(labels, crop, dtype=_small_uint(ids.size), ids=ids)
+        core_c = ext_c[crop]
+    else:
+        core_c, n_core = compact_labels(labels[crop], small=True)
+    rec["n_labels"] = int(n_core)
+    if n_core:
+        arrays["labels"] = core_c
+        for d in range(g.ndim):
+            for hi in (False, True):
+                arrays[face_key(d, hi)] = core_c.take(-1 if hi else 0, axis=d)
+        if plan.merge == "overlap":
+            e0 = [lo for lo, _ in g.ext_bounds(n)]
+            bounds = {}
+            for d in range(g.ndim):
+                if g.overlap[d] == 0:
+                    continue
+                for hi in (False, True):
+                    box = _band_bounds(plan, n, d, hi)
+                    key = band_key(d, hi)
+                    arrays[key] = ext_c[
+                        tuple(slice(b0 - o, b1 - o) for (b0, b1), o in zip(box, e0))
+                    ]
+                    bounds[key] = [list(b) for b in box]
+            rec["band_bounds"] = bounds
+    staging.write_tile(n, rec, arrays)
+    return rec
+
+
+def _index_one(
+    plan: RunPlan, n: int, labels: np.ndarray, rec: dict[str, Any], staging: Staging
+) -> dict[str, Any]:
+    """Stage what the merge needs of stored labels, not the labels: relabel reads them
+    again from the input (``plan.read_back``).
+
+    Staged: the ids present (only when they are not exactly 1..n) and the compacted
+    boundary faces for the seam scan. This spares a compressed copy of every tile
+    (writing it, reading it back) for the price of reading the input chunk twice.
+    """
+    g = plan.grid
+    ids = present_ids(labels)
+    k = int(ids.size)
+    rec["n_labels"] = k
+    arrays: dict[str, np.ndarray] = {}
+    if k:
+        identity = int(ids[-1]) == k  # ids are exactly 1..k already
+        rec["ids_1_to_n"] = identity  # relabel then needs nothing staged
+        small = _small_uint(k)
+        if not identity:
+            arrays["ids"] = ids
+        local = np.arange(1, k + 1)
+        for d in range(g.ndim):
+            for hi in (False, True):
+                face = labels.take(-1 if hi else 0, axis=d)
+                arrays[face_key(d, hi)] = (
+                    face.astype(small) if identity else _map_ids(face, ids, local, small)
+                )
+    staging.write_tile(n, rec, arrays)
+    return rec
+
+
+@_batch
+def segment_tiles(
+    plan: RunPlan,
+    fn: Callable,
+    tiles: Sequence[int],
+    reader=None,
+    datas: Sequence[np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """Segment a batch of tiles, skipping those already finished (resume)."""
+    staging = Staging(plan.staging_root)
+    out = []
+    todo = []
+    finished = set(staging.finished_tiles())  # a rerun batch skips what it finished
+    for i, n in enumerate(tiles):
+        if n in finished:
+            rec = staging.read_record(n)
+            rec["resumed"] = True
+            out.append(rec)
+        else:
+            todo.append((i, n))
+    if plan.unit_tile_shape is not None:  # merge units of small stored tiles
+        try:
+            with staging:
+                for _, n in todo:
+                    out.append(_index_unit(plan, n, reader, staging))
+        finally:
+            _SCRATCH.clear()
+        return out
+    if datas is not None:
+        inputs = (np.asarray(datas[i]) for i, _ in todo)
+    elif plan.read_back and fn is None:
+        # nothing of the input outlives its tile: decode every tile into one buffer
+        inputs = (
+            reader.read(
+                _core_region(plan, n),
+                out=_SCRATCH.array("input", plan.grid.core_shape(n), _reader_dtype(reader)),
+            )
+            for _, n in todo
+        )
+    else:
+        regions = [full_slices(plan.grid.ext_slices(n), plan.channel_axis) for _, n in todo]
+        read_many = getattr(reader, "read_many", None)
+        inputs = read_many(regions) if read_many is not None else (reader.read(r) for r in regions)
+    try:
+        with staging:
+            for (_, n), data in zip(todo, inputs):
+                out.append(segment_one(plan, fn, n, np.asarray(data), staging))
+    finally:
+        _SCRATCH.clear()
+    return out
+
+
+class _TileReader:
+    """``read(tile_bounds, out)``: fills ``out`` (the tiles' whole shape) with a tile of
+    the input from its top corner; the tile's chunk file is decoded into ``out``
+    directly when tiles are the input's chunks."""
+
+    def __init__(self, plan: RunPlan, reader):
+        self.reader = reader
+        self.channel_axis = plan.channel_axis
+        self.dtype = _reader_dtype(reader)
+        files = getattr(reader, "chunk_files", None)
+        cf = files() if files is not None and plan.channel_axis is None else None
+        self.cf = cf if cf is not None and cf.chunks == plan.out_chunks else None
+
+    def __call__(self, tb, out: np.ndarray) -> None:
+        cf = self.cf
+        if cf is not None:
+            got = cf.read_chunk(tuple(a // c for (a, _), c in zip(tb, cf.chunks)), out=out)
+            if got is not out:
+                out[...] = got
+            return
+        region = full_slices(tuple(slice(a, b) for a, b in tb), self.channel_axis)
+        out[tuple(slice(0, b - a) for a, b in tb)] = self.reader.read(region)
+
+
+def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, Any]:
+    """Index merge unit ``n`` (core/units.py) and stage it; return its record."""
+    g = plan.grid
+    rec = _new_record(plan, n)
+    fields, arrays = index_unit(
+        g.core_bounds(n),
+        plan.unit_tile_shape,
+        plan.connectivity,
+        _TileReader(plan, reader),
+        n,
+        _SCRATCH.array,
+    )
+    rec.update(fields)
+    staging.write_tile(n, rec, arrays)
+    return rec
+
+
+def _core_region(plan: RunPlan, n: int) -> tuple[slice, ...]:
+    return full_slices(plan.grid.core_slices(n), plan.channel_axis)
+
+
+def _reader_dtype(reader) -> np.dtype:
+    dtype = getattr(reader, "dtype", None)
+    return np.dtype(dtype if dtype is not None else reader.array.dtype)
+
+
+@_batch
+def scan_tiles(
+    plan: RunPlan, tiles: Sequence[int], counts: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, list[tuple]]:
+    """Seam pairs (global node ids) from each tile of the batch to its forward neighbours.
+
+    Returns ``(pairs, seams)``: an ``(k, 2)`` int64 array and, per seam with any
+    candidate, ``(tile_a, tile_b, delta, merged, unmerged, spanning)``.
+    """
+    staging = Staging(plan.staging_root)
+    g = plan.grid
+    cache: dict[int, tuple] = {}
+
+    def side(n):
+        if n not in cache:
+            cache[n] = staging.read_tile(n, names=keys)
+        return cache[n]
+
+    max_order = plan.connectivity if plan.merge == "touch" else None
+    keys = []
+    if plan.merge == "touch" or 0 in g.overlap:  # faces serve the touch seams only
+        keys += [face_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
+    if plan.merge == "overlap":
+        keys += [band_key(d, hi) for d in range(g.ndim) for hi in (False, True)]
+    all_pairs = []
+    seams = []
+    with staging:  # packs stay open for the batch
+        for a in tiles:
+            if counts[a] == 0:
+                continue
+            for b, delta in g.forward_neighbours(a, max_order=max_order):
+                if counts[b] == 0:
+                    continue
+                rec_a, arr_a = side(a)
+                rec_b, arr_b = side(b)
+                nz = [e for e, d in enumerate(delta) if d]
+                use_touch = plan.merge == "touch" or any(g.overlap[e] == 0 for e in nz)
+                if use_touch:
+                    p = touch_pairs(arr_a, arr_b, delta, plan.connectivity)
+                    stats = {"candidates": len(p), "merged": len(p), "spanning": 0}
+                else:
+                    p, stats = overlap_pairs(
+                        arr_a,
+                        _bounds(rec_a),
+                        int(counts[a]),
+                        arr_b,
+                        _bounds(rec_b),
+                        int(counts[b]),
+                        delta,
+                        plan.iou_threshold,
+                    )
+                if len(p):
+                    all_pairs.append(
+                        np.stack([p[:, 0] + offsets[a], p[:, 1] + offsets[b]], axis=1)
+                    )
+                if stats["candidates"] or stats["spanning"]:
+                    seams.append(
+                        (
+                            int(a),
+                            int(b),
+                            tuple(delta),
+                            stats["merged"],
+                            stats["candidates"] - stats["merged"],
+                            stats["spanning"],
+                        )
+                    )
+    pairs = np.concatenate(all_pairs) if all_pairs else np.zeros((0, 2), np.int64)
+    return pairs.astype(np.int64, copy=False), seams
+
+
+def _bounds(rec):
+    return {k: tuple(tuple(b) for b in v) for k, v in rec.get("band_bounds", {}).items()}
+
+
+@_batch
+def relabel_tiles(
+    plan: RunPlan,
+    tiles: Sequence[int],
+    luts: Sequence[np.ndarray],
+    out_path: str,
+    out_token: str,
+    reader=None,
+    ids_1_to_n: Sequence[bool] | None = None,
+) -> int:
+    """Write ``lut[staged labels]`` for each tile into the output array; returns voxels
+    written. With ``plan.read_back`` the labels are read again from ``reader`` (the
+    input) and mapped through the tile's staged ids, or directly through ``lut`` for
+    tiles whose record says their ids are 1..n (``ids_1_to_n``: nothing staged is read)."""
+    staging = Staging(plan.staging_root)
+    out = open_zarr_array_cached(out_path, out_token)
+    direct = chunk_files(out)  # chunks written here at once: buffers reused
+    g = plan.grid
+    written = 0
+    pending: list = []  # tiles with labels: never all fill, no need to check
+    size = 0
+    names = ("labels", "ids") if plan.read_back else ("labels",)
+    if plan.unit_tile_shape is not None:
+        return _relabel_units(plan, tiles, luts, out, direct, reader, staging)
+    try:
+        with staging:  # packs stay open for the batch
+            plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
+            for n, lut, bare in zip(tiles, luts, plain):
+                if lut.size <= 1:
+                    continue  # no labels: the chunk stays absent (reads as 0)
+                arrays = {} if bare and plan.read_back else staging.read_tile(n, names=names)[1]
+                shape = g.core_shape(n)
+                dst = (
+                    _SCRATCH.array("output", shape, lut.dtype)
+                    if direct is not None
+                    else np.empty(shape, lut.dtype)
+                )
+                if "labels" in arrays:
+                    map_through(lut, arrays["labels"], dst)
+                else:
+                    _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
+                region = g.core_slices(n)
+                written += dst.size
+                if direct is not None and direct.write(region, dst, check_fill=False):
+                    continue
+                pending.append((region, dst))
+                size += dst.nbytes
+                if size >= WRITE_GROUP_BYTES:
+                    write_regions(out, pending, check_fill=False)
+                    pending, size = [], 0
+            write_regions(out, pending, check_fill=False)
+    finally:
+        _SCRATCH.clear()
+    return written
+
+
+def _relabel_units(
+    plan: RunPlan,
+    units: Sequence[int],
+    luts: Sequence[np.ndarray],
+    out,
+    direct,
+    reader,
+    staging: Staging,
+) -> int:
+    """relabel_tiles for merge units (core/units.py): each tile of each unit is read
+    from the input, mapped, and stored as its own chunk: a chunk file, or an inner chunk
+    of the unit's shard when the output is sharded (core/shardfiles.py)."""
+    g = plan.grid
+    sharded = getattr(out, "shards", None) is not None
+    shards = ShardWriter.of(out) if sharded else None
+    pending: list = []
+    size = 0
+    reuse = direct is not None or shards is not None  # the tile is stored at once
+
+    def map_into(n, tile_lut, raw, ids):
+        dst = (
+            _SCRATCH.array("output", raw.shape, tile_lut.dtype)
+            if reuse
+            else np.empty(raw.shape, tile_lut.dtype)
+        )
+        _map_raw(plan, n, raw, tile_lut, ids, dst)
+        return dst
+
+    def write_tile(tb, data):
+        nonlocal pending, size
+        region = tuple(slice(a, b) for a, b in tb)
+        if direct is not None and direct.write(region, data, check_fill=False):
+            return
+        pending.append((region, np.array(data)))  # data is a reused buffer's
+        size += data.nbytes
+        if size >= WRITE_GROUP_BYTES and not sharded:
+            write_regions(out, pending, check_fill=False)
+            pending, size = [], 0
+
+    read = _TileReader(plan, reader)
+    written = 0
+    try:
+        with staging:
+            for n, lut in zip(units, luts):
+                if lut.size <= 1:
+                    continue
+                rec, arrays = staging.read_tile(n, names=("comp", "ids", "keys"))
+                shard = shards.shard(g.tile_index(n)) if shards is not None else None
+                written += relabel_unit(
+                    g.core_bounds(n),
+                    plan.unit_tile_shape,
+                    rec,
+                    arrays,
+                    lut,
+                    read,
+                    _SCRATCH.array,
+                    shard.add if shard else write_tile,
+                    functools.partial(map_into, n),
+                )
+                if shard is not None:
+                    shard.close()
+                elif sharded:  # zarr writes the unit's shard, once
+                    write_regions(
+                        out, [(g.core_slices(n), _assemble(g, n, pending, lut))], check_fill=False
+                    )
+                    pending, size = [], 0
+            write_regions(out, pending, check_fill=False)
+    finally:
+        _SCRATCH.clear()
+    return written
+
+
+def _assemble(g, n: int, parts: list, lut: np.ndarray) -> np.ndarray:
+    """Unit ``n``'s labels from its tiles' ``(region, labels)`` (absent tiles: 0)."""
+    lo = [a for a, _ in g.core_bounds(n)]
+    buf = np.zeros(g.core_shape(n), lut.dtype)
+    for region, data in parts:
+        buf[tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, lo))] = data
+    return buf
+
+
+def _map_raw(
+    plan: RunPlan,
+    n: int,
+    raw: np.ndarray,
+    lut: np.ndarray,
+    ids: np.ndarray | None,
+    dst: np.ndarray,
+) -> None:
+    """``dst`` = final labels of stored labels ``raw`` of tile (or unit) ``n``: through
+    ``lut`` directly (ids 1..k), or original id -> position in ``ids`` -> ``lut``."""
+    try:
+        if ids is None:  # ids 1..k: the local ids themselves
+            map_through(lut, raw, dst)
+        else:
+            dst[...] = _map_ids(raw, ids, lut[1:], lut.dtype)
+    except IndexError:
+        raise input_changed(f"tile {n} (origin {plan.grid.origin(n)})") from None
+
+
+def _read_back(
+    plan: RunPlan, reader, n: int, lut: np.ndarray, ids: np.ndarray | None, dst: np.ndarray
+) -> None:
+    """Tile ``n``'s final labels from the input into ``dst``: original id -> local id
+    -> ``lut``."""
+    if reader is None:
+        raise BlockbusterError(
+            f"tile {n} has no staged labels and no input to read them "
+            "from (internal error: read_back without a reader)"
+        )
+    shape = plan.grid.core_shape(n)
+    raw = np.asarray(
+        reader.read(
+            _core_region(plan, n), out=_SCRATCH.array("input", shape, _reader_dtype(reader))
+        )
+    )
+    _map_raw(plan, n, raw, lut, ids, dst)
+
+
+def table_luts(table: MergeTable, tiles: Sequence[int], dtype) -> list[np.ndarray]:
+    """Per-tile LUT slices for a batch (computed in the driver, shipped with the batch)."""
+    return [table.tile_lut(n, dtype) for n in tiles]
