@@ -210,7 +210,7 @@ def test_serve_checks_its_settings(tmp_path):
     )
     seg, watch = build_deployments(st)
     assert (seg.name, watch.name) == ("segment", "watch-acquisitions")
-    assert seg.entrypoint == "blockbuster.deploy.segment"
+    assert seg.entrypoint == "blockbuster.deploy._segment.segment"
     assert seg.parameters["segmenter"] == {"name": "threshold", "options": {"threshold": 5}}
     assert seg.triggers[0].expect == {"blockbuster.acquisition.finished"}
     assert watch.parameters["folder"] == str(tmp_path)

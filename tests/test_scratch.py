@@ -56,7 +56,7 @@ def test_scratch_buffers_are_per_name_and_reused():
 
 _WORKER = """
 import resource, numpy as np
-from blockbuster.core import scratch
+from blockbuster.worker import _memory as scratch
 from blockbuster.worker import keep_freed_memory
 
 def faults(k=30, nbytes=4 << 20):

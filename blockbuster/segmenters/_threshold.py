@@ -192,7 +192,7 @@ class SegmenterBase:
         cls = type(self)
         options = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
         return (
-            f"{cls.__module__}.{cls.__qualname__}:v{cls.VERSION}:"
+            f"{cls.__module__.split('._')[0]}.{cls.__qualname__}:v{cls.VERSION}:"
             f"{json.dumps(options, sort_keys=True)}"
         )
 
