@@ -280,7 +280,9 @@ def tile_process(
         fits one worker's memory (one GPU's with ``use_gpu``).
     overlap : int or tuple of int
         Halo around each tile given to ``fn`` (clipped at the image edge, never
-        padded), cropped away before staging.
+        padded), cropped away before staging. An int applies to the axes whose tile
+        extent is greater than one: ``tile_shape=(1, Y, X)`` gives ``fn`` one-plane
+        blocks with an in-plane halo. One int per axis is taken as given.
     channel_axis : int, optional
         Axis of channels; taken from OME-Zarr metadata when not given.
     merge : {"auto", "touch", "overlap"}

@@ -126,11 +126,22 @@ def normalize_tile_shape(tile_shape, src: ImageSource) -> tuple[int, ...]:
     return tuple(int(min(t, s)) if s > 0 else int(t) for t, s in zip(ts, spatial))
 
 
-def normalize_overlap(overlap, src: ImageSource) -> tuple[int, ...]:
-    """Spatial halo widths from an int or one int per image (or spatial) axis."""
+def normalize_overlap(
+    overlap, src: ImageSource, tile_shape: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Spatial halo widths from an int or one int per image (or spatial) axis.
+
+    An int applies to the axes whose tile extent (``tile_shape``, spatial, when known)
+    is greater than one: one-plane tiles, ``tile_shape=(1, Y, X)``, get one-plane
+    blocks with an in-plane halo, so a 2D function is given 2D work. A per-axis
+    overlap is taken as given (it overrides this rule, e.g. ``overlap=(2, 20, 20)``
+    for a z halo around one-plane tiles).
+    """
     spatial = src.spatial_shape
     if _is_int(overlap):
         ov = (int(overlap),) * len(spatial)
+        if tile_shape is not None:
+            ov = tuple(0 if int(t) == 1 else o for o, t in zip(ov, tile_shape))
     else:
         try:
             ov = tuple(overlap)
@@ -188,7 +199,7 @@ def make_plan(
     if any(s == 0 for s in spatial):
         raise InvalidParameterError(f"the image is empty (shape {src.shape}); nothing to tile")
     ts = normalize_tile_shape(tile_shape, src)
-    ov = normalize_overlap(overlap, src)
+    ov = normalize_overlap(overlap, src, ts)
     if merge not in MERGE_MODES:
         raise InvalidParameterError(f"merge={merge!r} is not one of {MERGE_MODES}")
     if merge == "auto":

@@ -156,10 +156,10 @@ def prepare_segment(
     src = open_image(img, channel_axis=channel_axis, level=level)
     stored = open_path(img, level=level)
     kw = tiles.tile_process_kwargs()
+    ts = None
     if kw["tile_shape"] != "auto":
-        normalize_tile_shape(kw["tile_shape"], src)
-    normalize_overlap(kw["overlap"], src)
-    if kw["merge"] == "overlap" and not any(normalize_overlap(kw["overlap"], src)):
+        ts = normalize_tile_shape(kw["tile_shape"], src)
+    if kw["merge"] == "overlap" and not any(normalize_overlap(kw["overlap"], src, ts)):
         raise InvalidParameterError(
             "merge='overlap' needs overlap > 0; give an overlap "
             "(about one object diameter) or use merge='touch'"
