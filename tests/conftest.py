@@ -47,6 +47,18 @@ def client(cluster_client):
     return cluster_client
 
 
+@pytest.fixture
+def nvml(monkeypatch):
+    """NVML's answers replaced by a list the test fills (hardware CI has no GPU, and a
+    test must not depend on whether the host has one); CUDA_VISIBLE_DEVICES unset."""
+    from blockbuster.cluster import _gpus
+
+    answers: list = []
+    monkeypatch.setattr(_gpus, "nvml_devices", lambda: list(answers))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return answers
+
+
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """True when two label images describe the same objects (ids may differ)."""
     a = np.asarray(a).ravel()

@@ -100,7 +100,9 @@ def test_auto_tile_shape_respects_budget_and_chunks(tmp_path):
     assert np.prod(bigger) > np.prod(shape)
 
 
-def test_gpu_cluster_without_gpu_is_a_clear_error():
+def test_gpu_cluster_without_gpu_is_a_clear_error(nvml):
+    # NVML answers "no GPU" whatever the host has: with a real GPU this test used to
+    # start (and leak) a GPU cluster instead of checking the error
     with pytest.raises(NoGPUError, match="no GPU"):
         make_local_cluster(use_gpu=True)
 

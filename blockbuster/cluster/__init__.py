@@ -10,6 +10,14 @@ from ._batches import (
     StageWork,
     split_batches,
 )
+from ._gpus import (
+    GPU_RESOURCE,
+    gpu_layout,
+    nvml_devices,
+    parse_visible_devices,
+    visible_gpus,
+    worker_gpus,
+)
 from ._local import (
     ClusterHandle,
     allocation,
@@ -17,10 +25,18 @@ from ._local import (
     client_threads,
     gpu_info,
     make_local_cluster,
+    no_gpu_message,
 )
 
 __all__ = [
     "BATCH_VOXELS",
+    "GPU_RESOURCE",
+    "gpu_layout",
+    "no_gpu_message",
+    "nvml_devices",
+    "parse_visible_devices",
+    "visible_gpus",
+    "worker_gpus",
     "ClusterHandle",
     "StageWork",
     "allocation",

@@ -23,10 +23,13 @@ import psutil
 
 from blockbuster.errors import ClusterError, NoGPUError
 
+from ._gpus import gpu_layout, visible_gpus
+
 __all__ = [
     "make_local_cluster",
     "allocation",
     "gpu_info",
+    "no_gpu_message",
     "ClusterHandle",
     "check_client",
     "client_threads",
@@ -96,46 +99,13 @@ def allocation() -> dict[str, Any]:
 
 
 def gpu_info() -> list[dict[str, Any]]:
-    """Visible NVIDIA GPUs (index, name, total and free memory) via nvidia-ml-py.
+    """The GPUs (or MIG instances) this process may use, with free memory (NVML).
 
-    An empty list when nvidia-ml-py is not installed or no GPU/driver is present.
-    ``CUDA_VISIBLE_DEVICES`` is honoured.
+    ``CUDA_VISIBLE_DEVICES`` is resolved as CUDA does (indices in PCI bus order, UUIDs,
+    MIG instances; set but empty means none): see :func:`visible_gpus`. An empty list
+    when nvidia-ml-py is not installed or no driver answers.
     """
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception:
-        return []
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        indices = list(range(count))
-        if visible is not None and visible.strip() != "":
-            indices = [
-                int(v) for v in visible.split(",") if v.strip().isdigit() and int(v) < count
-            ]
-        out = []
-        for i in indices:
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            m = pynvml.nvmlDeviceGetMemoryInfo(h)
-            name = pynvml.nvmlDeviceGetName(h)
-            out.append(
-                {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_total": int(m.total),
-                    "memory_free": int(m.free),
-                }
-            )
-        return out
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
+    return visible_gpus()
 
 
 def _dashboard_address() -> str:
@@ -150,13 +120,19 @@ def make_local_cluster(use_gpu: bool | str = False, **kwargs):
     ----------
     use_gpu : bool or "auto"
         False: a CPU cluster with one single-threaded worker process per allocated CPU
-        and the allocation's memory split between them. True: one single-threaded worker
-        per visible GPU, pinned with ``CUDA_VISIBLE_DEVICES`` and offering the resource
-        ``GPU=1`` (``dask_cuda.LocalCUDACluster`` when installed); raises
-        :class:`~blockbuster.errors.NoGPUError` when no GPU is visible. "auto": GPUs when
-        there are any, else the CPU cluster (and says so in the log).
+        and the allocation's memory split between them. True: the GPU layout of
+        :func:`~blockbuster.cluster.gpu_layout` (docs/gpu.md): per visible GPU (or MIG
+        instance) ``workers_per_gpu`` single-threaded workers pinned by UUID through
+        ``CUDA_VISIBLE_DEVICES`` (``CUDA_DEVICE_ORDER=PCI_BUS_ID``), offering the Dask
+        resource ``GPU=1``, with host memory per GPU; CPU workers on the remaining
+        cores. The same with or without dask-cuda. Raises
+        :class:`~blockbuster.errors.NoGPUError` when no GPU is visible. "auto": GPUs
+        when there are any, else the CPU cluster (and says so in the log).
     **kwargs
-        Passed to the cluster class (e.g. ``n_workers``, ``memory_limit``).
+        CPU cluster: passed to ``LocalCluster`` (e.g. ``n_workers``, ``memory_limit``).
+        GPU cluster: ``workers_per_gpu`` (default 1), ``cpu_workers`` (default: the
+        cores left), ``memory_bytes`` (default: the allocation's); the rest goes to
+        ``SpecCluster``.
 
     Returns
     -------
@@ -178,11 +154,7 @@ def make_local_cluster(use_gpu: bool | str = False, **kwargs):
         )
     gpus = gpu_info() if use_gpu else []
     if use_gpu is True and not gpus:
-        raise NoGPUError(
-            "use_gpu=True but no GPU is visible (nvidia-ml-py found none; "
-            "check the driver, CUDA_VISIBLE_DEVICES and that the 'gpu' extra is "
-            "installed), or pass use_gpu='auto' to fall back to the CPU"
-        )
+        raise NoGPUError(no_gpu_message("use_gpu=True"))
     if use_gpu == "auto" and not gpus:
         log.warning("use_gpu='auto': no GPU visible, starting a CPU cluster instead")
     if gpus:
@@ -209,37 +181,52 @@ def _quiet_distributed() -> None:
         lg.setLevel(logging.WARNING)
 
 
-def _gpu_cluster(gpus, **kwargs):
-    from distributed import Client
-
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError:
-        LocalCUDACluster = None
-    visible = ",".join(str(g["index"]) for g in gpus)
-    _quiet_distributed()
-    if LocalCUDACluster is not None:
-        kwargs.setdefault("threads_per_worker", 1)
-        kwargs.setdefault("resources", {"GPU": 1})
-        cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=visible, **kwargs)
+def no_gpu_message(what: str) -> str:
+    """Why no GPU is visible here, and the fix, for an error that needs one."""
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and not cvd.strip():
+        why = "CUDA_VISIBLE_DEVICES is set but empty, which means no GPU"
     else:
-        from distributed import Nanny, Scheduler, SpecCluster
+        try:
+            import pynvml  # noqa: F401
 
-        mem = kwargs.pop("memory_limit", "auto")
-        workers = {
-            f"gpu-{g['index']}": {
-                "cls": Nanny,
-                "options": {
-                    "nthreads": 1,
-                    "memory_limit": mem,
-                    "resources": {"GPU": 1},
-                    "env": {"CUDA_VISIBLE_DEVICES": str(g["index"])},
-                },
-            }
-            for g in gpus
+            why = "nvidia-ml-py found none (check the driver and CUDA_VISIBLE_DEVICES)"
+        except ImportError:
+            why = "nvidia-ml-py (the 'gpu' extra: pip install 'blockbuster[gpu]') is not installed"
+    return (
+        f"{what} but no GPU is visible on this machine: {why}. Run on a machine with an "
+        "NVIDIA GPU, or pass use_gpu='auto' to fall back to the CPU"
+    )
+
+
+def _gpu_cluster(gpus, **kwargs):
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    alloc = allocation()
+    layout = gpu_layout(
+        gpus,
+        cpus=alloc["cpus"],
+        memory_bytes=int(kwargs.pop("memory_bytes", alloc["memory_bytes"])),
+        workers_per_gpu=int(kwargs.pop("workers_per_gpu", 1)),
+        cpu_workers=kwargs.pop("cpu_workers", None),
+    )
+    _quiet_distributed()
+    workers = {
+        w["name"]: {
+            "cls": Nanny,
+            "options": {
+                "nthreads": w["nthreads"],
+                "memory_limit": w["memory_limit"],
+                "resources": w["resources"] or None,
+                "env": w["env"],
+                "silence_logs": logging.ERROR,
+            },
         }
-        scheduler = {"cls": Scheduler, "options": {"dashboard_address": _dashboard_address()}}
-        cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
+        for w in layout
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": _dashboard_address()}}
+    kwargs.setdefault("silence_logs", logging.ERROR)
+    cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
     return Client(cluster), cluster
 
 
