@@ -157,7 +157,15 @@ def _run(
 ) -> dict[str, Any]:
     from blockbuster.cluster import ClusterHandle, check_client
     from blockbuster.io import Staging
-    from blockbuster.tasks import Job, start_segment, wait_for_closed
+    from blockbuster.tasks import (
+        Job,
+        local_result_storage,
+        prefect_client_context,
+        start_first,
+        wait_for_closed,
+        warm_up,
+        without_heartbeats,
+    )
 
     done = out.completed_run()
     if done is not None and done.get("result_key") == plan.result_key:
@@ -175,11 +183,9 @@ def _run(
     # the cluster starts; tiles start as soon as the cluster is up.
     ctx = contextvars.copy_context()  # the caller's Prefect settings context
     warm_errors: list[BaseException] = []
-    from blockbuster.tasks import _ephemeral as ephemeral
-
     warm = threading.Thread(
         target=ctx.run,
-        args=(ephemeral.warm_up, warm_errors),
+        args=(warm_up, warm_errors),
         daemon=True,
         name="blockbuster-prefect-warm-up",
     )
@@ -202,7 +208,7 @@ def _run(
             resources=resources,
             generation=staging.generation or "",
         )
-        job.start_ahead("segment", start_segment(job))
+        start_first(job)  # tiles start before Prefect is ready
         warm.join()
         if warm_errors:
             raise warm_errors[0]  # Prefect's temporary server did not start
@@ -213,9 +219,7 @@ def _run(
         # run in the flow's thread and fan tiles out through the client themselves
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
-        from blockbuster.tasks import local_result_storage, prefect_client_context
-
-        with ephemeral.without_heartbeats(), prefect_client_context():
+        with without_heartbeats(), prefect_client_context():
             summary = flow.with_options(
                 task_runner=runner, persist_result=False, result_storage=local_result_storage()
             )(job, keep_staging=keep_staging)

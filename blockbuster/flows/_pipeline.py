@@ -1,10 +1,14 @@
 """The two flows of blockbuster: ``tile-process`` and ``merge-tile-labels``.
 
-Both run the same stages: segment (or, for the merge alone, read the given labels) ->
-merge table (scan seams, connected components) -> relabel, each one Prefect task in the
-flow's thread that fans its tiles out to the Dask cluster in batches; then finalize
-(summary artifact, output marked complete, staging dropped) in the flow itself
-(docs/orchestration.md says why, with measurements).
+Both run the same stages, each one Prefect task (cached, retried) in the flow's thread
+that fans its tiles out to the Dask cluster in batches: plan -> estimate-empty (when
+asked) -> segment (or, for the merge alone, index the given labels) -> scan-seams ->
+build-lut -> relabel; then finalize (summary artifact, output marked complete, staging
+dropped) in the flow itself (docs/orchestration.md says why, with measurements).
+
+The flow decides what starts early: each stage's first batches are submitted to the
+cluster as soon as what they need exists, before the next task run starts, so the
+cluster works while Prefect records one task run's end and the next one's start.
 """
 
 from __future__ import annotations
@@ -19,11 +23,19 @@ from blockbuster.core import TileGrid
 from blockbuster.tasks import (
     Job,
     ProgressArtifact,
+    empty_stage,
     finalize_stage,
-    merge_table_stage,
+    lut_stage,
+    plan_stage,
     publish_tiles_table,
     relabel_stage,
+    scan_stage,
     segment_stage,
+    start_relabel,
+    start_scan,
+    start_segment,
+    unfinished_tiles,
+    wants_empty_stage,
 )
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
@@ -34,6 +46,13 @@ def _flow_run_id() -> str | None:
 
     fid = flow_run.get_id()
     return str(fid) if fid else None
+
+
+def _cancel_stale(job: Job, stage: str) -> None:
+    """Cancel work started ahead for a stage whose task answered from its cache."""
+    stale = job.take_started(stage)
+    if stale is not None:
+        stale.cancel()
 
 
 def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
@@ -47,11 +66,21 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     job.progress_artifact = ProgressArtifact(job.reporter, job.run_key)
     # Per-tile data is passed between stages inside quote(): Prefect would otherwise
     # walk every object of a task's parameters (~0.3 s per walk at 4096 tiles).
-    records = segment_stage(job)
+    plan_stage(job, len(job.finished_records()))
+    empty = None
+    if wants_empty_stage(job):
+        empty = empty_stage(job, quote(unfinished_tiles(job)))
+        _cancel_stale(job, "estimate-empty")
+        job.start_ahead("segment", start_segment(job, empty))
+    records = segment_stage(job, quote(empty))
+    _cancel_stale(job, "segment")
     job.details["tiles"] = records
-    scan = merge_table_stage(job, quote(records))
+    job.start_ahead("seams", start_scan(job, records))
+    scan = scan_stage(job, quote(records))
+    _cancel_stale(job, "seams")  # the scan's result came from the cache
     publish_tiles_table(job, records, scan["seams"])
-    table = scan["table"]
+    table = lut_stage(job, quote(scan))
+    job.start_ahead("relabel", start_relabel(job, table))
     rel = relabel_stage(job, quote(table))
     tiles = TileGrid(plan.grid.shape, plan.out_chunks)  # merge units: their tiles
     n_voxels = 1

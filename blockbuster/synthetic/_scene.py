@@ -57,14 +57,12 @@ from ._place import (
     _place_nuclei,
     _sparse_box,
 )
-from ._zarr import write_synthetic_zarr
 
 __all__ = [
     "NucleiScene",
     "nuclei_scene",
     "synthetic_nuclei",
     "sparse_nuclei",
-    "write_synthetic_zarr",
 ]
 
 #: Largest number of voxels rendered at once by :func:`synthetic_nuclei` (bounds the

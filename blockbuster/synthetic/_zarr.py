@@ -12,6 +12,7 @@ import numpy as np
 
 from blockbuster.errors import InvalidParameterError
 
+from . import _scene
 from ._place import _check_shape, _sparse_box
 
 __all__ = ["write_synthetic_zarr"]
@@ -79,7 +80,6 @@ def write_synthetic_zarr(
 
     # The facade owns the scene type and the render block size (tests patch it there);
     # imported here, not at the top, because blockbuster.synthetic re-exports this module.
-    from ._scene import _RENDER_BLOCK_VOXELS, nuclei_scene
 
     shape = _check_shape(shape)
     try:
@@ -91,10 +91,10 @@ def write_synthetic_zarr(
             f"chunks={chunks!r} must give one positive int per axis of shape={shape!r}"
         )
     if kind == "nuclei":
-        scene = nuclei_scene(shape, seed=seed, **options)
+        scene = _scene.nuclei_scene(shape, seed=seed, **options)
     elif kind == "sparse":
         outside = options.pop("outside", "zero")
-        scene = nuclei_scene(
+        scene = _scene.nuclei_scene(
             shape, seed=seed, box=_sparse_box(shape, corner_fraction), outside=outside, **options
         )
     else:
@@ -140,7 +140,7 @@ def write_synthetic_zarr(
     # Blocks: whole chunks, grown along the leading axes up to ~4 Mi voxels.
     block = list(chunks)
     for ax in range(len(shape)):
-        while block[ax] < shape[ax] and math.prod(block) * 2 <= 4 * _RENDER_BLOCK_VOXELS:
+        while block[ax] < shape[ax] and math.prod(block) * 2 <= 4 * _scene._RENDER_BLOCK_VOXELS:
             block[ax] = min(shape[ax], block[ax] * 2)
     # keep blocks chunk-aligned
     block = [max(c, (b // c) * c) for b, c in zip(block, chunks)]

@@ -5,34 +5,43 @@ stage and returns: what starts when is decided by the flows.
 
 from ._background import Reporter, wait_for_closed
 from ._common import local_result_storage, prefect_client_context
-from ._ephemeral import ensure_api
+from ._empty import empty_stage, start_empty, wants_empty_stage
+from ._ephemeral import ensure_api, warm_up, without_heartbeats
 from ._finalize import finalize_stage
 from ._job import Job
+from ._plan import plan_stage
 from ._progress import PROGRESS_KEY, ProgressArtifact
-from ._relabel import relabel_stage
-from ._report import (
-    SUMMARY_KEY,
-    TILES_KEY,
-    publish_tiles_table,
-)
-from ._seams import merge_table_stage
-from ._segment import segment_stage, start_segment
+from ._relabel import relabel_stage, start_relabel
+from ._report import SUMMARY_KEY, TILES_KEY, publish_tiles_table
+from ._seams import lut_stage, scan_stage, start_scan
+from ._segment import segment_stage, start_first, start_segment, unfinished_tiles
 
 __all__ = [
-    "Job",
     "PROGRESS_KEY",
-    "ProgressArtifact",
-    "Reporter",
     "SUMMARY_KEY",
     "TILES_KEY",
+    "Job",
+    "ProgressArtifact",
+    "Reporter",
+    "empty_stage",
     "ensure_api",
     "finalize_stage",
     "local_result_storage",
-    "merge_table_stage",
+    "lut_stage",
+    "plan_stage",
     "prefect_client_context",
     "publish_tiles_table",
     "relabel_stage",
+    "scan_stage",
     "segment_stage",
+    "start_empty",
+    "start_first",
+    "start_relabel",
+    "start_scan",
     "start_segment",
+    "unfinished_tiles",
     "wait_for_closed",
+    "wants_empty_stage",
+    "warm_up",
+    "without_heartbeats",
 ]

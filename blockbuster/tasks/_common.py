@@ -7,6 +7,8 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
 __all__ = [
+    "stage_task",
+    "STAGE_RETRIES",
     "tiles_word",
     "stage_cache_policy",
     "stage_key",
@@ -122,3 +124,39 @@ def stage_cache_policy(stage: str) -> CachePolicy:
     stage result is only ever reused together with the very staging it describes.
     """
     return CachePolicy.from_cache_key_fn(_stage_key(stage))
+
+
+STAGE_RETRIES = 2  # Prefect-level retries of a stage task run (each resumes per tile)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a stage only for failures that a second try may not meet again (a lost
+    connection to the scheduler, a worker that died, a busy API): never for
+    blockbuster's own errors (bad input, a tile function's bad output), which would
+    fail the same way again."""
+    from blockbuster.errors import BlockbusterError
+
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # pragma: no cover - a result that cannot be read
+            return True
+    return not isinstance(exc, (BlockbusterError, KeyboardInterrupt))
+
+
+def stage_task(name: str, *, cache: str | None, persist: bool = True):
+    """The Prefect task decorator of a pipeline stage: named as in the design, cached by
+    run key and staging generation (``cache`` names the stage; None: not cached),
+    retried :data:`STAGE_RETRIES` times on transient failures. A retried stage resumes
+    per tile (finished tiles are staged), so a retry costs only what was unfinished."""
+    from prefect import task
+
+    return task(
+        name=name,
+        cache_policy=stage_cache_policy(cache) if cache else NO_CACHE,
+        persist_result=persist if cache else False,
+        retries=STAGE_RETRIES,
+        retry_delay_seconds=1,
+        retry_condition_fn=_transient,
+    )

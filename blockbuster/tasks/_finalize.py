@@ -18,7 +18,7 @@ from ._report import publish_summary
 
 __all__ = ["finalize_stage", "CACHED_STAGES"]
 
-CACHED_STAGES = ("segment", "table")  # the stages whose results Prefect caches
+CACHED_STAGES = ("empty", "segment", "seams", "table")  # the stages whose results Prefect caches
 
 
 def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> None:

@@ -42,6 +42,7 @@ class Job(BaseModel):
     _started: dict = PrivateAttr(default_factory=dict)
     _reporter: Any = PrivateAttr(default=None)
     _progress_artifact: Any = PrivateAttr(default=None)
+    _finished: dict | None = PrivateAttr(default=None)
 
     @classmethod
     def create(
@@ -71,6 +72,21 @@ class Job(BaseModel):
         job._cluster, job._output, job._progress = cluster, output, progress
         job._resources = resources
         return job
+
+    def finished_records(self) -> dict[int, dict[str, Any]]:
+        """Records of the tiles already staged by an earlier run (resume), read from the
+        staging once per run."""
+        if self._finished is None:
+            from blockbuster.io import Staging
+
+            staging = Staging(self._plan.staging_root)
+            found = {}
+            for n in staging.finished_tiles():
+                rec = staging.read_record(n)
+                rec["resumed"] = True
+                found[n] = rec
+            self._finished = found
+        return self._finished
 
     @property
     def plan(self):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork, client_threads, split_batches
 from blockbuster.core import MergeTable
 from blockbuster.worker import relabel_tiles, table_luts
 
-from ._common import NO_CACHE, tiles_word
+from ._common import stage_task, tiles_word
 from ._job import Job
 from ._progress import StageProgress
 
@@ -19,7 +19,7 @@ __all__ = ["relabel_stage", "start_relabel"]
 
 def start_relabel(job: Job, table: MergeTable) -> StageWork:
     """Create the output (marked incomplete) and submit the first relabel batches (the
-    merge-table stage does so as it ends)."""
+    flow does so as soon as the merge table exists)."""
     t0 = time.perf_counter()
     plan, out = job.plan, job.out
     dtype = table.dtype
@@ -59,12 +59,9 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     )
 
 
-@task(name="relabel", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("relabel", cache=None)
 def relabel_stage(job: Job, table: MergeTable) -> dict:
     """Write every labelled tile into the output (created incomplete)."""
-    stale = job.take_started("seams")  # scan started ahead, but the table was cached
-    if stale is not None:
-        stale.cancel()
     work = job.take_started("relabel") or start_relabel(job, table)
     batches = work.batches
     bar = StageProgress(

@@ -1,9 +1,6 @@
-"""The merge-table stage: label pairs across every seam, then the global merge table.
-
-One Prefect task for both steps (each Prefect task run costs tens of milliseconds of
-API calls; docs/orchestration.md); the cached result is the table and the per-seam
-statistics, not the pairs.
-"""
+"""The scan-seams stage (label pairs across every seam, touch or IoU, in batches of
+tiles on the cluster) and the build-lut stage (connected components over those pairs:
+the global merge table), one Prefect task each."""
 
 from __future__ import annotations
 
@@ -11,27 +8,17 @@ import time
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork, client_threads, split_batches
 from blockbuster.core import MergeTable
 from blockbuster.worker import scan_tiles
 
-from ._common import stage_cache_policy
+from ._common import stage_task
 from ._job import Job
 from ._progress import StageProgress
-from ._relabel import start_relabel
 
-__all__ = ["merge_table_stage", "scan_seams", "build_lut", "start_scan"]
-
-
-@task(name="merge-table", cache_policy=stage_cache_policy("table"), persist_result=True)
-def merge_table_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seam pairs of all tiles, then the merge table; returns the table and seam stats."""
-    scan = scan_seams(job, records)
-    table = build_lut(job, scan)
-    job.start_ahead("relabel", start_relabel(job, table))  # while this task run ends
-    return {"table": table, **{k: v for k, v in scan.items() if k != "pairs"}}
+__all__ = ["scan_stage", "lut_stage", "start_scan"]
 
 
 def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
@@ -57,8 +44,10 @@ def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
     )
 
 
-def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Find label pairs across all seams (touch or IoU), in batches of tiles."""
+@stage_task("scan-seams", cache="seams")
+def scan_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Find label pairs across all seams (touch or IoU), in batches of tiles; returns
+    the pairs (node numbers), labels per tile and per-seam statistics."""
     logger = get_run_logger()
     plan = job.plan
     work = job.take_started("seams") or start_scan(job, records)
@@ -99,7 +88,8 @@ def scan_seams(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_lut(job: Job, scan: dict[str, Any]) -> MergeTable:
+@stage_task("build-lut", cache="table")
+def lut_stage(job: Job, scan: dict[str, Any]) -> MergeTable:
     """Connected components over the seam pairs: the global relabelling table."""
     t0 = time.perf_counter()
     table = MergeTable.build(scan["counts"], scan["pairs"], sequential=job.plan.sequential)

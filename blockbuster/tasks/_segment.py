@@ -1,10 +1,10 @@
 """The segment stage: every unfinished tile through ``fn``, staged, in batches.
 
 The work is started by :func:`start_segment`, which needs only the cluster (not
-Prefect): the driver calls it as soon as the cluster is up, so tiles are segmented
-while Prefect's temporary API server is still starting (~12 s on a 2-core machine
-with a new database). The ``segment-tiles`` task then adopts the batches in flight and
-submits the rest.
+Prefect): the driver calls it as soon as the cluster is up (:func:`start_first`), so
+tiles are segmented while Prefect's temporary API server is still starting (~12 s on a
+2-core machine with a new database). The ``segment`` task then adopts the batches in
+flight and submits the rest.
 """
 
 from __future__ import annotations
@@ -12,31 +12,43 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import get_run_logger, task
+import numpy as np
+from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork, client_threads, split_batches
-from blockbuster.io import Staging, full_slices
+from blockbuster.io import full_slices
 from blockbuster.worker import segment_tiles
 
-from ._common import stage_cache_policy, tiles_word
+from ._common import stage_task, tiles_word
+from ._empty import start_empty, wants_empty_stage
 from ._job import Job
 from ._progress import StageProgress
-from ._seams import start_scan
 
-__all__ = ["segment_stage", "start_segment"]
+__all__ = ["segment_stage", "start_segment", "start_first", "unfinished_tiles"]
 
 
-def start_segment(job: Job) -> StageWork:
-    """List finished tiles in the staging, split the rest into batches, submit the first
-    (``info``: the finished tiles' ``records`` and the tile numbers ``todo``)."""
+def unfinished_tiles(job: Job) -> list[int]:
+    """The tiles no earlier run finished (resume)."""
+    done = job.finished_records()
+    return [n for n in range(job.plan.grid.n_tiles) if n not in done]
+
+
+def start_first(job: Job) -> None:
+    """Start the run's first stage with work (estimate-empty, else segment) on the
+    cluster, before Prefect is ready; its task adopts it."""
+    if wants_empty_stage(job):
+        job.start_ahead("estimate-empty", start_empty(job, unfinished_tiles(job)))
+    else:
+        job.start_ahead("segment", start_segment(job))
+
+
+def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
+    """Split the unfinished tiles into batches and submit the first (``info``: the
+    finished tiles' ``records`` and the tile numbers ``todo``). ``empty``: the
+    estimate-empty stage's flags; those tiles are staged as skipped, never read."""
     plan, src = job.plan, job.source
-    staging = Staging(plan.staging_root)
-    records: dict[int, dict[str, Any]] = {}
-    for n in staging.finished_tiles():
-        rec = staging.read_record(n)
-        rec["resumed"] = True
-        records[n] = rec
-    todo = [n for n in range(plan.grid.n_tiles) if n not in records]
+    records = dict(job.finished_records())
+    todo = unfinished_tiles(job)
     client = job.client()
     nthreads = client_threads(client)
     fn = job.tile_fn
@@ -48,7 +60,8 @@ def start_segment(job: Job) -> StageWork:
     if src.kind == "stored":
 
         def args_for(batch):
-            return lambda: (plan, fn, batch, src.reader)
+            flags = None if empty is None else [bool(empty[n]) for n in batch]
+            return lambda: (plan, fn, batch, src.reader, None, flags)
     else:
         arr = src.dask_array
 
@@ -73,12 +86,13 @@ def start_segment(job: Job) -> StageWork:
     )
 
 
-@task(name="segment-tiles", cache_policy=stage_cache_policy("segment"), persist_result=True)
-def segment_stage(job: Job) -> list[dict[str, Any]]:
-    """Run ``fn`` on every tile not finished yet; return one record per tile."""
+@stage_task("segment", cache="segment")
+def segment_stage(job: Job, empty: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Run ``fn`` on every tile not finished yet (and not in ``empty``); return one
+    record per tile."""
     logger = get_run_logger()
     plan = job.plan
-    work = job.take_started("segment") or start_segment(job)
+    work = job.take_started("segment") or start_segment(job, empty)
     records, todo = work.info["records"], work.info["todo"]
     n_resumed = len(records)
     if n_resumed:
@@ -108,7 +122,6 @@ def segment_stage(job: Job) -> list[dict[str, Any]]:
         bar.close()
     job.timings["segment"] = time.perf_counter() - work.started
     out = [records[n] for n in range(plan.grid.n_tiles)]
-    job.start_ahead("seams", start_scan(job, out))  # while this task run ends
     n_skipped = sum(r["skipped"] for r in out)
     logger.info(
         "segmented %d %s (%d resumed, %d skipped as empty) in %.2f s",

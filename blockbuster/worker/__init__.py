@@ -11,6 +11,7 @@ from ._memory import (
     map_through,
 )
 from ._tile_ops import (
+    empty_tiles,
     relabel_tiles,
     scan_tiles,
     segment_one,
@@ -19,6 +20,7 @@ from ._tile_ops import (
 )
 
 __all__ = [
+    "empty_tiles",
     "Scratch",
     "keep_freed_memory",
     "map_through",

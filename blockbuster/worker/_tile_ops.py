@@ -129,6 +129,26 @@ def _new_record(plan: RunPlan, n: int) -> dict[str, Any]:
     }
 
 
+def _skip(plan: RunPlan, n: int, staging: Staging) -> dict[str, Any]:
+    """Stage tile ``n`` as skipped (empty): finished, no labels, ``fn`` never called."""
+    rec = _new_record(plan, n)
+    rec["skipped"] = True
+    staging.write_tile(n, rec)
+    return rec
+
+
+@_batch
+def empty_tiles(plan: RunPlan, tiles: Sequence[int], reader) -> list[bool]:
+    """Whether each tile's core holds no pixel above the run's empty threshold (the
+    estimate-empty stage; the segment stage then never reads those tiles)."""
+    thr = plan.empty_threshold if plan.empty_threshold is not None else 0
+    out = []
+    for n in tiles:
+        core = reader.read(_core_region(plan, n))
+        out.append(core.size == 0 or not bool((core > thr).any()))
+    return out
+
+
 def segment_one(
     plan: RunPlan, fn: Callable, n: int, data: np.ndarray, staging: Staging
 ) -> dict[str, Any]:
@@ -137,9 +157,7 @@ def segment_one(
     origin = g.origin(n)
     rec = _new_record(plan, n)
     if plan.skip_empty and _is_empty(plan, data, n):
-        rec["skipped"] = True
-        staging.write_tile(n, rec)
-        return rec
+        return _skip(plan, n, staging)
     if fn is None:  # merging labels the user already has
         labels = data
     else:
@@ -219,19 +237,28 @@ def segment_tiles(
     tiles: Sequence[int],
     reader=None,
     datas: Sequence[np.ndarray] | None = None,
+    empty: Sequence[bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Segment a batch of tiles, skipping those already finished (resume)."""
+    """Segment a batch of tiles, skipping those already finished (resume) and those the
+    estimate-empty stage found empty (``empty``: one flag per tile; they are staged as
+    skipped without being read)."""
     staging = Staging(plan.staging_root)
     out = []
     todo = []
+    skipped: list[int] = []
     finished = set(staging.finished_tiles())  # a rerun batch skips what it finished
     for i, n in enumerate(tiles):
         if n in finished:
             rec = staging.read_record(n)
             rec["resumed"] = True
             out.append(rec)
+        elif empty is not None and empty[i]:
+            skipped.append(n)
         else:
             todo.append((i, n))
+    if skipped:
+        with staging:
+            out.extend(_skip(plan, n, staging) for n in skipped)
     if plan.unit_tile_shape is not None:  # merge units of small stored tiles
         try:
             with staging:

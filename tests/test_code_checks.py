@@ -1,0 +1,89 @@
+"""The code's own checks, run with the test suite (so CI runs them): ruff (lint and
+format), the import-linter contracts of the layers (pyproject.toml), no import cycles
+between modules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ["blockbuster", "tests", "bench"]
+
+
+def _tool(name: str) -> str:
+    exe = Path(sys.executable).with_name(name)
+    if exe.exists():
+        return str(exe)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]' installs it")
+    return found
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_lint():
+    p = _run(_tool("ruff"), "check", *CODE)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ruff_format():
+    p = _run(_tool("ruff"), "format", "--check", *CODE)
+    assert p.returncode == 0, "run `ruff format blockbuster tests bench`:\n" + p.stdout
+
+
+def test_layers_point_one_way():
+    p = _run(_tool("lint-imports"), "--no-cache")
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_no_import_cycles():
+    """No two modules of blockbuster import each other, directly or through others,
+    not even inside functions (type-checking-only imports aside)."""
+    import grimp
+
+    graph = grimp.build_graph("blockbuster", exclude_type_checking_imports=True)
+    modules = sorted(graph.modules)
+    index = {m: i for i, m in enumerate(modules)}
+    edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in modules}
+    # Tarjan's strongly connected components: a component of two or more is a cycle.
+    # A package's __init__ importing its own private modules is how packages expose
+    # names, not a cycle: those edges are left out.
+    counter, stack, on, low, num, cycles = [0], [], set(), {}, {}, []
+
+    def visit(v: str) -> None:
+        num[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index or w.startswith(v + "."):
+                continue
+            if w not in num:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], num[w])
+        if low[v] == num[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for m in modules:
+        if m not in num:
+            visit(m)
+    assert not cycles, f"import cycles: {cycles}"
