@@ -1,4 +1,5 @@
-"""Settings of the deployments and the command line, read from ``BLOCKBUSTER_*`` variables.
+"""Settings of the deployments and the command line, read from ``BLOCKBUSTER_*`` variables
+(through pydantic-settings: one typed field per variable, checked by validators).
 
 They are read from the environment of the process that runs a flow (the ``blockbuster
 serve`` process, or a Prefect worker), each time a flow starts, never from a deployment
@@ -49,9 +50,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from contextvars import ContextVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from blockbuster.errors import InvalidParameterError
 
@@ -60,12 +68,34 @@ __all__ = ["Settings", "get_settings", "ENV_PREFIX"]
 ENV_PREFIX = "BLOCKBUSTER_"
 
 
-class Settings(BaseModel):
-    """The settings (see the module docstring for the variables and defaults)."""
+_GIVEN_ONLY: ContextVar[bool] = ContextVar("blockbuster_settings_given_only", default=False)
 
-    model_config = ConfigDict(frozen=True)
 
-    data_roots: tuple[str, ...] = Field(
+class _Bad(ValueError):
+    """A variable's value cannot work; the message is the fix."""
+
+
+def _seconds(v: Any, *, positive: bool) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not (x > 0 if positive else x >= 0):  # NaN fails both
+        raise _Bad("give a number of seconds " + ("> 0" if positive else ">= 0"))
+    return x
+
+
+class Settings(BaseSettings):
+    """The settings (see the module docstring for the variables and defaults).
+
+    ``Settings()`` reads this process's environment; keyword arguments win over it.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True
+    )
+
+    data_roots: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Folders that deployment inputs and outputs must resolve under."
     )
     watch_folder: str | None = Field(None, description="Folder scanned for acquisitions.")
@@ -81,11 +111,128 @@ class Settings(BaseModel):
         ".done", description="Name suffix of the completion marker file."
     )
     segmenter: str = Field("watershed", description="Segmenter of scheduled / event runs.")
-    segmenter_options: dict[str, Any] = Field(default_factory=dict, description="Its options.")
+    segmenter_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, description="Its options."
+    )
     output_dir: str | None = Field(None, description="Where scheduled / event runs write.")
     label_name: str = Field("segmentation", description="Name of the label image.")
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster.")
-    serve_limit: int | None = Field(1, description="Concurrent flow runs of `serve`.")
+    serve_limit: Annotated[int | None, NoDecode] = Field(
+        1, description="Concurrent flow runs of `serve`."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment; only the given values in
+        :meth:`from_env` (which reads the mapping it is given, not this process's)."""
+        return (init_settings,) if _GIVEN_ONLY.get() else (init_settings, env_settings)
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _roots(cls, v: Any) -> tuple[str, ...]:
+        parts = [p.strip() for p in v.split(os.pathsep)] if isinstance(v, str) else list(v)
+        parts = [os.path.expanduser(str(p)) for p in parts if str(p).strip()]
+        for p in parts:
+            if not os.path.isabs(p):
+                raise _Bad(
+                    f"{p!r} is not an absolute path; give absolute folders separated by "
+                    f"{os.pathsep!r}"
+                )
+        return tuple(parts)
+
+    @field_validator("watch_folder", "output_dir", mode="before")
+    @classmethod
+    def _absolute(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        v = os.path.expanduser(str(v).strip())
+        if not os.path.isabs(v):
+            raise _Bad("give an absolute path")
+        return v
+
+    @field_validator("watch_interval", mode="before")
+    @classmethod
+    def _interval(cls, v: Any) -> float:
+        return _seconds(v, positive=True)
+
+    @field_validator("settle_seconds", mode="before")
+    @classmethod
+    def _settle(cls, v: Any) -> float:
+        return _seconds(v, positive=False)
+
+    @field_validator("watch_timezone", mode="before")
+    @classmethod
+    def _timezone(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(str(v))
+        except Exception:
+            raise _Bad("give an IANA time zone name such as 'Europe/Berlin'") from None
+        return str(v)
+
+    @field_validator("watch_cron", mode="before")
+    @classmethod
+    def _cron(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=str(v))
+        except Exception:
+            raise _Bad(
+                "give a cron expression such as '0 2 * * *' (every night at 02:00)"
+            ) from None
+        return str(v)
+
+    @field_validator("completion_marker", mode="before")
+    @classmethod
+    def _marker(cls, v: Any) -> str:
+        v = str(v)
+        if os.sep in v or v in (".", ".."):
+            raise _Bad("give a file name suffix such as '.done'")
+        return v
+
+    @field_validator("segmenter_options", mode="before")
+    @classmethod
+    def _options(cls, v: Any) -> dict[str, Any]:
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                v = None
+        if not isinstance(v, dict):
+            raise _Bad("give a JSON object, e.g. '{\"threshold\": 1000}'")
+        return v
+
+    @field_validator("label_name", mode="before")
+    @classmethod
+    def _label_name(cls, v: Any) -> str:
+        v = str(v)
+        if os.sep in v or v.startswith(".") or "/" in v:
+            raise _Bad("give a plain name such as 'segmentation'")
+        return v
+
+    @field_validator("serve_limit", mode="before")
+    @classmethod
+    def _limit(cls, v: Any) -> int | None:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "0", "unlimited")):
+            return None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        raise _Bad("give a positive integer, or 'none' for no limit")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -94,109 +241,27 @@ class Settings(BaseModel):
         Raises
         ------
         InvalidParameterError
-            A variable has a value that cannot work (the message names it).
+            A variable has a value that cannot work (the message names it and the fix).
         """
         env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            v = env.get(ENV_PREFIX + name)
-            return v.strip() if v is not None and v.strip() != "" else None
-
-        def bad(name: str, fix: str) -> InvalidParameterError:
-            return InvalidParameterError(
-                f"{ENV_PREFIX}{name}={env.get(ENV_PREFIX + name)!r} is not valid: {fix}"
-            )
-
-        def number(name: str, default: float, *, positive: bool = False) -> float:
-            v = get(name)
-            if v is None:
-                return default
-            try:
-                x = float(v)
-            except ValueError:
-                x = float("nan")
-            if not (x > 0 if positive else x >= 0):  # NaN fails both
-                raise bad(name, "give a number of seconds " + ("> 0" if positive else ">= 0"))
-            return x
-
-        kw: dict[str, Any] = {}
-        roots = get("DATA_ROOTS")
-        if roots is not None:
-            parts = [p.strip() for p in roots.split(os.pathsep) if p.strip()]
-            for p in parts:
-                if not os.path.isabs(os.path.expanduser(p)):
-                    raise bad(
-                        "DATA_ROOTS",
-                        f"{p!r} is not an absolute path; give absolute "
-                        f"folders separated by {os.pathsep!r}",
-                    )
-            kw["data_roots"] = tuple(os.path.expanduser(p) for p in parts)
-        for key in ("WATCH_FOLDER", "OUTPUT_DIR"):
-            v = get(key)
-            if v is not None:
-                v = os.path.expanduser(v)
-                if not os.path.isabs(v):
-                    raise bad(key, "give an absolute path")
-                kw[key.lower()] = v
-        kw["watch_interval"] = number("WATCH_INTERVAL", 600.0, positive=True)
-        kw["settle_seconds"] = number("SETTLE_SECONDS", 300.0)
-        cron = get("WATCH_CRON")
-        tz = get("WATCH_TIMEZONE")
-        if tz is not None:
-            try:
-                from zoneinfo import ZoneInfo
-
-                ZoneInfo(tz)
-            except Exception:
-                raise bad(
-                    "WATCH_TIMEZONE", "give an IANA time zone name such as 'Europe/Berlin'"
-                ) from None
-            kw["watch_timezone"] = tz
-        if cron is not None:
-            from prefect.client.schemas.schedules import CronSchedule
-
-            try:
-                CronSchedule(cron=cron, timezone=tz)
-            except Exception:
-                raise bad(
-                    "WATCH_CRON",
-                    "give a cron expression such as '0 2 * * *' (every night at 02:00)",
-                ) from None
-            kw["watch_cron"] = cron
-        marker = get("COMPLETION_MARKER")
-        if marker is not None:
-            if os.sep in marker or marker in (".", ".."):
-                raise bad("COMPLETION_MARKER", "give a file name suffix such as '.done'")
-            kw["completion_marker"] = marker
-        seg = get("SEGMENTER")
-        if seg is not None:
-            kw["segmenter"] = seg
-        opts = get("SEGMENTER_OPTIONS")
-        if opts is not None:
-            try:
-                val = json.loads(opts)
-            except ValueError:
-                val = None
-            if not isinstance(val, dict):
-                raise bad("SEGMENTER_OPTIONS", "give a JSON object, e.g. '{\"threshold\": 1000}'")
-            kw["segmenter_options"] = val
-        name = get("LABEL_NAME")
-        if name is not None:
-            if os.sep in name or name.startswith(".") or "/" in name:
-                raise bad("LABEL_NAME", "give a plain name such as 'segmentation'")
-            kw["label_name"] = name
-        addr = get("DASK_ADDRESS")
-        if addr is not None:
-            kw["dask_address"] = addr
-        limit = get("SERVE_LIMIT")
-        if limit is not None:
-            if limit.lower() in ("none", "0", "unlimited"):
-                kw["serve_limit"] = None
-            elif limit.isdigit():
-                kw["serve_limit"] = int(limit)
-            else:
-                raise bad("SERVE_LIMIT", "give a positive integer, or 'none' for no limit")
-        return cls(**kw)
+        values = {
+            k[len(ENV_PREFIX) :].lower(): v.strip()
+            for k, v in env.items()
+            if k.startswith(ENV_PREFIX) and v.strip() != ""
+        }
+        values = {k: v for k, v in values.items() if k in cls.model_fields}
+        token = _GIVEN_ONLY.set(True)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err.get("loc") else "?"
+            var = ENV_PREFIX + name.upper()
+            ctx = err.get("ctx") or {}
+            fix = str(ctx.get("error", err["msg"]))
+            raise InvalidParameterError(f"{var}={env.get(var)!r} is not valid: {fix}") from None
+        finally:
+            _GIVEN_ONLY.reset(token)
 
 
 def get_settings() -> Settings:
