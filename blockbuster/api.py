@@ -143,7 +143,16 @@ def _result(out: OutputTarget, compute: bool):
     return da.from_zarr(arr)
 
 
-def _run(
+def _run(flow, plan: RunPlan, *args, **kwargs) -> dict[str, Any]:
+    """Run a flow: against the server of ``blockbuster up`` when one runs and no
+    ``PREFECT_API_URL`` is set (its runs and artifacts stay in its UI), else as before."""
+    from blockbuster.tasks import use_local_server
+
+    with use_local_server():
+        return _run_flow(flow, plan, *args, **kwargs)
+
+
+def _run_flow(
     flow,
     plan: RunPlan,
     src: ImageSource,

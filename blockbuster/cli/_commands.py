@@ -69,6 +69,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
             f"of {'x'.join(map(str, res['tile_shape'] or []))}, {res['seconds']:.1f} s "
             f"-> {res['output']}"
         )
+        _print_pictures(res.get("pictures"))
     elif res["status"] == "already-segmented":
         print(f"{res['output']} is already complete; nothing to do (--overwrite replaces it)")
     if res["status"] == "busy":
@@ -106,6 +107,47 @@ def _cmd_merge(a: argparse.Namespace) -> int:
             f"per-tile labels -> {summary.get('labels_after_merge')} -> "
             f"{summary.get('output')}"
         )
+        _print_pictures(summary.get("pictures"))
+    return EXIT_OK
+
+
+def _print_pictures(pictures: dict | None) -> None:
+    files = (pictures or {}).get("files") or {}
+    if files.get("preview"):
+        print(f"preview        {files['preview']} ({pictures.get('preview_view', '')})")
+    if files.get("tile_map"):
+        print(f"tile map       {files['tile_map']}")
+    from blockbuster.tasks import local_server
+
+    state = local_server()
+    if state is not None:
+        print(f"Prefect UI     {state['ui']}/runs (the run and its pictures)")
+
+
+def _cmd_up(a: argparse.Namespace) -> int:
+    from blockbuster.tasks import start_local_server
+
+    if os.environ.get("PREFECT_API_URL"):
+        print(
+            f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): runs in this "
+            "shell report there, not to the server started here",
+            file=sys.stderr,
+        )
+    state = start_local_server(port=a.port, timeout=a.timeout)
+    word = "already up" if state.get("already") else "up"
+    print(f"Prefect UI {word} at {state['ui']} (pid {state['pid']}, log {state['log']})")
+    print("runs on this machine report to it; `blockbuster down` stops it")
+    return EXIT_OK
+
+
+def _cmd_down(a: argparse.Namespace) -> int:
+    from blockbuster.tasks import stop_local_server
+
+    state = stop_local_server()
+    if state is None:
+        print("no local Prefect server was running (`blockbuster up` starts one)")
+    else:
+        print(f"stopped the Prefect server at {state['ui']} (pid {state['pid']})")
     return EXIT_OK
 
 
@@ -164,6 +206,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
                 "segmenters": list(available_segmenters()),
                 "settings": settings.model_dump(),
                 "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
+                "local_ui": _local_ui(),
             }
         )
         if a.json:
@@ -187,7 +230,17 @@ def _cmd_info(a: argparse.Namespace) -> int:
         print(f"segmenters     {', '.join(out['segmenters'])}")
         print(f"data roots     {os.pathsep.join(settings.data_roots) or '(not set)'}")
         print(f"watch folder   {settings.watch_folder or '(not set)'}")
-        print(f"Prefect API    {out['prefect_api_url'] or '(temporary local server)'}")
+        ui = out["local_ui"]
+        print(
+            "local UI       "
+            + (
+                f"up at {ui['ui']} (pid {ui['pid']}; `blockbuster down` stops it)"
+                if ui
+                else "not running (`blockbuster up` starts one)"
+            )
+        )
+        api = out["prefect_api_url"] or (ui["url"] if ui else None)
+        print(f"Prefect API    {api or '(a temporary server per process)'}")
         return EXIT_OK
 
     from blockbuster.api import choose_tile_shape
@@ -234,6 +287,13 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _local_ui() -> dict[str, Any] | None:
+    from blockbuster.tasks import local_server
+
+    state = local_server()
+    return {k: state[k] for k in ("ui", "url", "pid")} if state else None
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     try:
         from ._demo import run_demo
@@ -261,7 +321,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    from blockbuster.deploy import describe_deployments, get_settings, serve
+    from blockbuster.deploy import describe_deployments, get_settings
 
     settings = get_settings()
     if a.limit is not None and a.limit < 1:
@@ -273,9 +333,22 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     for line in text.splitlines():
         if line.startswith("warning:"):
             print(line, file=sys.stderr)
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    url = PREFECT_API_URL.value()
+    from blockbuster.tasks import local_server
+
+    state = local_server()
+    if state is not None and not get_current_settings().api.url:
+        # `blockbuster up`'s server: in the environment too, for the flow-run subprocesses
+        os.environ["PREFECT_API_URL"] = state["url"]
+        with temporary_settings({PREFECT_API_URL: state["url"]}):
+            return _serve(settings, a, state["url"])
+    return _serve(settings, a, PREFECT_API_URL.value())
+
+
+def _serve(settings, a: argparse.Namespace, url: str | None) -> int:
+    from blockbuster.deploy import serve
+
     if not url:
         print(
             "warning: PREFECT_API_URL is not set: serving on a temporary local Prefect "

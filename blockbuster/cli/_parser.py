@@ -18,7 +18,16 @@ import json
 import sys
 from typing import Any
 
-from ._commands import _cmd_demo, _cmd_estimate_empty, _cmd_info, _cmd_merge, _cmd_run, _cmd_serve
+from ._commands import (
+    _cmd_demo,
+    _cmd_down,
+    _cmd_estimate_empty,
+    _cmd_info,
+    _cmd_merge,
+    _cmd_run,
+    _cmd_serve,
+    _cmd_up,
+)
 from ._errors import EXIT_USAGE, PROG
 
 __all__ = ["build_parser"]
@@ -307,4 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the settings and show what would be served; serve nothing",
     )
     s.set_defaults(func=_cmd_serve)
+
+    u = sub.add_parser(
+        "up",
+        parents=[common],
+        help="start a local Prefect server (UI) that runs on this machine report to",
+        description="Start `prefect server start` on 127.0.0.1 in the background and "
+        "print the UI's address. Until `blockbuster down`, runs on this machine with no "
+        "PREFECT_API_URL of their own (scripts, `blockbuster run`) report to it instead "
+        "of a temporary server, so their runs and pictures stay visible.",
+    )
+    u.add_argument(
+        "--port", type=int, default=None, help="port (default 4200 when free, else any)"
+    )
+    u.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for it to answer (180)"
+    )
+    u.set_defaults(func=_cmd_up)
+
+    dn = sub.add_parser(
+        "down",
+        parents=[common],
+        help="stop the local Prefect server `blockbuster up` started",
+        description="Stop the Prefect server `blockbuster up` started (by its pid).",
+    )
+    dn.set_defaults(func=_cmd_down)
     return p

@@ -33,6 +33,16 @@ from ._metrics import (
     instance_f1,
     same_partition,
 )
+from ._pictures import (
+    MAX_SIDE,
+    TILE_MAP_COLORS,
+    label_colors,
+    preview_step,
+    render_preview,
+    render_tile_map,
+    sample_starts,
+    slow_tiles,
+)
 from ._plan import (
     RunPlan,
     make_plan,
@@ -48,6 +58,14 @@ from ._seams import (
 )
 
 __all__ = [
+    "MAX_SIDE",
+    "TILE_MAP_COLORS",
+    "label_colors",
+    "preview_step",
+    "render_preview",
+    "render_tile_map",
+    "sample_starts",
+    "slow_tiles",
     "DEFAULT_MEMORY_FACTOR",
     "MIN_TILES_PER_UNIT",
     "MergeTable",

@@ -229,7 +229,8 @@ def run_segment(req: SegmentRequest, *, progress: bool = False) -> dict[str, Any
     -------
     dict
         ``status`` ("segmented", "already-segmented" or "busy"), ``image``, ``output``,
-        and for "segmented" ``labels``, ``n_tiles``, ``seconds``.
+        and for "segmented" ``labels``, ``n_tiles``, ``seconds``, ``pictures`` (where
+        the preview and tile map PNGs are, see :mod:`blockbuster.tasks`).
     """
     logger = _logger()
     base = {"image": req.image, "output": req.output, "segmenter": req.description}
@@ -269,6 +270,7 @@ def run_segment(req: SegmentRequest, *, progress: bool = False) -> dict[str, Any
             "tile_shape": summary.get("tile_shape"),
             "cached": bool(summary.get("cached", False)),
             "seconds": round(time.perf_counter() - t0, 3),
+            "pictures": summary.get("pictures"),
         }
         logger.info(
             "segmented %s: %s objects in %s tiles, %.1f s -> %s",

@@ -26,6 +26,7 @@ from blockbuster.tasks import (
     empty_stage,
     finalize_stage,
     lut_stage,
+    make_pictures,
     plan_stage,
     publish_tiles_table,
     relabel_stage,
@@ -82,6 +83,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     table = lut_stage(job, quote(scan))
     job.start_ahead("relabel", start_relabel(job, table))
     rel = relabel_stage(job, quote(table))
+    pictures = make_pictures(job, records, scan["seams"], rel["dtype"])
     tiles = TileGrid(plan.grid.shape, plan.out_chunks)  # merge units: their tiles
     n_voxels = 1
     for s in plan.grid.shape:
@@ -124,6 +126,8 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
         for a, b, d, m, u, s in scan["seams"]
     ]
+    if pictures is not None:
+        summary["pictures"] = pictures
     finalize_stage(job, summary, keep_staging)
     return summary
 

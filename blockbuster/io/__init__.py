@@ -9,6 +9,7 @@ from ._array_source import ArraySource, describe
 from ._chunkfiles import ChunkFiles, chunk_files
 from ._ngff import LabelTarget, label_target
 from ._output import ATTR, OutputTarget
+from ._png import data_url, encode_png, png_size, write_png
 from ._readers import open_path
 from ._shardfiles import ShardWriter
 from ._sources import (
@@ -35,12 +36,16 @@ __all__ = [
     "Staging",
     "chunk_files",
     "describe",
+    "data_url",
+    "encode_png",
     "full_slices",
     "label_target",
     "open_image",
     "open_path",
     "open_zarr_array_cached",
+    "png_size",
     "read_region",
     "read_regions",
+    "write_png",
     "write_regions",
 ]

@@ -9,6 +9,13 @@ from ._empty import empty_stage, start_empty, wants_empty_stage
 from ._ephemeral import ensure_api, warm_up, without_heartbeats
 from ._finalize import finalize_stage
 from ._job import Job
+from ._local_server import (
+    local_server,
+    start_local_server,
+    stop_local_server,
+    use_local_server,
+)
+from ._pictures import PREVIEW_FILE, PREVIEW_KEY, TILE_MAP_FILE, TILE_MAP_KEY, make_pictures
 from ._plan import plan_stage
 from ._progress import PROGRESS_KEY, ProgressArtifact
 from ._relabel import relabel_stage, start_relabel
@@ -17,9 +24,13 @@ from ._seams import lut_stage, scan_stage, start_scan
 from ._segment import segment_stage, start_first, start_segment, unfinished_tiles
 
 __all__ = [
+    "PREVIEW_FILE",
+    "PREVIEW_KEY",
     "PROGRESS_KEY",
     "SUMMARY_KEY",
     "TILES_KEY",
+    "TILE_MAP_FILE",
+    "TILE_MAP_KEY",
     "Job",
     "ProgressArtifact",
     "Reporter",
@@ -27,7 +38,9 @@ __all__ = [
     "ensure_api",
     "finalize_stage",
     "local_result_storage",
+    "local_server",
     "lut_stage",
+    "make_pictures",
     "plan_stage",
     "prefect_client_context",
     "publish_tiles_table",
@@ -36,10 +49,13 @@ __all__ = [
     "segment_stage",
     "start_empty",
     "start_first",
+    "start_local_server",
     "start_relabel",
     "start_scan",
     "start_segment",
+    "stop_local_server",
     "unfinished_tiles",
+    "use_local_server",
     "wait_for_closed",
     "wants_empty_stage",
     "warm_up",

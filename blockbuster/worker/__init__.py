@@ -10,6 +10,7 @@ from ._memory import (
     keep_freed_memory,
     map_through,
 )
+from ._pictures import region_samples, render_pictures, sample_regions
 from ._tile_ops import (
     empty_tiles,
     relabel_tiles,
@@ -25,7 +26,10 @@ __all__ = [
     "keep_freed_memory",
     "map_through",
     "relabel_tiles",
+    "region_samples",
+    "render_pictures",
     "run_locally",
+    "sample_regions",
     "scan_tiles",
     "segment_one",
     "segment_tiles",

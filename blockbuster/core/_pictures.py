@@ -1,0 +1,404 @@
+"""Pictures of a run, as RGB arrays: a preview of the labels over the image, and a tile map.
+
+Pure NumPy (no I/O): the caller reads a downsampled view of the image and of the output
+labels (:func:`preview_step`, :func:`sample_starts` say which pixels) and the per-tile
+statistics, and encodes the arrays returned here (``io``: PNG).
+
+- :func:`render_preview`: the image in grey (contrast from its 1st-99.5th percentiles),
+  each label in its own colour (:func:`label_colors`, the same id always gets the same
+  colour), label outlines drawn opaque, the tile grid drawn faintly.
+- :func:`render_tile_map`: one cell per tile, its colour the number of labels found in
+  it (dark blue few .. yellow many), a bar along its bottom the seconds spent in ``fn``
+  (full width = the slowest tile), skipped tiles grey with a cross, slow tiles framed in
+  red, and seams with warnings (objects wider than the halo, candidate pairs left apart)
+  drawn as magenta lines on the edge the two tiles share. A 3D grid is drawn as one panel
+  per layer of tiles along its first axis, side by side.
+
+Examples
+--------
+>>> import numpy as np
+>>> img = np.zeros((8, 8), np.uint16); lab = np.zeros((8, 8), np.uint32)
+>>> lab[2:5, 2:5] = 7
+>>> rgb = render_preview(img, lab, tile_edges=[[4], [4]])
+>>> rgb.shape, rgb.dtype
+((8, 8, 3), dtype('uint8'))
+>>> bool((rgb[3, 3] != rgb[0, 0]).any())  # the label is coloured, background is not
+True
+>>> m = render_tile_map((2, 2), labels=[1, 2, 3, 4], seconds=[0.1, 0.1, 0.1, 2.0],
+...                     skipped=[False, True, False, False], slow=[3])
+>>> m.shape[2], m.dtype
+(3, dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "MAX_SIDE",
+    "label_colors",
+    "preview_step",
+    "render_preview",
+    "render_tile_map",
+    "sample_starts",
+    "slow_tiles",
+    "tile_cell_size",
+    "TILE_MAP_COLORS",
+]
+
+#: longest side of a picture, in pixels
+MAX_SIDE = 1024
+
+#: the colours of the tile map, for legends
+TILE_MAP_COLORS = {
+    "few labels": (68, 1, 84),
+    "many labels": (253, 231, 37),
+    "no labels": (40, 40, 40),
+    "skipped": (150, 150, 150),
+    "fn seconds bar": (255, 140, 0),
+    "slow tile frame": (230, 30, 30),
+    "seam warning": (255, 0, 255),
+}
+
+# viridis at 8 stops (matplotlib's values), interpolated linearly
+_VIRIDIS = np.array(
+    [
+        (68, 1, 84),
+        (70, 50, 126),
+        (54, 92, 141),
+        (39, 127, 142),
+        (31, 161, 135),
+        (74, 193, 109),
+        (160, 218, 57),
+        (253, 231, 37),
+    ],
+    dtype=np.float64,
+)
+
+
+def preview_step(shape: Sequence[int], max_side: int = MAX_SIDE) -> int:
+    """The stride that brings the longest of ``shape``'s axes to at most ``max_side``.
+
+    Examples
+    --------
+    >>> preview_step((8192, 4096)), preview_step((1000, 50)), preview_step((1025, 10))
+    (8, 1, 2)
+    """
+    longest = max(int(s) for s in shape) if len(shape) else 1
+    return max(1, math.ceil(longest / max_side))
+
+
+def sample_starts(lo: int, hi: int, step: int) -> slice | None:
+    """Which pixels of ``[lo, hi)`` a strided view of step ``step`` (from 0) keeps, as a
+    slice relative to ``lo``; None when it keeps none.
+
+    Examples
+    --------
+    >>> sample_starts(0, 10, 4), sample_starts(5, 10, 4), sample_starts(5, 7, 4)
+    (slice(0, 10, 4), slice(3, 5, 4), None)
+    """
+    first = -(-lo // step) * step
+    if first >= hi:
+        return None
+    return slice(first - lo, hi - lo, step)
+
+
+def label_colors(ids: np.ndarray) -> np.ndarray:
+    """A bright colour per label id (uint8 RGB, shape ``ids.shape + (3,)``); 0 is black.
+
+    The colour depends only on the id (a hash of it picks the hue), so a label keeps its
+    colour from one picture to the next, and neighbouring ids differ.
+
+    Examples
+    --------
+    >>> c = label_colors(np.array([0, 1, 2, 1]))
+    >>> c[0].tolist(), (c[1] == c[3]).all(), (c[1] != c[2]).any()
+    ([0, 0, 0], np.True_, np.True_)
+    """
+    ids = np.asarray(ids).astype(np.uint64, copy=False)
+    h = ids * np.uint64(0x9E3779B97F4A7C15)
+    h ^= h >> np.uint64(29)
+    hue = (h & np.uint64(0xFFFF)).astype(np.float64) / 65536.0
+    sat = 0.65 + 0.35 * ((h >> np.uint64(16)) & np.uint64(0xFF)).astype(np.float64) / 255.0
+    val = 0.8 + 0.2 * ((h >> np.uint64(24)) & np.uint64(0xFF)).astype(np.float64) / 255.0
+    rgb = _hsv_to_rgb(hue, sat, val)
+    rgb[ids == 0] = 0
+    return rgb
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices = [
+        np.stack(c, axis=-1)
+        for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+    ]
+    out = np.zeros(h.shape + (3,), np.float64)
+    for k in range(6):
+        out[i == k] = choices[k][i == k]
+    return np.round(out * 255).astype(np.uint8)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """The image as float grey levels in [0, 1]: 1st to 99.5th percentile stretched."""
+    img = np.asarray(image, dtype=np.float64)
+    finite = img[np.isfinite(img)]
+    if finite.size == 0:
+        return np.zeros(img.shape)
+    lo, hi = np.percentile(finite, (1.0, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _outlines(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a label whose right or lower neighbour (or left/upper) has another id."""
+    edge = np.zeros(labels.shape, bool)
+    for axis in range(labels.ndim):
+        a = np.swapaxes(labels, 0, axis)
+        e = np.swapaxes(edge, 0, axis)
+        diff = a[1:] != a[:-1]
+        e[1:] |= diff
+        e[:-1] |= diff
+    return edge & (labels != 0)
+
+
+def render_preview(
+    image: np.ndarray | None,
+    labels: np.ndarray,
+    *,
+    tile_edges: Sequence[Sequence[int]] = ((), ()),
+    alpha: float = 0.45,
+    outlines: bool = True,
+    grid_alpha: float = 0.3,
+) -> np.ndarray:
+    """Labels over the image, as an RGB uint8 array of ``labels``' 2D shape.
+
+    Parameters
+    ----------
+    image : 2D array or None
+        The (downsampled) image; None draws the labels over black.
+    labels : 2D integer array
+        The (downsampled) labels, 0 = background, same shape as ``image``.
+    tile_edges : two sequences of int
+        Rows and columns, in ``labels``' pixels, where a tile starts (0 not needed): the
+        grid lines drawn faintly (``grid_alpha``).
+    alpha : float
+        Opacity of the label colours inside labels; outlines are opaque.
+
+    Examples
+    --------
+    >>> lab = np.zeros((4, 4), np.uint8); lab[1:3, 1:3] = 5
+    >>> rgb = render_preview(None, lab)
+    >>> (rgb[0, 0] == 0).all(), (rgb[1, 1] == label_colors(np.array(5))).all()
+    (np.True_, np.True_)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2D for a preview, got shape {labels.shape}")
+    if image is not None and np.shape(image) != labels.shape:
+        raise ValueError(f"image shape {np.shape(image)} differs from labels {labels.shape}")
+    grey = _grey(image) if image is not None else np.zeros(labels.shape)
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    fg = labels != 0
+    if fg.any():
+        colors = label_colors(labels[fg]).astype(np.float64)
+        rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors
+        if outlines:
+            edge = _outlines(labels)
+            rgb[edge] = label_colors(labels[edge])
+    for axis, edges in enumerate(tile_edges):
+        for e in edges:
+            e = int(e)
+            if 0 < e < labels.shape[axis]:
+                idx = (slice(None),) * axis + (e,)
+                rgb[idx] = (1 - grid_alpha) * rgb[idx] + grid_alpha * 255.0
+    return np.round(rgb).astype(np.uint8)
+
+
+def tile_cell_size(grid_shape: Sequence[int], max_side: int = MAX_SIDE) -> int:
+    """Pixels per tile cell so that the tile map's longest side stays within ``max_side``
+    (at most 48, at least 2).
+
+    Examples
+    --------
+    >>> tile_cell_size((8, 8)), tile_cell_size((64, 64)), tile_cell_size((4, 16, 16))
+    (48, 16, 31)
+    """
+    rows, cols, panels = _layout(grid_shape, 1)
+    pr, pc = _panel_grid(panels)
+    longest = max(rows * pr + (pr - 1), cols * pc + (pc - 1))
+    return int(min(48, max(2, max_side // max(longest, 1))))
+
+
+def _layout(grid_shape: Sequence[int], _cell: int) -> tuple[int, int, int]:
+    g = tuple(int(s) for s in grid_shape)
+    if len(g) == 1:
+        return 1, g[0], 1
+    if len(g) == 2:
+        return g[0], g[1], 1
+    if len(g) == 3:
+        return g[1], g[2], g[0]
+    raise ValueError(f"tile maps are drawn for 1 to 3 spatial axes, got grid {g}")
+
+
+def _panel_grid(panels: int) -> tuple[int, int]:
+    pc = int(math.ceil(math.sqrt(panels)))
+    pr = int(math.ceil(panels / pc))
+    return pr, pc
+
+
+def slow_tiles(seconds: Sequence[float], factor: float = 3.0, min_seconds: float = 0.05) -> list:
+    """Tiles whose seconds in ``fn`` exceed ``factor`` times the median of the tiles that
+    ran (and ``min_seconds``).
+
+    Examples
+    --------
+    >>> slow_tiles([0.1, 0.1, 0.12, 0.9, 0.0])
+    [3]
+    """
+    s = np.asarray(seconds, dtype=np.float64)
+    ran = s[s > 0]
+    if ran.size == 0:
+        return []
+    limit = max(factor * float(np.median(ran)), min_seconds)
+    return [int(i) for i in np.flatnonzero(s > limit)]
+
+
+def render_tile_map(
+    grid_shape: Sequence[int],
+    *,
+    labels: Sequence[int],
+    seconds: Sequence[float],
+    skipped: Sequence[bool],
+    slow: Sequence[int] = (),
+    seam_warnings: Sequence[tuple[int, int]] = (),
+    cell: int | None = None,
+) -> np.ndarray:
+    """The tile map as an RGB uint8 array (see the module docstring for what it shows).
+
+    Parameters
+    ----------
+    grid_shape : tuple of int
+        Tiles per spatial axis (C order numbering, as :class:`~blockbuster.core.TileGrid`).
+    labels, seconds, skipped : sequences, one entry per tile
+        Labels found in the tile, seconds spent in ``fn`` on it, whether it was skipped.
+    slow : sequence of int
+        Tiles to frame in red (:func:`slow_tiles` picks them from ``seconds``).
+    seam_warnings : sequence of (tile_a, tile_b)
+        Seams to draw in magenta; only face neighbours have an edge to draw on (others
+        mark the corner they share).
+    cell : int, optional
+        Pixels per tile (default: :func:`tile_cell_size`).
+
+    Examples
+    --------
+    >>> m = render_tile_map((1, 2), labels=[0, 5], seconds=[0, 1], skipped=[True, False],
+    ...                     cell=10)
+    >>> m.shape
+    (10, 20, 3)
+    >>> m[3, 5].tolist(), m[3, 15].tolist() != m[3, 5].tolist()
+    ([150, 150, 150], True)
+    """
+    gshape = tuple(int(s) for s in grid_shape)
+    n = int(np.prod(gshape)) if gshape else 0
+    labels_a = np.asarray(labels, dtype=np.float64).reshape(-1)
+    seconds_a = np.asarray(seconds, dtype=np.float64).reshape(-1)
+    skipped_a = np.asarray(skipped, dtype=bool).reshape(-1)
+    for name, a in (("labels", labels_a), ("seconds", seconds_a), ("skipped", skipped_a)):
+        if a.size != n:
+            raise ValueError(f"{name} has {a.size} entries for a grid of {n} tiles {gshape}")
+    if cell is None:
+        cell = tile_cell_size(gshape)
+    rows, cols, panels = _layout(gshape, cell)
+    pr, pc = _panel_grid(panels)
+    gap = 1 if panels > 1 else 0
+    height = pr * rows * cell + (pr - 1) * gap
+    width = pc * cols * cell + (pc - 1) * gap
+    img = np.full((height, width, 3), 255, np.uint8)
+
+    def box(t: int) -> tuple[int, int]:
+        """Top-left pixel of tile t's cell."""
+        idx = np.unravel_index(t, gshape) if gshape else ()
+        if len(gshape) == 1:
+            p, r, c = 0, 0, idx[0]
+        elif len(gshape) == 2:
+            p, (r, c) = 0, idx
+        else:
+            p, r, c = idx
+        py, px = divmod(int(p), pc)
+        return py * (rows * cell + gap) + int(r) * cell, px * (cols * cell + gap) + int(c) * cell
+
+    top = float(labels_a.max()) if n else 0.0
+    slowest = float(seconds_a.max()) if n else 0.0
+    bar_h = max(1, cell // 5)
+    border = max(1, cell // 12)
+    for t in range(n):
+        y, x = box(t)
+        cellv = img[y : y + cell, x : x + cell]
+        if skipped_a[t]:
+            cellv[:] = TILE_MAP_COLORS["skipped"]
+            d = np.arange(cell)
+            cellv[d, d] = (90, 90, 90)
+            cellv[d, cell - 1 - d] = (90, 90, 90)
+        elif labels_a[t] <= 0:
+            cellv[:] = TILE_MAP_COLORS["no labels"]
+        else:
+            f = math.log1p(labels_a[t]) / math.log1p(top) if top > 0 else 0.0
+            cellv[:] = _ramp(f)
+        x0 = 0
+        if cell >= 6:  # a thin white line separates the cells
+            cellv[0, :] = cellv[:, 0] = (255, 255, 255)
+            x0 = 1
+        if slowest > 0 and seconds_a[t] > 0 and cell >= 4:
+            w = max(1, int(round((cell - x0) * seconds_a[t] / slowest)))
+            cellv[cell - bar_h :, x0 : x0 + w] = TILE_MAP_COLORS["fn seconds bar"]
+    for t in slow:
+        if 0 <= int(t) < n:
+            y, x = box(int(t))
+            cellv = img[y : y + cell, x : x + cell]
+            red = TILE_MAP_COLORS["slow tile frame"]
+            cellv[:border, :] = red
+            cellv[-border:, :] = red
+            cellv[:, :border] = red
+            cellv[:, -border:] = red
+    thick = max(1, cell // 8)
+    mag = TILE_MAP_COLORS["seam warning"]
+    for a, b in seam_warnings:
+        a, b = int(a), int(b)
+        if not (0 <= a < n and 0 <= b < n):
+            continue
+        ia, ib = np.unravel_index(a, gshape), np.unravel_index(b, gshape)
+        diff = [int(q) - int(p) for p, q in zip(ia, ib)]
+        ya, xa = box(a)
+        yb, xb = box(b)
+        if len(gshape) == 3 and diff[0] != 0:
+            # across layers: mark both cells' centres
+            for y, x in ((ya, xa), (yb, xb)):
+                c0, c1 = cell // 2 - thick, cell // 2 + thick
+                img[y + c0 : y + c1, x + c0 : x + c1] = mag
+            continue
+        dy, dx = (yb - ya), (xb - xa)
+        if dy == 0 and dx != 0:  # left-right neighbours: a vertical line
+            xe = max(xa, xb)
+            img[ya : ya + cell, max(xe - thick, 0) : xe + thick] = mag
+        elif dx == 0 and dy != 0:  # up-down neighbours: a horizontal line
+            ye = max(ya, yb)
+            img[max(ye - thick, 0) : ye + thick, xa : xa + cell] = mag
+        else:  # diagonal neighbours: the shared corner
+            ye, xe = max(ya, yb), max(xa, xb)
+            img[
+                max(ye - 2 * thick, 0) : ye + 2 * thick, max(xe - 2 * thick, 0) : xe + 2 * thick
+            ] = mag
+    return img
+
+
+def _ramp(f: float) -> tuple[int, int, int]:
+    f = min(max(float(f), 0.0), 1.0) * (len(_VIRIDIS) - 1)
+    i = min(int(f), len(_VIRIDIS) - 2)
+    c = _VIRIDIS[i] + (f - i) * (_VIRIDIS[i + 1] - _VIRIDIS[i])
+    return tuple(int(round(v)) for v in c)

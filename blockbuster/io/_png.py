@@ -1,0 +1,71 @@
+"""PNG files of RGB arrays (Pillow), as bytes, ``data:`` URLs and files.
+
+Examples
+--------
+>>> import numpy as np
+>>> png = encode_png(np.zeros((4, 6, 3), np.uint8))
+>>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n", png_size(png)
+(True, (6, 4))
+>>> data_url(png).startswith("data:image/png;base64,iVBOR")
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+
+from ._chunkfiles import write_file
+
+__all__ = ["encode_png", "data_url", "png_size", "write_png"]
+
+
+#: above this many bytes, a picture is stored with a 256-colour palette instead
+PALETTE_ABOVE = 256 << 10
+
+
+def encode_png(rgb: np.ndarray, palette_above: int = PALETTE_ABOVE) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 array (Pillow, zlib level 6).
+
+    Flat label colours compress well, a noisy image under them does not: when the RGB
+    PNG is over ``palette_above`` bytes it is stored with a 256-colour palette (Pillow's
+    fast octree quantizer) if that is smaller, so that a picture stays a few hundred KB
+    (it is stored in Prefect's database as an artifact).
+    """
+    from PIL import Image
+
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB array of shape (H, W, 3), got {arr.shape}")
+    img = Image.fromarray(arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    png = buf.getvalue()
+    if len(png) > palette_above:
+        buf = io.BytesIO()
+        img.quantize(256, method=Image.Quantize.FASTOCTREE).save(
+            buf, format="PNG", compress_level=6
+        )
+        if len(buf.getvalue()) < len(png):
+            png = buf.getvalue()
+    return png
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes, from the header."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def data_url(png: bytes) -> str:
+    """``data:image/png;base64,...``: a URL the Prefect UI (any browser) shows inline."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def write_png(path: str | os.PathLike, png: bytes) -> str:
+    """Write PNG bytes to ``path`` atomically (temporary name, then rename); returns it."""
+    path = os.fspath(path)
+    write_file(path, png)
+    return path

@@ -1,0 +1,161 @@
+"""The pictures of a run: what the preview and the tile map show, checked pixel by pixel
+against the labels and the per-tile facts they were made from."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import zarr
+from conftest import CountingLabel, blobs
+from PIL import Image
+
+from blockbuster.core import TILE_MAP_COLORS, label_colors, render_tile_map
+from blockbuster.io import encode_png
+from blockbuster.tasks import PREVIEW_FILE, TILE_MAP_FILE
+from blockbuster.worker import render_pictures, sample_regions
+
+
+def rgb_of(path_or_bytes) -> np.ndarray:
+    src = path_or_bytes if isinstance(path_or_bytes, str) else io.BytesIO(path_or_bytes)
+    with Image.open(src) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def coloured(rgb: np.ndarray, min_spread: int = 24) -> np.ndarray:
+    """Pixels that are not grey: the preview draws the image in grey, labels in colour."""
+    c = rgb.astype(int)
+    return (c.max(axis=-1) - c.min(axis=-1)) > min_spread
+
+
+@pytest.mark.usefixtures("client")
+def test_run_preview_shows_labels_where_they_are_and_skipped_tiles(tmp_path):
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    img = blobs((300, 420), seed=5)
+    img[:, 300:] = 0  # the last two columns of tiles are empty: skipped
+    path = str(tmp_path / "image.zarr")
+    zarr.create_array(store=path, data=img, chunks=(60, 60))
+    out = str(tmp_path / "labels.zarr")
+    lab, summary = tile_process_with(path, CountingLabel(str(calls)), out)
+    pics = summary["pictures"]
+    assert pics["files"] == {
+        "preview": os.path.join(out, PREVIEW_FILE),
+        "tile_map": os.path.join(out, TILE_MAP_FILE),
+    }
+    rgb = rgb_of(pics["files"]["preview"])
+    assert rgb.shape[:2] == (300, 420)  # small enough: every pixel
+    want = np.asarray(lab) != 0
+    got = coloured(rgb)
+    assert want.sum() > 1000
+    assert np.array_equal(got, want)
+    # each label's outline is drawn in that label's own colour
+    labels = np.asarray(lab)
+    top = np.zeros(labels.shape, bool)  # a label's pixels below another id: its outline
+    top[1:] = (labels[1:] != labels[:-1]) & (labels[1:] != 0)
+    top[::60] = False  # the tile grid is drawn over them
+    top[:, ::60] = False
+    ys, xs = np.nonzero(top)
+    assert ys.size > 200
+    assert (rgb[ys, xs] == label_colors(labels[ys, xs])).all()
+    # the tile map: 5 x 7 tiles, the last two columns skipped (grey, crossed)
+    tmap = rgb_of(pics["files"]["tile_map"])
+    cell = tmap.shape[1] // 7
+    assert tmap.shape[:2] == (5 * cell, 7 * cell)
+    grey = list(TILE_MAP_COLORS["skipped"])
+    for r in range(5):
+        for c in range(7):
+            centre_left = tmap[r * cell + cell // 2, c * cell + cell // 4 + 1].tolist()
+            assert (centre_left == grey) == (c >= 5), (r, c, centre_left)
+
+
+def tile_process_with(path, fn, out, **kw):
+    from blockbuster import tile_process
+
+    return tile_process(
+        path,
+        fn,
+        tile_shape=(60, 60),
+        write_to=out,
+        skip_empty=True,
+        return_summary=True,
+        compute=True,
+        **kw,
+    )
+
+
+def test_tile_map_marks_the_skipped_and_slow_tiles_and_seams_it_was_told_about():
+    cell = 12
+    skipped = [False] * 12
+    skipped[5] = skipped[6] = True
+    secs = [0.1] * 12
+    secs[5] = secs[6] = 0.0
+    secs[2], secs[9] = 2.0, 1.0
+    m = render_tile_map(
+        (3, 4),
+        labels=list(range(12)),
+        seconds=secs,
+        skipped=skipped,
+        slow=[2, 9],
+        seam_warnings=[(0, 1)],
+        cell=cell,
+    )
+    assert m.shape == (36, 48, 3)
+    red = list(TILE_MAP_COLORS["slow tile frame"])
+    grey = list(TILE_MAP_COLORS["skipped"])
+    orange = list(TILE_MAP_COLORS["fn seconds bar"])
+    mag = list(TILE_MAP_COLORS["seam warning"])
+    for t in range(12):
+        r, c = divmod(t, 4)
+        y, x = r * cell, c * cell
+        framed = m[y + cell // 2, x].tolist() == red and m[y, x + cell // 2].tolist() == red
+        assert framed == (t in (2, 9)), t
+        assert (m[y + 4, x + 6].tolist() == grey) == (t in (5, 6)), t
+        bar = (m[y + cell - 2, x + 1 : x + cell - 1] == orange).all(axis=-1)
+        # the slowest tile's bar runs the whole width; skipped tiles have none
+        assert bar.all() == (t == 2), t
+        assert bar.any() == (t not in (5, 6)), t
+    # the seam between tiles 0 and 1 (a vertical edge at x = cell) is magenta, no other
+    assert m[cell // 2, cell].tolist() == mag
+    assert m[cell // 2 + cell, cell].tolist() != mag
+    # more labels, brighter cell (viridis: few dark blue .. many yellow)
+    assert m[cell + 6, 3 * cell + 6].sum() > m[6, 1 * cell + 6].sum()
+
+
+def test_3d_preview_is_the_middle_plane(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, (9, 40, 50)).astype(np.uint32)
+    image = rng.random((9, 40, 50)).astype(np.float32)
+    path = str(tmp_path / "out.zarr")
+    zarr.create_array(store=path, data=labels, chunks=(3, 16, 16))
+    from blockbuster.core import TileGrid
+
+    grid = TileGrid((9, 40, 50), (3, 16, 16))
+    regions = [grid.core_bounds(n) for n in range(grid.n_tiles)]
+    got = sample_regions(regions, 3, 4, path, "t", None)
+    assert len(got) == 3 * 4  # only the tiles crossing plane 4 (z tiles 3..6)
+    pics = render_pictures(
+        [got], (14, 17), "uint32", [[], []], {**_tmap(grid)}, image_full=image[4, ::3, ::3]
+    )
+    rgb = rgb_of(pics["preview"])
+    assert np.array_equal(coloured(rgb, 10), labels[4, ::3, ::3] != 0)
+
+
+def _tmap(grid):
+    n = grid.n_tiles
+    return {
+        "grid_shape": grid.grid_shape,
+        "labels": [1] * n,
+        "seconds": [0.0] * n,
+        "skipped": [False] * n,
+    }
+
+
+def test_pictures_stay_small():
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # incompressible
+    png = encode_png(noisy)
+    assert len(png) < 1.1 * (1 << 20)  # a 256-colour palette: ~1 byte per pixel at most
+    assert rgb_of(png).shape == (1024, 1024, 3)
