@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "BlockbusterError",
+    "InputChangedError",
     "InvalidParameterError",
     "InputError",
     "TileFunctionError",
@@ -101,3 +102,8 @@ class DependencyMissingError(BlockbusterError, ImportError):
 
 class CellposeUnavailableError(DependencyMissingError):
     """Cellpose (or a version the plugin supports) is not installed where the model runs."""
+
+
+class InputChangedError(BlockbusterError, RuntimeError):
+    """The input changed while a run was reading it (stored labels holding ids their
+    index pass did not see): run again on an input nobody is writing to."""

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockbuster.worker import Scratch, keep_freed_memory, map_through
+from blockbuster.core import map_through
+from blockbuster.worker import Scratch, keep_freed_memory
 from blockbuster.worker import _memory as scratch
 
 

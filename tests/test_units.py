@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blockbuster.core import MIN_TILES_PER_UNIT, SMALL_TILE_FRACTION, make_plan, unit_tiles
-from blockbuster.errors import BlockbusterError, InvalidParameterError
+from blockbuster.errors import InputChangedError, InvalidParameterError
 from blockbuster.io import Staging, open_image
 from blockbuster.worker import relabel_tiles, segment_tiles
 
@@ -78,7 +78,7 @@ def test_a_unit_stages_one_record_and_joins_its_inner_seams(tmp_path):
     zarr.create_array(
         store=out, shape=img.shape, chunks=plan.out_chunks, dtype=np.uint32, fill_value=0
     )
-    with pytest.raises(BlockbusterError, match="input changed"):
+    with pytest.raises(InputChangedError, match="input changed"):
         relabel_tiles(plan, [0], [np.array([0, 1, 2], np.uint32)], out, "t", src.reader)
 
 

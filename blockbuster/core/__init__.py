@@ -17,6 +17,7 @@ from ._labels import (
     check_tile_labels,
     compact_labels,
     compact_with_halo,
+    map_through,
     present_ids,
 )
 from ._merge_table import MergeTable
@@ -66,6 +67,7 @@ __all__ = [
     "render_tile_map",
     "sample_starts",
     "slow_tiles",
+    "map_through",
     "DEFAULT_MEMORY_FACTOR",
     "MIN_TILES_PER_UNIT",
     "MergeTable",

@@ -22,6 +22,7 @@ import numpy as np
 from blockbuster.errors import LabelOverflowError, TileOutputError
 
 __all__ = [
+    "map_through",
     "check_tile_labels",
     "compact_labels",
     "compact_with_halo",
@@ -185,3 +186,31 @@ def compact_with_halo(
     srt = np.argsort(order, kind="stable")
     dtype = np.dtype(dtype) if dtype is not None else smallest_label_dtype(order.size)
     return _map_ids(labels, order[srt], new[srt], dtype), n
+
+
+def map_through(
+    table: np.ndarray, labels: np.ndarray, out: np.ndarray, block: int = 1 << 16
+) -> np.ndarray:
+    """``out[...] = table[labels]``, block by block through a small index buffer.
+
+    The same result as ``table[labels.astype(np.intp)]`` without the full-size index
+    array (8 bytes per voxel), with each block's passes in cache. An id outside
+    ``table`` (negative included) raises ``IndexError``.
+
+    >>> map_through(np.array([0, 10, 20]), np.array([[2, 0], [1, 1]]),
+    ...             np.empty((2, 2), np.int64)).tolist()
+    [[20, 0], [10, 10]]
+    """
+    src, dst = labels.reshape(-1), out.reshape(-1)
+    idx = np.empty(min(block, src.size), np.intp)
+    for i in range(0, src.size, block):
+        j = min(i + block, src.size)
+        k = idx[: j - i]
+        np.copyto(k, src[i:j], casting="unsafe")
+        lo, hi = int(k.min()), int(k.max())
+        if lo < 0 or hi >= table.size:
+            bad = hi if hi >= table.size else int(src[i:j].min())
+            raise IndexError(f"label id {bad} is outside the table (0..{table.size - 1})")
+        # 'clip' never buffers the output ('raise' copies it); the bounds are checked above
+        np.take(table, k, out=dst[i:j], mode="clip")
+    return out

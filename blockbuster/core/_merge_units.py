@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import BlockbusterError, TileOutputError
+from blockbuster.errors import InputChangedError, TileOutputError
 
 from ._labels import _map_ids, _negative_labels, _small_uint, present_ids
 from ._seams import face_key, touch_pairs_planes
@@ -368,9 +368,9 @@ def _map_tiles(tm, tiles, record, arrays, final, map_into):
         offset += k
 
 
-def input_changed(where: str) -> BlockbusterError:
+def input_changed(where: str) -> InputChangedError:
     """The error for stored labels that hold ids their index pass did not see."""
-    return BlockbusterError(
+    return InputChangedError(
         f"{where} of the input holds label ids it did not hold when it was indexed: the "
         "input changed during the merge. Run the merge again on an input nobody is "
         "writing to."

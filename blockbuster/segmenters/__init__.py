@@ -21,6 +21,7 @@ array([[0, 1],
 
 """
 
+from ._base import SegmenterBase
 from ._registry import (
     REQUIRED,
     available_segmenters,
@@ -28,11 +29,7 @@ from ._registry import (
     load_factory,
     segmenter_options_schema,
 )
-from ._threshold import (
-    SegmenterBase,
-    ThresholdSegmenter,
-    threshold,
-)
+from ._threshold import ThresholdSegmenter, threshold
 from ._watershed import WatershedSegmenter, watershed
 
 __all__ = [

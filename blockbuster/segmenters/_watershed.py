@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 import scipy.ndimage as ndi
 
-from ._threshold import (
+from ._base import (
     ChannelSpec,
     SegmenterBase,
     Sigma,

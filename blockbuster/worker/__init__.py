@@ -8,7 +8,6 @@ from ._in_process import run_locally
 from ._memory import (
     Scratch,
     keep_freed_memory,
-    map_through,
 )
 from ._pictures import region_samples, render_pictures, sample_regions
 from ._tile_ops import (
@@ -24,7 +23,6 @@ __all__ = [
     "empty_tiles",
     "Scratch",
     "keep_freed_memory",
-    "map_through",
     "relabel_tiles",
     "region_samples",
     "render_pictures",

@@ -8,7 +8,8 @@ per MiB. That doubles the cost of a zstd decode or a table lookup over a 1024² 
 chunk allocate its ~0.5 MiB context anew (0.19-0.3 vs 0.05 ms per 128² chunk).
 
 - :class:`Scratch`: named per-thread buffers (a tile's input and output) that a batch
-  reuses for every tile; :meth:`Scratch.clear` drops them when the batch ends.
+  reuses for every tile; :meth:`Scratch.clear` drops them when the batch ends (the
+  lookup into them is :func:`blockbuster.core.map_through`).
 - :func:`keep_freed_memory`: while a batch runs in such a worker, freed memory stays in
   the process for the next tile (glibc ``mallopt``); when the last batch running in the
   process ends, the worker's own settings come back and the free memory is returned
@@ -36,7 +37,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["Scratch", "map_through", "keep_freed_memory"]
+__all__ = ["Scratch", "keep_freed_memory"]
 
 
 class Scratch:
@@ -65,34 +66,6 @@ class Scratch:
     def clear(self) -> None:
         """Drop this thread's buffers."""
         self._local.pool = {}
-
-
-def map_through(
-    table: np.ndarray, labels: np.ndarray, out: np.ndarray, block: int = 1 << 16
-) -> np.ndarray:
-    """``out[...] = table[labels]``, block by block through a small index buffer.
-
-    The same result as ``table[labels.astype(np.intp)]`` without the full-size index
-    array (8 bytes per voxel), with each block's passes in cache. An id outside
-    ``table`` (negative included) raises ``IndexError``.
-
-    >>> map_through(np.array([0, 10, 20]), np.array([[2, 0], [1, 1]]),
-    ...             np.empty((2, 2), np.int64)).tolist()
-    [[20, 0], [10, 10]]
-    """
-    src, dst = labels.reshape(-1), out.reshape(-1)
-    idx = np.empty(min(block, src.size), np.intp)
-    for i in range(0, src.size, block):
-        j = min(i + block, src.size)
-        k = idx[: j - i]
-        np.copyto(k, src[i:j], casting="unsafe")
-        lo, hi = int(k.min()), int(k.max())
-        if lo < 0 or hi >= table.size:
-            bad = hi if hi >= table.size else int(src[i:j].min())
-            raise IndexError(f"label id {bad} is outside the table (0..{table.size - 1})")
-        # 'clip' never buffers the output ('raise' copies it); the bounds are checked above
-        np.take(table, k, out=dst[i:j], mode="clip")
-    return out
 
 
 # glibc mallopt parameters (malloc.h)

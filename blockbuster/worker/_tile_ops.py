@@ -28,6 +28,7 @@ from blockbuster.core import (
     face_key,
     index_unit,
     input_changed,
+    map_through,
     overlap_pairs,
     present_ids,
     relabel_unit,
@@ -44,7 +45,7 @@ from blockbuster.io import (
     write_regions,
 )
 
-from ._memory import Scratch, keep_freed_memory, map_through
+from ._memory import Scratch, keep_freed_memory
 
 __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
 
