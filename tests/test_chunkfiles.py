@@ -211,3 +211,24 @@ def test_group_member_path(tmp_path):
     assert cf.directory.endswith(os.path.join("g.zarr", "labels/0"))
     assert cf.write((slice(3, 6), slice(0, 3)), np.full((3, 3), 9, "u4"))
     assert int(np.asarray(g["labels/0"][...]).sum()) == 81
+
+
+def test_direct_path_can_be_switched_off(tmp_path, monkeypatch):
+    """BLOCKBUSTER_DIRECT_CHUNKS=false: neither reads nor writes take the direct path
+    (one eligibility check for both), and zarr-python gives the same bytes back."""
+    from blockbuster.errors import InvalidParameterError
+    from blockbuster.io import ShardWriter
+
+    plain = zarr.create_array(tmp_path / "a.zarr", shape=(8, 8), chunks=(4, 4), dtype="u2")
+    sharded = zarr.create_array(
+        tmp_path / "s.zarr", shape=(8, 8), chunks=(4, 4), shards=(8, 8), dtype="u2"
+    )
+    assert ChunkFiles.of(plain) is not None and ShardWriter.of(sharded) is not None
+    monkeypatch.setenv("BLOCKBUSTER_DIRECT_CHUNKS", "false")
+    assert ChunkFiles.of(plain) is None and ShardWriter.of(sharded) is None
+    data = np.arange(64, dtype="u2").reshape(8, 8)
+    write_regions(plain, [((slice(0, 8), slice(0, 8)), data)])
+    assert np.array_equal(read_region(plain, (slice(0, 8), slice(0, 8))), data)
+    monkeypatch.setenv("BLOCKBUSTER_DIRECT_CHUNKS", "sometimes")
+    with pytest.raises(InvalidParameterError, match="BLOCKBUSTER_DIRECT_CHUNKS"):
+        ChunkFiles.of(plain)

@@ -113,6 +113,33 @@ def _v3_codec(codecs: Sequence[Any], dtype: np.dtype):
     return None
 
 
+def direct_layout(arr: Any) -> tuple[str, Any, np.dtype, bool] | None:
+    """The one eligibility check of the direct chunk and shard path, shared by reads
+    and writes: ``(directory, metadata, dtype, read_only)`` of a zarr array in a local
+    directory with a regular chunk grid, no storage transformers, a numeric dtype and a
+    fill value; ``None`` otherwise, or when ``BLOCKBUSTER_DIRECT_CHUNKS=false``
+    (:mod:`blockbuster.config`). Which codecs qualify is each writer's own check."""
+    from zarr.core.chunk_grids import RegularChunkGrid
+    from zarr.storage import LocalStore
+
+    from blockbuster.config import runtime_settings
+
+    sp = getattr(arr, "store_path", None)
+    md = getattr(arr, "metadata", None)
+    if sp is None or md is None or type(sp.store) is not LocalStore:
+        return None
+    if not runtime_settings().direct_chunks:
+        return None
+    dtype = np.dtype(arr.dtype)
+    if dtype.kind not in "biuf" or arr.fill_value is None:
+        return None
+    if md.zarr_format == 3 and (
+        not isinstance(md.chunk_grid, RegularChunkGrid) or getattr(md, "storage_transformers", ())
+    ):
+        return None
+    return os.path.join(str(sp.store.root), sp.path), md, dtype, bool(sp.store.read_only)
+
+
 class ChunkFiles:
     """The chunk files of one zarr array on a local disk (see the module docstring).
 
@@ -148,23 +175,11 @@ class ChunkFiles:
     @classmethod
     def of(cls, arr: Any) -> ChunkFiles | None:
         """The chunk files of ``arr`` (a ``zarr.Array``), or ``None`` if not eligible."""
-        try:
-            from zarr.core.chunk_grids import RegularChunkGrid
-            from zarr.storage import LocalStore
-        except ImportError:  # pragma: no cover - zarr < 3
+        found = direct_layout(arr)
+        if found is None:
             return None
-        sp = getattr(arr, "store_path", None)
-        md = getattr(arr, "metadata", None)
-        if sp is None or md is None or type(sp.store) is not LocalStore:
-            return None
-        dtype = np.dtype(arr.dtype)
-        if dtype.kind not in "biuf" or arr.fill_value is None:
-            return None
+        directory, md, dtype, read_only = found
         if md.zarr_format == 3:
-            if not isinstance(md.chunk_grid, RegularChunkGrid) or getattr(
-                md, "storage_transformers", ()
-            ):
-                return None
             got = _v3_codec(md.codecs, dtype)
             if got is None:
                 return None
@@ -180,7 +195,7 @@ class ChunkFiles:
         config = getattr(arr.async_array, "config", None)
         write_empty = bool(getattr(config, "write_empty_chunks", False))
         return cls(
-            os.path.join(str(sp.store.root), sp.path),
+            directory,
             tuple(int(s) for s in arr.shape),
             tuple(int(c) for c in arr.chunks),
             dtype,
@@ -189,7 +204,7 @@ class ChunkFiles:
             codec,
             md.encode_chunk_key,
             write_empty,
-            not sp.store.read_only,
+            not read_only,
         )
 
     # -- paths --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ._chunkfiles import _v3_codec, write_file
+from ._chunkfiles import _v3_codec, direct_layout, write_file
 
 __all__ = ["ShardWriter"]
 
@@ -78,33 +78,18 @@ class ShardWriter:
     @classmethod
     def of(cls, arr: Any) -> ShardWriter | None:
         """The shard writer of ``arr`` (a ``zarr.Array``), or ``None`` if not eligible."""
-        try:
-            from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-            from zarr.core.chunk_grids import RegularChunkGrid
-            from zarr.storage import LocalStore
-        except ImportError:  # pragma: no cover - zarr < 3
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+        found = direct_layout(arr)
+        if found is None:
             return None
-        sp = getattr(arr, "store_path", None)
-        md = getattr(arr, "metadata", None)
-        if (
-            sp is None
-            or md is None
-            or type(sp.store) is not LocalStore
-            or getattr(md, "zarr_format", None) != 3
-            or sp.store.read_only
-        ):
-            return None
-        if not isinstance(md.chunk_grid, RegularChunkGrid) or getattr(
-            md, "storage_transformers", ()
-        ):
+        directory, md, dtype, read_only = found
+        if md.zarr_format != 3 or read_only:
             return None
         codecs = md.codecs
         if len(codecs) != 1 or type(codecs[0]) is not ShardingCodec:
             return None
         sc = codecs[0]
-        dtype = np.dtype(arr.dtype)
-        if dtype.kind not in "biuf" or arr.fill_value is None:
-            return None
         got = _v3_codec(sc.codecs, dtype)
         idx = tuple(sc.index_codecs)
         if (
@@ -122,7 +107,7 @@ class ShardWriter:
         if any(s % c for s, c in zip(shard_shape, chunk_shape)):  # pragma: no cover
             return None
         return cls(
-            os.path.join(str(sp.store.root), sp.path),
+            directory,
             tuple(int(s) for s in arr.shape),
             shard_shape,
             chunk_shape,
