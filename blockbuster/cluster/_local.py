@@ -38,55 +38,36 @@ __all__ = [
 log = logging.getLogger("blockbuster")
 
 
-def _cgroup_cpus() -> float | None:
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _cgroup_memory() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                v = f.read().strip()
-            if v != "max" and int(v) < (1 << 60):
-                return int(v)
-        except (OSError, ValueError):
-            pass
-    return None
-
-
 def allocation() -> dict[str, Any]:
     """CPUs and memory this process may use: SLURM allocation, cgroup limits, affinity.
 
+    CPUs: :func:`dask.system.cpu_count` (affinity and cgroup quotas, v1 and v2), then a
+    SLURM allocation (``SLURM_CPUS_PER_TASK`` / ``SLURM_CPUS_ON_NODE``), which dask does
+    not read. Memory: what is available now (psutil), capped by
+    :func:`distributed.system.memory_limit` (cgroup limits and ``RLIMIT_RSS``, less what
+    this process already holds) and by a SLURM allocation (``SLURM_MEM_PER_NODE``,
+    ``SLURM_MEM_PER_CPU``), which distributed does not read.
+
     Returns a dict with ``cpus``, ``memory_bytes`` and ``source`` (what decided them).
     """
-    source = []
-    try:
-        cpus = len(os.sched_getaffinity(0))
-        source.append("affinity")
-    except AttributeError:  # pragma: no cover - macOS
-        cpus = os.cpu_count() or 1
-    cg = _cgroup_cpus()
-    if cg is not None and cg < cpus:
-        cpus, _ = max(1, int(cg)), source.append("cgroup cpu.max")
+    from dask.system import cpu_count
+    from distributed.system import memory_limit
+
+    source = ["dask.system.cpu_count (affinity, cgroup)"]
+    cpus = cpu_count()
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
     if slurm_cpus and slurm_cpus.isdigit() and int(slurm_cpus) < cpus:
         cpus = int(slurm_cpus)
         source.append("SLURM_CPUS_PER_TASK")
-    mem = psutil.virtual_memory().available
+    vm = psutil.virtual_memory()
+    mem = vm.available
     source.append("psutil available memory")
-    cgm = _cgroup_memory()
-    if cgm is not None:
-        used = psutil.Process().memory_info().rss
-        if cgm - used < mem:
-            mem = max(cgm - used, 1)
-            source.append("cgroup memory.max")
+    limit = memory_limit()
+    if limit < vm.total:  # a cgroup or rlimit applies
+        free = max(limit - psutil.Process().memory_info().rss, 1)
+        if free < mem:
+            mem = free
+            source.append("distributed.system.memory_limit (cgroup, rlimit)")
     slurm_mem = os.environ.get("SLURM_MEM_PER_NODE")
     if slurm_mem and slurm_mem.isdigit():
         mem = min(mem, int(slurm_mem) * 1024**2)
