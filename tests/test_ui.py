@@ -1,0 +1,204 @@
+"""The local UI, end to end, in a real headless browser.
+
+`blockbuster up` starts a Prefect server on 127.0.0.1 (its own PREFECT_HOME, a free
+port); a fresh Python process runs a job and reports to it (no temporary server);
+`blockbuster serve` registers the deployments with it. Then the system's Chromium
+(driven over CDP, tests/browser.py) opens the run's picture artifacts (the <img>
+elements must have loaded, with a non-zero natural size) and the `segment`
+deployment's run form (its titles, descriptions and segmenter choices must show).
+`blockbuster down` stops the server; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from browser import browser, chromium_path
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        chromium_path() is None,
+        reason="no chromium (CI installs it: apt-get install chromium)",
+    ),
+]
+
+JOB = """
+import json, sys, time
+t0 = time.perf_counter()
+import scipy.ndimage as ndi
+from blockbuster import tile_process
+
+def label(tile):
+    return ndi.label(tile > 0)[0]
+
+_, s = tile_process(sys.argv[1], label, tile_shape=(64, 64), write_to=sys.argv[2],
+                    return_summary=True)
+print(json.dumps({"flow_run_id": s["flow_run_id"], "pictures": s.get("pictures"),
+                  "seconds": time.perf_counter() - t0}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    code = "import sys; from blockbuster.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path):
+    import httpx
+
+    home, data = tmp_path / "prefect-home", tmp_path / "data"
+    home.mkdir()
+    data.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BLOCKBUSTER_"))}
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+            ),
+        }
+    )
+    port = _free_port()
+    up = _cli("up", "--port", str(port), env=env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads((home / "blockbuster-server.json").read_text())
+    serve = None
+    try:
+        assert f"http://127.0.0.1:{port}" in up.stdout
+        info = _cli("info", env=env, timeout=120)
+        assert f"up at http://127.0.0.1:{port}" in info.stdout, info.stdout + info.stderr
+        api = f"http://127.0.0.1:{port}/api"
+        client = httpx.Client(base_url=api, timeout=30)
+
+        # a fresh process runs a 16-tile job: it reports to the server `up` started
+        rng = np.random.default_rng(3)
+        img = (rng.random((256, 256)) > 0.6).astype(np.uint8)
+        image = str(data / "image.zarr")
+        zarr.create_array(store=image, data=img, chunks=(64, 64))
+        out = str(data / "labels.zarr")
+        job = subprocess.run(
+            [sys.executable, "-c", JOB, image, out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        res = json.loads(job.stdout.strip().splitlines()[-1])
+        assert "Starting temporary server" not in job.stdout + job.stderr
+        run = client.get(f"/flow_runs/{res['flow_run_id']}")
+        assert run.status_code == 200 and run.json()["state"]["type"] == "COMPLETED"
+        assert os.path.exists(res["pictures"]["files"]["preview"])
+
+        # the deployments, registered with the same server by `blockbuster serve`
+        serve_log = open(tmp_path / "serve.log", "wb")
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from blockbuster.cli import main; sys.exit(main())",
+                "serve",
+            ],
+            env={**env, "BLOCKBUSTER_DATA_ROOTS": str(data)},
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 240
+        while True:
+            r = client.post("/deployments/filter", json={})
+            deps = {d["name"]: d for d in r.json()} if r.status_code == 200 else {}
+            if "segment" in deps:
+                break
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        schema = deps["segment"]["parameter_openapi_schema"]
+        arts = client.post(
+            "/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [res["flow_run_id"]]}}},
+        ).json()
+        by_key = {a["key"]: a for a in arts}
+        assert {"blockbuster-preview", "blockbuster-tile-map"} <= set(by_key), list(by_key)
+
+        with browser() as b:
+            for key in ("blockbuster-preview", "blockbuster-tile-map"):
+                b.open(f"http://127.0.0.1:{port}/artifacts/artifact/{by_key[key]['id']}")
+                imgs = b.wait_for(
+                    "[...document.images].map(i => ({src: i.src.slice(0, 22),"
+                    " complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}))",
+                    lambda v: (
+                        bool(v)
+                        and any(
+                            i["src"] == "data:image/png;base64," and i["complete"] and i["w"] > 0
+                            for i in v
+                        )
+                    ),
+                    timeout=90,
+                )
+                shown = [i for i in imgs if i["src"] == "data:image/png;base64,"]
+                assert shown[0]["w"] > 0 and shown[0]["h"] > 0, imgs
+            b.open(f"http://127.0.0.1:{port}/deployments/deployment/{deps['segment']['id']}/run")
+            text = b.wait_for(
+                "document.body ? document.body.innerText : ''",
+                lambda t: bool(t) and "Input image" in t and "Tiling and merge" in t,
+                timeout=90,
+            )
+            props = schema["properties"]
+            for name in ("image", "segmenter", "output", "tiling"):
+                assert props[name]["title"] in text, name
+                first_words = " ".join(props[name]["description"].split()[:6])
+                assert first_words in " ".join(text.split()), name
+            options = b.evaluate(
+                "[...document.querySelectorAll('select option')].map(o => o.text)"
+            )
+            assert {"threshold", "watershed"} <= set(options), options
+    finally:
+        if serve is not None:
+            os.killpg(serve.pid, 15)
+            serve.wait(timeout=60)
+        down = _cli("down", env=env, timeout=120)
+        if _alive(state["pid"]):  # pragma: no cover - down failed: do not leave it running
+            os.killpg(state["pid"], 9)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    assert not _alive(state["pid"])
+    info = _cli("info", env=env, timeout=120)
+    assert "not running" in info.stdout, info.stdout
