@@ -59,7 +59,7 @@ def auto_tile_shape(
     bpv = bytes_per_voxel(itemsize, n_channels, memory_factor)
     budget = int(memory_bytes * safety)
 
-    def cost(t):
+    def cost(t: list[int]) -> float:
         return bpv * math.prod(min(ti + 2 * o, s) for ti, o, s in zip(t, overlap, shape))
 
     tile = list(chunks)

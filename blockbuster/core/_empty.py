@@ -23,11 +23,12 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["threshold_from_sample", "sample_image", "tile_maxima"]
 
 
-def threshold_from_sample(sample: np.ndarray) -> dict[str, Any]:
+def threshold_from_sample(sample: NDArray[Any]) -> dict[str, Any]:
     """Estimate the empty/non-empty threshold from sampled pixel values."""
     s = np.asarray(sample).ravel()
     if s.size == 0:
@@ -41,8 +42,13 @@ def threshold_from_sample(sample: np.ndarray) -> dict[str, Any]:
     return {"threshold": t, "method": "Otsu threshold of a sample"}
 
 
-def sample_image(src, max_chunks: int = 32, max_pixels: int = 4_000_000) -> tuple[np.ndarray, str]:
-    """A cheap sample of ``src``'s pixels (all channels), and how it was taken."""
+def sample_image(
+    src: Any, max_chunks: int = 32, max_pixels: int = 4_000_000
+) -> tuple[NDArray[Any], str]:
+    """A cheap sample of ``src``'s pixels (all channels), and how it was taken.
+
+    ``src`` is an input source (``blockbuster.io.ArraySource``; core does not import io).
+    """
     levels = src.meta.get("levels") if src.meta else None
     reader = src.reader
     if src.kind == "stored" and levels and len(levels) > 1 and hasattr(reader, "read_level"):
@@ -68,7 +74,9 @@ def sample_image(src, max_chunks: int = 32, max_pixels: int = 4_000_000) -> tupl
     return np.asarray(src.dask_array[sl].compute()), f"strided sample (step {step})"
 
 
-def tile_maxima(arr, tile_shape: tuple[int, ...], channel_axis: int | None = None):
+def tile_maxima(
+    arr: Any, tile_shape: tuple[int, ...], channel_axis: int | None = None
+) -> NDArray[Any]:
     """Per-tile maximum of a NumPy or dask array (tiles over spatial axes)."""
     import dask.array as da
 
@@ -81,4 +89,5 @@ def tile_maxima(arr, tile_shape: tuple[int, ...], channel_axis: int | None = Non
         chunks=tuple((1,) * len(c) for c in x.chunks),
         dtype=x.dtype,
     )
-    return mx.compute()
+    out: NDArray[Any] = mx.compute()
+    return out

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 __all__ = ["TileGrid", "forward_offsets"]
 
@@ -60,7 +62,7 @@ class TileGrid:
     tile_shape: tuple[int, ...]
     overlap: tuple[int, ...] = field(default=())
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "tile_shape", tuple(int(t) for t in self.tile_shape))
         ov = self.overlap or (0,) * len(self.shape)
@@ -147,7 +149,9 @@ class TileGrid:
     def _forward(self) -> list[tuple[int, ...]]:
         return forward_offsets(self.ndim)
 
-    def forward_neighbours(self, n: int, max_order: int | None = None):
+    def forward_neighbours(
+        self, n: int, max_order: int | None = None
+    ) -> Iterator[tuple[int, tuple[int, ...]]]:
         """Yield ``(neighbour_number, delta)`` for the forward neighbours of tile ``n``.
 
         ``max_order`` limits the number of non-zero entries of ``delta`` (1 = face
@@ -161,7 +165,7 @@ class TileGrid:
             if all(0 <= j < g for j, g in zip(nb, self.grid_shape)):
                 yield self.tile_number(nb), delta
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "shape": list(self.shape),
             "tile_shape": list(self.tile_shape),

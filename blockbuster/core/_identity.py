@@ -44,7 +44,7 @@ def _source_hash(obj: Any) -> str | None:
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
-def fn_token(fn: Callable) -> str:
+def fn_token(fn: Callable[..., Any]) -> str:
     """A string identifying what ``fn`` computes: name, source hash and options.
 
     - an object with ``cache_token()``: that string;
@@ -68,7 +68,7 @@ def fn_token(fn: Callable) -> str:
     return stable_hash(["object", name, _source_hash(cls), repr(fn)])
 
 
-def path_stamp(path: str | os.PathLike) -> dict[str, Any]:
+def path_stamp(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Identity of a file or directory store: resolved path and newest modification time.
 
     For a directory (a zarr store) the newest ``mtime`` among its metadata files and

@@ -17,7 +17,10 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from blockbuster.errors import LabelOverflowError, TileOutputError
 
@@ -33,7 +36,7 @@ __all__ = [
 _U32_MAX = np.iinfo(np.uint32).max
 
 
-def smallest_label_dtype(max_label: int) -> np.dtype:
+def smallest_label_dtype(max_label: int) -> np.dtype[Any]:
     """``uint32`` when ``max_label`` fits, else ``uint64``; beyond that an error."""
     if max_label <= _U32_MAX:
         return np.dtype(np.uint32)
@@ -43,8 +46,8 @@ def smallest_label_dtype(max_label: int) -> np.dtype:
 
 
 def check_tile_labels(
-    labels, expected_shape: tuple[int, ...], tile: int, origin: tuple[int, ...]
-) -> np.ndarray:
+    labels: Any, expected_shape: tuple[int, ...], tile: int, origin: tuple[int, ...]
+) -> NDArray[Any]:
     """Validate what ``fn`` returned for one tile; return it as a NumPy integer array.
 
     Raises
@@ -83,7 +86,7 @@ def check_tile_labels(
     return arr
 
 
-def _negative_labels(low: int, tile: int, origin) -> TileOutputError:
+def _negative_labels(low: int, tile: int, origin: tuple[int, ...]) -> TileOutputError:
     return TileOutputError(
         f"fn returned negative labels (min {low}) for tile {tile} (origin {tuple(origin)}); "
         "labels must be >= 0 with 0 as background",
@@ -92,7 +95,7 @@ def _negative_labels(low: int, tile: int, origin) -> TileOutputError:
     )
 
 
-def present_ids(labels: np.ndarray) -> np.ndarray:
+def present_ids(labels: NDArray[Any]) -> NDArray[Any]:
     """Sorted non-zero ids present in ``labels``.
 
     Label images are made of runs of equal values, and every id present starts a run
@@ -126,7 +129,9 @@ def present_ids(labels: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def _map_ids(labels: np.ndarray, ids: np.ndarray, new: np.ndarray, dtype) -> np.ndarray:
+def _map_ids(
+    labels: NDArray[Any], ids: NDArray[Any], new: NDArray[Any], dtype: DTypeLike
+) -> NDArray[Any]:
     """Replace ``ids[k]`` by ``new[k]`` (everything else by 0)."""
     if ids.size == 0:
         return np.zeros(labels.shape, dtype=dtype)
@@ -141,7 +146,7 @@ def _map_ids(labels: np.ndarray, ids: np.ndarray, new: np.ndarray, dtype) -> np.
     return np.where(hit, new.astype(dtype)[pos], 0).astype(dtype, copy=False)
 
 
-def _small_uint(n: int) -> np.dtype:
+def _small_uint(n: int) -> np.dtype[Any]:
     """The smallest unsigned dtype holding 0..n (staged tiles use it: fewer bytes to move)."""
     for dt in (np.uint8, np.uint16, np.uint32):
         if n <= np.iinfo(dt).max:
@@ -149,7 +154,9 @@ def _small_uint(n: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def compact_labels(labels: np.ndarray, dtype=None, small: bool = False) -> tuple[np.ndarray, int]:
+def compact_labels(
+    labels: NDArray[Any], dtype: DTypeLike | None = None, small: bool = False
+) -> tuple[NDArray[Any], int]:
     """Renumber the non-zero ids of ``labels`` to 1..n, keeping their order.
 
     The result has ``dtype`` when given, else the smallest unsigned dtype holding n
@@ -169,8 +176,11 @@ def compact_labels(labels: np.ndarray, dtype=None, small: bool = False) -> tuple
 
 
 def compact_with_halo(
-    labels: np.ndarray, core: tuple[slice, ...], dtype=None, ids: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
+    labels: NDArray[Any],
+    core: tuple[slice, ...],
+    dtype: DTypeLike | None = None,
+    ids: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], int]:
     """Compact labels of an extended tile so that core ids come first.
 
     Ids present in the core become 1..n (in order); ids present only in the halo get

@@ -26,8 +26,10 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -40,15 +42,15 @@ __all__ = ["MergeTable"]
 class MergeTable:
     """Offsets, merged nodes and their final ids (see the module docstring)."""
 
-    counts: np.ndarray  # labels per tile (int64)
-    offsets: np.ndarray  # first node of each tile minus one (int64)
-    nodes: np.ndarray  # sorted nodes that take part in a merge
-    final: np.ndarray  # their final (smallest-in-component) node
-    removed: np.ndarray  # sorted nodes merged into another one
+    counts: NDArray[Any]  # labels per tile (int64)
+    offsets: NDArray[Any]  # first node of each tile minus one (int64)
+    nodes: NDArray[Any]  # sorted nodes that take part in a merge
+    final: NDArray[Any]  # their final (smallest-in-component) node
+    removed: NDArray[Any]  # sorted nodes merged into another one
     sequential: bool = False
 
     @classmethod
-    def build(cls, counts, pairs: np.ndarray, sequential: bool = False) -> MergeTable:
+    def build(cls, counts: ArrayLike, pairs: ArrayLike, sequential: bool = False) -> MergeTable:
         counts = np.asarray(counts, dtype=np.int64)
         offsets = np.zeros(counts.size, dtype=np.int64)
         if counts.size > 1:
@@ -98,10 +100,10 @@ class MergeTable:
         return int(top)
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
         return smallest_label_dtype(self.max_label)
 
-    def tile_lut(self, tile: int, dtype=None) -> np.ndarray:
+    def tile_lut(self, tile: int, dtype: DTypeLike | None = None) -> NDArray[Any]:
         """The lookup table of one tile: ``lut[local_id] = final label`` (``lut[0] == 0``)."""
         n = int(self.counts[tile])
         off = int(self.offsets[tile])

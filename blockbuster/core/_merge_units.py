@@ -46,15 +46,37 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from blockbuster.errors import InputChangedError, TileOutputError
 
 from ._labels import _map_ids, _negative_labels, _small_uint, present_ids
 from ._seams import face_key, touch_pairs_planes
+
+Bounds = Sequence[tuple[int, int]]
+"""``((lo, hi), ...)`` per spatial axis, global coordinates."""
+Planes = dict[tuple[int, bool], list[NDArray[Any]]]
+"""The boundary planes of a unit's tiles: ``(axis, high side) -> one plane per layer``."""
+Buffer = Callable[[str, tuple[int, ...], DTypeLike], NDArray[Any]]
+"""``buffer(name, shape, dtype)``: a reusable work array."""
+WriteTile = Callable[[tuple[tuple[int, int], ...], NDArray[Any]], object]
+"""``write_tile(tile_bounds, labels)``: stores one tile's final labels."""
+MapInto = Callable[[NDArray[Any], NDArray[Any], "NDArray[Any] | None"], NDArray[Any]]
+"""``map_into(tile_lut, raw, ids)``: one tile's final labels."""
+
+
+class ReadInto(Protocol):
+    """``read_into(tile_bounds, out)`` fills ``out`` with a tile's labels, of ``dtype``."""
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    def __call__(self, bounds: tuple[tuple[int, int], ...], out: NDArray[Any], /) -> None: ...
+
 
 __all__ = [
     "UNIT_VOXELS",
@@ -129,7 +151,7 @@ def unit_tiles_of(
         yield pos, tb
 
 
-def _layers(bounds, tile_shape) -> list[int]:
+def _layers(bounds: Bounds, tile_shape: Sequence[int]) -> list[int]:
     return [len(range(lo // t, -(-hi // t))) for (lo, hi), t in zip(bounds, tile_shape)]
 
 
@@ -137,10 +159,10 @@ def index_unit(
     bounds: Sequence[tuple[int, int]],
     tile_shape: Sequence[int],
     connectivity: int,
-    read_into,
+    read_into: ReadInto,
     unit: int,
-    buffer,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    buffer: Buffer,
+) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
     """Index the tiles of one unit; return its record fields and staged arrays.
 
     ``read_into(tile_bounds, out)`` fills ``out`` (the tile's whole chunk shape, of
@@ -176,7 +198,7 @@ def index_unit(
     nd = len(bounds)
     ushape = tuple(hi - lo for lo, hi in bounds)
     layers = tm.shape[:nd]
-    planes: dict[tuple[int, bool], list[np.ndarray]] = {}
+    planes: dict[tuple[int, bool], list[NDArray[Any]]] = {}
     for d in range(nd):
         for hi in (False, True):
             face = np.take(tm, tile_shape[d] - 1 if hi else 0, axis=nd + d)
@@ -209,21 +231,21 @@ def index_unit(
 
 
 def _index_tiles(
-    bounds, tile_shape, connectivity: int, tm: np.ndarray
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    bounds: Bounds, tile_shape: Sequence[int], connectivity: int, tm: NDArray[Any]
+) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
     """index_unit one tile at a time (ids too large for one table of the unit)."""
     nd = len(bounds)
     lo = [b[0] for b in bounds]
     ushape = tuple(hi - lo_ for lo_, hi in bounds)
     layers = _layers(bounds, tile_shape)
-    planes: dict[tuple[int, bool], list[np.ndarray]] = {
+    planes: dict[tuple[int, bool], list[NDArray[Any]]] = {
         (d, hi): [np.zeros(ushape[:d] + ushape[d + 1 :], np.int64) for _ in range(layers[d])]
         for d in range(nd)
         for hi in (False, True)
     }
     counts: list[int] = []
     identity: list[bool] = []
-    kept_ids: list[np.ndarray] = []
+    kept_ids: list[NDArray[Any]] = []
     offset = 0
     for pos, tb in unit_tiles_of(bounds, tile_shape):
         labels = tm[pos][tuple(slice(0, b - a) for a, b in tb)]
@@ -260,8 +282,14 @@ def _index_tiles(
 
 
 def _staged(
-    planes, layers, connectivity: int, n_nodes: int, faces: dict, arrays: dict, fields: dict
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    planes: Planes,
+    layers: Sequence[int],
+    connectivity: int,
+    n_nodes: int,
+    faces: dict[str, NDArray[Any]],
+    arrays: dict[str, NDArray[Any]],
+    fields: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
     """Join the unit's labels across its inner seams; return the record fields and the
     arrays to stage (``comp``, the outer ``faces`` in unit ids, and ``arrays``)."""
     comp, m, n_pairs = _join(planes, layers, connectivity, n_nodes)
@@ -276,7 +304,9 @@ def _staged(
     }
 
 
-def _join(planes, layers, connectivity: int, n_nodes: int) -> tuple[np.ndarray, int, int]:
+def _join(
+    planes: Planes, layers: Sequence[int], connectivity: int, n_nodes: int
+) -> tuple[NDArray[Any], int, int]:
     """``(comp, m, pairs)``: each node's unit id (labels touching across an inner seam
     share one; ids 1..m in order of their first node), from the tiles' boundary planes,
     and how many touching pairs joined them."""
@@ -308,12 +338,12 @@ def relabel_unit(
     bounds: Sequence[tuple[int, int]],
     tile_shape: Sequence[int],
     record: dict[str, Any],
-    arrays: dict[str, np.ndarray],
-    lut: np.ndarray,
-    read_into,
-    buffer,
-    write_tile,
-    map_into,
+    arrays: dict[str, NDArray[Any]],
+    lut: NDArray[Any],
+    read_into: ReadInto,
+    buffer: Buffer,
+    write_tile: WriteTile,
+    map_into: MapInto,
 ) -> int:
     """Write the final labels of each tile of a unit; return the voxels written.
 
@@ -339,18 +369,26 @@ def relabel_unit(
             buffer("unit-output", tm.shape, lut.dtype),
             buffer("unit-index", tm.shape[1:], np.intp),
         )
-        mapped = (out[pos] for pos, _ in tiles)
+        mapped: Iterator[NDArray[Any] | None] = (out[pos] for pos, _ in tiles)
     else:
         mapped = _map_tiles(tm, tiles, record, arrays, final, map_into)
     written = 0
     for (_pos, tb), k, labels in zip(tiles, counts, mapped):
         if k:
+            assert labels is not None  # only tiles without labels map to None
             write_tile(tb, labels[tuple(slice(0, b - a) for a, b in tb)])
             written += math.prod(b - a for a, b in tb)
     return written
 
 
-def _map_tiles(tm, tiles, record, arrays, final, map_into):
+def _map_tiles(
+    tm: NDArray[Any],
+    tiles: Sequence[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]],
+    record: dict[str, Any],
+    arrays: dict[str, NDArray[Any]],
+    final: NDArray[Any],
+    map_into: MapInto,
+) -> Iterator[NDArray[Any] | None]:
     """Each tile's final labels, one tile at a time (None for tiles without labels)."""
     ids_all = arrays.get("ids")
     offset = ids_at = 0
@@ -362,6 +400,7 @@ def _map_tiles(tm, tiles, record, arrays, final, map_into):
         tile_lut[0] = 0
         ids = None
         if not same:
+            assert ids_all is not None  # staged whenever a tile's ids are not 1..k
             ids = ids_all[ids_at : ids_at + k]
             ids_at += k
         yield map_into(tile_lut, np.ascontiguousarray(tm[pos]), ids)
@@ -381,15 +420,13 @@ def input_changed(where: str) -> InputChangedError:
 
 
 def read_unit(
-    bounds: Sequence[tuple[int, int]], tile_shape: Sequence[int], read_into, buffer
-) -> np.ndarray:
+    bounds: Bounds, tile_shape: Sequence[int], read_into: ReadInto, buffer: Buffer
+) -> NDArray[Any]:
     """The unit's tiles in *tile-major* order: shape ``layers + tile_shape`` (tile
     ``pos`` is ``tm[pos]``, contiguous); the part of a tile past the unit's end is 0."""
     layers = tuple(_layers(bounds, tile_shape))
-    tm = None
+    tm = buffer("unit-input", layers + tuple(tile_shape), read_into.dtype)
     for pos, tb in unit_tiles_of(bounds, tile_shape):
-        if tm is None:
-            tm = buffer("unit-input", layers + tuple(tile_shape), read_into.dtype)
         slot = tm[pos]
         read_into(tb, slot)
         for ax, ((a, b), t) in enumerate(zip(tb, tile_shape)):
@@ -398,7 +435,9 @@ def read_unit(
     return tm
 
 
-def _check_negative(tm: np.ndarray, bounds, tile_shape, unit: int) -> None:
+def _check_negative(
+    tm: NDArray[Any], bounds: Bounds, tile_shape: Sequence[int], unit: int
+) -> None:
     if tm.dtype.kind not in "iu":
         raise TileOutputError(
             f"labels of dtype {tm.dtype} in merge unit {unit}; label "
@@ -413,7 +452,7 @@ def _check_negative(tm: np.ndarray, bounds, tile_shape, unit: int) -> None:
         raise _negative_labels(int(tm.min()), unit, origin)
 
 
-def _spatial(a: np.ndarray) -> np.ndarray:
+def _spatial(a: NDArray[Any]) -> NDArray[Any]:
     """A tile-major array (``layers + tile dims``) in spatial layout."""
     k = a.ndim // 2
     order = [x for d in range(k) for x in (d, k + d)]
@@ -426,7 +465,7 @@ class UnitTable:
     voxel, face or tile of the unit. Node ids are 1..n in table order (tile by tile,
     then by id), as in :func:`_index_tiles`."""
 
-    def __init__(self, mx: np.ndarray, keys: np.ndarray, layers: tuple[int, ...]):
+    def __init__(self, mx: NDArray[Any], keys: NDArray[Any], layers: tuple[int, ...]):
         self.max = mx
         self.layers = layers
         self.base = np.zeros(mx.size, np.int64)
@@ -438,7 +477,7 @@ class UnitTable:
         self.node[keys] = np.arange(1, keys.size + 1)
 
     @classmethod
-    def of(cls, tm: np.ndarray) -> UnitTable | None:
+    def of(cls, tm: NDArray[Any]) -> UnitTable | None:
         """The table of a tile-major unit, or None when its ids are too large."""
         nd = tm.ndim // 2
         n_tiles = math.prod(tm.shape[:nd])
@@ -465,30 +504,36 @@ class UnitTable:
         return cls(mx, keys, tm.shape[:nd])
 
     @classmethod
-    def rebuild(cls, mx, keys: np.ndarray, layers) -> UnitTable:
+    def rebuild(cls, mx: ArrayLike, keys: NDArray[Any], layers: Sequence[int]) -> UnitTable:
         return cls(np.asarray(mx, np.int64), keys.astype(np.int64, copy=False), tuple(layers))
 
     @property
-    def counts(self) -> np.ndarray:
+    def counts(self) -> NDArray[Any]:
         tile = np.searchsorted(self.base, self.keys, side="right") - 1
-        return np.bincount(tile, minlength=self.max.size)
+        counts: NDArray[np.intp] = np.bincount(tile, minlength=self.max.size)
+        return counts
 
     @property
-    def identity(self) -> np.ndarray:
-        return self.counts == self.max
+    def identity(self) -> NDArray[Any]:
+        same: NDArray[np.bool_] = self.counts == self.max
+        return same
 
-    def nodes(self, face: np.ndarray, layer: tuple[int, int] | None = None) -> np.ndarray:
+    def nodes(self, face: NDArray[Any], layer: tuple[int, int] | None = None) -> NDArray[Any]:
         """Node ids of a tile-major ``face`` (``layers + tile dims``, one tile axis
         taken; with ``layer=(axis, i)`` one layer along ``axis`` taken too)."""
-        base = self.base.reshape(self.layers)
+        base: NDArray[np.int64] = self.base.reshape(self.layers)
         if layer is not None:
-            base = base.take(layer[1], axis=layer[0])
+            # numpy's stub types take(scalar index) as a scalar even along an axis
+            base = base.take(layer[1], axis=layer[0])  # type: ignore[assignment]
         k = base.ndim
-        return self.node[face + base.reshape(base.shape + (1,) * (face.ndim - k))]
+        nodes: NDArray[np.int64] = self.node[
+            face + base.reshape(base.shape + (1,) * (face.ndim - k))
+        ]
+        return nodes
 
     def map(
-        self, tm: np.ndarray, final: np.ndarray, out: np.ndarray, index: np.ndarray
-    ) -> np.ndarray:
+        self, tm: NDArray[Any], final: NDArray[Any], out: NDArray[Any], index: NDArray[Any]
+    ) -> NDArray[Any]:
         """``out`` = final ids of every voxel of the tile-major unit ``tm`` (``final``:
         node -> final id), one layer of tiles at a time through ``index``. No id of a
         tile may exceed that tile's largest id when the table was made (the caller

@@ -23,18 +23,21 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 __all__ = ["contingency", "instance_f1", "same_partition"]
 
 
-def _compact(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _compact(a: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """Unique values of ``a`` and ``a`` replaced by their index among them (int64)."""
     values, inverse = np.unique(np.asarray(a).ravel(), return_inverse=True)
     return values, inverse.astype(np.int64, copy=False).ravel()
 
 
-def contingency(a: np.ndarray, b: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+def contingency(
+    a: NDArray[Any], b: NDArray[Any]
+) -> tuple[sp.csr_matrix, NDArray[Any], NDArray[Any]]:
     """Sparse contingency table of two label images of the same shape.
 
     Parameters
@@ -68,7 +71,7 @@ def contingency(a: np.ndarray, b: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray
     return table, a_ids, b_ids
 
 
-def instance_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict[str, Any]:
+def instance_f1(pred: NDArray[Any], truth: NDArray[Any], iou: float = 0.5) -> dict[str, Any]:
     """Instance-level precision, recall and F1 of ``pred`` against ``truth``.
 
     A predicted object and a true object match when their intersection over union is
@@ -145,7 +148,7 @@ def instance_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict[s
     }
 
 
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+def same_partition(a: NDArray[Any], b: NDArray[Any]) -> bool:
     """Whether two label images are equal up to a renaming of the ids, 0 staying 0.
 
     This is the test of "the tiled result equals whole-image labelling as a partition":

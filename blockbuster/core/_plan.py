@@ -88,11 +88,11 @@ class RunPlan:
         return f"{self.run_key}-{'seq' if self.sequential else 'ids'}"
 
 
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def normalize_tile_shape(tile_shape, src: ImageSource) -> tuple[int, ...]:
+def normalize_tile_shape(tile_shape: Any, src: ImageSource) -> tuple[int, ...]:
     """Spatial tile shape from one int per image axis (channel axis included) or per
     spatial axis; entries larger than the image are clipped to it."""
     spatial = src.spatial_shape
@@ -127,7 +127,7 @@ def normalize_tile_shape(tile_shape, src: ImageSource) -> tuple[int, ...]:
 
 
 def normalize_overlap(
-    overlap, src: ImageSource, tile_shape: Sequence[int] | None = None
+    overlap: Any, src: ImageSource, tile_shape: Sequence[int] | None = None
 ) -> tuple[int, ...]:
     """Spatial halo widths from an int or one int per image (or spatial) axis.
 
@@ -171,7 +171,7 @@ def make_plan(
     *,
     fn_id: str,
     tile_shape: Sequence[int] | int,
-    overlap=0,
+    overlap: int | Sequence[int] = 0,
     merge: str = "auto",
     connectivity: int = 1,
     iou_threshold: float = 0.5,

@@ -27,8 +27,11 @@ Examples
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = [
     "face_key",
@@ -48,7 +51,7 @@ def band_key(axis: int, hi: bool) -> str:
     return f"b{axis}{'hi' if hi else 'lo'}"
 
 
-def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _unique_pairs(a: NDArray[Any], b: NDArray[Any]) -> NDArray[Any]:
     if a.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     a = a.astype(np.int64, copy=False)
@@ -58,7 +61,7 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([keys // width, keys % width], axis=1)
 
 
-def touch_pairs_planes(a: np.ndarray, b: np.ndarray, free_budget: int) -> np.ndarray:
+def touch_pairs_planes(a: NDArray[Any], b: NDArray[Any], free_budget: int) -> NDArray[Any]:
     """Touching label pairs between two facing planes ``a`` and ``b`` of equal shape.
 
     Voxel ``a[x]`` touches ``b[x + o]`` for every offset ``o`` in {-1, 0, 1}^k with at
@@ -82,7 +85,7 @@ def touch_pairs_planes(a: np.ndarray, b: np.ndarray, free_budget: int) -> np.nda
     return _unique_pairs(np.concatenate(pa), np.concatenate(pb))
 
 
-def _edge(face: np.ndarray, face_axis: int, delta: tuple[int, ...]) -> np.ndarray:
+def _edge(face: NDArray[Any], face_axis: int, delta: tuple[int, ...]) -> NDArray[Any]:
     """Reduce a face (axis ``face_axis`` removed) to the part touching ``delta``'s other axes."""
     nz = [e for e, d in enumerate(delta) if d != 0 and e != face_axis]
     for e in sorted(nz, reverse=True):
@@ -92,8 +95,11 @@ def _edge(face: np.ndarray, face_axis: int, delta: tuple[int, ...]) -> np.ndarra
 
 
 def touch_pairs(
-    faces_a: dict, faces_b: dict, delta: tuple[int, ...], connectivity: int
-) -> np.ndarray:
+    faces_a: dict[str, NDArray[Any]],
+    faces_b: dict[str, NDArray[Any]],
+    delta: tuple[int, ...],
+    connectivity: int,
+) -> NDArray[Any]:
     """Local-id pairs (a, b) of labels touching across the seam from tile A to B = A + delta."""
     nz = [e for e, d in enumerate(delta) if d != 0]
     if len(nz) > connectivity:
@@ -108,7 +114,9 @@ def touch_pairs(
     return touch_pairs_planes(a, b, connectivity - len(nz))
 
 
-def match_iou(a: np.ndarray, b: np.ndarray, iou_threshold: float):
+def match_iou(
+    a: NDArray[Any], b: NDArray[Any], iou_threshold: float
+) -> tuple[NDArray[np.int64], int]:
     """Mutual-best IoU matching of the labels of two segmentations of the same region.
 
     Returns ``(pairs, n_candidates)``: the matched ``(a, b)`` id pairs (each id at most
@@ -160,26 +168,30 @@ def match_iou(a: np.ndarray, b: np.ndarray, iou_threshold: float):
     return np.stack([pa[keep], pb[keep]], axis=1).astype(np.int64, copy=False), int(n_keys)
 
 
-def _n_core_ids(plane: np.ndarray, n: int) -> int:
+def _n_core_ids(plane: NDArray[Any], n: int) -> int:
     """How many distinct ids in 1..n occur in ``plane``."""
     seen = np.bincount(plane.ravel(), minlength=n + 1)[1 : n + 1]
     return int(np.count_nonzero(seen))
 
 
-def _crop(arr: np.ndarray, arr_bounds, box) -> np.ndarray:
+def _crop(
+    arr: NDArray[Any],
+    arr_bounds: Sequence[tuple[int, int]],
+    box: Sequence[tuple[int, int]],
+) -> NDArray[Any]:
     return arr[tuple(slice(b0 - a0, b1 - a0) for (a0, _), (b0, b1) in zip(arr_bounds, box))]
 
 
 def overlap_pairs(
-    bands_a: dict,
-    bounds_a: dict,
+    bands_a: dict[str, NDArray[Any]],
+    bounds_a: dict[str, Sequence[tuple[int, int]]],
     n_a: int,
-    bands_b: dict,
-    bounds_b: dict,
+    bands_b: dict[str, NDArray[Any]],
+    bounds_b: dict[str, Sequence[tuple[int, int]]],
     n_b: int,
     delta: tuple[int, ...],
     iou_threshold: float,
-):
+) -> tuple[NDArray[np.int64], dict[str, int]]:
     """IoU-matched local-id pairs between tile A and B = A + delta in their shared halo.
 
     ``bands_*`` map band keys to arrays, ``bounds_*`` map the same keys to the global
