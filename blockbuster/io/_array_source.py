@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ._chunkfiles import chunk_files
 from ._metadata import _check_level, _join, _stamp
+from ._zarrio import read_region, read_regions
 
 __all__ = ["ArraySource", "describe", "clear_cache"]
 
@@ -174,8 +176,6 @@ class ArraySource:
         decode)."""
         if self.kind == "tiff":
             return None
-        from ._chunkfiles import chunk_files
-
         return chunk_files(self._array(self.level))
 
     def read(self, slices: tuple[slice | int, ...], out: np.ndarray | None = None) -> np.ndarray:
@@ -207,9 +207,28 @@ class ArraySource:
         arr = self._array(self.level)
         if self.kind == "tiff":
             return np.asarray(arr[tuple(slices)])
-        from ._zarrio import read_region
-
         return read_region(arr, tuple(slices), out)
+
+    def read_many(self, slices_list, max_bytes: int = 64 << 20):
+        """Yield ``self.read(s)`` for each ``s``: whole chunks on a local disk directly,
+        else up to ``max_bytes`` of regions per round trip to zarr's event loop."""
+        if self.kind == "tiff":
+            yield from (self.read(s) for s in slices_list)
+            return
+        arr = self._array(self.level)
+        group: list = []
+        size = 0
+        for sl in slices_list:
+            nbytes = arr.dtype.itemsize * int(
+                np.prod([len(range(*s.indices(d))) for s, d in zip(sl, arr.shape)])
+            )
+            if group and size + nbytes > max_bytes:
+                yield from read_regions(arr, group)
+                group, size = [], 0
+            group.append(sl)
+            size += nbytes
+        if group:
+            yield from read_regions(arr, group)
 
     def read_level(self, level: int, slices: tuple[slice | int, ...] | None = None) -> np.ndarray:
         """Read (a region of) another pyramid level, e.g. a coarse one for cheap sampling.

@@ -20,6 +20,8 @@ from typing import Any
 
 from blockbuster.errors import InvalidParameterError
 
+from ._metadata import _read_json
+
 __all__: list[str] = []
 
 _DOWNSAMPLING = {
@@ -33,8 +35,6 @@ _DOWNSAMPLING = {
 
 
 def _array_shape(d: str) -> tuple[int, ...] | None:
-    from ._metadata import _read_json
-
     meta = _read_json(os.path.join(d, "zarr.json"))
     if meta and meta.get("node_type") == "array":
         return tuple(int(s) for s in meta["shape"])

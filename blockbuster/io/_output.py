@@ -31,6 +31,8 @@ import zarr
 
 from blockbuster.errors import InvalidParameterError
 
+from ._ngff import label_target
+
 __all__ = ["OutputTarget", "ATTR"]
 
 ATTR = "blockbuster"
@@ -46,13 +48,7 @@ class OutputTarget:
         self.zarr_format = zarr_format
         self.temporary = temporary
         self.token = ""
-        self._ngff = None
-        try:
-            from ._ngff import label_target
-
-            self._ngff = label_target(self.path)
-        except ImportError:  # pragma: no cover - ngff module absent
-            self._ngff = None
+        self._ngff = label_target(self.path)
 
     @property
     def is_ngff(self) -> bool:

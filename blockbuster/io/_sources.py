@@ -31,6 +31,9 @@ import zarr
 from blockbuster.core import path_stamp
 from blockbuster.errors import InputError, InvalidParameterError
 
+from ._array_source import describe
+from ._readers import open_path
+
 __all__ = ["ImageSource", "open_image", "full_slices"]
 
 
@@ -101,53 +104,6 @@ def _normalize_channel_axis(channel_axis, ndim: int) -> int | None:
     return ax % ndim
 
 
-class ZarrPathReader:
-    """Reopens a zarr array by path in each process (cheap to pickle)."""
-
-    def __init__(self, path: str, component: str | None = None):
-        self.path = path
-        self.component = component
-        self._arr = None
-
-    def __getstate__(self):
-        return {"path": self.path, "component": self.component, "_arr": None}
-
-    @property
-    def array(self) -> zarr.Array:
-        if self._arr is None:
-            if self.component:
-                self._arr = zarr.open_group(self.path, mode="r")[self.component]
-            else:
-                self._arr = zarr.open_array(self.path, mode="r")
-        return self._arr
-
-    def read(self, slices, out: np.ndarray | None = None) -> np.ndarray:
-        """``array[slices]``; ``out`` as in :meth:`ArraySource.read`."""
-        from ._zarrio import read_region
-
-        return read_region(self.array, slices, out)
-
-    def read_many(self, slices_list, max_bytes: int = 64 << 20):
-        """Yield ``self.read(s)`` for each ``s``, reading up to ``max_bytes`` of regions
-        per round trip to zarr (see :mod:`blockbuster.io`)."""
-        from ._zarrio import read_regions
-
-        arr = self.array
-        group: list = []
-        size = 0
-        for sl in slices_list:
-            nbytes = arr.dtype.itemsize * int(
-                np.prod([len(range(*s.indices(d))) for s, d in zip(sl, arr.shape)])
-            )
-            if group and size + nbytes > max_bytes:
-                yield from read_regions(arr, group)
-                group, size = [], 0
-            group.append(sl)
-            size += nbytes
-        if group:
-            yield from read_regions(arr, group)
-
-
 def _from_stored(
     reader, arr_like, path: str, channel_axis, extra_ident=None, description=None, meta=None
 ) -> ImageSource:
@@ -202,18 +158,15 @@ def open_image(
         )
     if isinstance(image, zarr.Array):
         path = _local_store_path(image)
-        if path is not None:
-            return _from_stored(ZarrPathReader(path), image, path, channel_axis)
+        if path is not None:  # reopened by path in each process
+            return _open_path(path, channel_axis=channel_axis, level=0, component=None)
         import dask.array as da
 
         return _from_dask(da.from_zarr(image), channel_axis, name_ok=False)
-    try:
-        import dask.array as da
+    import dask.array as da
 
-        if isinstance(image, da.Array):
-            return _from_dask(image, channel_axis, name_ok=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(image, da.Array):
+        return _from_dask(image, channel_axis, name_ok=True)
     if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         import dask.array as da
 
@@ -260,37 +213,15 @@ def _from_dask(arr, channel_axis, name_ok: bool, what: str = "dask array") -> Im
 
 
 def _open_path(path: str, *, channel_axis, level: int, component) -> ImageSource:
-    try:
-        from ._readers import open_path as _formats_open  # OME-Zarr, TIFF, zarr v2/v3
-    except ImportError:  # pragma: no cover - formats module not present
-        _formats_open = None
-    if _formats_open is not None:
-        src = _formats_open(path, level=level, component=component)
-        ca = channel_axis if channel_axis is not None else getattr(src, "channel_axis", None)
-        meta = {
-            "axes": getattr(src, "axes", None),
-            "scale": getattr(src, "scale", None),
-            "levels": getattr(src, "levels", None),
-            "format": getattr(src, "kind", None),
-        }
-        desc = None
-        try:
-            from ._array_source import describe
-
-            desc = describe(src)
-        except Exception:
-            pass
-        return _from_stored(
-            src, src, path, ca, extra_ident=src.identity(), description=desc, meta=meta
-        )
-    if not os.path.exists(path):
-        raise InputError(
-            f"image path {path!r} does not exist; pass an existing zarr array, "
-            "OME-Zarr image or TIFF"
-        )
-    try:
-        reader = ZarrPathReader(path, component)
-        arr = reader.array
-    except Exception as exc:
-        raise InputError(f"image path {path!r} is not a readable zarr array ({exc})") from exc
-    return _from_stored(reader, arr, path, channel_axis)
+    """A stored image (zarr v2/v3, OME-Zarr, TIFF) through :func:`open_path`."""
+    src = open_path(path, level=level, component=component)
+    ca = channel_axis if channel_axis is not None else getattr(src, "channel_axis", None)
+    meta = {
+        "axes": getattr(src, "axes", None),
+        "scale": getattr(src, "scale", None),
+        "levels": getattr(src, "levels", None),
+        "format": getattr(src, "kind", None),
+    }
+    return _from_stored(
+        src, src, path, ca, extra_ident=src.identity(), description=describe(src), meta=meta
+    )
