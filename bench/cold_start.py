@@ -58,7 +58,7 @@ def _instrument(marks: dict) -> None:
     """Timestamps of the phases inside tile_process, by wrapping (not changing) two
     internals: Prefect's API warm-up and the background start of the local cluster."""
     import blockbuster.cluster._local as cl
-    import blockbuster.tasks._ephemeral as eph
+    import blockbuster.tasks._prefect_compat as eph
 
     warm, start = eph.warm_up, cl.ClusterHandle._start
 

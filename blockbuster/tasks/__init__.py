@@ -4,9 +4,8 @@ stage and returns: what starts when is decided by the flows.
 """
 
 from ._background import Reporter, wait_for_closed
-from ._common import local_result_storage, prefect_client_context
+from ._common import local_result_storage
 from ._empty import empty_stage, start_empty, wants_empty_stage
-from ._ephemeral import ensure_api, warm_up, without_heartbeats
 from ._finalize import finalize_stage
 from ._job import Job
 from ._local_server import (
@@ -17,6 +16,12 @@ from ._local_server import (
 )
 from ._pictures import PREVIEW_FILE, PREVIEW_KEY, TILE_MAP_FILE, TILE_MAP_KEY, make_pictures
 from ._plan import plan_stage
+from ._prefect_compat import (
+    ensure_api,
+    prefect_client_context,
+    warm_up,
+    without_heartbeats,
+)
 from ._progress import PROGRESS_KEY, ProgressArtifact
 from ._relabel import relabel_stage, start_relabel
 from ._report import SUMMARY_KEY, TILES_KEY, publish_tiles_table

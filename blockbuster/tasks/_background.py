@@ -87,7 +87,7 @@ class Reporter:
             return  # no Prefect client in play
         SyncClientContext.__var__.set(None)  # in this call's copied context only
         if self._client_ctx is None:
-            from ._common import prefect_client_context
+            from ._prefect_compat import prefect_client_context
 
             self._client_ctx = prefect_client_context()
             self._client_ctx.__enter__()

@@ -15,57 +15,7 @@ __all__ = [
     "NO_CACHE",
     "local_result_storage",
     "local_result_dir",
-    "prefect_client_context",
-    "prefect_tls_context",
 ]
-
-_SSL: dict[tuple, Any] = {}
-
-
-def prefect_tls_context():
-    """The TLS context a Prefect client would build for itself, built once per process.
-
-    Every new Prefect client otherwise loads the CA bundle into a new ``SSLContext``
-    (~25 ms of CPU, measured; two clients per run), even for the plain-HTTP temporary
-    server. Same choices as Prefect's: ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``, else
-    ``PREFECT_API_SSL_CERT_FILE`` or certifi's bundle.
-    """
-    import ssl
-
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
-
-    insecure = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
-    cert_file = None if insecure else (PREFECT_API_SSL_CERT_FILE.value() or None)
-    key = (insecure, cert_file)
-    ctx = _SSL.get(key)
-    if ctx is None:
-        if insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            import certifi
-
-            ctx = ssl.create_default_context(cafile=cert_file or certifi.where())
-        _SSL[key] = ctx
-    return ctx
-
-
-def prefect_client_context():
-    """A new ``SyncClientContext`` (enter it to use it) whose client reuses this
-    process's TLS context (:func:`prefect_tls_context`). Entered around a flow call, the
-    flow engine uses its client instead of building one."""
-    from prefect.context import SyncClientContext
-
-    ctx = SyncClientContext(httpx_settings={"verify": prefect_tls_context()})
-    # get_client() hands out a context's client only to callers asking for the same
-    # httpx settings, and Prefect's own callers ask for none: so that they all share
-    # this client, the context must read as built without settings.
-    try:
-        ctx._httpx_settings = None
-    except Exception:  # pragma: no cover - a Prefect without the attribute
-        return SyncClientContext()
-    return ctx
 
 
 def tiles_word(plan) -> str:

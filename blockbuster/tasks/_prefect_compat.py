@@ -1,4 +1,18 @@
-"""Starting Prefect's temporary API server (ephemeral mode) so that it never outlives us.
+"""Every workaround over Prefect's internals, in one place, with what it was checked on.
+
+Checked against prefect 3.9.1 (the version the benchmarks ran on) and the lowest
+version pyproject.toml declares; each item names the behaviour it works around, so it
+can be dropped when Prefect changes it:
+
+1. :func:`ensure_api`: Prefect's temporary server (``SubprocessASGIServer``) started by
+   us, with a longer timeout, and stopped when its start fails (below).
+2. :func:`without_heartbeats`: a ``SettingsContext`` with flow-run heartbeats off, for
+   runs against a temporary server.
+3. :func:`prefect_client_context` / :func:`prefect_tls_context`: one TLS context per
+   process handed to Prefect's client through ``SyncClientContext``, whose private
+   ``_httpx_settings`` is reset so that Prefect's own callers share the client.
+
+Starting Prefect's temporary API server (ephemeral mode) so that it never outlives us.
 
 With no ``PREFECT_API_URL``, the first Prefect client of a process starts a temporary
 API server: a ``uvicorn`` child process. Two things about that start matter here:
@@ -32,7 +46,15 @@ from typing import Any
 
 from blockbuster.errors import PrefectUnavailableError
 
-__all__ = ["ensure_api", "startup_timeout", "STARTUP_TIMEOUT", "warm_up", "without_heartbeats"]
+__all__ = [
+    "ensure_api",
+    "startup_timeout",
+    "STARTUP_TIMEOUT",
+    "warm_up",
+    "without_heartbeats",
+    "prefect_tls_context",
+    "prefect_client_context",
+]
 
 log = logging.getLogger("blockbuster")
 
@@ -170,3 +192,52 @@ def without_heartbeats():
 
 
 _NO_HEARTBEAT_SETTINGS: dict[int, tuple[Any, Any]] = {}
+
+
+_SSL: dict[tuple, Any] = {}
+
+
+def prefect_tls_context():
+    """The TLS context a Prefect client would build for itself, built once per process.
+
+    Every new Prefect client otherwise loads the CA bundle into a new ``SSLContext``
+    (~25 ms of CPU, measured; two clients per run), even for the plain-HTTP temporary
+    server. Same choices as Prefect's: ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``, else
+    ``PREFECT_API_SSL_CERT_FILE`` or certifi's bundle.
+    """
+    import ssl
+
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    insecure = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
+    cert_file = None if insecure else (PREFECT_API_SSL_CERT_FILE.value() or None)
+    key = (insecure, cert_file)
+    ctx = _SSL.get(key)
+    if ctx is None:
+        if insecure:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            import certifi
+
+            ctx = ssl.create_default_context(cafile=cert_file or certifi.where())
+        _SSL[key] = ctx
+    return ctx
+
+
+def prefect_client_context():
+    """A new ``SyncClientContext`` (enter it to use it) whose client reuses this
+    process's TLS context (:func:`prefect_tls_context`). Entered around a flow call, the
+    flow engine uses its client instead of building one."""
+    from prefect.context import SyncClientContext
+
+    ctx = SyncClientContext(httpx_settings={"verify": prefect_tls_context()})
+    # get_client() hands out a context's client only to callers asking for the same
+    # httpx settings, and Prefect's own callers ask for none: so that they all share
+    # this client, the context must read as built without settings.
+    try:
+        ctx._httpx_settings = None
+    except Exception:  # pragma: no cover - a Prefect without the attribute
+        return SyncClientContext()
+    return ctx
