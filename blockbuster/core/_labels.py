@@ -199,8 +199,8 @@ def compact_with_halo(
 
 
 def map_through(
-    table: np.ndarray, labels: np.ndarray, out: np.ndarray, block: int = 1 << 16
-) -> np.ndarray:
+    table: NDArray[Any], labels: NDArray[Any], out: NDArray[Any], block: int = 1 << 16
+) -> NDArray[Any]:
     """``out[...] = table[labels]``, block by block through a small index buffer.
 
     The same result as ``table[labels.astype(np.intp)]`` without the full-size index

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = [
     "MAX_SIDE",
@@ -106,7 +108,7 @@ def sample_starts(lo: int, hi: int, step: int) -> slice | None:
     return slice(first - lo, hi - lo, step)
 
 
-def label_colors(ids: np.ndarray) -> np.ndarray:
+def label_colors(ids: NDArray[Any]) -> NDArray[Any]:
     """A bright colour per label id (uint8 RGB, shape ``ids.shape + (3,)``); 0 is black.
 
     The colour depends only on the id (a hash of it picks the hue), so a label keeps its
@@ -129,7 +131,7 @@ def label_colors(ids: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _hsv_to_rgb(h: NDArray[Any], s: NDArray[Any], v: NDArray[Any]) -> NDArray[Any]:
     i = np.floor(h * 6.0).astype(np.int64) % 6
     f = h * 6.0 - np.floor(h * 6.0)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
@@ -140,10 +142,11 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     out = np.zeros(h.shape + (3,), np.float64)
     for k in range(6):
         out[i == k] = choices[k][i == k]
-    return np.round(out * 255).astype(np.uint8)
+    rgb: NDArray[np.uint8] = np.round(out * 255).astype(np.uint8)
+    return rgb
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
+def _grey(image: NDArray[Any]) -> NDArray[Any]:
     """The image as float grey levels in [0, 1]: 1st to 99.5th percentile stretched."""
     img = np.asarray(image, dtype=np.float64)
     finite = img[np.isfinite(img)]
@@ -152,10 +155,11 @@ def _grey(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(finite, (1.0, 99.5))
     if hi <= lo:
         hi = lo + 1.0
-    return np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    grey: NDArray[np.float64] = np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    return grey
 
 
-def _outlines(labels: np.ndarray) -> np.ndarray:
+def _outlines(labels: NDArray[Any]) -> NDArray[Any]:
     """Pixels of a label whose right or lower neighbour (or left/upper) has another id."""
     edge = np.zeros(labels.shape, bool)
     for axis in range(labels.ndim):
@@ -164,18 +168,19 @@ def _outlines(labels: np.ndarray) -> np.ndarray:
         diff = a[1:] != a[:-1]
         e[1:] |= diff
         e[:-1] |= diff
-    return edge & (labels != 0)
+    outline: NDArray[np.bool_] = edge & (labels != 0)
+    return outline
 
 
 def render_preview(
-    image: np.ndarray | None,
-    labels: np.ndarray,
+    image: NDArray[Any] | None,
+    labels: NDArray[Any],
     *,
     tile_edges: Sequence[Sequence[int]] = ((), ()),
     alpha: float = 0.45,
     outlines: bool = True,
     grid_alpha: float = 0.3,
-) -> np.ndarray:
+) -> NDArray[Any]:
     """Labels over the image, as an RGB uint8 array of ``labels``' 2D shape.
 
     Parameters
@@ -252,7 +257,9 @@ def _panel_grid(panels: int) -> tuple[int, int]:
     return pr, pc
 
 
-def slow_tiles(seconds: Sequence[float], factor: float = 3.0, min_seconds: float = 0.05) -> list:
+def slow_tiles(
+    seconds: Sequence[float], factor: float = 3.0, min_seconds: float = 0.05
+) -> list[int]:
     """Tiles whose seconds in ``fn`` exceed ``factor`` times the median of the tiles that
     ran (and ``min_seconds``).
 
@@ -278,7 +285,7 @@ def render_tile_map(
     slow: Sequence[int] = (),
     seam_warnings: Sequence[tuple[int, int]] = (),
     cell: int | None = None,
-) -> np.ndarray:
+) -> NDArray[Any]:
     """The tile map as an RGB uint8 array (see the module docstring for what it shows).
 
     Parameters
@@ -323,7 +330,7 @@ def render_tile_map(
 
     def box(t: int) -> tuple[int, int]:
         """Top-left pixel of tile t's cell."""
-        idx = np.unravel_index(t, gshape) if gshape else ()
+        idx = tuple(int(i) for i in np.unravel_index(t, gshape)) if gshape else ()
         if len(gshape) == 1:
             p, r, c = 0, 0, idx[0]
         elif len(gshape) == 2:
@@ -368,14 +375,14 @@ def render_tile_map(
             cellv[:, -border:] = red
     thick = max(1, cell // 8)
     mag = TILE_MAP_COLORS["seam warning"]
-    for a, b in seam_warnings:
-        a, b = int(a), int(b)
-        if not (0 <= a < n and 0 <= b < n):
+    for pair in seam_warnings:
+        ta, tb = int(pair[0]), int(pair[1])
+        if not (0 <= ta < n and 0 <= tb < n):
             continue
-        ia, ib = np.unravel_index(a, gshape), np.unravel_index(b, gshape)
+        ia, ib = np.unravel_index(ta, gshape), np.unravel_index(tb, gshape)
         diff = [int(q) - int(p) for p, q in zip(ia, ib)]
-        ya, xa = box(a)
-        yb, xb = box(b)
+        ya, xa = box(ta)
+        yb, xb = box(tb)
         if len(gshape) == 3 and diff[0] != 0:
             # across layers: mark both cells' centres
             for y, x in ((ya, xa), (yb, xb)):
@@ -401,4 +408,5 @@ def _ramp(f: float) -> tuple[int, int, int]:
     f = min(max(float(f), 0.0), 1.0) * (len(_VIRIDIS) - 1)
     i = min(int(f), len(_VIRIDIS) - 2)
     c = _VIRIDIS[i] + (f - i) * (_VIRIDIS[i + 1] - _VIRIDIS[i])
-    return tuple(int(round(v)) for v in c)
+    r, g, b = (int(round(v)) for v in c)
+    return r, g, b
