@@ -10,7 +10,10 @@ variable                        meaning (default)
                                 zarr-python (slower per chunk, the reference behaviour)
 ==============================  ===========================================================
 
-Deployment settings (data roots, the watch folder, ...) are :class:`blockbuster.deploy.Settings`.
+Deployment settings (data roots, the watch folder, ...) are :class:`blockbuster.deploy.Settings`;
+both are :class:`EnvSettings`: pydantic-settings models whose ``from_env`` reads a given
+mapping (this process's environment by default) and turns a bad value into an
+:class:`~blockbuster.errors.InvalidParameterError` naming the variable and the fix.
 
 Examples
 --------
@@ -25,19 +28,26 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from blockbuster.errors import InvalidParameterError
 
-__all__ = ["RuntimeSettings", "runtime_settings"]
+__all__ = ["ENV_PREFIX", "EnvSettings", "RuntimeSettings", "runtime_settings"]
 
 ENV_PREFIX = "BLOCKBUSTER_"
 
+_GIVEN_ONLY: ContextVar[bool] = ContextVar("blockbuster_settings_given_only", default=False)
 
-class RuntimeSettings(BaseSettings):
-    """The library's settings (see the module docstring)."""
+S = TypeVar("S", bound="EnvSettings")
+
+
+class EnvSettings(BaseSettings):
+    """``BLOCKBUSTER_*`` settings: ``Cls()`` reads this process's environment (keyword
+    arguments win); :meth:`from_env` reads only the mapping it is given."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True
@@ -52,9 +62,40 @@ class RuntimeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Only the values given: :func:`runtime_settings` reads the environment it is
-        given (this process's by default) and passes them."""
-        return (init_settings,)
+        """Keyword arguments, then the environment; only the given values in
+        :meth:`from_env`."""
+        return (init_settings,) if _GIVEN_ONLY.get() else (init_settings, env_settings)
+
+    @classmethod
+    def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+        """Read the ``BLOCKBUSTER_*`` variables of ``environ`` (default ``os.environ``).
+
+        Raises
+        ------
+        InvalidParameterError
+            A variable has a value that cannot work (the message names it and the fix).
+        """
+        env = os.environ if environ is None else environ
+        values = {
+            name: env[ENV_PREFIX + name.upper()].strip()
+            for name in cls.model_fields
+            if env.get(ENV_PREFIX + name.upper(), "").strip()
+        }
+        token = _GIVEN_ONLY.set(True)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err.get("loc") else "?"
+            var = ENV_PREFIX + name.upper()
+            fix = str((err.get("ctx") or {}).get("error", err["msg"]))
+            raise InvalidParameterError(f"{var}={env.get(var)!r} is not valid: {fix}") from None
+        finally:
+            _GIVEN_ONLY.reset(token)
+
+
+class RuntimeSettings(EnvSettings):
+    """The library's settings (see the module docstring)."""
 
     direct_chunks: bool = Field(
         True,
@@ -64,7 +105,9 @@ class RuntimeSettings(BaseSettings):
 
 
 def runtime_settings(environ: Mapping[str, str] | None = None) -> RuntimeSettings:
-    """The settings read now from ``environ`` (default: this process's environment).
+    """The library's settings read now from ``environ`` (default: this process's
+    environment), parsed once per distinct set of values (validating costs ~0.5 ms; the
+    direct chunk path asks for every array it opens).
 
     Raises
     ------
@@ -73,7 +116,7 @@ def runtime_settings(environ: Mapping[str, str] | None = None) -> RuntimeSetting
     """
     env = os.environ if environ is None else environ
     raw = tuple(
-        (name, env.get(ENV_PREFIX + name.upper(), "").strip())
+        (ENV_PREFIX + name.upper(), env.get(ENV_PREFIX + name.upper(), ""))
         for name in RuntimeSettings.model_fields
     )
     return _parse(raw)
@@ -81,14 +124,4 @@ def runtime_settings(environ: Mapping[str, str] | None = None) -> RuntimeSetting
 
 @functools.lru_cache(maxsize=64)
 def _parse(raw: tuple[tuple[str, str], ...]) -> RuntimeSettings:
-    """Parsed once per distinct set of values (validating costs ~0.5 ms; the direct
-    chunk path asks for every array it opens)."""
-    values = {name: v for name, v in raw if v}
-    try:
-        return RuntimeSettings(**values)
-    except ValidationError as exc:
-        name = str(exc.errors()[0]["loc"][0])
-        var = ENV_PREFIX + name.upper()
-        raise InvalidParameterError(
-            f"{var}={dict(raw).get(name)!r} is not valid: give true or false"
-        ) from None
+    return RuntimeSettings.from_env(dict(raw))

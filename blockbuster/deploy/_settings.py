@@ -49,26 +49,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
-from blockbuster.errors import InvalidParameterError
+from blockbuster.config import ENV_PREFIX, EnvSettings
 
 __all__ = ["Settings", "get_settings", "ENV_PREFIX"]
-
-ENV_PREFIX = "BLOCKBUSTER_"
-
-
-_GIVEN_ONLY: ContextVar[bool] = ContextVar("blockbuster_settings_given_only", default=False)
 
 
 class _Bad(ValueError):
@@ -85,15 +73,12 @@ def _seconds(v: Any, *, positive: bool) -> float:
     return x
 
 
-class Settings(BaseSettings):
+class Settings(EnvSettings):
     """The settings (see the module docstring for the variables and defaults).
 
-    ``Settings()`` reads this process's environment; keyword arguments win over it.
+    ``Settings()`` reads this process's environment; keyword arguments win over it;
+    :meth:`~blockbuster.config.EnvSettings.from_env` reads only a given mapping.
     """
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True
-    )
 
     data_roots: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Folders that deployment inputs and outputs must resolve under."
@@ -120,19 +105,6 @@ class Settings(BaseSettings):
     serve_limit: Annotated[int | None, NoDecode] = Field(
         1, description="Concurrent flow runs of `serve`."
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Keyword arguments, then the environment; only the given values in
-        :meth:`from_env` (which reads the mapping it is given, not this process's)."""
-        return (init_settings,) if _GIVEN_ONLY.get() else (init_settings, env_settings)
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -233,35 +205,6 @@ class Settings(BaseSettings):
         if isinstance(v, str) and v.strip().isdigit():
             return int(v)
         raise _Bad("give a positive integer, or 'none' for no limit")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the ``BLOCKBUSTER_*`` variables of ``environ`` (default ``os.environ``).
-
-        Raises
-        ------
-        InvalidParameterError
-            A variable has a value that cannot work (the message names it and the fix).
-        """
-        env = os.environ if environ is None else environ
-        values = {
-            k[len(ENV_PREFIX) :].lower(): v.strip()
-            for k, v in env.items()
-            if k.startswith(ENV_PREFIX) and v.strip() != ""
-        }
-        values = {k: v for k, v in values.items() if k in cls.model_fields}
-        token = _GIVEN_ONLY.set(True)
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            name = str(err["loc"][0]) if err.get("loc") else "?"
-            var = ENV_PREFIX + name.upper()
-            ctx = err.get("ctx") or {}
-            fix = str(ctx.get("error", err["msg"]))
-            raise InvalidParameterError(f"{var}={env.get(var)!r} is not valid: {fix}") from None
-        finally:
-            _GIVEN_ONLY.reset(token)
 
 
 def get_settings() -> Settings:
