@@ -93,20 +93,44 @@ def _worker_memory(client) -> tuple[int, str]:
 def choose_tile_shape(
     src: ImageSource, fn: Callable | None, overlap, use_gpu: bool, client=None
 ) -> tuple[tuple[int, ...], dict[str, Any]]:
-    """The tile shape ``"auto"`` picks for ``src`` (see :mod:`blockbuster.core`)."""
-    from blockbuster.core import normalize_overlap
+    """The tile shape ``"auto"`` picks for ``src`` (see :mod:`blockbuster.core`).
+
+    With ``use_gpu``: the smaller of what one GPU worker's free GPU memory (measured on
+    the workers of ``client``, else this machine's GPUs) minus the model's part allows
+    and what its host memory allows, at most 64 Mi voxels. The function's declarations
+    are read: ``memory_factor`` (host), ``gpu_memory_factor``, ``gpu_model_bytes`` and
+    ``plane_by_plane`` (one-plane tiles on a 3D image).
+    """
+    from blockbuster.core import (
+        DEFAULT_GPU_MEMORY_FACTOR,
+        DEFAULT_GPU_MODEL_BYTES,
+        GPU_MAX_TILE_VOXELS,
+        normalize_overlap,
+    )
 
     ov = normalize_overlap(overlap, src)
     factor = float(getattr(fn, "memory_factor", DEFAULT_MEMORY_FACTOR) or DEFAULT_MEMORY_FACTOR)
+    planes = bool(getattr(fn, "plane_by_plane", False))
     mem, where = _worker_memory(client)
+    gpu: dict[str, Any] = {}
     if use_gpu:
-        from blockbuster.cluster import gpu_info
+        from blockbuster.cluster import gpu_worker_memory
 
-        gpus = gpu_info()
-        if gpus:
-            mem = min(g["memory_free"] for g in gpus)
-            where = "free memory of the smallest GPU (nvidia-ml-py)"
-            factor = float(getattr(fn, "gpu_memory_factor", factor))
+        m = gpu_worker_memory(client)
+        if m is not None:
+            if m["host_bytes"]:
+                mem, where = m["host_bytes"], "host memory of a GPU worker (" + m["source"] + ")"
+            if m["vram_bytes"] is not None:
+                model = int(getattr(fn, "gpu_model_bytes", DEFAULT_GPU_MODEL_BYTES))
+                gpu = {
+                    "gpu_bytes": max(int(m["vram_bytes"]) - model, 0),
+                    "gpu_memory_factor": float(
+                        getattr(fn, "gpu_memory_factor", DEFAULT_GPU_MEMORY_FACTOR)
+                    ),
+                    "gpu_where": f"free GPU memory minus {model / 2**30:.1f} GiB for the "
+                    f"model ({m['source']})",
+                    "max_voxels": GPU_MAX_TILE_VOXELS,
+                }
     n_ch = src.shape[src.channel_axis] if src.channel_axis is not None else 1
     return auto_tile_shape(
         src.spatial_shape,
@@ -117,6 +141,8 @@ def choose_tile_shape(
         overlap=ov,
         memory_factor=factor,
         where=where,
+        plane_by_plane=planes,
+        **gpu,
     )
 
 
@@ -244,11 +270,40 @@ def _run_flow(
 
 
 def _has_gpu_workers(client) -> bool:
+    from blockbuster.cluster import gpu_workers
+
     try:
-        ws = client.scheduler_info().get("workers", {})
-        return any("GPU" in (w.get("resources") or {}) for w in ws.values())
+        return bool(gpu_workers(client))
     except Exception:  # pragma: no cover
         return False
+
+
+def _current_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _check_gpus(fn) -> None:
+    """Refuse GPU work where there is no GPU: on the cluster in use when there is one
+    (warn where its workers cannot tell), else on this machine, where blockbuster would
+    start its GPU cluster."""
+    from blockbuster.cluster import check_gpu_client, declares_gpu, gpu_info, no_gpu_message
+    from blockbuster.errors import NoGPUError
+
+    what = (
+        f"fn {_fn_description(fn)} declares that it needs a GPU (uses_gpu=True)"
+        if declares_gpu(fn)
+        else "use_gpu=True"
+    )
+    client = _current_client()
+    if client is not None:
+        check_gpu_client(client, what)
+    elif not gpu_info():
+        raise NoGPUError(no_gpu_message(what) + "; nothing was run or written")
 
 
 def tile_process(
@@ -319,8 +374,14 @@ def tile_process(
     progress : bool
         tqdm progress bars per stage.
     use_gpu : bool or "auto"
-        Start a one-worker-per-GPU cluster (when no client exists) and size tiles to GPU
-        memory.
+        Start a GPU cluster (when no client exists; see :func:`make_local_cluster`),
+        route segmentation to GPU workers (the Dask resource ``GPU``) and size tiles to
+        GPU memory. A function that declares it needs a GPU (a true ``uses_gpu``
+        attribute, as ``cellpose_fn(gpu=True)`` has; any callable may) implies
+        ``use_gpu=True``. Where no GPU can run it (no GPU on this machine, or a client
+        whose workers have none) the call is refused with
+        :class:`~blockbuster.errors.NoGPUError` before anything runs or is written; a
+        client whose workers cannot tell gets a warning.
     staging : path, optional
         Where staged tiles live (default: next to ``write_to``). Staging persists until
         success, so a crashed run resumes; ``keep_staging=True`` keeps it afterwards.
@@ -362,6 +423,14 @@ def tile_process(
     src = open_image(image, channel_axis=channel_axis, level=level)
     if src.channel_axis is not None and callable(getattr(fn, "with_channel_axis", None)):
         fn = fn.with_channel_axis(src.channel_axis)  # built-in segmenters learn the axis
+    from blockbuster.cluster import declares_gpu
+
+    if declares_gpu(fn) and use_gpu is not True:
+        # a function that needs a GPU runs on GPU workers only, whatever use_gpu says
+        log.info("fn %s declares uses_gpu: running it on GPU workers", _fn_description(fn))
+        use_gpu = True
+    if use_gpu is True:
+        _check_gpus(fn)  # before any model loads, anything is written or a cluster starts
     fid = fn_token(fn)
     why = None
     if isinstance(tile_shape, str):
@@ -369,7 +438,9 @@ def tile_process(
             raise InvalidParameterError(
                 f"tile_shape={tile_shape!r} must be 'auto', an int or a tuple of ints"
             )
-        tile_shape, why = choose_tile_shape(src, fn, overlap, use_gpu is True)
+        tile_shape, why = choose_tile_shape(
+            src, fn, overlap, use_gpu is True, _current_client() if use_gpu is True else None
+        )
     out = _prepare_output(write_to, zarr_format)
     plan = make_plan(
         src,

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from blockbuster.cluster import gpu_layout, make_local_cluster, visible_gpus
+from blockbuster.cluster import _gpus, gpu_layout, make_local_cluster, visible_gpus
 from blockbuster.errors import NoGPUError
 
 GiB = 1 << 30
@@ -110,29 +110,305 @@ def test_no_gpu_is_a_clear_error_whatever_the_host(nvml, monkeypatch):
         make_local_cluster(use_gpu=True)
 
 
-def test_gpu_cluster_layout_started_for_real(nvml):
-    """make_local_cluster(use_gpu=True) with two stand-in GPUs: real worker processes,
-    each GPU worker pinned by UUID with GPU=1 and host memory per GPU, one CPU worker."""
-    nvml.extend(DEVICES[:2])
-    client, cluster = make_local_cluster(use_gpu=True, cpu_workers=1, memory_bytes=8 * GiB)
+@pytest.fixture(scope="module")
+def stand_in_gpu_cluster():
+    """make_local_cluster(use_gpu=True) with two stand-in GPUs (NVML answers fixed; the
+    workers are real processes) and one CPU worker."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_gpus, "nvml_devices", lambda: list(DEVICES[:2]))
+        mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        client, cluster = make_local_cluster(use_gpu=True, cpu_workers=1, memory_bytes=8 * GiB)
     try:
         client.wait_for_workers(3, timeout=120)
-        info = client.scheduler_info()["workers"]
-        env = client.run(
-            lambda: {
-                k: __import__("os").environ.get(k)
-                for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
-            }
-        )
-        by_name = {w["name"]: (addr, w) for addr, w in info.items()}
-        assert sorted(by_name) == ["cpu-0", "gpu-0", "gpu-1"]
-        for name, uuid in (("gpu-0", DEVICES[0]["uuid"]), ("gpu-1", DEVICES[1]["uuid"])):
-            addr, w = by_name[name]
-            assert w["resources"] == {"GPU": 1} and w["nthreads"] == 1
-            assert w["memory_limit"] == int(8 * GiB * 0.9 * 0.5 / 2)
-            assert env[addr] == {"CUDA_VISIBLE_DEVICES": uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        addr, w = by_name["cpu-0"]
-        assert not w.get("resources") and env[addr]["CUDA_VISIBLE_DEVICES"] == ""
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_gpu_cluster_layout_started_for_real(stand_in_gpu_cluster):
+    """Real worker processes: each GPU worker pinned by UUID with GPU=1 and host memory
+    per GPU, one CPU worker without the resource and without a GPU."""
+    client = stand_in_gpu_cluster
+    info = client.scheduler_info()["workers"]
+    env = client.run(
+        lambda: {
+            k: __import__("os").environ.get(k)
+            for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+        }
+    )
+    by_name = {w["name"]: (addr, w) for addr, w in info.items()}
+    assert sorted(by_name) == ["cpu-0", "gpu-0", "gpu-1"]
+    for name, uuid in (("gpu-0", DEVICES[0]["uuid"]), ("gpu-1", DEVICES[1]["uuid"])):
+        addr, w = by_name[name]
+        assert w["resources"] == {"GPU": 1} and w["nthreads"] == 1
+        assert w["memory_limit"] == int(8 * GiB * 0.9 * 0.5 / 2)
+        assert env[addr] == {"CUDA_VISIBLE_DEVICES": uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    addr, w = by_name["cpu-0"]
+    assert not w.get("resources") and env[addr]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+class GpuLabel:
+    """A tile function that declares it needs a GPU; records which process ran it."""
+
+    uses_gpu = True
+
+    def __init__(self, calls_dir: str):
+        self.calls_dir = calls_dir
+
+    def __call__(self, tile):
+        import os
+
+        import scipy.ndimage as ndi
+
+        with open(os.path.join(self.calls_dir, f"{os.getpid()}-{uuid4()}"), "w"):
+            pass
+        return ndi.label(tile > 0)[0]
+
+
+def uuid4():
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def test_gpu_function_runs_on_gpu_workers_only(stand_in_gpu_cluster, prefect_harness, tmp_path):
+    """A uses_gpu function on a cluster with GPU workers: every tile on a GPU worker
+    (Dask's GPU resource), never on the CPU worker; the labels are whole-image labels."""
+    import numpy as np
+    import scipy.ndimage as ndi
+
+    from blockbuster import tile_process
+    from tests.conftest import same_partition
+
+    client = stand_in_gpu_cluster
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    img = np.zeros((64, 64), np.uint8)
+    img[5:50, 20:24] = 1
+    img[30:34, 2:60] = 1
+    with client.as_current():
+        lab = tile_process(img, GpuLabel(str(calls)), tile_shape=(16, 16), compute=True)
+    assert same_partition(lab, ndi.label(img)[0])
+    pids = {int(f.split("-")[0]) for f in __import__("os").listdir(calls)}
+    names = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+    worker_pids = client.run(__import__("os").getpid)
+    gpu_pids = {worker_pids[names["gpu-0"]], worker_pids[names["gpu-1"]]}
+    assert len(__import__("os").listdir(calls)) == 16
+    assert pids <= gpu_pids and worker_pids[names["cpu-0"]] not in pids
+
+
+def test_gpu_function_refused_on_a_cluster_without_gpus(tmp_path):
+    """An existing cluster whose workers have no GPU (CUDA_VISIBLE_DEVICES empty there):
+    refused before fn runs or anything is written."""
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    out = tmp_path / "out.zarr"
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        dashboard_address=":0",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster, set_as_default=False)
+    try:
+        from blockbuster import tile_process
+
+        with client.as_current(), pytest.raises(NoGPUError, match="no GPU worker"):
+            tile_process(
+                np.ones((32, 32), np.uint8),
+                GpuLabel(str(calls)),
+                tile_shape=(16, 16),
+                write_to=str(out),
+            )
+    finally:
+        client.close()
+        cluster.close()
+    assert not any(calls.iterdir()) and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls"]  # no staging either
+
+
+def test_gpu_function_refused_on_a_cpu_machine_before_any_model_loads(tmp_path):
+    """No client, no GPU (CUDA_VISIBLE_DEVICES empty: no GPU on any host): the headline
+    cellpose_fn(gpu=True) call is refused in the driver; PyTorch is never imported, no
+    model loads, no cluster starts and nothing is written."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "labels.zarr"
+    code = f"""
+import json, sys, numpy as np
+from blockbuster import tile_process
+from blockbuster.errors import NoGPUError
+from blockbuster.plugins.cellpose import cellpose_fn, model_loads
+fn = cellpose_fn("cyto3", gpu=True, diameter=30)
+try:
+    tile_process(np.ones((1, 64, 64), np.uint16), fn, tile_shape=(1, 32, 32), overlap=20,
+                 write_to={str(out)!r})
+    err = None
+except NoGPUError as e:
+    err = str(e)
+import distributed
+print(json.dumps({{"error": err, "torch": "torch" in sys.modules,
+                  "cellpose": "cellpose" in sys.modules, "loads": model_loads(),
+                  "clients": len(distributed.client._global_clients)}}))
+"""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.getcwd()}
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["error"] and "declares that it needs a GPU" in got["error"]
+    assert "CUDA_VISIBLE_DEVICES is set but empty" in got["error"]
+    assert not got["torch"] and not got["cellpose"] and got["loads"] == 0
+    assert got["clients"] == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fits(t, shape, chunks, limits):
+    """True when tile ``t`` is within every limit ``(bytes_per_voxel, budget)`` and
+    the voxel cap (no halo here)."""
+    import math
+
+    v = math.prod(t)
+    return all(bpv * v <= budget for bpv, budget in limits)
+
+
+def _maximal(t, shape, chunks, limits, planes):
+    """No axis can take one more doubling step (chunk-aligned) and still fit."""
+    import math
+
+    for d in range(len(shape)):
+        if t[d] >= shape[d] or (planes and d == 0):
+            continue
+        c = list(t)
+        c[d] = min(shape[d], math.ceil(min(shape[d], t[d] * 2) / chunks[d]) * chunks[d])
+        if _fits(c, shape, chunks, limits):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("planes", [True, False])
+@pytest.mark.parametrize("binding", ["gpu", "host", "cap"])
+def test_auto_tile_shape_for_gpus(planes, binding):
+    """The largest chunk-aligned tile under both limits (GPU memory left after the
+    model, the GPU worker's host memory) and the 64 Mi voxel cap; a plane-by-plane
+    function keeps z = 1, a 3D one grows z."""
+    from blockbuster.core import GPU_MAX_TILE_VOXELS, auto_tile_shape
+
+    shape, chunks = (64, 16384, 16384), (8, 1024, 1024)
+    host, gpu = {"gpu": (64 * GiB, 2 * GiB), "host": (2 * GiB, 64 * GiB)}.get(
+        binding, (256 * GiB, 256 * GiB)
+    )
+    t, why = auto_tile_shape(
+        shape,
+        chunks,
+        itemsize=2,
+        memory_bytes=host,
+        memory_factor=35,
+        gpu_bytes=gpu,
+        gpu_memory_factor=20,
+        max_voxels=GPU_MAX_TILE_VOXELS,
+        plane_by_plane=planes,
+    )
+    limits = [(2 * 36 + 12, host * 0.5), (2 * 20, gpu * 0.8), (1, GPU_MAX_TILE_VOXELS)]
+    eff_chunks = (1,) + chunks[1:] if planes else chunks
+    assert _fits(t, shape, eff_chunks, limits)
+    assert _maximal(t, shape, eff_chunks, limits, planes)
+    assert why["limited_by"] == {"gpu": "GPU memory", "host": "worker memory"}.get(
+        binding, "max_voxels"
+    )
+    assert (t[0] == 1) == planes
+    assert all(a % c == 0 for a, c in zip(t[1:], chunks[1:]))
+
+
+def test_choose_tile_shape_reads_gpu_memory_and_declarations(nvml, tmp_path):
+    """tile_shape='auto' with a GPU function and no cluster: this machine's GPUs (NVML
+    stand-in) minus the declared model part, the host memory a GPU worker would get."""
+
+    from blockbuster.api import choose_tile_shape
+    from blockbuster.io import open_image
+
+    nvml.append(_dev(0, "GPU-solo", free=5))
+
+    class PlaneFn:
+        uses_gpu = True
+        plane_by_plane = True
+        memory_factor = 35.0
+        gpu_memory_factor = 20.0
+        gpu_model_bytes = 3 * GiB
+
+        def __call__(self, t):
+            return t
+
+    import zarr
+
+    path = str(tmp_path / "img.zarr")  # metadata only: no chunk is written
+    zarr.create_array(store=path, shape=(32, 8192, 8192), chunks=(4, 1024, 1024), dtype="u2")
+    src = open_image(path)
+    t, why = choose_tile_shape(src, PlaneFn(), 20, True)
+    assert why["gpu_bytes"] == 2 * GiB  # 5 GiB free - 3 GiB for the model
+    assert t[0] == 1 and why["plane_by_plane"]
+    assert (t[1] + 40) * (t[2] + 40) * 2 * 20 <= 0.8 * 2 * GiB  # halo in-plane only
+    assert "GPU worker" in why["memory_source"]
+    assert t[1] % 1024 == 0 and t[2] % 1024 == 0
+    assert why["working_set_bytes"] <= why["budget_bytes"]  # the host limit holds too
+    assert why["limited_by"] in (why["gpu_memory_source"], why["memory_source"])
+
+
+def _sleep_batch(i):
+    import time
+
+    time.sleep(0.3)
+    return i
+
+
+def test_batches_in_flight_follow_workers_joining():
+    """A cluster the user started with one GPU worker up: as more join, the window of
+    batches in flight grows (it was fixed from the workers present at the start)."""
+    from distributed import Client, LocalCluster
+
+    from blockbuster.cluster import StageWork, slots
+
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        resources={"GPU": 1},
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster, set_as_default=False)
+    res = {"GPU": 1}
+    windows: list[int] = []
+    try:
+        with client.as_current():
+            work = StageWork.submit(
+                client,
+                _sleep_batch,
+                [[i] for i in range(24)],
+                lambda b: lambda: (b[0],),
+                name="window",
+                window=lambda: 2 * slots(client, res) + 2,
+                resources=res,
+            )
+            work.run.recheck_s = 0.0
+            assert work.run.window == 4  # one GPU worker
+            cluster.scale(2)
+
+            def done(i, _):
+                if not windows:  # the next completion sees the second worker
+                    client.wait_for_workers(2, timeout=120)
+                windows.append(work.run.window)
+
+            assert work.gather(done) == list(range(24))
+        assert max(windows) == 2 * 2 + 2  # the second worker counted once it joined
     finally:
         client.close()
         cluster.close()

@@ -8,11 +8,16 @@ No Prefect here.
 from ._batches import (
     BATCH_VOXELS,
     StageWork,
+    slots,
     split_batches,
 )
 from ._gpus import (
     GPU_RESOURCE,
+    check_gpu_client,
+    declares_gpu,
     gpu_layout,
+    gpu_worker_memory,
+    gpu_workers,
     nvml_devices,
     parse_visible_devices,
     visible_gpus,
@@ -31,7 +36,11 @@ from ._local import (
 __all__ = [
     "BATCH_VOXELS",
     "GPU_RESOURCE",
+    "check_gpu_client",
+    "declares_gpu",
     "gpu_layout",
+    "gpu_worker_memory",
+    "gpu_workers",
     "no_gpu_message",
     "nvml_devices",
     "parse_visible_devices",
@@ -44,5 +53,6 @@ __all__ = [
     "client_threads",
     "gpu_info",
     "make_local_cluster",
+    "slots",
     "split_batches",
 ]

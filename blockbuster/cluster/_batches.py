@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["split_batches", "BatchRun", "StageWork"]
+__all__ = ["split_batches", "BatchRun", "StageWork", "slots"]
 
 
 #: Voxels a batch may hold before ``max_batch`` tiles limits it: small tiles go in
@@ -68,9 +68,29 @@ def split_batches(
     return out
 
 
+def slots(client, resources: dict | None = None) -> int:
+    """Threads that can run a batch asking for ``resources`` (all threads without),
+    counted now: workers join and leave."""
+    from ._gpus import workers_info
+
+    ws = workers_info(client).values()
+    if resources:
+        ws = [
+            w
+            for w in ws
+            if all((w.get("resources") or {}).get(k, 0) >= v for k, v in resources.items())
+        ]
+    return max(1, sum(int(w.get("nthreads", 1)) for w in ws))
+
+
 class BatchRun:
     """Batches of tiles on the cluster: ``func(*args_of[i]())`` for every i, at most
     ``window`` in flight.
+
+    ``window`` may be a function of nothing: it is asked again, at most every
+    ``recheck_s`` seconds, as batches finish, so the batches in flight follow the
+    workers as they join and leave (a cluster started by the user, e.g. on SLURM, where
+    one of eight GPU workers is up when the run starts).
 
     Creating one submits the first window at once (``args_of[i]`` is called only when
     batch i is submitted, so inputs that are themselves cluster computations start
@@ -87,12 +107,17 @@ class BatchRun:
         args_of: Sequence[Callable[[], tuple]],
         *,
         name: str,
-        window: int,
+        window: int | Callable[[], int],
         resources: dict | None = None,
+        recheck_s: float = 1.0,
     ):
         from distributed import as_completed
 
         self.client, self.func, self.args_of = client, func, list(args_of)
+        self._window_of = window if callable(window) else None
+        self.window = max(1, int(window() if callable(window) else window))
+        self.recheck_s = recheck_s
+        self._checked = time.monotonic()
         self.resources = resources
         self.results: list[Any] = [None] * len(self.args_of)
         self._tag = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -100,9 +125,7 @@ class BatchRun:
         self._inflight: dict[str, tuple[int, Any]] = {}
         self._ac = as_completed()
         try:
-            for _ in range(max(1, window)):
-                if not self._submit_next():
-                    break
+            self._top_up()
         except BaseException:
             self.cancel()
             raise
@@ -125,6 +148,18 @@ class BatchRun:
         self._ac.add(fut)
         return True
 
+    def _top_up(self) -> None:
+        """Submit batches until ``window`` are in flight (asking ``window`` again when
+        it is a function and ``recheck_s`` has passed)."""
+        if self._window_of is not None and time.monotonic() - self._checked >= self.recheck_s:
+            self._checked = time.monotonic()
+            try:
+                self.window = max(1, int(self._window_of()))
+            except Exception:  # pragma: no cover - scheduler busy or gone: keep the last
+                pass
+        while len(self._inflight) < self.window and self._submit_next():
+            pass
+
     def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Wait for every batch (submitting the rest); ``on_done(i, result)`` as each ends."""
         try:
@@ -134,7 +169,7 @@ class BatchRun:
                 fut.release()
                 if on_done is not None:
                     on_done(i, self.results[i])
-                self._submit_next()
+                self._top_up()
         except BaseException:
             self.cancel()
             raise
@@ -175,7 +210,7 @@ class StageWork:
         args_for: Callable[[list[int]], Callable[[], tuple]],
         *,
         name: str,
-        window: int,
+        window: int | Callable[[], int],
         resources: dict | None = None,
         info: dict[str, Any] | None = None,
         started: float | None = None,

@@ -45,6 +45,10 @@ __all__ = [
     "visible_gpus",
     "gpu_layout",
     "worker_gpus",
+    "declares_gpu",
+    "gpu_worker_memory",
+    "gpu_workers",
+    "check_gpu_client",
     "GPU_RESOURCE",
 ]
 
@@ -306,19 +310,148 @@ def gpu_layout(
 
 def worker_gpus() -> dict[str, Any]:
     """In a worker (``client.run(worker_gpus)``): the GPUs this process may use, read
-    through NVML in the worker's own environment, with their free memory now.
+    in the worker's own environment, with their free memory now.
 
-    ``{"nvml": False}`` when NVML cannot be read there (nvidia-ml-py missing, no
-    driver): then nobody can tell whether the worker has a GPU.
+    ``known`` is False when nobody can tell: nvidia-ml-py is missing there and the
+    NVIDIA driver's ``/proc`` entries exist. ``CUDA_VISIBLE_DEVICES`` set but empty, or
+    no NVIDIA driver at all (Linux), means no GPU for certain. Loads no model and
+    creates no CUDA context.
     """
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    base = {"pid": os.getpid(), "CUDA_VISIBLE_DEVICES": cvd}
+    if cvd is not None and not cvd.strip():
+        return {**base, "known": True, "gpus": [], "how": "CUDA_VISIBLE_DEVICES is empty"}
     try:
         import pynvml  # noqa: F401
     except ImportError:
-        return {"nvml": False, "gpus": [], "pid": os.getpid()}
-    devices = nvml_devices()
+        proc = "/proc/driver/nvidia/gpus"
+        if os.name == "posix" and os.path.isdir("/proc") and not os.path.isdir(proc):
+            return {**base, "known": True, "gpus": [], "how": "no NVIDIA driver"}
+        return {**base, "known": False, "gpus": [], "how": "nvidia-ml-py is not installed"}
+    return {**base, "known": True, "gpus": visible_gpus(nvml_devices()), "how": "NVML"}
+
+
+def gpu_worker_memory(client=None) -> dict[str, Any] | None:
+    """Memory one GPU worker has for a tile: free GPU memory (``vram_bytes``) and host
+    memory (``host_bytes``), with where they come from (``source``).
+
+    With a client whose cluster has GPU workers, both are measured on those workers:
+    the least free memory of a worker's GPU (split between the workers sharing that
+    GPU), and the least Dask memory limit. Without a client, for the cluster
+    :func:`make_local_cluster` would start here: this machine's GPUs and the memory
+    :func:`gpu_layout` gives a GPU worker. None when there is no GPU worker, or no GPU.
+    """
+    if client is not None:
+        gws = gpu_workers(client)
+        if not gws:
+            return None
+        probes = client.run(worker_gpus, workers=list(gws))
+        per_gpu: dict[str, int] = {}
+        for p in probes.values():
+            for g in p["gpus"][:1]:
+                per_gpu[g["uuid"]] = per_gpu.get(g["uuid"], 0) + 1
+        frees = [
+            p["gpus"][0]["memory_free"] // per_gpu[p["gpus"][0]["uuid"]]
+            for p in probes.values()
+            if p["gpus"]
+        ]
+        limits = [int(w["memory_limit"]) for w in gws.values() if w.get("memory_limit")]
+        return {
+            "vram_bytes": min(frees) if frees else None,
+            "host_bytes": min(limits) if limits else None,
+            "source": f"measured on the cluster's {len(gws)} GPU worker(s)",
+        }
+    gpus = visible_gpus()
+    if not gpus:
+        return None
+    from ._local import allocation
+
+    alloc = allocation()
+    layout = gpu_layout(gpus, cpus=alloc["cpus"], memory_bytes=alloc["memory_bytes"])
     return {
-        "nvml": True,
-        "gpus": visible_gpus(devices),
-        "pid": os.getpid(),
-        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "vram_bytes": min(int(g["memory_free"]) for g in gpus),
+        "host_bytes": min(w["memory_limit"] for w in layout if w["kind"] == "gpu"),
+        "source": f"this machine's {len(gpus)} GPU(s) (NVML) and the GPU workers' memory "
+        "make_local_cluster(use_gpu=True) gives",
     }
+
+
+def declares_gpu(fn: Any) -> bool:
+    """Whether a tile function declares that it needs a GPU: a true ``uses_gpu``
+    attribute (or property), as ``cellpose_fn(gpu=True)`` has.
+
+    Any callable may declare it (``fn.uses_gpu = True``, or a class attribute):
+    ``tile_process`` then runs it on GPU workers only.
+
+    Examples
+    --------
+    >>> def seg(tile): ...
+    >>> declares_gpu(seg)
+    False
+    >>> seg.uses_gpu = True
+    >>> declares_gpu(seg)
+    True
+    """
+    try:
+        return bool(getattr(fn, "uses_gpu", False))
+    except Exception:  # a property that fails: no declaration
+        return False
+
+
+def workers_info(client) -> dict[str, dict[str, Any]]:
+    """Every worker's scheduler info (all of them: recent distributed lists 5 by default)."""
+    import inspect
+
+    try:
+        every = "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        every = False
+    info = client.scheduler_info(n_workers=-1) if every else client.scheduler_info()
+    return dict(info.get("workers", {}))
+
+
+def gpu_workers(client) -> dict[str, dict[str, Any]]:
+    """The workers of ``client``'s cluster that offer the Dask ``GPU`` resource."""
+    info = workers_info(client)
+    return {a: w for a, w in info.items() if (w.get("resources") or {}).get(GPU_RESOURCE)}
+
+
+def check_gpu_client(client, what: str) -> bool:
+    """Check that ``client``'s cluster can run GPU work (``what`` names who needs it).
+
+    True when some workers offer the ``GPU`` resource (GPU work is routed to them).
+    Raises :class:`~blockbuster.errors.NoGPUError` when the workers can tell that none
+    of them has a GPU. Otherwise (GPUs without the resource, or nobody can tell) logs a
+    warning and returns False: the work then runs on any worker.
+    """
+    from blockbuster.errors import NoGPUError
+
+    if gpu_workers(client):
+        return True
+    probes = client.run(worker_gpus)
+    if probes and all(p["known"] and not p["gpus"] for p in probes.values()):
+        hows = sorted({p["how"] for p in probes.values()})
+        raise NoGPUError(
+            f"{what}, but the Dask cluster in use has no GPU worker: none of its "
+            f"{len(probes)} workers offers the Dask resource 'GPU' or sees a GPU "
+            f"({'; '.join(hows)}). Nothing was run or written. Connect to a cluster with "
+            "GPU workers (started with --resources GPU=1, one per GPU), close this client "
+            "so blockbuster starts a GPU cluster on this machine, or use a CPU function"
+        )
+    if any(p["gpus"] for p in probes.values()):
+        log.warning(
+            "%s; the cluster's workers see GPUs but none offers the Dask resource 'GPU', so "
+            "GPU work is not routed: every thread of every worker may load a model on the "
+            "same GPU. Start one worker per GPU with --resources GPU=1 (dask-cuda's "
+            "dask-cuda-worker does) or use make_local_cluster(use_gpu=True)",
+            what,
+        )
+    else:
+        log.warning(
+            "%s; cannot tell whether the cluster's workers have GPUs (%s) and none offers "
+            "the Dask resource 'GPU': GPU work is not routed. Install nvidia-ml-py on the "
+            "workers and start one worker per GPU with --resources GPU=1",
+            what,
+            "; ".join(sorted({p["how"] for p in probes.values()})) or "no answer",
+        )
+    return False

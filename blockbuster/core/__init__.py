@@ -5,7 +5,13 @@ NumPy and SciPy only: no Prefect, no Dask distributed, no reading or writing of 
 (that is :mod:`blockbuster.io`). Everything here can be used and tested without a cluster.
 """
 
-from ._autosize import DEFAULT_MEMORY_FACTOR, auto_tile_shape
+from ._autosize import (
+    DEFAULT_GPU_MEMORY_FACTOR,
+    DEFAULT_GPU_MODEL_BYTES,
+    DEFAULT_MEMORY_FACTOR,
+    GPU_MAX_TILE_VOXELS,
+    auto_tile_shape,
+)
 from ._empty import (
     sample_image,
     threshold_from_sample,
@@ -68,7 +74,10 @@ __all__ = [
     "sample_starts",
     "slow_tiles",
     "map_through",
+    "DEFAULT_GPU_MEMORY_FACTOR",
+    "DEFAULT_GPU_MODEL_BYTES",
     "DEFAULT_MEMORY_FACTOR",
+    "GPU_MAX_TILE_VOXELS",
     "MIN_TILES_PER_UNIT",
     "MergeTable",
     "RunPlan",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger
 
-from blockbuster.cluster import StageWork, client_threads, split_batches
+from blockbuster.cluster import StageWork, client_threads, slots, split_batches
 from blockbuster.io import full_slices
 from blockbuster.worker import segment_tiles
 
@@ -50,7 +50,8 @@ def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
     records = dict(job.finished_records())
     todo = unfinished_tiles(job)
     client = job.client()
-    nthreads = client_threads(client)
+    # batches that ask for a resource (GPU=1) can only run on the workers offering it
+    nthreads = slots(client, job.resources) if job.resources else client_threads(client)
     fn = job.tile_fn
     # a merge's index pass costs in proportion to voxels: small tiles, bigger batches;
     # fn's cost is unknown, so its batches keep at most 32 tiles (progress, retries)
@@ -80,7 +81,8 @@ def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
         batches,
         args_for,
         name="segment",
-        window=2 * nthreads + 2,
+        # asked again as batches finish: the window follows workers joining and leaving
+        window=lambda: 2 * slots(client, job.resources) + 2,
         resources=job.resources,
         info={"records": records, "todo": todo},
     )

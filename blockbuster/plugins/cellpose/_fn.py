@@ -111,7 +111,19 @@ class CellposeFn:
         upsamples the tile and multiplies the need by ``(30 / diameter) ** ndim``.
         See ``docs/cellpose.md``.
     uses_gpu : bool
-        Whether the model runs on a GPU (``gpu``).
+        Whether the model runs on a GPU (``gpu``): ``tile_process`` then runs it on GPU
+        workers only (and refuses where there are none).
+    gpu_memory_factor : float
+        GPU memory per voxel of a tile as a multiple of its input bytes, for
+        ``tile_shape="auto"`` on GPUs: 20, an estimate from the arrays Cellpose keeps on
+        the GPU per voxel (the image as float32, flows, cell probability, flow-following
+        coordinates); **not measured on a GPU yet** (docs/gpu.md).
+    gpu_model_bytes : int
+        GPU memory of the model, its CUDA context and one batch of network inputs: 3 GiB,
+        an estimate (Cellpose-SAM's ViT-L weights are 1.2 GB in float32).
+    plane_by_plane : bool
+        True when 3D tiles are segmented plane by plane without stitching
+        (``do_3D=False``): ``tile_shape="auto"`` then keeps one-plane tiles.
     """
 
     model_type: str | None = "cyto3"
@@ -125,6 +137,8 @@ class CellposeFn:
     eval_kwargs: dict = field(default_factory=dict, hash=False)
 
     memory_factor: ClassVar[float] = 100.0
+    gpu_memory_factor: ClassVar[float] = 20.0
+    gpu_model_bytes: ClassVar[int] = 3 << 30
 
     # ---- construction -----------------------------------------------------------------
 
@@ -205,6 +219,12 @@ class CellposeFn:
     def uses_gpu(self) -> bool:
         """Whether this callable runs its model on a GPU (``gpu``)."""
         return self.gpu
+
+    @property
+    def plane_by_plane(self) -> bool:
+        """Whether a 3D tile is segmented one plane at a time, unstitched (``do_3D=False``
+        without ``stitch_threshold``)."""
+        return self.do_3D is False and not (self.stitch_threshold or 0) > 0
 
     # ---- model --------------------------------------------------------------------------
 
