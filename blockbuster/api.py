@@ -114,9 +114,9 @@ def choose_tile_shape(
     mem, where = _worker_memory(client)
     gpu: dict[str, Any] = {}
     if use_gpu:
-        from blockbuster.cluster import gpu_worker_memory
+        from blockbuster.cluster import allocation, gpu_worker_memory
 
-        m = gpu_worker_memory(client)
+        m = gpu_worker_memory(client, None if client is not None else allocation())
         if m is not None:
             if m["host_bytes"]:
                 mem, where = m["host_bytes"], "host memory of a GPU worker (" + m["source"] + ")"

@@ -331,7 +331,9 @@ def worker_gpus() -> dict[str, Any]:
     return {**base, "known": True, "gpus": visible_gpus(nvml_devices()), "how": "NVML"}
 
 
-def gpu_worker_memory(client=None) -> dict[str, Any] | None:
+def gpu_worker_memory(
+    client=None, allocation: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Memory one GPU worker has for a tile: free GPU memory (``vram_bytes``) and host
     memory (``host_bytes``), with where they come from (``source``).
 
@@ -339,7 +341,8 @@ def gpu_worker_memory(client=None) -> dict[str, Any] | None:
     the least free memory of a worker's GPU (split between the workers sharing that
     GPU), and the least Dask memory limit. Without a client, for the cluster
     :func:`make_local_cluster` would start here: this machine's GPUs and the memory
-    :func:`gpu_layout` gives a GPU worker. None when there is no GPU worker, or no GPU.
+    :func:`gpu_layout` gives a GPU worker of ``allocation`` (:func:`allocation`'s
+    ``cpus`` and ``memory_bytes``). None when there is no GPU worker, or no GPU.
     """
     if client is not None:
         gws = gpu_workers(client)
@@ -364,10 +367,9 @@ def gpu_worker_memory(client=None) -> dict[str, Any] | None:
     gpus = visible_gpus()
     if not gpus:
         return None
-    from ._local import allocation
-
-    alloc = allocation()
-    layout = gpu_layout(gpus, cpus=alloc["cpus"], memory_bytes=alloc["memory_bytes"])
+    if allocation is None:
+        raise ValueError("gpu_worker_memory without a client needs the allocation")
+    layout = gpu_layout(gpus, cpus=allocation["cpus"], memory_bytes=allocation["memory_bytes"])
     return {
         "vram_bytes": min(int(g["memory_free"]) for g in gpus),
         "host_bytes": min(w["memory_limit"] for w in layout if w["kind"] == "gpu"),
