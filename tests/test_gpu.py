@@ -412,3 +412,83 @@ def test_batches_in_flight_follow_workers_joining():
     finally:
         client.close()
         cluster.close()
+
+
+class OomUntil:
+    """A GPU tile function that runs out of GPU memory (PyTorch's real error class)
+    while its batch is larger than ``fits``; ``with_smaller_batch`` halves it."""
+
+    uses_gpu = True
+    gpu_memory_factor = 20.0
+    gpu_model_bytes = 1 << 30
+
+    def __init__(self, batch_size: int, fits: int, tried: list):
+        self.batch_size, self.fits, self.tried = batch_size, fits, tried
+
+    def __call__(self, tile):
+        import numpy as np
+
+        self.tried.append(self.batch_size)
+        if self.batch_size > self.fits:
+            raise _oom_error()("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.ones(tile.shape, np.int32)
+
+    def with_smaller_batch(self):
+        if self.batch_size <= 1:
+            return None
+        return OomUntil(self.batch_size // 2, self.fits, self.tried)
+
+
+def _oom_error():
+    try:
+        import torch
+
+        return torch.cuda.OutOfMemoryError
+    except ImportError:  # the message alone is recognised too
+        return RuntimeError
+
+
+def test_cuda_out_of_memory_retries_with_a_smaller_batch_then_names_the_tile():
+    import numpy as np
+
+    from blockbuster.errors import TileFunctionError
+    from blockbuster.worker import call_fn
+
+    data = np.zeros((1, 256, 256), np.uint16)
+    tried: list = []
+    out, _, attempts = call_fn(OomUntil(16, 4, tried), data, 7, (0, 0, 0), 2, 0.0)
+    assert tried == [16, 8, 4] and attempts == 3 and out.shape == data.shape
+    # never fits: down to a batch of one, then a clear error naming tile and memory
+    tried.clear()
+    with pytest.raises(TileFunctionError) as e:
+        call_fn(OomUntil(8, 0, tried), data, 7, (3, 0, 0), 2, 0.0)
+    assert tried == [8, 4, 2, 1]  # not the 3 identical retries of a transient error
+    msg = str(e.value)
+    assert "out of GPU memory on tile 7" in msg and "origin (3, 0, 0)" in msg
+    need = (data.nbytes * 20 + (1 << 30)) / 2**30
+    assert f"needs about {need:.1f} GiB of GPU memory" in msg and "tile_shape" in msg
+    assert e.value.tile_index == 7
+
+    # a function without a smaller batch: once more after freeing the cache, then fail
+    calls = []
+
+    def plain(tile):
+        calls.append(1)
+        raise _oom_error()("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    with pytest.raises(TileFunctionError, match="out of GPU memory on tile 2"):
+        call_fn(plain, data, 2, (0, 0, 0), 5, 0.0)
+    assert len(calls) == 2
+
+
+def test_cellpose_batch_size_for_the_gpu_and_smaller_after_oom():
+    from blockbuster.plugins.cellpose import cellpose_fn, choose_batch_size
+
+    assert choose_batch_size(None) == 8  # Cellpose's default without a GPU to measure
+    assert choose_batch_size(80 << 30) == 64 and choose_batch_size(2 << 30) == 16
+    fn = cellpose_fn("cyto3", gpu=True, batch_size=32)
+    assert fn.batch_size == 32
+    smaller = fn.with_smaller_batch()
+    assert smaller.batch_size == 16 and smaller.cache_token() != "" and smaller.gpu
+    one = cellpose_fn("cyto3", gpu=True, batch_size=1)
+    assert one.with_smaller_batch() is None

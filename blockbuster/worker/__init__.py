@@ -4,6 +4,7 @@ buffers and allocator tuning, and an in-process runner of the same stages (no cl
 Imports :mod:`blockbuster.core` and :mod:`blockbuster.io`; knows nothing of Prefect.
 """
 
+from ._gpu_memory import free_gpu_cache, gpu_free_bytes, is_cuda_oom
 from ._in_process import run_locally
 from ._memory import (
     Scratch,
@@ -11,6 +12,7 @@ from ._memory import (
 )
 from ._pictures import region_samples, render_pictures, sample_regions
 from ._tile_ops import (
+    call_fn,
     empty_tiles,
     relabel_tiles,
     scan_tiles,
@@ -20,6 +22,10 @@ from ._tile_ops import (
 )
 
 __all__ = [
+    "call_fn",
+    "free_gpu_cache",
+    "gpu_free_bytes",
+    "is_cuda_oom",
     "empty_tiles",
     "Scratch",
     "keep_freed_memory",

@@ -45,6 +45,7 @@ from blockbuster.io import (
     write_regions,
 )
 
+from ._gpu_memory import free_gpu_cache, gpu_free_bytes, is_cuda_oom
 from ._memory import Scratch, keep_freed_memory
 
 __all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
@@ -73,8 +74,14 @@ def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int, ret
     is a :class:`TileFunctionError` naming the tile, its origin and the original error
     (with the worker-side traceback in the message, since a chained cause does not
     survive the trip between processes).
+
+    A CUDA out-of-memory error is not retried as it was: PyTorch's cache is freed and
+    the call is made again with ``fn.with_smaller_batch()`` while the function offers a
+    smaller batch (once more as is, after freeing, when it offers none); then the tile
+    fails with the GPU memory it needed (module :mod:`._gpu_memory`).
     """
     attempts = 0
+    oom: list[str] = []  # what each out-of-memory attempt ran with
     while True:
         attempts += 1
         t0 = time.perf_counter()
@@ -82,6 +89,19 @@ def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int, ret
             out = fn(data)
             return out, time.perf_counter() - t0, attempts
         except Exception as exc:  # noqa: BLE001 - any error of user code
+            if is_cuda_oom(exc):
+                free_gpu_cache()
+                oom.append(str(getattr(fn, "batch_size", "?")))
+                smaller = getattr(fn, "with_smaller_batch", None)
+                nxt = smaller() if callable(smaller) else None
+                if nxt is not None:
+                    fn = nxt
+                    continue
+                if len(oom) == 1 and not callable(smaller):
+                    continue  # once more with the cache freed
+                raise TileFunctionError(
+                    _oom_message(fn, data, tile, origin, oom, exc), tile, tuple(origin)
+                ) from exc
             # our own errors (a missing model, no GPU, a bad option) are permanent
             if attempts <= retries and not isinstance(exc, BlockbusterError):
                 time.sleep(retry_delay * attempts)
@@ -94,6 +114,30 @@ def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int, ret
                 tile,
                 tuple(origin),
             ) from exc
+
+
+def _oom_message(fn, data: np.ndarray, tile: int, origin, tried: list[str], exc) -> str:
+    """Tile ``tile`` does not fit in GPU memory: how much it needed, what is free, the fix."""
+    from blockbuster.core import DEFAULT_GPU_MEMORY_FACTOR, DEFAULT_GPU_MODEL_BYTES
+
+    factor = float(getattr(fn, "gpu_memory_factor", DEFAULT_GPU_MEMORY_FACTOR))
+    model = int(getattr(fn, "gpu_model_bytes", DEFAULT_GPU_MODEL_BYTES))
+    need = data.nbytes * factor + model
+    mem = gpu_free_bytes()
+    have = (
+        f"{mem[0] / 2**30:.1f} GiB of {mem[1] / 2**30:.1f} GiB free on this GPU now"
+        if mem
+        else "free GPU memory unknown"
+    )
+    return (
+        f"fn ran out of GPU memory on tile {tile} (origin {tuple(origin)}, input shape "
+        f"{data.shape}, {data.nbytes / 2**20:.0f} MiB) in {len(tried)} attempt(s) (batch "
+        f"sizes {', '.join(tried)}), the cache freed before each retry. The tile needs "
+        f"about {need / 2**30:.1f} GiB of GPU memory ({factor:g} x the tile's bytes + "
+        f"{model / 2**30:.1f} GiB for the model); {have}. Use a smaller tile_shape (or "
+        f"tile_shape='auto'), or fewer workers per GPU. CUDA said: {type(exc).__name__}: "
+        f"{str(exc)[:500]}"
+    )
 
 
 def _band_bounds(plan: RunPlan, n: int, axis: int, hi: bool):

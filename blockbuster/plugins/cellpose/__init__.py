@@ -5,6 +5,7 @@ Cellpose itself is imported lazily, so the callable can be built and pickled on 
 machine without it (extra ``blockbuster[cellpose]``).
 """
 
+from ._eval import choose_batch_size
 from ._fn import CellposeFn, cellpose_fn
 from ._models import clear_model_cache, model_loads
 from ._versions import cellpose_major_version
@@ -13,6 +14,7 @@ __all__ = [
     "CellposeFn",
     "cellpose_fn",
     "cellpose_major_version",
+    "choose_batch_size",
     "clear_model_cache",
     "model_loads",
 ]

@@ -33,9 +33,59 @@ _NORMALIZE_DEFAULTS: dict[str, Any] = {
 _MIN_EXTENT = 16
 
 
+#: GPU memory one network input patch takes while Cellpose runs a batch (an estimate
+#: for Cellpose 3's CPnet on 224^2 patches and Cellpose-SAM on 256^2; not measured on a
+#: GPU yet, docs/gpu.md). The out-of-memory retry halves the batch when it is wrong.
+PATCH_BYTES = 64 << 20
+_BATCH: dict[int, int] = {}  # pid -> batch size chosen for this process's GPU
+
+
+def choose_batch_size(free_bytes: int | None, patch_bytes: int = PATCH_BYTES) -> int:
+    """Cellpose ``batch_size`` for a GPU with ``free_bytes`` free after the model loaded:
+    half of it in patches, from Cellpose's default 8 up to 64 (a 2048^2 tile at the
+    model's diameter is ~100 patches: two batches).
+
+    Examples
+    --------
+    >>> choose_batch_size(None), choose_batch_size(2 << 30), choose_batch_size(80 << 30)
+    (8, 16, 64)
+    """
+    if not free_bytes:
+        return 8
+    return int(min(64, max(8, free_bytes // 2 // patch_bytes)))
+
+
+def gpu_batch_size() -> int:
+    """The batch size chosen for this process's GPU (measured once, after the model
+    loaded; lowered for good by an out-of-memory retry)."""
+    import os
+
+    pid = os.getpid()
+    if pid not in _BATCH:
+        free = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                free = int(torch.cuda.mem_get_info()[0])
+        except Exception:  # pragma: no cover - CUDA unusable: Cellpose's default
+            free = None
+        _BATCH[pid] = choose_batch_size(free)
+    return _BATCH[pid]
+
+
+def lower_gpu_batch_size(to: int) -> None:
+    """After an out-of-memory error: this process's tiles use batches of ``to``."""
+    import os
+
+    _BATCH[os.getpid()] = max(1, int(to))
+
+
 def _eval_kwargs(fn, major: int, mode: str, nchan_given: bool) -> dict:
     """Keyword arguments of ``model.eval`` for ``fn`` in ``mode`` ("2d", "3d", "stitch")."""
     kw = dict(fn.eval_kwargs)
+    if fn.gpu and not kw.get("batch_size"):
+        kw["batch_size"] = gpu_batch_size()  # Cellpose's 8 leaves a large GPU idle
     normalize = kw.pop("normalize", True)
     invert = kw.pop("invert", None)
     import cellpose.models as cpm  # already imported by load_model

@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -219,6 +219,33 @@ class CellposeFn:
     def uses_gpu(self) -> bool:
         """Whether this callable runs its model on a GPU (``gpu``)."""
         return self.gpu
+
+    @property
+    def batch_size(self) -> int:
+        """Cellpose's ``batch_size`` (network patches per GPU batch) for this callable:
+        the one given, else on a GPU the one chosen in this process for its free GPU
+        memory (8 to 64, see :func:`choose_batch_size`), else Cellpose's default 8."""
+        given = self.eval_kwargs.get("batch_size")
+        if given:
+            return int(given)
+        if self.gpu:
+            from ._eval import _BATCH
+
+            return _BATCH.get(os.getpid(), 8)
+        return 8
+
+    def with_smaller_batch(self) -> CellposeFn | None:
+        """The same segmentation with half the GPU batch (after a CUDA out-of-memory
+        error; the labels do not depend on it), or None at a batch of one. A batch size
+        chosen for the GPU is lowered for this process's later tiles too."""
+        b = self.batch_size
+        if b <= 1:
+            return None
+        if self.gpu and not self.eval_kwargs.get("batch_size"):
+            from ._eval import lower_gpu_batch_size
+
+            lower_gpu_batch_size(b // 2)
+        return replace(self, eval_kwargs={**self.eval_kwargs, "batch_size": b // 2})
 
     @property
     def plane_by_plane(self) -> bool:
