@@ -73,7 +73,7 @@ def slots(client, resources: dict | None = None) -> int:
     counted now: workers join and leave."""
     from ._gpus import workers_info
 
-    ws = workers_info(client).values()
+    ws = list(workers_info(client).values())
     if resources:
         ws = [
             w

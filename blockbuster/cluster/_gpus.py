@@ -191,8 +191,8 @@ def _resolve(entry: str, devices: Sequence[Mapping[str, Any]]) -> list[dict[str,
         hits = [u for d in devices for u in _units(d) if u["mig"] and u["uuid"].startswith(entry)]
         return hits if len(hits) == 1 else None
     if entry.startswith("GPU-"):
-        hits = [d for d in devices if d["uuid"].startswith(entry)]
-        return _units(hits[0]) if len(hits) == 1 else None
+        gpus = [d for d in devices if d["uuid"].startswith(entry)]
+        return _units(gpus[0]) if len(gpus) == 1 else None
     return None
 
 

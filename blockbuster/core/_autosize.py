@@ -162,7 +162,7 @@ def auto_tile_shape(
         "working_set_bytes": int(cost(tile)),
         "limited_by": limited_by if note is None else why_not(tile),
     }
-    if gpu_budget is not None:
+    if gpu_budget is not None and gpu_bytes is not None:
         why.update(
             gpu_bytes=int(gpu_bytes),
             gpu_budget_bytes=gpu_budget,
