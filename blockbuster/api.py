@@ -20,9 +20,18 @@ from typing import Any
 import numpy as np
 
 from blockbuster.core import DEFAULT_MEMORY_FACTOR, RunPlan, auto_tile_shape, fn_token, make_plan
-from blockbuster.io import ImageSource, OutputTarget, open_image
+from blockbuster.io import (
+    ImageSource,
+    OutputLock,
+    OutputTarget,
+    check_apart,
+    check_staging,
+    is_within,
+    open_image,
+    parse_location,
+)
 
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, ParameterTypeError
 
 __all__ = ["tile_process", "merge_tile_labels", "estimate_empty_tiles", "choose_tile_shape"]
 
@@ -151,12 +160,56 @@ def _check_bool(name: str, value) -> None:
         raise InvalidParameterError(f"{name}={value!r} must be True or False")
 
 
-def _prepare_output(write_to, zarr_format: int) -> OutputTarget:
+def _prepare_output(write_to, zarr_format: int, overwrite: bool = False) -> OutputTarget:
+    _check_bool("overwrite", overwrite)
     if write_to is None:
         return OutputTarget(os.path.join(_temp_dir(), "labels.zarr"), temporary=True)
-    if not isinstance(write_to, (str, os.PathLike)):
-        raise InvalidParameterError(f"write_to={write_to!r} must be a path (str) or None")
-    return OutputTarget(write_to, zarr_format=zarr_format)
+    return OutputTarget(write_to, zarr_format=zarr_format, overwrite=bool(overwrite))
+
+
+def _staging_root(staging, out: OutputTarget) -> str:
+    if staging is not None:
+        return os.fspath(parse_location(staging, param="staging"))
+    if out.temporary:
+        return os.path.join(os.path.dirname(out.path), "staging")
+    return _default_staging(out.path)
+
+
+def _input_place(src: ImageSource) -> tuple[str | None, str | None]:
+    """(path of a stored input, its OME-Zarr image group or None); (None, None) for
+    in-memory inputs."""
+    reader = src.reader
+    path = getattr(reader, "path", None)
+    if src.kind != "stored" or not path:
+        return None, None
+    group = None
+    if getattr(reader, "kind", None) == "ome-zarr":
+        comp = getattr(reader, "component", None)
+        group = os.path.join(path, comp.strip("/")) if comp else path
+    return os.fspath(path), group
+
+
+def _check_places(src: ImageSource, out: OutputTarget, staging_root: str, result_key: str):
+    """Every rule on where this run writes and deletes, before anything is touched
+    (and again under the output's lock): the output and the staging are not the input,
+    around it or inside it (an OME-Zarr input's labels/<name> aside, for the output),
+    not each other, and hold nothing blockbuster may not replace."""
+    image, group = _input_place(src)
+    if image is not None:
+        if not out.temporary:
+            check_apart(out.path, image, param="write_to", labels_of=group)
+        check_apart(staging_root, image, param="staging")
+    if not out.temporary:
+        o, st = os.path.realpath(out.path), os.path.realpath(staging_root)
+        if is_within(st, o) or is_within(o, st):
+            raise InvalidParameterError(
+                f"staging={staging_root!r} and write_to={out.path!r} overlap; the staging "
+                "must be a separate folder (the default is next to the output)"
+            )
+        done = out.completed_run()
+        if not (done is not None and done.get("result_key") == result_key):
+            out.state()  # OutputExistsError unless blockbuster may (re)create it
+    check_staging(staging_root)
 
 
 def _result(out: OutputTarget, compute: bool):
@@ -190,6 +243,40 @@ def _run_flow(
     progress: bool,
     keep_staging: bool,
 ) -> dict[str, Any]:
+    lock = None
+    if not out.temporary:
+        # one run at a time on an output: a second one waits (io/_lock.py)
+        lock = OutputLock(out.path)
+        lock.wait({"run_key": plan.run_key})
+    try:
+        return _run_locked(
+            flow,
+            plan,
+            src,
+            fn,
+            fn_desc,
+            out,
+            use_gpu=use_gpu,
+            progress=progress,
+            keep_staging=keep_staging,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    flow,
+    plan: RunPlan,
+    src: ImageSource,
+    fn,
+    fn_desc: str,
+    out: OutputTarget,
+    *,
+    use_gpu,
+    progress: bool,
+    keep_staging: bool,
+) -> dict[str, Any]:
     from blockbuster.cluster import ClusterHandle, check_client
     from blockbuster.io import Staging
     from blockbuster.tasks import (
@@ -210,6 +297,7 @@ def _run_flow(
             plan.result_key,
         )
         return {"run_key": plan.run_key, "output": out.path, "cached": True, **done}
+    _check_places(src, out, plan.staging_root, plan.result_key)  # again, under the lock
     staging = Staging(plan.staging_root)
     info = {"run_key": plan.run_key, "description": plan.description}
     handle = ClusterHandle(use_gpu=use_gpu)
@@ -325,6 +413,7 @@ def tile_process(
     use_gpu: bool | str = False,
     staging=None,
     retries: int = 2,
+    overwrite: bool = False,
     keep_staging: bool = False,
     level: int = 0,
     zarr_format: int = 3,
@@ -369,6 +458,9 @@ def tile_process(
     write_to : path, optional
         Output zarr array (v3, or v2 with ``zarr_format=2``), or
         ``image.zarr/labels/<name>`` for an NGFF label image. Default: a temporary store.
+        Never the input, a folder containing it, or a path inside it (an OME-Zarr
+        input's ``labels/<name>`` aside); URLs and fsspec ``::`` are refused. A run on
+        an output another run is writing waits for it (docs/security.md).
     compute : bool
         Return a NumPy array instead of a dask array reading the output.
     progress : bool
@@ -387,6 +479,11 @@ def tile_process(
         success, so a crashed run resumes; ``keep_staging=True`` keeps it afterwards.
     retries : int
         Retries of a failing ``fn`` call per tile (with a growing delay).
+    overwrite : bool
+        Replace a complete output of another run at ``write_to``. Without it that is a
+        :class:`~blockbuster.errors.OutputExistsError` (a ``FileExistsError``). A path
+        blockbuster did not write (a file, a folder, a zarr store without its completion
+        record) is never replaced; an unfinished blockbuster output always is.
     return_summary : bool
         Also return the run summary dict: ``(labels, summary)``.
 
@@ -407,7 +504,7 @@ def tile_process(
     1
     """
     if not callable(fn):
-        raise InvalidParameterError(
+        raise ParameterTypeError(
             f"fn={fn!r} is not callable; pass a function fn(tile) -> integer labels"
         )
     for name, v in (
@@ -441,7 +538,7 @@ def tile_process(
         tile_shape, why = choose_tile_shape(
             src, fn, overlap, use_gpu is True, _current_client() if use_gpu is True else None
         )
-    out = _prepare_output(write_to, zarr_format)
+    out = _prepare_output(write_to, zarr_format, overwrite)
     plan = make_plan(
         src,
         fn_id=fid,
@@ -455,18 +552,12 @@ def tile_process(
         sequential_labels=sequential_labels,
         retries=retries,
         retry_delay=retry_delay,
+        max_tiles=_max_tiles(),
     )
     if why is not None:
         log.info("tile_shape='auto' chose %s: %s", plan.grid.tile_shape, why)
-    root = (
-        os.fspath(staging)
-        if staging is not None
-        else (
-            _default_staging(out.path)
-            if not out.temporary
-            else os.path.join(os.path.dirname(out.path), "staging")
-        )
-    )
+    root = _staging_root(staging, out)
+    _check_places(src, out, root, plan.result_key)
     plan = dataclasses.replace(plan, staging_root=root)
     from blockbuster.flows import tile_process_flow
 
@@ -498,6 +589,7 @@ def merge_tile_labels(
     staging=None,
     keep_staging: bool = False,
     zarr_format: int = 3,
+    overwrite: bool = False,
     return_summary: bool = False,
 ):
     """Merge per-tile labels into globally consistent labels (touching labels join).
@@ -511,8 +603,9 @@ def merge_tile_labels(
         tiles; they are made so.
     tile_shape : tuple of int, optional
         Override the tiles (defaults to the blocks / chunks).
-    connectivity, sequential_labels, write_to, progress, compute
-        As in :func:`tile_process`.
+    connectivity, sequential_labels, write_to, progress, compute, staging, overwrite
+        As in :func:`tile_process` (``write_to`` is never ``labeled`` itself, nor
+        around or inside it).
 
     Returns
     -------
@@ -540,7 +633,7 @@ def merge_tile_labels(
         ("keep_staging", keep_staging),
     ):
         _check_bool(name, v)
-    src = open_image(labeled, component=input_component)
+    src = open_image(labeled, component=input_component, param="labeled")
     if src.channel_axis is not None:
         raise InvalidParameterError("merge_tile_labels takes label images without a channel axis")
     if not np.issubdtype(src.dtype, np.integer) or src.dtype == bool:
@@ -549,7 +642,7 @@ def merge_tile_labels(
         )
     if tile_shape is None:
         tile_shape = _tiles_of(src)
-    out = _prepare_output(write_to, zarr_format)
+    out = _prepare_output(write_to, zarr_format, overwrite)
     # stored labels are read again when relabelling rather than copied to the staging
     # (a dask array's blocks are computed once, so those are staged)
     plan = make_plan(
@@ -562,16 +655,10 @@ def merge_tile_labels(
         sequential_labels=sequential_labels,
         retries=0,
         read_back=src.kind == "stored",
+        max_tiles=_max_tiles(),
     )
-    root = (
-        os.fspath(staging)
-        if staging is not None
-        else (
-            _default_staging(out.path)
-            if not out.temporary
-            else os.path.join(os.path.dirname(out.path), "staging")
-        )
-    )
+    root = _staging_root(staging, out)
+    _check_places(src, out, root, plan.result_key)
     plan = dataclasses.replace(plan, staging_root=root)
     from blockbuster.flows import merge_flow
 
@@ -588,6 +675,21 @@ def merge_tile_labels(
     )
     result = _result(out, compute)
     return (result, summary) if return_summary else result
+
+
+def _max_tiles() -> int:
+    """The most tiles a plan may have (dask config ``blockbuster.max-tiles``)."""
+    import dask
+
+    from blockbuster.core import MAX_TILES
+
+    value = dask.config.get("blockbuster.max-tiles", MAX_TILES)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"dask config blockbuster.max-tiles={value!r} must be an integer"
+        ) from None
 
 
 def _tiles_of(src: ImageSource) -> tuple[int, ...]:

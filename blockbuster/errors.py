@@ -21,6 +21,11 @@ __all__ = [
     "InputChangedError",
     "InvalidParameterError",
     "InputError",
+    "InputNotFoundError",
+    "ParameterTypeError",
+    "OutputExistsError",
+    "OutputBusyError",
+    "UnsupportedLocationError",
     "TileFunctionError",
     "TileOutputError",
     "LabelOverflowError",
@@ -45,6 +50,31 @@ class InvalidParameterError(BlockbusterError, ValueError):
 
 class InputError(BlockbusterError, OSError):
     """An input image cannot be opened or is not a supported kind of image."""
+
+
+class ParameterTypeError(InvalidParameterError, TypeError):
+    """A parameter has the wrong type (a non-callable ``fn``, a string for a number)."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input path does not exist."""
+
+
+class OutputExistsError(BlockbusterError, FileExistsError):
+    """Something is at an output (or staging) path that may not be replaced.
+
+    Raised before anything is written or deleted; the message names the path, why it is
+    kept and the fix (another path, ``overwrite=True`` for a complete blockbuster output,
+    or removing it yourself).
+    """
+
+
+class OutputBusyError(BlockbusterError, TimeoutError):
+    """Another run holds the output's lock (the message says who) past the wait allowed."""
+
+
+class UnsupportedLocationError(InvalidParameterError):
+    """A path uses a syntax blockbuster does not support there (a URL, fsspec ``::``)."""
 
 
 class TileFunctionError(BlockbusterError, RuntimeError):

@@ -36,10 +36,11 @@ from blockbuster.deploy import (
     segment,
 )
 from blockbuster.errors import (
-    InputError,
     InvalidParameterError,
+    OutputExistsError,
     PathNotAllowedError,
     SegmenterNotFoundError,
+    UnsupportedLocationError,
 )
 from blockbuster.synthetic import write_synthetic_zarr
 
@@ -113,7 +114,7 @@ def test_paths_must_resolve_under_the_data_roots(tmp_path):
         prepare_segment("a.zarr", SEG, settings=st)
     with pytest.raises(PathNotAllowedError, match="no data roots are configured"):
         prepare_segment(img_in, SEG, settings=Settings())
-    with pytest.raises(InputError, match="URL"):
+    with pytest.raises(UnsupportedLocationError, match="URL"):
         check_allowed_path("s3://bucket/a.zarr", [str(root)], what="image")
     # a root that is a prefix of another folder's name does not admit it
     (tmp_path / "data2").mkdir()
@@ -139,7 +140,7 @@ def test_outputs_never_replace_inputs_or_foreign_data(tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("precious")
-    with pytest.raises(InvalidParameterError, match="not written by blockbuster"):
+    with pytest.raises(OutputExistsError, match="never replaces it"):
         prepare_segment(img, SEG, output=str(foreign), settings=st, overwrite=True)
     assert (foreign / "keep.txt").read_text() == "precious"
 

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import zarr
 
-from blockbuster.errors import InputError, InvalidParameterError
+from blockbuster.errors import InputError, InvalidParameterError, UnsupportedLocationError
 from blockbuster.io import ArraySource, describe, open_path
 
 AXES_CZYX = [
@@ -350,7 +350,7 @@ def test_bad_paths_raise_input_error(tmp_path):
         open_path(missing)
     assert str(missing) in str(e.value) and "\n" not in str(e.value)
     assert "OME-Zarr" in str(e.value) and "TIFF" in str(e.value)
-    assert isinstance(e.value, OSError)
+    assert isinstance(e.value, FileNotFoundError)  # the builtin a Python user catches
 
     empty = tmp_path / "empty_dir"
     empty.mkdir()
@@ -368,7 +368,7 @@ def test_bad_paths_raise_input_error(tmp_path):
     with pytest.raises(InputError, match=r"broken\.tif"):
         open_path(bad_tif)
 
-    with pytest.raises(InputError, match="remote URL"):
+    with pytest.raises(UnsupportedLocationError, match="is a URL"):
         open_path("s3://bucket/image.zarr")
 
 

@@ -85,9 +85,9 @@ def _cmd_merge(a: argparse.Namespace) -> int:
     from blockbuster.api import merge_tile_labels
 
     if not os.path.exists(a.labels):
-        from blockbuster.errors import InputError
+        from blockbuster.errors import InputNotFoundError
 
-        raise InputError(f"labels {a.labels!r} do not exist")
+        raise InputNotFoundError(f"labels {a.labels!r} do not exist")
     ts = None if a.tile_shape in (None, "auto") else a.tile_shape
     _, summary = merge_tile_labels(
         a.labels,
@@ -96,6 +96,7 @@ def _cmd_merge(a: argparse.Namespace) -> int:
         write_to=a.write_to,
         connectivity=a.connectivity,
         sequential_labels=a.sequential_labels,
+        overwrite=a.overwrite,
         progress=a.progress,
         return_summary=True,
     )

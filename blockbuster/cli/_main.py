@@ -41,11 +41,13 @@ def _usage_error_types() -> tuple[type, ...]:
         InputError,
         InvalidParameterError,
         ModelNotFoundError,
+        OutputExistsError,
         PathNotAllowedError,
         SegmenterNotFoundError,
     )
 
     types: list[type] = [
+        OutputExistsError,
         UsageError,
         InvalidParameterError,
         InputError,

@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--connectivity", type=int, default=1, help="1 = faces ... ndim = corners too (default 1)"
     )
     m.add_argument("--sequential-labels", action="store_true", help="number objects exactly 1..N")
+    m.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete output of another run (never a path blockbuster did not write)",
+    )
     m.add_argument("--progress", action="store_true", help="progress bars per stage")
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=_cmd_merge)

@@ -51,6 +51,7 @@ from ._pictures import (
     slow_tiles,
 )
 from ._plan import (
+    MAX_TILES,
     RunPlan,
     make_plan,
     normalize_overlap,
@@ -95,6 +96,7 @@ __all__ = [
     "input_changed",
     "instance_f1",
     "make_plan",
+    "MAX_TILES",
     "match_iou",
     "normalize_overlap",
     "normalize_tile_shape",

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _U32_MAX = np.iinfo(np.uint32).max
+_I64_MAX = np.iinfo(np.int64).max
 
 
 def smallest_label_dtype(max_label: int) -> np.dtype[Any]:
@@ -83,6 +84,12 @@ def check_tile_labels(
         )
     if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise _negative_labels(int(arr.min()), tile, origin)
+    if arr.size and arr.dtype == np.uint64 and int(arr.max()) > _I64_MAX:
+        raise LabelOverflowError(
+            f"fn returned label {int(arr.max())} for {where}; ids must be below 2**63 "
+            "(they are handled as int64): renumber the tile's labels, e.g. "
+            "skimage.segmentation.relabel_sequential(labels)[0]"
+        )
     return arr
 
 

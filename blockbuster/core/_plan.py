@@ -26,20 +26,33 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from blockbuster.io import ImageSource
 
+import math
 import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockbuster.errors import InvalidParameterError
+from blockbuster.errors import InvalidParameterError, ParameterTypeError
 
 from ._grid import TileGrid
 from ._identity import run_key as _run_key
 
-__all__ = ["RunPlan", "make_plan", "normalize_tile_shape", "normalize_overlap", "MERGE_MODES"]
+__all__ = [
+    "RunPlan",
+    "make_plan",
+    "normalize_tile_shape",
+    "normalize_overlap",
+    "MERGE_MODES",
+    "MAX_TILES",
+]
 
 MERGE_MODES = ("auto", "touch", "overlap")
+
+#: Default most tiles in one plan: 2**23, enough for 1 PiB of uint8 in 512^3 tiles
+#: (2**50 / 2**27). A plan beyond it is refused before the grid is built (a typo such as
+#: ``tile_shape=(1, 1)`` would otherwise plan 10**10 tiles in the driver).
+MAX_TILES = 2**23
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,13 @@ def normalize_overlap(
             )
     if not all(_is_int(o) and o >= 0 for o in ov):
         raise InvalidParameterError(f"overlap={overlap!r}: entries must be ints >= 0")
+    for o, s in zip(ov, spatial):
+        if o > s:
+            raise InvalidParameterError(
+                f"overlap={overlap!r} is larger than the image (spatial shape {spatial}); a "
+                "halo wider than the image only repeats it: use a smaller overlap, e.g. "
+                "about one object diameter"
+            )
     return tuple(int(o) for o in ov)
 
 
@@ -183,6 +203,7 @@ def make_plan(
     read_back: bool = False,
     units: str | Sequence[int] | None = "auto",
     extra_identity: dict[str, Any] | None = None,
+    max_tiles: int = MAX_TILES,
 ) -> RunPlan:
     """Validate the parameters of a run against ``src`` and fix the run (see module doc).
 
@@ -199,6 +220,17 @@ def make_plan(
     if any(s == 0 for s in spatial):
         raise InvalidParameterError(f"the image is empty (shape {src.shape}); nothing to tile")
     ts = normalize_tile_shape(tile_shape, src)
+    n_tiles = 1
+    for s, t in zip(spatial, ts):
+        n_tiles *= -(-s // t)
+    if n_tiles > max_tiles:
+        grow = math.ceil((n_tiles / max_tiles) ** (1 / nsp)) + 1
+        fit = tuple(min(s, t * grow) for s, t in zip(spatial, ts))
+        raise InvalidParameterError(
+            f"tile_shape={tuple(ts)} makes {n_tiles} tiles of the image {spatial}, more than "
+            f"the limit of {max_tiles}: use larger tiles (e.g. tile_shape={fit} or 'auto'), "
+            "or raise dask config 'blockbuster.max-tiles'"
+        )
     ov = normalize_overlap(overlap, src, ts)
     if merge not in MERGE_MODES:
         raise InvalidParameterError(f"merge={merge!r} is not one of {MERGE_MODES}")
@@ -215,12 +247,20 @@ def make_plan(
             f"corners included) for an image with {nsp} spatial axes"
         )
     if not isinstance(iou_threshold, numbers.Real) or not 0 < float(iou_threshold) <= 1:
+        # NaN and inf fail the range check too
         raise InvalidParameterError(
             f"iou_threshold={iou_threshold!r} must be a number in (0, 1]; e.g. 0.5"
         )
-    if empty_threshold is not None and not isinstance(empty_threshold, numbers.Real):
-        raise InvalidParameterError(
+    if empty_threshold is not None and (
+        not isinstance(empty_threshold, numbers.Real) or isinstance(empty_threshold, bool)
+    ):
+        raise ParameterTypeError(
             f"empty_threshold={empty_threshold!r} must be a number or None (estimate it)"
+        )
+    if empty_threshold is not None and not math.isfinite(float(empty_threshold)):
+        raise InvalidParameterError(
+            f"empty_threshold={empty_threshold!r} must be a finite number (NaN would mark "
+            "every tile empty); give a pixel value, or None to estimate it"
         )
     if not _is_int(retries) or retries < 0:
         raise InvalidParameterError(f"retries={retries!r} must be an int >= 0")

@@ -2,7 +2,8 @@
 parameter models, path rules (data roots), the output lock, settings and ``serve``.
 """
 
-from ._lock import OutputLock
+from blockbuster.io import OutputLock
+
 from ._params import one_line_validation_error
 from ._paths import (
     MAX_ATTEMPTS,

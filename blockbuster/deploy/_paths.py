@@ -14,7 +14,9 @@ import logging
 import os
 from typing import Any, Literal
 
-from blockbuster.errors import InputError, InvalidParameterError, PathNotAllowedError
+from blockbuster.errors import InvalidParameterError
+from blockbuster.io import check_apart, hidden_path, lock_path, parse_location, under_roots
+from blockbuster.io import output_state as _io_output_state
 
 __all__ = [
     "check_allowed_path",
@@ -40,14 +42,6 @@ LABELS_SUFFIX = ".labels.zarr"
 # ---------------------------------------------------------------------------------------
 # paths: data roots, default outputs, output state
 # ---------------------------------------------------------------------------------------
-def _strip_file_url(path: str, what: str) -> str:
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    elif "://" in path:
-        raise InputError(f"{what} {path!r} is a URL; give a local absolute path")
-    return path
-
-
 def check_allowed_path(
     path: Any,
     roots: tuple[str, ...] | list[str],
@@ -75,30 +69,15 @@ def check_allowed_path(
     """
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
         raise InvalidParameterError(f"{what}={path!r} must be an absolute path")
-    raw = _strip_file_url(os.fspath(path).strip(), what)
-    if "\x00" in raw:
-        raise InvalidParameterError(f"{what}={raw!r} contains a NUL byte")
-    if not os.path.isabs(raw):
+    raw = parse_location(os.fspath(path).strip(), param=what)  # URLs, '::', NUL, long names
+    given = os.fspath(path).strip()
+    given = given[len("file://") :] if given.startswith("file://") else given
+    if not os.path.isabs(given):
         raise InvalidParameterError(
-            f"{what}={raw!r} must be an absolute path (relative paths and '~' are not "
+            f"{what}={given!r} must be an absolute path (relative paths and '~' are not "
             "resolved for deployment runs)"
         )
-    if not roots:
-        raise PathNotAllowedError(
-            f"{what} {raw!r} refused: no data roots are configured; set {setting} (folders "
-            f"separated by {os.pathsep!r}) in the environment of the process that runs "
-            "the flows"
-        )
-    real = os.path.realpath(raw)
-    for root in roots:
-        r = os.path.realpath(root)
-        if real == r or real.startswith(r.rstrip(os.sep) + os.sep):
-            return real
-    where = f" (resolves to {real!r})" if real != os.path.normpath(raw) else ""
-    raise PathNotAllowedError(
-        f"{what} {raw!r}{where} is outside the data roots ({os.pathsep.join(roots)}); "
-        f"only paths under {setting} may be read or written"
-    )
+    return under_roots(raw, roots, param=what, setting=setting)
 
 
 def path_stem(path: str) -> str:
@@ -149,25 +128,8 @@ def default_output(
     return os.path.join(output_dir, sub, path_stem(image_path) + LABELS_SUFFIX)
 
 
-def _store_split(path: str) -> tuple[str, str]:
-    """(folder outside any zarr store, name) for hidden files that belong to ``path``."""
-    path = os.path.abspath(path)
-    parts = path.split(os.sep)
-    for i, p in enumerate(parts[:-1]):
-        if p.lower().endswith(".zarr") and i > 0:
-            return os.sep.join(parts[:i]) or os.sep, "-".join(parts[i:])
-    return os.path.dirname(path), os.path.basename(path)
-
-
-def lock_path(output: str) -> str:
-    """The lock file of an output: hidden, next to it (outside any zarr store)."""
-    parent, name = _store_split(output)
-    return os.path.join(parent, f".{name}.blockbuster-lock")
-
-
 def _failure_path(output: str) -> str:
-    parent, name = _store_split(output)
-    return os.path.join(parent, f".{name}.blockbuster-failed")
+    return hidden_path(output, ".blockbuster-failed")
 
 
 def failure_record(output: str) -> dict[str, Any] | None:
@@ -211,42 +173,21 @@ OutputStateName = Literal["absent", "complete", "incomplete", "foreign"]
 
 def output_state(output: str) -> OutputStateName:
     """What is at ``output``: nothing, a complete or an unfinished blockbuster output, or
-    something else ("foreign": never replaced)."""
-    if not os.path.lexists(output):
-        return "absent"
-    if os.path.isdir(output) and not os.path.islink(output) and not os.listdir(output):
-        return "absent"
-    from blockbuster.io import ATTR, OutputTarget
-
-    try:
-        arr = OutputTarget(output).open()
-        rec = arr.attrs.get(ATTR)
-    except Exception:
-        return "foreign"
-    if isinstance(rec, dict) and "complete" in rec:
-        return "complete" if rec.get("complete") else "incomplete"
-    return "foreign"
+    something else ("foreign": never replaced). See :func:`blockbuster.io.output_state`."""
+    state = _io_output_state(output)
+    return "foreign" if state == "foreign-zarr" else state
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _check_output_vs_input(out: str, stored) -> None:
-    img = stored.path
-    if out == img or _inside(img, out):
-        raise InvalidParameterError(
-            f"output {out!r} would replace the input image {img!r}; choose another path"
+    group = None
+    if stored.kind == "ome-zarr":
+        group = (
+            os.path.join(stored.path, stored.component.strip("/"))
+            if stored.component
+            else stored.path
         )
-    if _inside(out, img):
-        group = os.path.join(img, stored.component.strip("/")) if stored.component else img
-        ok = stored.kind == "ome-zarr" and _inside(out, os.path.join(group, "labels"))
-        if not ok:
-            raise InvalidParameterError(
-                f"output {out!r} is inside the input image {img!r}; only an OME-Zarr image's "
-                f"'labels/<name>' may be written into it"
-            )
+    check_apart(out, stored.path, param="output", labels_of=group)

@@ -35,13 +35,13 @@ from prefect import flow
 from pydantic import Field
 
 from blockbuster.errors import InvalidParameterError
+from blockbuster.io import OutputLock, check_replaceable, parse_location
 
 # The flow's parts, each in its own module; every name importable from here before the
 # split still is:
 #   segment_params: the parameter models and checking what was given;
 #   segment_paths:  data roots, default outputs, output state, failure records;
 #   segment_lock:   OutputLock.
-from ._lock import OutputLock
 from ._params import (
     MergeMode,
     SegmenterChoice,
@@ -56,7 +56,6 @@ from ._paths import (
     _check_output_vs_input,
     _clear_failures,
     _record_failure,
-    _strip_file_url,
     check_allowed_path,
     default_output,
     failure_record,
@@ -143,9 +142,7 @@ def prepare_segment(
     if enforce_roots:
         img = check_allowed_path(image, settings.data_roots, what="image")
     else:
-        if not isinstance(image, (str, os.PathLike)) or not os.fspath(image).strip():
-            raise InvalidParameterError(f"image={image!r} must be a path")
-        img = os.path.realpath(os.path.expanduser(_strip_file_url(os.fspath(image), "image")))
+        img = os.path.realpath(parse_location(image, param="image"))
     choice = _as_segmenter(
         segmenter
         if segmenter is not None
@@ -176,16 +173,11 @@ def prepare_segment(
     if enforce_roots:
         out = check_allowed_path(output, settings.data_roots, what="output")
     else:
-        if not isinstance(output, (str, os.PathLike)):
-            raise InvalidParameterError(f"output={output!r} must be a path")
-        out = os.path.realpath(os.path.expanduser(_strip_file_url(os.fspath(output), "output")))
+        out = os.path.realpath(parse_location(output, param="output"))
     _check_output_vs_input(out, stored)
-    state = output_state(out)
-    if state == "foreign":
-        raise InvalidParameterError(
-            f"output {out!r} already exists and was not written by blockbuster; it is never "
-            "replaced: choose another output path (or remove it yourself)"
-        )
+    # a path blockbuster did not write is refused now (a complete output of ours is
+    # either left alone, "already-segmented", or replaced with overwrite=True)
+    check_replaceable(out, overwrite=True, param="output")
     channel = src.channel_axis
     kwargs = dict(kw, channel_axis=channel, level=level)
     opts = dict(choice.options)
@@ -295,6 +287,7 @@ def _tile_process(req: SegmentRequest, progress: bool) -> dict[str, Any]:
             req.image,
             req.fn,
             write_to=req.output,
+            overwrite=req.overwrite,
             progress=progress,
             return_summary=True,
             **kwargs,

@@ -41,8 +41,8 @@ from typing import Annotated, Any
 from prefect import flow
 
 from blockbuster.errors import InputError, InvalidParameterError
+from blockbuster.io import OutputLock
 
-from ._lock import OutputLock
 from ._params import SegmenterChoice, TilingOptions, _as_segmenter, _as_tiling, _enum_value
 from ._paths import (
     LABELS_SUFFIX,

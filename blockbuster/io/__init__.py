@@ -7,8 +7,22 @@ Imports :mod:`blockbuster.core` only (never Prefect, never Dask distributed).
 
 from ._array_source import ArraySource, describe
 from ._chunkfiles import ChunkFiles, chunk_files
+from ._lock import OutputLock, hidden_path, lock_path, lock_timeout
 from ._ngff import LabelTarget, label_target
 from ._output import ATTR, OutputTarget
+from ._places import (
+    check_apart,
+    check_replaceable,
+    check_staging,
+    completion_record,
+    is_within,
+    local_store,
+    member_path,
+    output_state,
+    parse_location,
+    staging_state,
+    under_roots,
+)
 from ._png import data_url, encode_png, png_size, write_png
 from ._readers import open_path
 from ._shardfiles import ShardWriter
@@ -27,6 +41,21 @@ from ._zarrio import (
 
 __all__ = [
     "ATTR",
+    "OutputLock",
+    "check_apart",
+    "check_replaceable",
+    "check_staging",
+    "completion_record",
+    "hidden_path",
+    "is_within",
+    "local_store",
+    "lock_path",
+    "lock_timeout",
+    "member_path",
+    "output_state",
+    "parse_location",
+    "staging_state",
+    "under_roots",
     "ArraySource",
     "ChunkFiles",
     "ImageSource",

@@ -299,7 +299,9 @@ class ArraySource:
 def _open_zarr_array(p: str):
     import zarr
 
-    return zarr.open_array(p, mode="r")
+    from ._places import local_store
+
+    return zarr.open_array(store=local_store(p, read_only=True), mode="r")
 
 
 def _open_tiff_level(path: str, series: int, level: int):

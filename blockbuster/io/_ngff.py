@@ -79,6 +79,7 @@ from ._ngff_meta import (
     _rgba,
 )
 from ._ngff_pyramid import _PyramidMixin
+from ._places import local_store, member_path, parse_location
 
 __all__ = ["LabelTarget", "label_target", "LABEL_DTYPES"]
 
@@ -128,11 +129,7 @@ def label_target(write_to: str | os.PathLike) -> LabelTarget | None:
     True
     """
     raw = os.fspath(write_to)
-    if "://" in raw and not raw.startswith("file://"):
-        return None
-    if raw.startswith("file://"):
-        raw = raw[len("file://") :]
-    p = os.path.abspath(os.path.expanduser(raw)).rstrip(os.sep)
+    p = os.fspath(parse_location(raw, param="write_to")).rstrip(os.sep)
     name = os.path.basename(p)
     labels_dir = os.path.dirname(p)
     if os.path.basename(labels_dir) != "labels" or not name or name.startswith("."):
@@ -160,7 +157,7 @@ def label_target(write_to: str | os.PathLike) -> LabelTarget | None:
     datasets = list(ms.get("datasets") or [])
     shapes = []
     for d in datasets:
-        arr_dir = os.path.join(image, *str(d.get("path", "")).strip("/").split("/"))
+        arr_dir = member_path(image, str(d.get("path", "")).strip("/"), what="dataset path")
         shapes.append(_array_shape(arr_dir))
     if not shapes or any(s is None for s in shapes):
         raise InputError(
@@ -283,7 +280,10 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
         import zarr
 
         return zarr.open_group(
-            path, mode=mode, zarr_format=self.zarr_format, use_consolidated=False
+            store=local_store(path, read_only=mode == "r"),
+            mode=mode,
+            zarr_format=self.zarr_format,
+            use_consolidated=False,
         )
 
     def _array_kwargs(self, shape, dtype, chunks, compressors) -> dict[str, Any]:
@@ -368,7 +368,7 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
         if not overwrite:
             kind, _ = _node_type(self.level0_path)
             if kind == "array":
-                arr = zarr.open_array(self.level0_path, mode="r+")
+                arr = zarr.open_array(store=local_store(self.level0_path), mode="r+")
                 if (tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks)) == (
                     shape,
                     dt,

@@ -20,6 +20,7 @@ import numpy as np
 from blockbuster.errors import InvalidParameterError
 
 from ._metadata import _node_type
+from ._places import local_store
 
 if TYPE_CHECKING:
     from ._ngff import LabelTarget
@@ -57,7 +58,7 @@ class _PyramidMixin:
                 f"{self.level0_path!r} does not exist; call create_level0() and write "
                 "level 0 before building the pyramid"
             )
-        a0 = zarr.open_array(self.level0_path, mode="r")
+        a0 = zarr.open_array(store=local_store(self.level0_path, read_only=True), mode="r")
         group = self._open_group(self.group_path, mode="r+")
         comp = a0.compressors
         for lv in range(1, self.n_levels):
@@ -74,7 +75,7 @@ class _PyramidMixin:
         """
         import zarr
 
-        arr = zarr.open_array(self.level_path(level), mode="r")
+        arr = zarr.open_array(store=local_store(self.level_path(level), read_only=True), mode="r")
         shape, chunks = tuple(arr.shape), tuple(arr.chunks)
         item = np.dtype(arr.dtype).itemsize
         mult = [1] * len(shape)
@@ -101,8 +102,10 @@ class _PyramidMixin:
         """
         import zarr
 
-        prev = zarr.open_array(self.level_path(level - 1), mode="r")
-        out = zarr.open_array(self.level_path(level), mode="r+")
+        prev = zarr.open_array(
+            store=local_store(self.level_path(level - 1), read_only=True), mode="r"
+        )
+        out = zarr.open_array(store=local_store(self.level_path(level)), mode="r+")
         sel = []
         regular = True
         for ax, b in enumerate(block):

@@ -5,6 +5,10 @@ on; the very last write of a successful run sets ``complete`` to true together w
 the run key and the label count. A crashed run therefore never leaves an output that
 looks finished, and a new run over an incomplete output simply replaces it.
 
+What may be replaced follows :mod:`blockbuster.io._places` (:func:`check_replaceable`):
+only an output blockbuster wrote (unfinished, or complete with ``overwrite=True``),
+checked again in :meth:`OutputTarget.create` right before anything is deleted.
+
 When ``write_to`` points inside an OME-Zarr image (``image.zarr/labels/<name>``) the
 labels are written as an NGFF label image (see :mod:`blockbuster.io`).
 
@@ -32,21 +36,39 @@ import zarr
 from blockbuster.errors import InvalidParameterError
 
 from ._ngff import label_target
+from ._places import (
+    OUTPUT_MARKER,
+    StateName,
+    check_replaceable,
+    completion_record,
+    local_store,
+    parse_location,
+)
 
 __all__ = ["OutputTarget", "ATTR"]
 
-ATTR = "blockbuster"
+ATTR = OUTPUT_MARKER
 
 
 class OutputTarget:
     """Where the final labels go: a plain zarr array or an NGFF label image."""
 
-    def __init__(self, path: str | os.PathLike, *, zarr_format: int = 3, temporary: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        zarr_format: int = 3,
+        temporary: bool = False,
+        overwrite: bool = False,
+        param: str = "write_to",
+    ):
         if zarr_format not in (2, 3):
             raise InvalidParameterError(f"zarr_format={zarr_format!r} must be 2 or 3")
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = os.fspath(parse_location(path, param=param))
         self.zarr_format = zarr_format
         self.temporary = temporary
+        self.overwrite = bool(overwrite)
+        self.param = param
         self.token = ""
         self._ngff = label_target(self.path)
 
@@ -64,23 +86,31 @@ class OutputTarget:
             return f"OME-Zarr labels {self.path}"
         return f"{'temporary ' if self.temporary else ''}zarr array {self.path}"
 
+    def state(self) -> StateName:
+        """What is at the output now, when it may be (re)created; else
+        :class:`~blockbuster.errors.OutputExistsError` (see :func:`check_replaceable`)."""
+        return check_replaceable(self.path, overwrite=self.overwrite, param=self.param)
+
     def create(self, shape, dtype, chunks, info: dict[str, Any], shards=None) -> zarr.Array:
         """(Re)create the array, marked incomplete; returns it. ``shards``: the shard
-        shape, for a zarr v3 array outside an OME-Zarr (ignored elsewhere)."""
+        shape, for a zarr v3 array outside an OME-Zarr (ignored elsewhere).
+
+        Only an output blockbuster wrote is ever replaced (checked here, right before)."""
+        state = "absent" if self.temporary else self.state()
         self.token = uuid.uuid4().hex
         attrs = {ATTR: {"complete": False, **info}}
         if self._ngff is not None:
             arr = self._ngff.create_level0(tuple(shape), dtype, tuple(chunks))
             arr.attrs.update(attrs)
             return arr
-        if os.path.exists(self.path):
-            shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
+        if state in ("incomplete", "complete"):
+            shutil.rmtree(self.path)
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
         sharded = shards is not None and self.zarr_format == 3
         return zarr.create_array(
-            store=self.path,
+            store=local_store(self.path),
             shape=tuple(shape),
             chunks=tuple(chunks),
             dtype=dtype,
@@ -91,18 +121,13 @@ class OutputTarget:
         )
 
     def open(self, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(self.array_path, mode=mode)
+        return zarr.open_array(
+            store=local_store(self.array_path, read_only=mode == "r"), mode=mode
+        )
 
     def completed_run(self) -> dict[str, Any] | None:
         """The completion record when the output is complete, else None."""
-        try:
-            arr = self.open()
-        except Exception:
-            return None
-        rec = arr.attrs.get(ATTR)
-        if isinstance(rec, dict) and rec.get("complete"):
-            return rec
-        return None
+        return completion_record(self.path)
 
     def mark_complete(self, info: dict[str, Any], colors=None, executor=None) -> None:
         """Finish the output (pyramid and metadata for NGFF) and mark it complete, last.
@@ -112,5 +137,5 @@ class OutputTarget:
         """
         if self._ngff is not None:
             self._ngff.finish(colors=colors, executor=executor)
-        arr = zarr.open_array(self.array_path, mode="r+")
+        arr = self.open("r+")
         arr.attrs[ATTR] = {"complete": True, **info}

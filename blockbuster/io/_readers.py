@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from blockbuster.errors import InputError, InvalidParameterError
+from blockbuster.errors import InputError, InputNotFoundError, InvalidParameterError
 
 from ._array_source import ArraySource, _open_zarr_array
 from ._metadata import (
@@ -33,6 +33,7 @@ from ._metadata import (
     ngff_metadata,
     normalize_axes,
 )
+from ._places import member_path, parse_location
 
 __all__ = ["open_path", "SUPPORTED_INPUTS"]
 
@@ -50,7 +51,11 @@ _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".ome.tif", ".ome.tif
 # open_path
 # --------------------------------------------------------------------------------------
 def open_path(
-    path: str | os.PathLike, *, level: int = 0, component: str | None = None
+    path: str | os.PathLike,
+    *,
+    level: int = 0,
+    component: str | None = None,
+    param: str = "image",
 ) -> ArraySource:
     """Open an image stored at ``path`` without reading its pixels.
 
@@ -74,8 +79,13 @@ def open_path(
     Raises
     ------
     InputError
-        The path is missing, remote, or not one of the supported kinds; ``component`` does
+        The path is missing (:class:`~blockbuster.errors.InputNotFoundError`, a
+        ``FileNotFoundError``) or not one of the supported kinds; ``component`` does
         not exist; a zarr group was given without ``component``.
+    UnsupportedLocationError
+        ``path`` is a URL or holds fsspec ``::`` chaining (named by ``param``).
+    PathNotAllowedError
+        ``component`` or a dataset path in the metadata leaves the store.
     InvalidParameterError
         ``level`` is out of range (the message lists the available levels).
 
@@ -97,19 +107,14 @@ def open_path(
     >>> open_path(os.path.join(d, "nope.zarr"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    blockbuster.errors.InputError: input '.../nope.zarr' does not exist; expected a zarr ...
+    blockbuster.errors.InputNotFoundError: input '.../nope.zarr' does not exist; expected a zarr ...
     """
     raw = os.fspath(path)
     if raw.startswith("file://"):
         raw = raw[len("file://") :]
-    elif "://" in raw:
-        raise InputError(
-            f"input {raw!r} is a remote URL; only local paths are supported "
-            f"(expected {SUPPORTED_INPUTS})"
-        )
-    p = os.path.realpath(os.path.expanduser(raw))
+    p = os.path.realpath(parse_location(raw, param=param))  # URLs and '::' refused here
     if not os.path.exists(p):
-        raise InputError(f"input {raw!r} does not exist; expected {SUPPORTED_INPUTS}")
+        raise InputNotFoundError(f"input {raw!r} does not exist; expected {SUPPORTED_INPUTS}")
     if os.path.isfile(p) and os.path.basename(p) in _ZARR_META:
         p = os.path.dirname(p)  # a metadata file inside a store: open the store
     if os.path.isfile(p):
@@ -121,7 +126,7 @@ def open_path(
 
 def _open_zarr(root: str, raw: str, level: int, component: str | None) -> ArraySource:
     comp = component.strip("/") if component else None
-    target = _join(root, comp)
+    target = member_path(root, comp, what="component") if comp else root
     kind, fmt = _node_type(root)
     if kind is None:
         raise InputError(
@@ -253,7 +258,8 @@ def _open_ome(
     rel = [str(d.get("path", "")).strip("/") for d in datasets]
     level_paths = tuple(f"{comp}/{r}" if comp else r for r in rel)
     arrays = []
-    for lp in level_paths:
+    for r, lp in zip(rel, level_paths):
+        member_path(group_dir, r, what="dataset path")  # never outside the image
         try:
             arrays.append(_open_zarr_array(_join(root, lp)))
         except Exception as exc:

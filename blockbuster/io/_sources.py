@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from blockbuster.core import path_stamp
-from blockbuster.errors import InputError, InvalidParameterError
+from blockbuster.errors import InputError, InvalidParameterError, ParameterTypeError
 
 from ._array_source import describe
 from ._readers import open_path
@@ -141,7 +141,12 @@ def _local_store_path(arr: zarr.Array) -> str | None:
 
 
 def open_image(
-    image, *, channel_axis: int | None = None, level: int = 0, component: str | None = None
+    image,
+    *,
+    channel_axis: int | None = None,
+    level: int = 0,
+    component: str | None = None,
+    param: str = "image",
 ) -> ImageSource:
     """Open ``image`` (path, zarr array, dask array or NumPy array) as an :class:`ImageSource`.
 
@@ -154,7 +159,11 @@ def open_image(
     """
     if isinstance(image, (str, os.PathLike)):
         return _open_path(
-            os.fspath(image), channel_axis=channel_axis, level=level, component=component
+            os.fspath(image),
+            channel_axis=channel_axis,
+            level=level,
+            component=component,
+            param=param,
         )
     if isinstance(image, zarr.Array):
         path = _local_store_path(image)
@@ -179,8 +188,8 @@ def open_image(
             name_ok=False,
             what="NumPy array",
         )
-    raise InputError(
-        f"image of type {type(image).__name__} is not supported; pass a path to a zarr "
+    raise ParameterTypeError(
+        f"{param} of type {type(image).__name__} is not supported; pass a path to a zarr "
         "array, OME-Zarr image or TIFF, a zarr.Array, a dask array or a NumPy array"
     )
 
@@ -212,9 +221,11 @@ def _from_dask(arr, channel_axis, name_ok: bool, what: str = "dask array") -> Im
     )
 
 
-def _open_path(path: str, *, channel_axis, level: int, component) -> ImageSource:
+def _open_path(
+    path: str, *, channel_axis, level: int, component, param: str = "image"
+) -> ImageSource:
     """A stored image (zarr v2/v3, OME-Zarr, TIFF) through :func:`open_path`."""
-    src = open_path(path, level=level, component=component)
+    src = open_path(path, level=level, component=component, param=param)
     ca = channel_axis if channel_axis is not None else getattr(src, "channel_axis", None)
     meta = {
         "axes": getattr(src, "axes", None),

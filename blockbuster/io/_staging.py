@@ -64,6 +64,8 @@ from typing import Any
 import numpy as np
 from numcodecs import Blosc
 
+from ._places import check_staging, staging_state
+
 __all__ = ["Staging"]
 
 FORMAT = 2
@@ -207,9 +209,11 @@ class Staging:
         """Create the staging area, or reuse it when it belongs to the same run.
 
         Returns True when an existing staging of the same run is reused (a resume).
-        Anything else at ``root`` (an older run's staging, or one written in another
-        format) is removed first.
+        An older run's staging (one with blockbuster's manifest) is removed first;
+        anything else at ``root`` is never deleted:
+        :class:`~blockbuster.errors.OutputExistsError`, before anything is touched.
         """
+        state = check_staging(self.root)
         existing = self.info()
         if (
             existing is not None
@@ -218,7 +222,7 @@ class Staging:
             and os.path.isdir(self.tiles_dir)
         ):
             return True
-        if os.path.exists(self.root):
+        if state == "ours":
             shutil.rmtree(self.root)
         os.makedirs(self.tiles_dir)
         # a new id each time a staging area is created: caches of results derived from
@@ -238,8 +242,10 @@ class Staging:
         return info.get("generation") if info else None
 
     def remove(self) -> None:
+        """Delete the staging folder (only when its manifest says it is ours)."""
         self.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if staging_state(self.root) == "ours":
+            shutil.rmtree(self.root, ignore_errors=True)
         self._index = None
 
     # -- tiles -----------------------------------------------------------------------

@@ -36,7 +36,9 @@ __all__ = ["read_region", "read_regions", "write_regions", "open_zarr_array_cach
 @lru_cache(maxsize=32)
 def open_zarr_array_cached(path: str, token: str = "", mode: str = "r+") -> zarr.Array:
     """Open a zarr array once per process (``token`` distinguishes array generations)."""
-    return zarr.open_array(path, mode=mode)
+    from ._places import local_store
+
+    return zarr.open_array(store=local_store(path, read_only=mode == "r"), mode=mode)
 
 
 def _sync(coro):
