@@ -97,15 +97,20 @@ def test_changed_function_or_input_invalidates_staging(setup):
         staging=stg,
         keep_staging=True,
         sequential_labels=True,
+        overwrite=True,  # another numbering: replaces the complete output of the first
     )  # relabel only: staging reused
     assert fn.n_calls() == 36
-    tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2)
+    tile_process(
+        path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2, overwrite=True
+    )
     assert fn.n_calls() == 72  # an option changed: recomputed
     time.sleep(0.01)
     a = zarr.open_array(path, mode="r+")
     a[0, 0] = 1  # the input changed (mtime)
     a.attrs["touched"] = True
-    tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2)
+    tile_process(
+        path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2, overwrite=True
+    )
     assert fn.n_calls() == 108
 
 
