@@ -366,6 +366,7 @@ print("RESULT", json.dumps({"cached": bool(summary.get("cached", False))}))
 """
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_on_one_output(tmp_path):
     """Two processes run tile_process on one write_to: the second waits for the first's
     lock, then finds the output complete; the output equals the oracle, and exactly one
@@ -389,7 +390,7 @@ def test_two_concurrent_runs_on_one_output(tmp_path):
         )
     results, errs = [], []
     for p in procs:
-        stdout, stderr = p.communicate(timeout=400)
+        stdout, stderr = p.communicate(timeout=900)
         assert p.returncode == 0, stderr[-3000:]
         errs.append(stderr)
         line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
