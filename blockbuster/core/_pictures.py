@@ -120,15 +120,18 @@ def label_colors(ids: NDArray[Any]) -> NDArray[Any]:
     >>> c[0].tolist(), (c[1] == c[3]).all(), (c[1] != c[2]).any()
     ([0, 0, 0], np.True_, np.True_)
     """
-    ids = np.asarray(ids).astype(np.uint64, copy=False)
-    h = ids * np.uint64(0x9E3779B97F4A7C15)
-    h ^= h >> np.uint64(29)
+    shape = np.shape(ids)
+    ids = np.asarray(ids).astype(np.uint64).reshape(-1)  # arrays: uint64 products wrap
+    h = ids + np.uint64(0x9E3779B97F4A7C15)  # splitmix64's finalizer: every bit mixed
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
     hue = (h & np.uint64(0xFFFF)).astype(np.float64) / 65536.0
     sat = 0.65 + 0.35 * ((h >> np.uint64(16)) & np.uint64(0xFF)).astype(np.float64) / 255.0
     val = 0.8 + 0.2 * ((h >> np.uint64(24)) & np.uint64(0xFF)).astype(np.float64) / 255.0
     rgb = _hsv_to_rgb(hue, sat, val)
     rgb[ids == 0] = 0
-    return rgb
+    return rgb.reshape(shape + (3,))
 
 
 def _hsv_to_rgb(h: NDArray[Any], s: NDArray[Any], v: NDArray[Any]) -> NDArray[Any]:
@@ -146,17 +149,28 @@ def _hsv_to_rgb(h: NDArray[Any], s: NDArray[Any], v: NDArray[Any]) -> NDArray[An
     return rgb
 
 
-def _grey(image: NDArray[Any]) -> NDArray[Any]:
-    """The image as float grey levels in [0, 1]: 1st to 99.5th percentile stretched."""
-    img = np.asarray(image, dtype=np.float64)
-    finite = img[np.isfinite(img)]
-    if finite.size == 0:
-        return np.zeros(img.shape)
-    lo, hi = np.percentile(finite, (1.0, 99.5))
+def _grey(image: NDArray[Any]) -> NDArray[np.float32]:
+    """The image as float32 grey levels in [0, 255]: 1st to 99.5th percentile stretched
+    (percentiles of at most ~100,000 of its pixels)."""
+    img = np.asarray(image, dtype=np.float32)
+    flat = img.reshape(-1)
+    sample = flat[:: max(1, flat.size // 100_000)]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return np.zeros(img.shape, np.float32)
+    lo, hi = (float(v) for v in np.percentile(sample, (1.0, 99.5)))
     if hi <= lo:
         hi = lo + 1.0
-    grey: NDArray[np.float64] = np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
-    return grey
+    out = np.nan_to_num(img, nan=lo, posinf=hi, neginf=lo)
+    out -= lo
+    out *= 255.0 / (hi - lo)
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def _colors_of(labels: NDArray[Any]) -> NDArray[np.uint8]:
+    """:func:`label_colors` of many pixels, computed once per distinct id."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    return label_colors(ids)[inverse.reshape(-1)]
 
 
 def _outlines(labels: NDArray[Any]) -> NDArray[Any]:
@@ -207,22 +221,23 @@ def render_preview(
         raise ValueError(f"labels must be 2D for a preview, got shape {labels.shape}")
     if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image shape {np.shape(image)} differs from labels {labels.shape}")
-    grey = _grey(image) if image is not None else np.zeros(labels.shape)
-    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    grey = _grey(image) if image is not None else np.zeros(labels.shape, np.float32)
+    rgb = np.empty(labels.shape + (3,), np.float32)
+    rgb[...] = grey[..., None]
     fg = labels != 0
     if fg.any():
-        colors = label_colors(labels[fg]).astype(np.float64)
+        colors = _colors_of(labels[fg]).astype(np.float32)
         rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors
         if outlines:
             edge = _outlines(labels)
-            rgb[edge] = label_colors(labels[edge])
+            rgb[edge] = _colors_of(labels[edge])
     for axis, edges in enumerate(tile_edges):
         for e in edges:
             e = int(e)
             if 0 < e < labels.shape[axis]:
                 idx = (slice(None),) * axis + (e,)
                 rgb[idx] = (1 - grid_alpha) * rgb[idx] + grid_alpha * 255.0
-    return np.round(rgb).astype(np.uint8)
+    return np.rint(rgb, out=rgb).astype(np.uint8)
 
 
 def tile_cell_size(grid_shape: Sequence[int], max_side: int = MAX_SIDE) -> int:

@@ -23,17 +23,19 @@ from ._chunkfiles import write_file
 __all__ = ["encode_png", "data_url", "png_size", "write_png"]
 
 
-#: above this many bytes, a picture is stored with a 256-colour palette instead
-PALETTE_ABOVE = 256 << 10
+#: pictures with more pixels than this are stored with a 256-colour palette
+PALETTE_PIXELS = 1 << 18
 
 
-def encode_png(rgb: np.ndarray, palette_above: int = PALETTE_ABOVE) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 array (Pillow, zlib level 6).
+def encode_png(rgb: np.ndarray, palette_pixels: int = PALETTE_PIXELS) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 array (Pillow).
 
-    Flat label colours compress well, a noisy image under them does not: when the RGB
-    PNG is over ``palette_above`` bytes it is stored with a 256-colour palette (Pillow's
-    fast octree quantizer) if that is smaller, so that a picture stays a few hundred KB
-    (it is stored in Prefect's database as an artifact).
+    Flat label colours compress well, a noisy image under them does not: an RGB PNG of
+    a 1024² preview over a microscopy image is ~1.5 MB and takes ~10x longer to
+    compress than the picture took to draw. A picture of more than ``palette_pixels``
+    pixels is therefore stored with a 256-colour palette (Pillow's fast octree
+    quantizer, zlib level 1: ~0.4-0.5 MB, measured in bench/pictures.py); smaller ones
+    exactly, in RGB (zlib level 6).
     """
     from PIL import Image
 
@@ -42,16 +44,13 @@ def encode_png(rgb: np.ndarray, palette_above: int = PALETTE_ABOVE) -> bytes:
         raise ValueError(f"expected an RGB array of shape (H, W, 3), got {arr.shape}")
     img = Image.fromarray(arr)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)
-    png = buf.getvalue()
-    if len(png) > palette_above:
-        buf = io.BytesIO()
+    if arr.shape[0] * arr.shape[1] > palette_pixels:
         img.quantize(256, method=Image.Quantize.FASTOCTREE).save(
-            buf, format="PNG", compress_level=6
+            buf, format="PNG", compress_level=1
         )
-        if len(buf.getvalue()) < len(png):
-            png = buf.getvalue()
-    return png
+    else:
+        img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def png_size(png: bytes) -> tuple[int, int]:
