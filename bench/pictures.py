@@ -1,0 +1,215 @@
+"""What the pictures cost, and how long a fresh process's small job takes with `blockbuster up`.
+
+1. Pictures' cost as a fraction of the run: ``tile_process`` (threshold + label) of the
+   8192² image at 64 tiles (1024²) and 4096 tiles (128²), and ``merge_tile_labels`` of
+   its 4096 per-tile labels (merge units, a sharded output); the pictures step's own
+   seconds (``summary["timings"]["pictures"]``: sampling on the cluster, drawing,
+   encoding, writing the PNGs; it runs between the relabel stage and the end of the flow)
+   over the run's wall time.
+2. A fresh ``python`` process running a 16-tile job (256², tiles of 64², no client, no
+   ``PREFECT_API_URL``) on a ``PREFECT_HOME`` that already exists: without ``blockbuster
+   up`` (each process starts Prefect's temporary server) and with it; split into imports,
+   the call (cluster start, flow run) and the process exit.
+
+Usage: ``python bench/pictures.py [--quick] [--repeats N] [--skip-cost] [--skip-fresh]``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C  # noqa: E402
+
+JOB = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import scipy.ndimage as ndi
+from blockbuster import tile_process
+t1 = time.perf_counter()
+
+def label(tile):
+    return ndi.label(tile > 0)[0]
+
+img = np.zeros((256, 256), np.uint8)
+img[20:120, 30:90] = 1
+img[150:240, 10:250] = 1
+_, s = tile_process(img, label, tile_shape=(64, 64), write_to=sys.argv[1], return_summary=True)
+t2 = time.perf_counter()
+print("RESULT " + json.dumps({"imports": t1 - t0, "call": t2 - t1, "flow": s["timings"]["total"],
+      "pictures": s["timings"].get("pictures"), "n_tiles": s["n_tiles"]}), flush=True)
+"""
+
+
+def cost(args) -> list[list]:
+    from blockbuster.api import merge_tile_labels, tile_process
+
+    n = 2048 if args.quick else 8192
+    rows = []
+    client, cluster = C.make_client()
+    try:
+        C.warm_up(client)
+        cases = [
+            ("tile_process", 64, n // 8),
+            ("tile_process", 4096, n // 64),
+            ("merge_tile_labels", 4096, n // 64),
+        ]
+        for what, n_tiles, tile in cases:
+            walls, pics = [], []
+            for _ in range(args.repeats):
+                out = C.fresh(f"pictures-{what}-{tile}.zarr")
+                t0 = time.perf_counter()
+                if what == "tile_process":
+                    _, s = tile_process(
+                        C.image_path(n, tile),
+                        C.threshold_label,
+                        tile_shape=(tile, tile),
+                        write_to=out,
+                        return_summary=True,
+                    )
+                else:
+                    _, s = merge_tile_labels(
+                        C.tile_labels_path(n, tile), write_to=out, return_summary=True
+                    )
+                walls.append(time.perf_counter() - t0)
+                pics.append(s["timings"].get("pictures", float("nan")))
+                C.discard(out)
+            w, p = C.median(walls), C.median(pics)
+            kb = s.get("pictures", {}).get("preview_bytes", 0) / 1024
+            rows.append(
+                [
+                    what,
+                    f"{n}²",
+                    n_tiles,
+                    f"{tile}²",
+                    C.fmt_s(w),
+                    C.fmt_s(p),
+                    f"{100 * p / w:.1f} %",
+                    f"{kb:.0f} KB",
+                    C.verdict(p / w < 0.03),
+                ]
+            )
+            print(rows[-1], flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    return rows
+
+
+def _job(env: dict, out: str) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-c", JOB, out], env=env, capture_output=True, text=True, timeout=600
+    )
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(p.stdout[-2000:] + p.stderr[-2000:])
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    r = json.loads(line[len("RESULT ") :])
+    r["wall"] = wall
+    r["exit"] = wall - r["imports"] - r["call"]
+    return r
+
+
+def _cli(env: dict, *args: str) -> str:
+    code = "import sys; from blockbuster.cli import main; sys.exit(main())"
+    p = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    if p.returncode != 0:
+        raise RuntimeError(p.stdout + p.stderr)
+    return p.stdout
+
+
+def fresh(args) -> list[list]:
+    home = tempfile.mkdtemp(prefix="blockbuster-bench-home-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    outdir = tempfile.mkdtemp(prefix="blockbuster-bench-out-")
+    k = iter(range(10_000))
+    rows = []
+    print("  first run on a new PREFECT_HOME (creates its database; not timed)", flush=True)
+    _job(env, os.path.join(outdir, f"{next(k)}.zarr"))
+    for mode in ("temporary server", "blockbuster up"):
+        if mode == "blockbuster up":
+            print("  " + _cli(env, "up").splitlines()[0], flush=True)
+        try:
+            got = [_job(env, os.path.join(outdir, f"{next(k)}.zarr")) for _ in range(args.repeats)]
+        finally:
+            if mode == "blockbuster up":
+                print("  " + _cli(env, "down").strip(), flush=True)
+        med = {key: C.median([g[key] for g in got]) for key in ("wall", "imports", "call", "flow")}
+        med["exit"] = C.median([g["exit"] for g in got])
+        rows.append(
+            [
+                mode,
+                C.fmt_s(med["wall"]),
+                C.fmt_s(med["imports"]),
+                C.fmt_s(med["call"] - med["flow"]),
+                C.fmt_s(med["flow"]),
+                C.fmt_s(med["exit"]),
+                C.verdict(med["wall"] <= 5.0) if mode == "blockbuster up" else "",
+            ]
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    args = C.parse_args(
+        __doc__,
+        extra=[
+            ("--skip-cost", {"action": "store_true", "help": "only the fresh-process part"}),
+            ("--skip-fresh", {"action": "store_true", "help": "only the pictures' cost"}),
+        ],
+    )
+    C.header("pictures and the local UI", args)
+    if not args.skip_cost:
+        load = C.OtherLoad().start()
+        rows = cost(args)
+        print(
+            C.table(
+                [
+                    "run",
+                    "image",
+                    "tiles",
+                    "tile",
+                    "run s",
+                    "pictures s",
+                    "share",
+                    "preview",
+                    "< 3 %",
+                ],
+                rows,
+                title=f"pictures' cost (other load {load.stop():.2f} cores)",
+            )
+        )
+    if not args.skip_fresh:
+        load = C.OtherLoad().start()
+        rows = fresh(args)
+        print(
+            C.table(
+                [
+                    "fresh process, 16 tiles",
+                    "wall s",
+                    "imports s",
+                    "call outside the flow s",
+                    "flow s",
+                    "exit s",
+                    "<= 5 s",
+                ],
+                rows,
+                title=f"a fresh process's 16-tile job (other load {load.stop():.2f} cores)",
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
