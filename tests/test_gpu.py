@@ -492,3 +492,72 @@ def test_cellpose_batch_size_for_the_gpu_and_smaller_after_oom():
     assert smaller.batch_size == 16 and smaller.cache_token() != "" and smaller.gpu
     one = cellpose_fn("cyto3", gpu=True, batch_size=1)
     assert one.with_smaller_batch() is None
+
+
+def test_gpu_batch_reads_ahead_and_writes_behind(tmp_path, monkeypatch):
+    """In a segment batch of a GPU function the next tile is read while fn runs, and
+    staged tiles are written by another thread; what is staged is what the plain loop
+    stages."""
+    import dataclasses
+    import threading
+
+    import numpy as np
+    import scipy.ndimage as ndi
+    import zarr
+
+    from blockbuster.core import make_plan
+    from blockbuster.io import Staging, open_image
+    from blockbuster.worker import segment_tiles
+
+    path = str(tmp_path / "img.zarr")
+    img = np.zeros((4, 32, 32), np.uint8)
+    img[:, 4:12, 4:12] = 1
+    img[1:3, 20:30, 15:25] = 2
+    zarr.create_array(store=path, shape=img.shape, chunks=(1, 32, 32), dtype="u1")[...] = img
+    src = open_image(path)
+    asked = [threading.Event() for _ in range(4)]
+
+    class Reader:
+        def read(self, region):
+            asked[region[0].start].set()
+            return src.reader.read(region)
+
+    class GpuFn:
+        uses_gpu = True
+
+        def __init__(self):
+            self.overlapped = None
+
+        def __call__(self, tile):
+            if self.overlapped is None:  # tile 0: is tile 1 being read meanwhile?
+                self.overlapped = asked[1].wait(timeout=10)
+            return ndi.label(tile > 0)[0]
+
+    threads: list[str] = []
+    write = Staging.write_tile
+
+    def spy(self, n, record, arrays=None):
+        threads.append(threading.current_thread().name)
+        return write(self, n, record, arrays)
+
+    monkeypatch.setattr(Staging, "write_tile", spy)
+
+    def run(fn, where):
+        plan = make_plan(src, fn_id="f", tile_shape=(1, 32, 32))
+        plan = dataclasses.replace(plan, staging_root=str(tmp_path / where))
+        st = Staging(plan.staging_root)
+        st.prepare({"run_key": plan.run_key})
+        recs = segment_tiles(plan, fn, [0, 1, 2, 3], reader=Reader())
+        return recs, {n: st.read_tile(n)[1].get("labels") for n in range(4)}
+
+    fn = GpuFn()
+    recs, staged = run(fn, "gpu")
+    assert fn.overlapped is True
+    assert len(threads) == 4 and all(t.startswith("blockbuster-write-behind") for t in threads)
+    assert [r["tile"] for r in recs] == [0, 1, 2, 3]
+    threads.clear()
+    plain_recs, plain = run(lambda t: ndi.label(t > 0)[0], "cpu")
+    assert not any(t.startswith("blockbuster-write-behind") for t in threads)
+    assert [r["n_labels"] for r in recs] == [r["n_labels"] for r in plain_recs] == [1, 2, 2, 1]
+    for n in range(4):
+        assert np.array_equal(staged[n], plain[n])

@@ -198,16 +198,40 @@ def segment_one(
     plan: RunPlan, fn: Callable, n: int, data: np.ndarray, staging: Staging
 ) -> dict[str, Any]:
     """Segment tile ``n`` from its extended ``data``; stage it; return its record."""
-    g = plan.grid
-    origin = g.origin(n)
+    rec, labels = _run_fn(plan, fn, n, data)
+    if labels is None:
+        return _skip(plan, n, staging)
+    return _stage_labels(plan, fn, n, rec, labels, staging)
+
+
+def _run_fn(
+    plan: RunPlan, fn: Callable | None, n: int, data: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The first half of :func:`segment_one`: ``fn`` on tile ``n`` (labels None: the
+    tile is empty and skipped)."""
     rec = _new_record(plan, n)
     if plan.skip_empty and _is_empty(plan, data, n):
-        return _skip(plan, n, staging)
+        return rec, None
     if fn is None:  # merging labels the user already has
-        labels = data
-    else:
-        labels, secs, attempts = call_fn(fn, data, n, origin, plan.retries, plan.retry_delay)
-        rec["fn_seconds"], rec["attempts"] = secs, attempts
+        return rec, data
+    labels, secs, attempts = call_fn(
+        fn, data, n, plan.grid.origin(n), plan.retries, plan.retry_delay
+    )
+    rec["fn_seconds"], rec["attempts"] = secs, attempts
+    return rec, labels
+
+
+def _stage_labels(
+    plan: RunPlan,
+    fn: Callable | None,
+    n: int,
+    rec: dict[str, Any],
+    labels: np.ndarray,
+    staging: Staging,
+) -> dict[str, Any]:
+    """The second half of :func:`segment_one`: check, compact and stage ``labels``."""
+    g = plan.grid
+    origin = g.origin(n)
     labels = check_tile_labels(labels, g.ext_shape(n), n, origin)
     if plan.read_back and fn is None:
         return _index_one(plan, n, labels, rec, staging)
@@ -329,10 +353,96 @@ def segment_tiles(
         inputs = read_many(regions) if read_many is not None else (reader.read(r) for r in regions)
     try:
         with staging:
-            for (_, n), data in zip(todo, inputs):
-                out.append(segment_one(plan, fn, n, np.asarray(data), staging))
+            if fn is not None and _uses_gpu(fn) and len(todo) > 1:
+                out.extend(_segment_pipelined(plan, fn, todo, inputs, staging))
+            else:
+                for (_, n), data in zip(todo, inputs):
+                    out.append(segment_one(plan, fn, n, np.asarray(data), staging))
     finally:
         _SCRATCH.clear()
+    return out
+
+
+#: Tiles read ahead of the GPU, and staged tiles written behind it, per batch.
+READ_AHEAD = 2
+WRITE_BEHIND = 2
+
+
+def _uses_gpu(fn: Callable) -> bool:
+    try:
+        return bool(getattr(fn, "uses_gpu", False))
+    except Exception:
+        return False
+
+
+def _segment_pipelined(
+    plan: RunPlan, fn: Callable, todo: list[tuple[int, int]], inputs, staging: Staging
+) -> list[dict[str, Any]]:
+    """Keep a GPU busy: one thread reads and decodes the next tiles
+    (:data:`READ_AHEAD`), this thread only calls ``fn``, and one thread checks, compacts
+    and stages finished tiles (:data:`WRITE_BEHIND` at most waiting). Used for tile
+    functions that declare ``uses_gpu``: a GPU worker's host has cores to spare for
+    this, and the GPU would otherwise idle while a tile is read and staged."""
+    import queue
+    import threading
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    q: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for (_, n), data in zip(todo, inputs):
+                if not put((n, np.asarray(data))):
+                    return
+            put(done)
+        except BaseException as exc:  # raised in the batch's thread
+            put(exc)
+
+    reader = threading.Thread(target=read, name="blockbuster-read-ahead", daemon=True)
+    reader.start()
+    out: list[dict[str, Any]] = []
+    pending: deque = deque()
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="blockbuster-write-behind") as writer:
+            try:
+                while True:
+                    item = q.get()
+                    if item is done:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    n, data = item
+                    rec, labels = _run_fn(plan, fn, n, data)
+                    del data
+                    if labels is None:
+                        pending.append(writer.submit(_skip, plan, n, staging))
+                    else:
+                        pending.append(
+                            writer.submit(_stage_labels, plan, fn, n, rec, labels, staging)
+                        )
+                    del labels
+                    while len(pending) > WRITE_BEHIND:
+                        out.append(pending.popleft().result())
+                while pending:
+                    out.append(pending.popleft().result())
+            finally:
+                for f in pending:
+                    f.cancel()
+    finally:
+        stop.set()
+        reader.join()
     return out
 
 
