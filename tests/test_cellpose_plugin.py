@@ -157,17 +157,27 @@ def test_3d_tile(model_path):
 
 
 def test_stack_of_2d_planes(model_path):
-    vol = np.stack([_disks((64, 64), n=4, radius=8, seed=z) for z in range(6)])
+    """The same disks in four planes: stitching joins each object's masks across the
+    planes (one label through all four); plane by plane keeps one label per plane."""
+    vol = np.stack([_disks((64, 64), n=4, radius=8, seed=0)] * 4)
     stitched = cellpose_fn(
         pretrained_model=model_path, do_3D=False, stitch_threshold=0.5, **FINDS_MASKS
     )(vol)
     _check_labels(stitched, vol.shape)
     per_plane = cellpose_fn(pretrained_model=model_path, do_3D=False, **FINDS_MASKS)(vol)
     _check_labels(per_plane, vol.shape)
-    assert per_plane.max() > 0
-    # plane by plane: every label lies in one plane only
+    n_objects = len(np.unique(per_plane[0][per_plane[0] > 0]))
+    assert n_objects > 0
+    # stitched: every plane carries the same labels on the same pixels
+    assert stitched[0].max() > 0
+    for z in range(1, 4):
+        assert np.array_equal(stitched[z], stitched[0])
+    assert len(np.unique(stitched[stitched > 0])) == n_objects
+    # plane by plane: the same masks, but every label lies in one plane only
+    assert len(np.unique(per_plane[per_plane > 0])) == 4 * n_objects
     for lab in np.unique(per_plane[per_plane > 0]):
         assert len(np.unique(np.nonzero(per_plane == lab)[0])) == 1
+    assert np.array_equal(per_plane[1] > 0, per_plane[0] > 0)
 
 
 def test_axes(model_path):

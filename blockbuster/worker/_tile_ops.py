@@ -214,6 +214,7 @@ def _run_fn(
         return rec, None
     if fn is None:  # merging labels the user already has
         return rec, data
+    rec["fn_started"] = time.time()  # wall clock: lines tiles up with outside samples
     labels, secs, attempts = call_fn(
         fn, data, n, plan.grid.origin(n), plan.retries, plan.retry_delay
     )
