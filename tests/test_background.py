@@ -15,18 +15,23 @@ VAR = contextvars.ContextVar("VAR", default="unset")
 def test_calls_run_in_order_off_the_callers_thread_in_its_context():
     r = Reporter()
     seen = []
+    gate = threading.Event()
     VAR.set("flow")
 
     def slow(i):
+        # the first call holds the thread until every call has been submitted: a submit
+        # that waited for its call would leave the gate closed here (after 5 s)
+        opened = gate.wait(5) if i == 0 else gate.is_set()
         time.sleep(0.01 * (3 - i))  # earlier calls are slower: order must still hold
-        seen.append((i, VAR.get(), threading.current_thread() is threading.main_thread()))
+        on_main = threading.current_thread() is threading.main_thread()
+        seen.append((i, VAR.get(), on_main, opened))
 
-    t0 = time.perf_counter()
     for i in range(3):
         r.submit(slow, i)
-    assert time.perf_counter() - t0 < 0.02  # submitting does not wait
+    assert seen == []  # nothing ran yet: the first call waits for the gate
+    gate.set()
     r.flush()
-    assert seen == [(0, "flow", False), (1, "flow", False), (2, "flow", False)]
+    assert seen == [(0, "flow", False, True), (1, "flow", False, True), (2, "flow", False, True)]
 
 
 def test_a_failing_report_is_logged_and_the_rest_still_run(caplog):
@@ -46,21 +51,29 @@ def test_a_failing_report_is_logged_and_the_rest_still_run(caplog):
 
 def test_close_without_waiting_still_runs_what_was_queued():
     r = Reporter()
-    done = threading.Event()
-    r.submit(time.sleep, 0.05)
+    gate, done = threading.Event(), threading.Event()
+    opened = []
+    r.submit(lambda: opened.append(gate.wait(5)))
     r.submit(done.set)
-    t0 = time.perf_counter()
-    r.close(wait=False)
-    assert time.perf_counter() - t0 < 0.04 and not done.is_set()
+    r.close(wait=False)  # returns while the first call still waits for the gate
+    assert opened == [] and not done.is_set()
+    gate.set()
     assert done.wait(5)
+    assert opened == [True]  # the gate was opened after close returned
 
 
-def test_flush_without_calls_and_twice():
+def test_flush_without_calls_and_twice_and_submit_after_flush():
     r = Reporter()
+    got = []
+    r.flush()  # nothing submitted: returns, and the reporter stays usable
+    r.submit(got.append, 1)
     r.flush()
-    r.submit(lambda: None)
-    r.flush()
-    r.flush()
+    assert got == [1]
+    r.flush()  # twice: nothing left, nothing run again
+    assert got == [1]
+    r.submit(got.append, 2)  # a flushed reporter starts a new thread for new calls
+    r.close(wait=True)
+    assert got == [1, 2]
 
 
 def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
@@ -72,9 +85,8 @@ def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
     release = threading.Event()
     sent = []
     r.submit(lambda: (release.wait(5), sent.append("summary")))
-    t0 = time.perf_counter()
     r.close(wait=False)
-    assert time.perf_counter() - t0 < 0.5 and sent == []
+    assert sent == []  # returned while the call still waits for its release
     threading.Timer(0.2, release.set).start()
     wait_for_closed(timeout=5)
     assert sent == ["summary"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pickle
+import sys
 import textwrap
 import tracemalloc
 from importlib.metadata import EntryPoint
@@ -387,27 +388,43 @@ _PLUGIN = textwrap.dedent('''
 ''')
 
 
+def _install_dist(folder, name: str, entry_points: str) -> None:
+    """A minimal installed distribution in ``folder`` (as pip leaves one): its
+    ``*.dist-info`` with METADATA and the entry points."""
+    info = folder / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{registry.GROUP}]\n{entry_points}")
+
+
 @pytest.fixture
 def fake_plugins(tmp_path, monkeypatch):
-    (tmp_path / "bb_fake_plugin.py").write_text(_PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    group = registry.GROUP
-    eps = [
-        EntryPoint("fake", "bb_fake_plugin:make", group),
-        EntryPoint("loose", "bb_fake_plugin:anything", group),
-        EntryPoint("broken", "bb_no_such_module_xyz:make", group),
-        EntryPoint("threshold", "bb_fake_plugin:make", group),  # must not hijack
-        EntryPoint("fake", "bb_fake_plugin:anything", group),  # duplicate: first wins
-    ]
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: [e for e in eps if e.group == group]
+    """Two real installed distributions on sys.path (found by importlib.metadata as any
+    pip-installed plugin is): returns the segmenters registered before they were added."""
+    before = set(available_segmenters())
+    first, second = tmp_path / "site-a", tmp_path / "site-b"
+    first.mkdir()
+    (first / "bb_fake_plugin.py").write_text(_PLUGIN)
+    _install_dist(
+        first,
+        "bb_fake_plugin",
+        "fake = bb_fake_plugin:make\n"
+        "loose = bb_fake_plugin:anything\n"
+        "broken = bb_no_such_module_xyz:make\n"
+        "threshold = bb_fake_plugin:make\n",  # must not hijack a built-in
     )
-    return eps
+    _install_dist(second, "bb_fake_dup", "fake = bb_fake_plugin:anything\n")  # later: loses
+    monkeypatch.syspath_prepend(str(second))
+    monkeypatch.syspath_prepend(str(first))  # first on sys.path, first found
+    monkeypatch.delitem(sys.modules, "bb_fake_plugin", raising=False)
+    yield before
+    sys.modules.pop("bb_fake_plugin", None)
 
 
 def test_plugins_via_entry_points(fake_plugins):
     segs = available_segmenters()
-    assert set(segs) == {"threshold", "watershed", "fake", "loose", "broken"}
+    assert {"threshold", "watershed"} <= fake_plugins
+    assert set(segs) - fake_plugins == {"fake", "loose", "broken"}
     assert isinstance(segs["fake"], EntryPoint) and segs["fake"].value.endswith(":make")
     assert segs["threshold"] is threshold
     assert get_segmenter("fake", size=3) == ("made", 3, 1.0)
