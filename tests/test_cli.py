@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
+from _trees import assert_refused, tree_state
 from conftest import same_partition
 
 from blockbuster.synthetic import write_synthetic_zarr
@@ -115,6 +117,8 @@ def test_bad_path_is_one_line_and_exit_code_2(tmp_path, main):
 
 
 def test_usage_and_input_errors_are_one_line_and_exit_code_2(image, tmp_path, main):
+    # every byte next to the image (the module's folder) and in tmp_path, before
+    before = (tree_state(os.path.dirname(image)), tree_state(tmp_path))
     assert_one_line_error(cli(), 2, "required")
     assert_one_line(main("frobnicate"), 2, "invalid choice")
     assert_one_line(main("run", image), 2, "--segmenter")
@@ -135,7 +139,8 @@ def test_usage_and_input_errors_are_one_line_and_exit_code_2(image, tmp_path, ma
     assert_one_line(main("serve", "--limit", "0"), 2, "--limit")
     # serve refuses to start without data roots
     assert_one_line(main("serve"), 2, "BLOCKBUSTER_DATA_ROOTS is not set")
-    assert not os.listdir(tmp_path)
+    # no refusal wrote, changed or removed anything, the input included
+    assert (tree_state(os.path.dirname(image)), tree_state(tmp_path)) == before
 
 
 def test_a_failure_of_the_work_is_one_line_and_exit_code_1(tmp_path):
@@ -291,3 +296,61 @@ def test_demo_prints_its_summary(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("blockbuster demo") and "F1" in p.stdout, p.stdout
     assert zarr.open_array(str(tmp_path / "labels.zarr"), mode="r").shape == (128, 128)
+
+
+def _refused_by_cli(*args: str, cwd: str | None = None) -> None:
+    p = cli(*args, cwd=cwd, timeout=120)
+    if p.returncode == 0:
+        raise AssertionError(f"accepted: {args}")
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    raise _CliRefusal(p.returncode, lines[0])
+
+
+class _CliRefusal(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli-places")
+    img = write_synthetic_zarr(str(d / "img.zarr"), (64, 64), (32, 32), seed=5)
+    (d / "precious").mkdir()
+    (d / "precious" / "notes.txt").write_text("a year of work")
+    (d / "file.txt").write_text("keep")
+    hand = zarr.open_array(
+        str(d / "hand.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype="u4"
+    )
+    hand[...] = 3
+    return d, img
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("run", "{img}", "-s", "threshold", "-w", "{d}/precious"), "never replaces it"),
+        (("run", "{img}", "-s", "threshold", "-w", "{d}/file.txt", "--overwrite"), "a file"),
+        (
+            ("run", "{img}", "-s", "threshold", "-w", "{d}/hand.zarr", "--overwrite"),
+            "did not write",
+        ),
+        (("run", "{img}", "-s", "threshold", "-w", "{d}"), "contains the input"),
+        (("run", "{img}", "-s", "threshold", "-w", "s3://bucket/labels.zarr"), "is a URL"),
+        (("run", "{img}", "-s", "threshold", "-w", "{d}/shared::memory"), "'::'"),
+        (("run", "{img}", "-s", "threshold", "-t", "64,64", "--overlap", "100"), "larger than"),
+        (("merge", "{img}", "-w", "{img}"), "is the input"),
+        (("merge", "{img}", "-w", "{d}/precious", "--overwrite"), "never replaces it"),
+        (("merge", "{img}", "-w", "s3://bucket/m.zarr"), "is a URL"),
+    ],
+)
+def test_cli_refuses_and_keeps_every_byte(places, args, needle):
+    d, img = places
+    argv = [a.format(d=d, img=img) for a in args]
+    e = assert_refused(
+        lambda: _refused_by_cli(*argv, cwd=str(d)),
+        _CliRefusal,
+        d,
+        match=re.escape(needle),
+        case="cli: " + " ".join(args),
+    )
+    assert e.args[0] == 2, e.args  # bad usage or input

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
+from _trees import tree_state
 from conftest import same_partition
 
 from blockbuster.deploy import (
@@ -102,6 +103,7 @@ def test_paths_must_resolve_under_the_data_roots(tmp_path):
     img_out = _image(outside / "b.zarr", seed=1)
     (root / "escape.zarr").symlink_to(outside / "b.zarr")
     st = Settings(data_roots=(str(root),))
+    before = tree_state(tmp_path)  # every byte, both sides of the roots
     with pytest.raises(PathNotAllowedError, match="outside the data roots"):
         prepare_segment(img_out, SEG, settings=st)
     with pytest.raises(PathNotAllowedError, match="resolves to"):
@@ -118,44 +120,47 @@ def test_paths_must_resolve_under_the_data_roots(tmp_path):
         check_allowed_path("s3://bucket/a.zarr", [str(root)], what="image")
     # a root that is a prefix of another folder's name does not admit it
     (tmp_path / "data2").mkdir()
+    before["data2"] = ("dir", 0)  # made by the test itself
     with pytest.raises(PathNotAllowedError):
         check_allowed_path(str(tmp_path / "data2" / "x"), [str(root)], what="image")
     # the command line (the user's own process) does not enforce roots
     req = prepare_segment(img_out, SEG, settings=st, enforce_roots=False)
-    assert req.output == str(outside / "b.labels.zarr")
-    # nothing was written by any refusal
-    assert sorted(os.listdir(root)) == ["a.zarr", "escape.zarr"]
-    assert sorted(os.listdir(outside)) == ["b.zarr"]
+    assert req.output == str(outside / "b.zarr.labels.zarr")
+    # nothing was written, changed or removed by any refusal
+    assert tree_state(tmp_path) == before
 
 
 def test_outputs_never_replace_inputs_or_foreign_data(tmp_path):
     st = Settings(data_roots=(str(tmp_path),))
     img = _image(tmp_path / "a.zarr")
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    before = tree_state(tmp_path)
     with pytest.raises(InvalidParameterError, match="would replace the input"):
         prepare_segment(img, SEG, output=img, settings=st)
     with pytest.raises(InvalidParameterError, match="would replace the input"):
         prepare_segment(img, SEG, output=str(tmp_path), settings=st)
     with pytest.raises(InvalidParameterError, match="inside the input image"):
         prepare_segment(img, SEG, output=img + "/labels/x", settings=st)  # not OME-Zarr
-    foreign = tmp_path / "notes"
-    foreign.mkdir()
-    (foreign / "keep.txt").write_text("precious")
     with pytest.raises(OutputExistsError, match="never replaces it"):
         prepare_segment(img, SEG, output=str(foreign), settings=st, overwrite=True)
-    assert (foreign / "keep.txt").read_text() == "precious"
+    with pytest.raises(UnsupportedLocationError, match="::"):
+        prepare_segment(img, SEG, output=str(tmp_path / "shared::memory"), settings=st)
+    assert tree_state(tmp_path) == before  # the input and every other byte intact
 
 
 def test_default_outputs(tmp_path):
     assert default_output("/d/a.ome.zarr", kind="ome-zarr") == "/d/a.ome.zarr/labels/segmentation"
-    assert default_output("/d/a.zarr", kind="zarr") == "/d/a.labels.zarr"
-    assert default_output("/d/s/b.ome.tif", kind="tiff") == "/d/s/b.labels.zarr"
+    assert default_output("/d/a.zarr", kind="zarr") == "/d/a.zarr.labels.zarr"
+    assert default_output("/d/s/b.ome.tif", kind="tiff") == "/d/s/b.ome.tif.labels.zarr"
     assert (
         default_output("/d/s/b.tif", kind="tiff", output_dir="/o", base_folder="/d")
-        == "/o/s/b.labels.zarr"
+        == "/o/s/b.tif.labels.zarr"
     )
     assert (
         default_output("/x/b.tif", kind="tiff", output_dir="/o", base_folder="/d")
-        == "/o/b.labels.zarr"
+        == "/o/b.tif.labels.zarr"
     )
 
 
@@ -524,6 +529,7 @@ def launched(stack):
     assert api_run.status_code == 201, api_run.text
     inside = _image(stack.data / "refuse.zarr", seed=5)
     outside = _image(stack.base / "outside.zarr", seed=6)
+    trees = {"inside_tree": tree_state(inside), "outside_tree": tree_state(outside)}
     refused = [
         stack.run("segment", {"image": outside}),
         stack.run("segment", {"image": inside, "output": str(stack.base / "stolen.labels.zarr")}),
@@ -552,6 +558,8 @@ def launched(stack):
     return {
         "api": (api_run.json()["id"], img, out),
         "inside": inside,
+        "outside": outside,
+        **trees,
         "refused": [r.json()["id"] for r in refused],
         "event_image": e_img,
     }
@@ -599,9 +607,12 @@ def test_served_segment_refuses_paths_outside_the_data_roots(stack, launched):
         assert fr["state"]["type"] == "FAILED", fr["state"]
         assert "PathNotAllowedError" in fr["state"]["message"]
         assert "outside the data roots" in fr["state"]["message"]
-    assert not (stack.base / "outside.labels.zarr").exists()
+    assert not (stack.base / "outside.zarr.labels.zarr").exists()
     assert not (stack.base / "stolen.labels.zarr").exists()
-    assert not (stack.data / "refuse.labels.zarr").exists()
+    assert not (stack.data / "refuse.zarr.labels.zarr").exists()
+    # the refused runs left every byte of both images as it was
+    assert tree_state(launched["inside"]) == launched["inside_tree"]
+    assert tree_state(launched["outside"]) == launched["outside_tree"]
 
 
 @pytest.mark.slow
@@ -629,7 +640,7 @@ def _event_run(stack, image: str) -> dict:
 def test_served_segment_runs_on_the_acquisition_finished_event(stack, launched):
     e_img = launched["event_image"]
     _event_run(stack, e_img)
-    e_out = stack.watch / "e.labels.zarr"  # the default output: next to it
+    e_out = stack.watch / "e.zarr.labels.zarr"  # the default output: next to it
     assert same_partition(zarr.open_array(str(e_out), mode="r")[...], _expected(e_img))
 
 
@@ -645,12 +656,14 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
     w = stack.watch
     e_img = launched["event_image"]
     _event_run(stack, e_img)  # e is segmented (by the event trigger)
-    e_out = w / "e.labels.zarr"
+    e_out = w / "e.zarr.labels.zarr"
     e_stamp = (e_out / "zarr.json").stat().st_mtime_ns
     # c finished (quiet for an hour), d still being written
     c_img = _image(w / "sub" / "c.zarr", seed=2)
     _touch_tree(Path(c_img), time.time() - 3600)
     d_img = _image(w / "d.zarr", seed=3)
+    # d looks old too: only the writer below keeps it unfinished (not its creation now)
+    _touch_tree(Path(d_img), time.time() - 3600)
     stop = threading.Event()
 
     def writer():  # the microscope keeps writing d
@@ -682,9 +695,9 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
             assert decided["c.zarr"] in ("segmented", "busy", "already-segmented")
         assert [d["c.zarr"] for d in rows.values()].count("segmented") == 1, rows
 
-        c_out = w / "sub" / "c.labels.zarr"
+        c_out = w / "sub" / "c.zarr.labels.zarr"
         assert same_partition(zarr.open_array(str(c_out), mode="r")[...], _expected(c_img))
-        assert not (w / "d.labels.zarr").exists()
+        assert not (w / "d.zarr.labels.zarr").exists()
         assert (e_out / "zarr.json").stat().st_mtime_ns == e_stamp
 
         def pipeline_runs(name: str) -> int:  # tile-process subflows that wrote `name`
@@ -694,8 +707,8 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
                 if f["parameters"].get("job", {}).get("output", "").endswith(name)
             )
 
-        assert pipeline_runs("c.labels.zarr") == 1
-        assert pipeline_runs("e.labels.zarr") == 1
+        assert pipeline_runs("c.zarr.labels.zarr") == 1
+        assert pipeline_runs("e.zarr.labels.zarr") == 1
         n_segment = len(stack.flow_runs("segment"))
 
         # a later scan processes nothing
@@ -711,7 +724,7 @@ def test_served_watch_acquisitions_segments_each_finished_acquisition_once(stack
             "e.zarr": "already-segmented",
         }
         assert len(stack.flow_runs("segment")) == n_segment
-        assert pipeline_runs("c.labels.zarr") == 1
+        assert pipeline_runs("c.zarr.labels.zarr") == 1
     finally:
         stop.set()
         t.join(5)

@@ -403,3 +403,41 @@ def test_two_concurrent_runs_on_one_output(tmp_path):
     assert same_partition(zarr.open_array(out)[...], truth)
     assert not os.path.exists(lock_path(out))
     assert not OutputLock(out).is_held()
+
+
+# --- deployments' segmenters: options on an allow-list, model files under the roots ----
+def test_segmenter_options_are_an_allow_list(tmp_path):
+    from blockbuster.segmenters import get_segmenter
+
+    assert_refused(
+        lambda: get_segmenter("cellpose", eval_anything=1),
+        ValueError,
+        tmp_path,
+        match="does not accept the option 'eval_anything'",
+        case="deploy: cellpose option not on the allow-list",
+    )
+    fn = get_segmenter("cellpose", flow_threshold=0.3)  # on the list
+    assert fn.eval_kwargs == {"flow_threshold": 0.3}
+
+
+def test_model_paths_must_lie_under_the_roots_or_the_model_folder(tmp_path):
+    from blockbuster.deploy import Settings, prepare_segment
+
+    root, models, elsewhere = (tmp_path / n for n in ("root", "models", "elsewhere"))
+    for d in (root, models, elsewhere):
+        d.mkdir()
+    img = write_synthetic_zarr(str(root / "img.zarr"), (32, 32), (16, 16), seed=1)
+    (elsewhere / "w.pt").write_bytes(b"weights")
+    (models / "w.pt").write_bytes(b"weights")
+    st = Settings(data_roots=(str(root),), model_dir=str(models))
+    seg = {"name": "cellpose", "options": {"pretrained_model": str(elsewhere / "w.pt")}}
+    assert_refused(
+        lambda: prepare_segment(img, seg, settings=st),
+        PermissionError,
+        tmp_path,
+        match="outside the data roots",
+        case="deploy: cellpose pretrained_model outside the roots and model folder",
+    )
+    ok = {"name": "cellpose", "options": {"pretrained_model": str(models / "w.pt")}}
+    req = prepare_segment(img, ok, settings=st)
+    assert req.options["pretrained_model"] == str(models / "w.pt")

@@ -428,7 +428,11 @@ def test_plugins_via_entry_points(fake_plugins):
     assert isinstance(segs["fake"], EntryPoint) and segs["fake"].value.endswith(":make")
     assert segs["threshold"] is threshold
     assert get_segmenter("fake", size=3) == ("made", 3, 1.0)
-    assert get_segmenter("loose", anything=1, goes=2) == {"anything": 1, "goes": 2}
+    # a factory taking **kwargs does not switch the allow-list off (issue 15): only the
+    # names it lists in ``extra_options`` pass
+    with pytest.raises(InvalidParameterError, match="does not accept the option 'anything'"):
+        get_segmenter("loose", anything=1, goes=2)
+    assert get_segmenter("loose") == {}
     with pytest.raises(InvalidParameterError, match="'size'"):
         get_segmenter("fake")  # required option missing
     with pytest.raises(InvalidParameterError, match="accepted options: size, scale"):

@@ -32,7 +32,7 @@ from blockbuster.deploy import (
     scan_folder,
 )
 from blockbuster.deploy._paths import _record_failure
-from blockbuster.io import OutputTarget
+from blockbuster.io import OutputTarget, open_path
 
 HOUR = 3600.0
 
@@ -61,10 +61,12 @@ def _age(path: Path | str, seconds: float = HOUR) -> None:
     os.utime(path, (t, t))
 
 
-def _complete_output(path: Path, shape=(16, 16)) -> None:
-    out = OutputTarget(str(path))
+def _complete_output(path: Path, shape=(16, 16), image: str | None = None) -> None:
+    """A complete output; with ``image``, its record names that input (as a run's does)."""
+    out = OutputTarget(str(path), overwrite=True)
     out.create(shape, "uint32", (8, 8), {"run_key": "earlier"})
-    out.mark_complete({"run_key": "earlier"})
+    ident = open_path(image).identity() if image else None
+    out.mark_complete({"run_key": "earlier", **({"input": ident} if ident else {})})
 
 
 def test_find_acquisitions(tmp_path):
@@ -77,7 +79,7 @@ def test_find_acquisitions(tmp_path):
         _tiff(w / "day1" / "d.tiff"),
     ]
     _store(w / ".hidden.zarr")  # hidden: staging, locks
-    _complete_output(w / "a.labels.zarr")  # our own output
+    _complete_output(w / "a.zarr.labels.zarr")  # our own output
     (w / "a.zarr.done").write_text("")  # a completion marker
     (w / "notes.txt").write_text("not an image")
     (w / "day1" / "deeper" / "run7" / "0").mkdir()  # inside a store: not entered
@@ -147,24 +149,24 @@ def test_scan_decides_what_to_segment(tmp_path):
     fin = _store(w / "fin.zarr")
     wip = _store(w / "wip.zarr")
     done = _store(w / "done.zarr")
-    _complete_output(w / "done.labels.zarr")
     half = _store(w / "half.zarr")
-    OutputTarget(str(w / "half.labels.zarr")).create((16, 16), "uint32", (8, 8), {})
+    OutputTarget(str(w / "half.zarr.labels.zarr")).create((16, 16), "uint32", (8, 8), {})
     foreign = _store(w / "foreign.zarr")
-    (w / "foreign.labels.zarr").mkdir()
-    (w / "foreign.labels.zarr" / "mine.txt").write_text("keep")
+    (w / "foreign.zarr.labels.zarr").mkdir()
+    (w / "foreign.zarr.labels.zarr" / "mine.txt").write_text("keep")
     broken = w / "broken.zarr"
     broken.mkdir()
     (broken / "zarr.json").write_text("not json")
     held = _store(w / "held.zarr")
     failing = _store(w / "failing.zarr")
     for _ in range(MAX_ATTEMPTS):
-        _record_failure(str(w / "failing.labels.zarr"), "TileFunctionError: boom")
+        _record_failure(str(w / "failing.zarr.labels.zarr"), "TileFunctionError: boom")
     for p in (fin, done, half, foreign, broken, held, failing):
         _age(p)
+    _complete_output(w / "done.zarr.labels.zarr", image=done)  # made from done as it is
     marked = _store(w / "marked.zarr")
     (w / "marked.zarr.done").write_text("")
-    holder = _hold_lock(str(w / "held.labels.zarr"))
+    holder = _hold_lock(str(w / "held.zarr.labels.zarr"))
     try:
         decisions = scan_folder(
             str(w), settle_seconds=60, marker=".done", output_dir=None, label_name="segmentation"
@@ -185,7 +187,7 @@ def test_scan_decides_what_to_segment(tmp_path):
         "marked.zarr": "segment",
     }
     by = {Path(d.acquisition).name: d for d in decisions}
-    assert by["fin.zarr"].output == str(w / "fin.labels.zarr")
+    assert by["fin.zarr"].output == str(w / "fin.zarr.labels.zarr")
     assert "other-run" in by["held.zarr"].detail
     assert "blockbuster-failed" in by["failing.zarr"].detail
     del wip, marked
@@ -194,7 +196,7 @@ def test_scan_decides_what_to_segment(tmp_path):
     d2 = scan_folder(
         str(w), settle_seconds=60, marker=".done", output_dir=str(out), label_name="segmentation"
     )
-    assert {d.output for d in d2 if d.status == "segment"} >= {str(out / "fin.labels.zarr")}
+    assert {d.output for d in d2 if d.status == "segment"} >= {str(out / "fin.zarr.labels.zarr")}
 
 
 def test_ome_zarr_labels_go_inside_the_image(tmp_path):
@@ -290,3 +292,64 @@ def test_lock_and_staging_live_outside_zarr_stores(tmp_path, name):
     out = str(tmp_path / name / "labels" / "seg")
     assert os.path.dirname(lock_path(out)) == str(tmp_path)
     assert os.path.basename(lock_path(out)).startswith(".")
+
+
+def _scan(folder, **kw):
+    kw.setdefault("settle_seconds", 60)
+    return scan_folder(str(folder), marker=".done", output_dir=None, label_name="seg", **kw)
+
+
+def test_outputs_are_named_from_the_whole_input_name(tmp_path):
+    """a.tif and a.zarr side by side get two outputs (by stem they shared a.labels.zarr,
+    and the second was 'already segmented' forever with the other image's labels)."""
+    w = tmp_path / "w"
+    paths = [_store(w / "a.zarr"), _tiff(w / "a.tif"), _store(w / "a.ome.zarr")]
+    for p in paths:
+        _age(p)
+    outs = {d.acquisition: d.output for d in _scan(w)}
+    assert len(set(outs.values())) == 3, outs
+    assert outs[str(w / "a.tif")] == str(w / "a.tif.labels.zarr")
+    # the first one done does not make the other one "already segmented"
+    _complete_output(w / "a.zarr.labels.zarr", image=paths[0])
+    got = {Path(d.acquisition).name: d.status for d in _scan(w)}
+    assert got["a.zarr"] == "already-segmented" and got["a.tif"] == "segment", got
+
+
+def test_a_replaced_acquisition_is_segmented_again(tmp_path):
+    w = tmp_path / "w"
+    acq = _store(w / "run.zarr")
+    _age(acq)
+    _complete_output(w / "run.zarr.labels.zarr", image=acq)
+    (d,) = _scan(w)
+    assert d.status == "already-segmented"
+    # the microscope writes a new acquisition under the same name
+    import shutil
+
+    shutil.rmtree(acq)
+    _store(w / "run.zarr", shape=(16, 16))
+    _age(acq, seconds=120)
+    (d,) = _scan(w)
+    assert (d.status, d.replace) == ("segment", True), d
+    assert "another input" in d.detail
+    # an output whose record names no input is not trusted as this input's labels
+    _complete_output(w / "run.zarr.labels.zarr")
+    (d,) = _scan(w)
+    assert (d.status, d.replace) == ("segment", True)
+
+
+def test_symlinks_are_checked_against_the_roots_before_opening(tmp_path):
+    root = tmp_path / "root"
+    w = root / "w"
+    secret = _store(tmp_path / "secret" / "other.zarr")
+    inside = _store(root / "elsewhere" / "ok.zarr")
+    w.mkdir(parents=True)
+    os.symlink(secret, w / "leak.zarr")
+    os.symlink(inside, w / "fine.zarr")
+    _age(secret)
+    _age(inside)
+    got = {Path(d.acquisition).name: d for d in _scan(w, roots=(str(root),))}
+    assert got["leak.zarr"].status == "outside-roots"
+    assert "outside the data roots" in got["leak.zarr"].detail
+    assert got["leak.zarr"].output is None  # decided before it was opened
+    assert got["fine.zarr"].status == "segment"
+    assert not os.path.exists(str(w / "leak.zarr.labels.zarr"))

@@ -8,6 +8,7 @@ one-line errors. Re-exported by :mod:`blockbuster.deploy`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -102,6 +103,28 @@ class SegmenterChoice(BaseModel):
         ``smooth_sigma``)."""
         opts = {k: tuple(v) if isinstance(v, list) else v for k, v in self.options.items()}
         return get_segmenter(_enum_value(self.name), **opts)
+
+    def check_paths(self, roots, model_dir: str | None = None) -> None:
+        """Refuse an option naming a file (the factory's ``path_options``, e.g. cellpose's
+        ``pretrained_model``) outside the data roots and the model folder. A bare model
+        name (no folder in it, e.g. ``"cyto3"``) is looked up in the model folder by the
+        segmenter itself and passes."""
+        from blockbuster.io import parse_location, under_roots
+        from blockbuster.segmenters import load_factory
+
+        name = _enum_value(self.name)
+        allowed = tuple(roots) + ((model_dir,) if model_dir else ())
+        for key in getattr(load_factory(name), "path_options", ()):
+            value = self.options.get(key)
+            if value is None or (isinstance(value, str) and os.sep not in value):
+                continue
+            path = parse_location(value, param=f"{name} option {key}")
+            under_roots(
+                path,
+                allowed,
+                param=f"segmenter {name!r} option {key}",
+                setting="BLOCKBUSTER_DATA_ROOTS or BLOCKBUSTER_MODEL_DIR",
+            )
 
 
 class TilingOptions(BaseModel):

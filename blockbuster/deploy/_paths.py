@@ -103,29 +103,35 @@ def default_output(
 
     Without ``output_dir``: an OME-Zarr image gets the NGFF label image
     ``<image>/labels/<label_name>``; anything else a sibling ``<stem>.labels.zarr``.
-    With ``output_dir``: ``<output_dir>/<folders below base_folder>/<stem>.labels.zarr``.
+    With ``output_dir``: ``<output_dir>/<folders below base_folder>/<name>.labels.zarr``.
+    ``<name>`` is the input's whole file name (``a.tif`` -> ``a.tif.labels.zarr``), so
+    no two inputs of one folder (``a.tif``, ``a.zarr``) share an output.
 
     Examples
     --------
     >>> default_output("/d/a.ome.zarr", kind="ome-zarr")
     '/d/a.ome.zarr/labels/segmentation'
     >>> default_output("/d/x/b.tif", kind="tiff")
-    '/d/x/b.labels.zarr'
+    '/d/x/b.tif.labels.zarr'
     >>> default_output("/d/x/b.tif", kind="tiff", output_dir="/out", base_folder="/d")
-    '/out/x/b.labels.zarr'
+    '/out/x/b.tif.labels.zarr'
     """
     image_path = os.path.normpath(image_path)
     if output_dir is None:
         if kind == "ome-zarr":
             parts = [image_path] + ([component.strip("/")] if component else [])
             return os.path.join(*parts, "labels", label_name)
-        return os.path.join(os.path.dirname(image_path), path_stem(image_path) + LABELS_SUFFIX)
+        return os.path.join(os.path.dirname(image_path), _full_name(image_path) + LABELS_SUFFIX)
     sub = ""
     if base_folder is not None:
         rel = os.path.relpath(os.path.dirname(image_path), os.path.normpath(base_folder))
         if not rel.startswith(os.pardir):
             sub = "" if rel == os.curdir else rel
-    return os.path.join(output_dir, sub, path_stem(image_path) + LABELS_SUFFIX)
+    return os.path.join(output_dir, sub, _full_name(image_path) + LABELS_SUFFIX)
+
+
+def _full_name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path))
 
 
 def _failure_path(output: str) -> str:

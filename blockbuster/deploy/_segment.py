@@ -150,13 +150,16 @@ def prepare_segment(
     )
     tiles = _as_tiling(tiling)
     fn = choice.build()
+    if enforce_roots:
+        choice.check_paths(settings.data_roots, settings.model_dir)
     src = open_image(img, channel_axis=channel_axis, level=level)
     stored = open_path(img, level=level)
     kw = tiles.tile_process_kwargs()
     ts = None
     if kw["tile_shape"] != "auto":
         ts = normalize_tile_shape(kw["tile_shape"], src)
-    if kw["merge"] == "overlap" and not any(normalize_overlap(kw["overlap"], src, ts)):
+    ov = normalize_overlap(kw["overlap"], src, ts)  # refused now, before any run starts
+    if kw["merge"] == "overlap" and not any(ov):
         raise InvalidParameterError(
             "merge='overlap' needs overlap > 0; give an overlap "
             "(about one object diameter) or use merge='touch'"

@@ -27,6 +27,9 @@ variable                           meaning (default)
 ``BLOCKBUSTER_OUTPUT_DIR``         where scheduled / event runs write labels; none: an
                                    OME-Zarr image gets ``labels/<label name>`` inside it,
                                    anything else a sibling ``<stem>.labels.zarr``
+``BLOCKBUSTER_MODEL_DIR``          folder of model weights deployments may load (besides
+                                  the data roots): a segmenter option naming a file
+                                  (cellpose ``pretrained_model``) must lie under one
 ``BLOCKBUSTER_LABEL_NAME``         name of the label image (``segmentation``)
 ``BLOCKBUSTER_DASK_ADDRESS``       scheduler address of an existing Dask cluster to run on
                                    (none: each run starts a local cluster)
@@ -101,6 +104,9 @@ class Settings(EnvSettings):
     )
     output_dir: str | None = Field(None, description="Where scheduled / event runs write.")
     label_name: str = Field("segmentation", description="Name of the label image.")
+    model_dir: str | None = Field(
+        None, description="Folder of model weights deployments may load (besides the roots)."
+    )
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster.")
     serve_limit: Annotated[int | None, NoDecode] = Field(
         1, description="Concurrent flow runs of `serve`."
@@ -119,7 +125,7 @@ class Settings(EnvSettings):
                 )
         return tuple(parts)
 
-    @field_validator("watch_folder", "output_dir", mode="before")
+    @field_validator("watch_folder", "output_dir", "model_dir", mode="before")
     @classmethod
     def _absolute(cls, v: Any) -> str | None:
         if v is None:

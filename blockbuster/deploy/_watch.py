@@ -4,8 +4,14 @@ A scan walks a folder (and its sub-folders) for acquisitions: zarr / OME-Zarr st
 folder ending in ``.zarr``, or holding zarr metadata) and TIFF files. For each one it
 decides, in this order (the first that applies):
 
+``outside-roots``
+    it (a symbolic link in the folder, or what it points to) resolves outside the data
+    roots: refused before anything in it is opened;
 ``already-segmented``
-    its output (:func:`~blockbuster.deploy.default_output`) is complete;
+    its output (:func:`~blockbuster.deploy.default_output`, named from the whole input
+    name) is complete, and its completion record holds this input's identity (path,
+    layout and modification stamp): an acquisition replaced under the same name is
+    segmented again (replacing its labels), as is an output whose record names no input;
 ``unfinished``
     it has no completion marker (``<acquisition><marker>`` next to it, or
     ``<acquisition>/<marker>`` inside a store; marker ``.done`` by default) and something
@@ -40,8 +46,8 @@ from typing import Annotated, Any
 
 from prefect import flow
 
-from blockbuster.errors import InputError, InvalidParameterError
-from blockbuster.io import OutputLock
+from blockbuster.errors import InputError, InvalidParameterError, PathNotAllowedError
+from blockbuster.io import OutputLock, under_roots
 
 from ._params import SegmenterChoice, TilingOptions, _as_segmenter, _as_tiling, _enum_value
 from ._paths import (
@@ -77,6 +83,7 @@ class Decision:
     detail: str = ""
     output: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    replace: bool = False  # the output is complete but made from another input
 
 
 def _is_store(path: str) -> bool:
@@ -204,13 +211,23 @@ def scan_folder(
     output_dir: str | None,
     label_name: str,
     now: float | None = None,
+    roots: tuple[str, ...] | list[str] | None = None,
 ) -> list[Decision]:
-    """Decide, for every acquisition under ``folder``, what to do (see the module doc)."""
+    """Decide, for every acquisition under ``folder``, what to do (see the module doc).
+
+    ``roots``: the data roots; an acquisition resolving outside them (a symbolic link)
+    is refused before anything in it is opened (None: no check, the command line)."""
     from blockbuster.io import open_path
 
     skip = (output_dir,) if output_dir else ()
     out: list[Decision] = []
     for acq in find_acquisitions(folder, marker=marker, skip=skip):
+        if roots is not None:
+            try:
+                under_roots(acq, roots, param="acquisition")
+            except PathNotAllowedError as exc:
+                out.append(Decision(acq, "outside-roots", str(exc)))
+                continue
         info, err = None, None
         try:
             info = open_path(acq)
@@ -228,8 +245,12 @@ def scan_folder(
             )
             state = output_state(output)
             if state == "complete":
-                out.append(Decision(acq, "already-segmented", f"{output} is complete", output))
-                continue
+                if _made_from(output, info):
+                    out.append(Decision(acq, "already-segmented", f"{output} is complete", output))
+                    continue
+                replace = True
+            else:
+                replace = False
         done, why = acquisition_finished(
             acq, settle_seconds=settle_seconds, marker=marker, now=now
         )
@@ -275,8 +296,25 @@ def scan_folder(
                     )
                 )
             else:
-                out.append(Decision(acq, "segment", why, output))
+                detail = why
+                if replace:
+                    detail = f"{output} was made from another input of this name; {why}"
+                out.append(Decision(acq, "segment", detail, output, replace=replace))
     return out
+
+
+def _made_from(output: str, info) -> bool:
+    """Whether the complete output's record names this input (same identity)."""
+    import json
+
+    from blockbuster.io import completion_record
+
+    rec = completion_record(output) or {}
+    then = rec.get("input")
+    if not isinstance(then, dict):
+        return False  # no identity recorded: cannot be trusted as this input's labels
+    now = json.loads(json.dumps(info.identity(), default=str))
+    return all(then.get(k) == v for k, v in now.items())
 
 
 def _artifact(folder: str, decisions: list[Decision]) -> None:
@@ -358,6 +396,7 @@ def watch_acquisitions(
         else {"name": settings.segmenter, "options": settings.segmenter_options}
     )
     choice.build()  # unknown options fail now, before the scan
+    choice.check_paths(settings.data_roots, settings.model_dir)
     tiles = _as_tiling(tiling)
     settle = settings.settle_seconds if settle_seconds is None else float(settle_seconds)
     if settle < 0:
@@ -374,6 +413,7 @@ def watch_acquisitions(
         marker=settings.completion_marker,
         output_dir=out_dir,
         label_name=settings.label_name,
+        roots=settings.data_roots,
     )
     counts: dict[str, int] = {}
     for d in decisions:
@@ -394,7 +434,12 @@ def watch_acquisitions(
             d.status = "would-segment"
             continue
         state = segment(
-            image=d.acquisition, segmenter=choice, output=d.output, tiling=tiles, return_state=True
+            image=d.acquisition,
+            segmenter=choice,
+            output=d.output,
+            tiling=tiles,
+            overwrite=d.replace,
+            return_state=True,
         )
         if state.is_completed():
             try:

@@ -124,13 +124,12 @@ def parse_location(value: object, *, param: str) -> Path:
         raise InvalidParameterError(f"{param}={raw!r} contains a NUL byte; give a valid path")
     if raw.startswith("file://"):
         raw = raw[len("file://") :]
-    else:
-        m = _SCHEME.match(raw)
-        if m:
-            raise UnsupportedLocationError(
-                f"{param}={raw!r} is a URL ({m.group(1)}://); object stores are not supported "
-                "yet and a URL is never written as a local path: give a local path"
-            )
+    m = _SCHEME.match(raw)
+    if m:
+        raise UnsupportedLocationError(
+            f"{param}={raw!r} is a URL ({m.group(1)}://); object stores are not supported "
+            "yet and a URL is never written as a local path: give a local path"
+        )
     if "::" in raw:
         raise UnsupportedLocationError(
             f"{param}={raw!r} contains '::' (fsspec chaining, which zarr would interpret); "

@@ -136,7 +136,9 @@ def load_factory(name: str) -> Callable[..., Any]:
     if name not in segs:
         raise _not_found(name, list(segs))
     entry = segs[name]
-    if not isinstance(entry, EntryPoint):
+    if callable(entry) or not hasattr(entry, "load"):
+        # a built-in factory; anything with .load() is an entry point (of
+        # importlib.metadata or of the importlib_metadata backport some packages use)
         return entry
     try:
         factory = entry.load()
@@ -189,9 +191,10 @@ def get_segmenter(name: str, **options: Any) -> Callable[..., Any]:
     SegmenterNotFoundError
         ``name`` is not registered (a ``LookupError``; the message lists what is).
     InvalidParameterError
-        An option is not accepted by the factory, a required one is missing, or a value
-        is unusable (a ``ValueError``; the message names the option and lists the
-        accepted ones).
+        An option is not on the factory's allow-list (its named parameters, plus the
+        names in its ``extra_options`` attribute: a ``**kwargs`` never switches the
+        check off), a required one is missing, or a value is unusable (a
+        ``ValueError``; the message names the option and lists the accepted ones).
 
     Examples
     --------
@@ -203,22 +206,24 @@ def get_segmenter(name: str, **options: Any) -> Callable[..., Any]:
     blockbuster.errors.InvalidParameterError: segmenter 'threshold' does not accept the option 'min_sise' (did you mean 'min_size'?); accepted options: threshold, smooth_sigma, min_size, connectivity, channel_axis, channel
     """
     factory = load_factory(name)
-    params, var_kw = _parameters(factory)
-    if not var_kw:
-        unknown = [k for k in options if k not in params]
-        if unknown:
-            bad = unknown[0]
-            close = difflib.get_close_matches(bad, list(params), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            others = (
-                f" (also not accepted: {', '.join(map(repr, unknown[1:]))})"
-                if len(unknown) > 1
-                else ""
-            )
-            raise InvalidParameterError(
-                f"segmenter {name!r} does not accept the option {bad!r}{hint}{others}; "
-                f"accepted options: {', '.join(params) or 'none'}"
-            )
+    params, _ = _parameters(factory)
+    # an allow-list, also for a factory taking **kwargs: its named parameters plus the
+    # names it lists in ``extra_options`` (cellpose: the CellposeModel.eval options)
+    accepted = list(params) + [k for k in getattr(factory, "extra_options", ()) if k not in params]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        bad = unknown[0]
+        close = difflib.get_close_matches(bad, accepted, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        others = (
+            f" (also not accepted: {', '.join(map(repr, unknown[1:]))})"
+            if len(unknown) > 1
+            else ""
+        )
+        raise InvalidParameterError(
+            f"segmenter {name!r} does not accept the option {bad!r}{hint}{others}; "
+            f"accepted options: {', '.join(accepted) or 'none'}"
+        )
     missing = [k for k, p in params.items() if p.default is p.empty and k not in options]
     if missing:
         raise InvalidParameterError(

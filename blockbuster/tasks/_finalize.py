@@ -29,6 +29,8 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
     job.out.mark_complete(
         {
             "result_key": job.plan.result_key,
+            # what the labels were made from: a watcher redoes a replaced acquisition
+            "input": job.plan.description.get("input"),
             **{
                 k: summary[k]
                 for k in (

@@ -558,3 +558,30 @@ def cellpose_fn(
         stitch_threshold=stitch_threshold,
         eval_kwargs=dict(eval_kwargs),
     )
+
+
+#: The ``CellposeModel.eval`` options a registered ``cellpose`` segmenter accepts (the
+#: deployments' and the command line's allow-list; :func:`cellpose_fn` called from Python
+#: passes any). Read by :func:`blockbuster.segmenters.get_segmenter`.
+cellpose_fn.extra_options = (  # type: ignore[attr-defined]
+    "flow_threshold",
+    "cellprob_threshold",
+    "min_size",
+    "max_size_fraction",
+    "anisotropy",
+    "batch_size",
+    "normalize",
+    "channels",
+    "niter",
+    "augment",
+    "tile_overlap",
+    "bsize",
+    "resample",
+    "interp",
+    "flow3D_smooth",
+    "invert",
+    "rescale",
+)
+#: Options naming files: in deployments they must lie under the data roots or the
+#: model folder (BLOCKBUSTER_MODEL_DIR).
+cellpose_fn.path_options = ("model_type", "pretrained_model")  # type: ignore[attr-defined]

@@ -1,0 +1,107 @@
+"""The path rules of blockbuster.io._places, drawn at random (hypothesis).
+
+Paths are built from pieces a hostile or careless parameter would hold: ``..``, ``.``,
+``::`` (fsspec chaining), URL schemes, symbolic links pointing inside and outside the
+data roots, NUL bytes, very long names, empty pieces. For each one, what a deployment
+does with an output path is run: parse it, resolve it under the roots, look at what is
+there and whether it may be replaced. No accepted path may resolve outside the roots,
+and a refused path must leave the disk exactly as it was (tests/_trees.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from _trees import _log, bytes_lost, tree_state
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockbuster.deploy import check_allowed_path
+from blockbuster.errors import BlockbusterError
+from blockbuster.io import check_replaceable, is_within, parse_location
+
+PIECES = [
+    "..",
+    ".",
+    "",
+    "a",
+    "b.zarr",
+    "labels",
+    "in",  # a link to a folder inside the roots
+    "out",  # a link to a folder outside the roots
+    "loop",  # a link to itself
+    "x::memory",
+    "::",
+    "s3:",
+    "memory:",
+    "n" * 300,
+    "nul\x00byte",
+    "~",
+    "é",
+]
+PREFIXES = ["{root}/", "{root}", "", "/", "s3://", "file://{root}/", "gs://b/", "{base}/"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("places")
+    root = base / "root"
+    outside = base / "outside"
+    (root / "a" / "b.zarr").mkdir(parents=True)
+    (root / "a" / "b.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    (root / "keep.txt").write_text("keep")
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    for d in (root, root / "a"):
+        os.symlink(root / "a", d / "in")
+        os.symlink(outside, d / "out")
+        os.symlink(d / "loop", d / "loop")
+    return base, root
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    prefix=st.sampled_from(PREFIXES),
+    pieces=st.lists(st.sampled_from(PIECES), min_size=0, max_size=6),
+)
+def test_no_accepted_path_leaves_the_roots_and_no_refused_path_touches_the_disk(
+    world, prefix, pieces
+):
+    base, root = world
+    value = prefix.format(root=root, base=base) + "/".join(pieces)
+    before = tree_state(base)
+    try:
+        resolved = check_allowed_path(value, [str(root)], what="output")
+        check_replaceable(resolved, overwrite=True, param="output")
+    except (BlockbusterError, ValueError, TypeError, OSError) as exc:
+        after = tree_state(base)
+        _log(
+            {
+                "case": "property: drawn output path",
+                "refused": True,
+                "error": f"{type(exc).__name__}: {exc}"[:300],
+                "bytes_lost": bytes_lost(before, after),
+            }
+        )
+        assert str(exc)  # a message, never an empty error
+        assert after == before, f"refusing {value!r} changed the disk"
+        return
+    assert is_within(os.path.realpath(resolved), os.path.realpath(root)), (value, resolved)
+    assert "\x00" not in value and "::" not in value
+    assert tree_state(base) == before
+
+
+@given(value=st.text(min_size=1, max_size=40))
+def test_parse_location_never_returns_a_url_or_a_chain(value):
+    try:
+        p = parse_location(value, param="write_to")
+    except (ValueError, TypeError):
+        return
+    s = os.fspath(p)
+    assert os.path.isabs(s) and "::" not in s and "\x00" not in s
+    assert "://" not in s or value.startswith("file://")
