@@ -10,39 +10,40 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from conftest import CountingLabel, blobs, same_partition
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from blockbuster.api import merge_tile_labels, tile_process
 from blockbuster.errors import InvalidParameterError, TileFunctionError, TileOutputError
 
-pytestmark = pytest.mark.usefixtures("client")
+# tests that run a flow use the session's cluster; validation and pure tests start nothing
+flow = pytest.mark.usefixtures("client")
 
 
 def oracle(img, conn):
     return ndi.label(img > 0, structure=ndi.generate_binary_structure(img.ndim, conn))
 
 
-@settings(
-    max_examples=8,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+@flow
+@pytest.mark.parametrize(
+    "shape, tile, conn, density, seed",
+    [
+        ((45, 37), (10, 13), 2, 0.45, 11),  # uneven edge tiles, diagonal seams: 17 objects
+        ((12, 15, 16), (5, 8, 7), 3, 0.2, 10),  # 3D, corners across 8 tiles: 14 objects
+    ],
 )
-@given(ndim=st.sampled_from([2, 3]), data=st.data())
-def test_tile_process_equals_whole_image_label(ndim, data, tmp_path_factory):
-    d = tmp_path_factory.mktemp("calls")
-    shape = tuple(data.draw(st.integers(8, 48 if ndim == 2 else 16)) for _ in range(ndim))
-    tile = tuple(data.draw(st.integers(3, s)) for s in shape)
-    conn = data.draw(st.integers(1, ndim))
-    img = blobs(shape, density=0.45, sigma=1.0, seed=data.draw(st.integers(0, 1000)))
-    fn = CountingLabel(str(d), connectivity=conn)
+def test_tile_process_equals_whole_image_label(shape, tile, conn, density, seed, counting_label):
+    """Through the real flow on the cluster, twice (2D and 3D): the merge's correctness
+    over random shapes, tiles and connectivities is the in-process property test's
+    (test_core_merge, 150 examples); this checks the flow wires the same stages."""
+    img = blobs(shape, density=density, sigma=1.0, seed=seed)
+    fn = counting_label(connectivity=conn)
     out = tile_process(img, fn, tile_shape=tile, connectivity=conn, compute=True)
     ref, n = oracle(img, conn)
-    assert same_partition(out, ref)
+    assert n > 10 and same_partition(out, ref)
     n_tiles = int(np.prod([-(-s // t) for s, t in zip(shape, tile)]))
     assert len(fn.calls()) == n_tiles  # fn ran exactly once per tile
 
 
+@flow
 def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
     img = blobs((96, 80), seed=3)
     src = str(tmp_path / "img.zarr")
@@ -83,6 +84,7 @@ def test_zarr_input_sequential_labels_and_output(tmp_path, counting_label):
     assert len(fn.calls()) == 6
 
 
+@flow
 def test_dask_input_with_channel_axis(counting_label):
     img = blobs((40, 50), seed=5)
     stack = np.stack([img, np.zeros_like(img)], axis=-1)  # channels last
@@ -100,6 +102,7 @@ def test_dask_input_with_channel_axis(counting_label):
     assert same_partition(out, oracle(img, 1)[0])
 
 
+@flow
 def test_merge_tile_labels_dask_blocks_computed_once(tmp_path, counting_label):
     img = blobs((64, 64), seed=7)
     fn = counting_label(connectivity=1)
@@ -110,6 +113,7 @@ def test_merge_tile_labels_dask_blocks_computed_once(tmp_path, counting_label):
     assert len(fn.calls()) == 16
 
 
+@flow
 @pytest.mark.parametrize("scale", [1, 5])
 def test_merge_tile_labels_zarr_path(tmp_path, scale):
     """Stored labels are read back when relabelling: ids 1..n per tile need nothing
@@ -128,6 +132,7 @@ def test_merge_tile_labels_zarr_path(tmp_path, scale):
     assert same_partition(out, ref) and out.max() == n
 
 
+@flow
 def test_merge_tile_labels_of_small_tiles_in_merge_units(tmp_path):
     """256 stored tiles of 16 x 16: indexed and relabelled in merge units of several
     tiles (core/units.py) where this machine allows; the same labels, chunked by tiles."""
@@ -166,6 +171,7 @@ def test_merge_tile_labels_of_small_tiles_in_merge_units(tmp_path):
         assert "merge_units" not in summary
 
 
+@flow
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -188,6 +194,7 @@ def test_bad_fn_output_names_the_tile(bad, match, tmp_path):
     assert not out_path.exists()  # nothing that looks like an output
 
 
+@flow
 def test_fn_exception_names_tile_and_original_error(tmp_path):
     def boom(tile):
         raise KeyError("no such model")
