@@ -19,7 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from blockbuster.core import DEFAULT_MEMORY_FACTOR, RunPlan, auto_tile_shape, fn_token, make_plan
+from blockbuster.core import (
+    DEFAULT_MEMORY_FACTOR,
+    ChannelAware,
+    GpuMemoryHinted,
+    MemoryHinted,
+    RunPlan,
+    TileFunction,
+    auto_tile_shape,
+    fn_identity,
+    make_plan,
+)
 from blockbuster.io import (
     ImageSource,
     OutputLock,
@@ -31,7 +41,7 @@ from blockbuster.io import (
     parse_location,
 )
 
-from .errors import InvalidParameterError, ParameterTypeError
+from .errors import IdentityWarning, InvalidParameterError, ParameterTypeError
 
 __all__ = ["tile_process", "merge_tile_labels", "estimate_empty_tiles", "choose_tile_shape"]
 
@@ -77,6 +87,25 @@ def _fn_description(fn: Callable) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
+def _unknown_identity(src: ImageSource, fn_unknown: str | None) -> dict[str, str] | None:
+    """None when the input and the function are both identified; else warn once (naming
+    the reason) and return a random part of the run key, so that this run neither
+    resumes another's staging nor reports an output as already complete."""
+    reasons = [r for r in (src.identity().get("unknown"), fn_unknown) if r]
+    if not reasons:
+        return None
+    import uuid
+    import warnings
+
+    msg = (
+        "; ".join(reasons)
+        + ". This run will not resume from an earlier run's staging and its output is "
+        "never treated as already complete; it still runs."
+    )
+    warnings.warn(msg, IdentityWarning, stacklevel=3)
+    return {"unknown_identity": uuid.uuid4().hex}
+
+
 def _worker_memory(client) -> tuple[int, str]:
     import dask
 
@@ -118,7 +147,9 @@ def choose_tile_shape(
     )
 
     ov = normalize_overlap(overlap, src)
-    factor = float(getattr(fn, "memory_factor", DEFAULT_MEMORY_FACTOR) or DEFAULT_MEMORY_FACTOR)
+    factor = float(
+        (fn.memory_factor if isinstance(fn, MemoryHinted) else None) or DEFAULT_MEMORY_FACTOR
+    )
     planes = bool(getattr(fn, "plane_by_plane", False))
     mem, where = _worker_memory(client)
     gpu: dict[str, Any] = {}
@@ -134,7 +165,9 @@ def choose_tile_shape(
                 gpu = {
                     "gpu_bytes": max(int(m["vram_bytes"]) - model, 0),
                     "gpu_memory_factor": float(
-                        getattr(fn, "gpu_memory_factor", DEFAULT_GPU_MEMORY_FACTOR)
+                        fn.gpu_memory_factor
+                        if isinstance(fn, GpuMemoryHinted)
+                        else DEFAULT_GPU_MEMORY_FACTOR
                     ),
                     "gpu_where": f"free GPU memory minus {model / 2**30:.1f} GiB for the "
                     f"model ({m['source']})",
@@ -319,6 +352,7 @@ def _run_locked(
         resumed = staging.prepare(info)
         if resumed:
             log.info("resuming from staging %s", plan.staging_root)
+            staging.verify()  # records failing their checksums are dropped: recomputed
         resources = {"GPU": 1} if use_gpu and _has_gpu_workers(client) else None
         job = Job.create(
             plan=plan,
@@ -503,7 +537,7 @@ def tile_process(
     >>> int(lab.max())                                                      # doctest: +SKIP
     1
     """
-    if not callable(fn):
+    if not isinstance(fn, TileFunction):
         raise ParameterTypeError(
             f"fn={fn!r} is not callable; pass a function fn(tile) -> integer labels"
         )
@@ -518,7 +552,7 @@ def tile_process(
     if use_gpu not in (False, True, "auto"):
         raise InvalidParameterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
     src = open_image(image, channel_axis=channel_axis, level=level)
-    if src.channel_axis is not None and callable(getattr(fn, "with_channel_axis", None)):
+    if src.channel_axis is not None and isinstance(fn, ChannelAware):
         fn = fn.with_channel_axis(src.channel_axis)  # built-in segmenters learn the axis
     from blockbuster.cluster import declares_gpu
 
@@ -528,7 +562,8 @@ def tile_process(
         use_gpu = True
     if use_gpu is True:
         _check_gpus(fn)  # before any model loads, anything is written or a cluster starts
-    fid = fn_token(fn)
+    fid, fn_unknown = fn_identity(fn)
+    nonce = _unknown_identity(src, fn_unknown)
     why = None
     if isinstance(tile_shape, str):
         if tile_shape != "auto":
@@ -541,7 +576,8 @@ def tile_process(
     out = _prepare_output(write_to, zarr_format, overwrite)
     plan = make_plan(
         src,
-        fn_id=fid,
+        fn_id=fid or "unknown",
+        extra_identity=nonce,
         tile_shape=tile_shape,
         overlap=overlap,
         merge=merge,
@@ -648,6 +684,7 @@ def merge_tile_labels(
     plan = make_plan(
         src,
         fn_id="merge-only",
+        extra_identity=_unknown_identity(src, None),
         tile_shape=tile_shape,
         overlap=0,
         merge="touch",

@@ -37,6 +37,9 @@ __all__ = [
     "ModelNotFoundError",
     "DependencyMissingError",
     "CellposeUnavailableError",
+    "StagingCorruptError",
+    "IdentityWarning",
+    "StagingCorruptWarning",
 ]
 
 
@@ -137,3 +140,21 @@ class CellposeUnavailableError(DependencyMissingError):
 class InputChangedError(BlockbusterError, RuntimeError):
     """The input changed while a run was reading it (stored labels holding ids their
     index pass did not see): run again on an input nobody is writing to."""
+
+
+class StagingCorruptError(BlockbusterError, OSError):
+    """A staged tile's record failed its checksum: it is never used. A run started again
+    recomputes that tile (the staging is checked when it is resumed)."""
+
+    def __init__(self, message: str, tile: int | None = None):
+        super().__init__(message)
+        self.tile = tile
+
+
+class IdentityWarning(UserWarning):
+    """A run's input or function has no identity: the run neither resumes another's
+    staging nor treats an output as already complete (it still runs)."""
+
+
+class StagingCorruptWarning(UserWarning):
+    """A staged record failed its checksum; the tile it names is recomputed."""

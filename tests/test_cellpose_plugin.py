@@ -362,7 +362,12 @@ def test_cache_token(model_path, tmp_path):
     fn2 = cellpose_fn(pretrained_model=str(copy))
     before = fn2.cache_token()
     st = os.stat(copy)
-    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # weights replaced
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert fn2.cache_token() == before  # identified by content, not by mtime
+    raw = bytearray(copy.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # weights replaced: same size, same mtime
+    copy.write_bytes(bytes(raw))
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert fn2.cache_token() != before
     # a model that is not here still has a token (the client may lack the weights)
     assert cellpose_fn("not_here").cache_token() != cellpose_fn("not_here_either").cache_token()

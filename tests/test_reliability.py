@@ -10,11 +10,13 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
 from conftest import same_partition
 from faults import FaultyLabel, marked_image
+from identity_fns import make_fn, n_calls
 
 from blockbuster.api import tile_process
 from blockbuster.errors import TileFunctionError
@@ -41,7 +43,17 @@ def oracle(img):
     return ndi.label(img > 0)[0]
 
 
-def test_failing_tile_fails_run_naming_it_then_resumes(setup):
+def _wait_until_idle(client, timeout: float = 60) -> None:
+    """Until no task runs or waits on the cluster and no call is being recorded."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not any(client.processing().values()):
+            return
+        time.sleep(0.05)
+    pytest.fail("the cluster was still busy")
+
+
+def test_failing_tile_fails_run_naming_it_then_resumes(setup, client):
     img, path, calls, flags, out, stg = setup
     open(os.path.join(flags, "fail"), "w").close()
     fn = FaultyLabel(calls, flags)
@@ -53,6 +65,7 @@ def test_failing_tile_fails_run_naming_it_then_resumes(setup):
     assert "tile 21" in msg and "origin (60, 60)" in msg and "injected failure" in msg
     assert exc.value.origin == (60, 60)
     assert not os.path.exists(out)  # no output that looks finished
+    _wait_until_idle(client)  # batches of the failed run may still be running
     finished = len(Staging(stg).finished_tiles())
     assert 0 < finished < 36
     first = fn.n_calls()
@@ -80,38 +93,43 @@ def test_worker_killed_mid_run_is_survived(setup, client):
     lab = tile_process(path, fn, tile_shape=TILE, compute=True)
     assert not os.path.exists(os.path.join(flags, "kill-worker"))  # the kill happened
     assert same_partition(lab, oracle(img))
+    # the killed batch ran again and skipped the tiles it had staged: 36 calls plus the
+    # one the kill interrupted (workers are single-threaded: no other call was cut off)
+    assert fn.n_calls() == 37
     client.wait_for_workers(2, timeout=60)
     assert set(client.run(os.getpid).values()) != pids_before  # a worker was replaced
 
 
 def test_changed_function_or_input_invalidates_staging(setup):
+    """Each step changes one thing and keeps the staging, so a recomputation can only
+    come from that change (the default identity: no cache_token)."""
     img, path, calls, flags, out, stg = setup
-    fn = FaultyLabel(calls, flags)
-    tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, keep_staging=True)
-    assert fn.n_calls() == 36
-    tile_process(
-        path,
-        fn,
-        tile_shape=TILE,
-        write_to=out,
-        staging=stg,
-        keep_staging=True,
-        sequential_labels=True,
-        overwrite=True,  # another numbering: replaces the complete output of the first
-    )  # relabel only: staging reused
-    assert fn.n_calls() == 36
-    tile_process(
-        path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2, overwrite=True
+    kw = {"tile_shape": TILE, "write_to": out, "staging": stg, "keep_staging": True}
+    lab = tile_process(path, make_fn("object", calls, 0), compute=True, **kw)
+    assert n_calls(calls) == 36 and same_partition(lab, oracle(img))
+    # only the numbering changed: the staging is reused, no call; labels exactly 1..N
+    lab = tile_process(
+        path, make_fn("object", calls, 0), sequential_labels=True, compute=True, **kw
     )
-    assert fn.n_calls() == 72  # an option changed: recomputed
-    time.sleep(0.01)
+    assert n_calls(calls) == 36 and same_partition(lab, oracle(img))
+    n = int(lab.max())
+    assert np.array_equal(np.unique(lab), np.arange(n + 1))
+    # an option that changes the result (connectivity): recomputed
+    lab = tile_process(path, make_fn("object", calls, 0), connectivity=2, compute=True, **kw)
+    assert n_calls(calls) == 72
+    assert same_partition(lab, ndi.label(img > 0, ndi.generate_binary_structure(2, 2))[0])
+    # the function changed (an attribute of the callable object): recomputed
+    img2 = img.copy()
+    lab = tile_process(path, make_fn("object", calls, 1), connectivity=2, compute=True, **kw)
+    assert n_calls(calls) == 108
+    assert same_partition(lab, ndi.label(img2 > 1, ndi.generate_binary_structure(2, 2))[0])
+    # the input's pixels changed (written through zarr; no attribute touched): recomputed
     a = zarr.open_array(path, mode="r+")
-    a[0, 0] = 1  # the input changed (mtime)
-    a.attrs["touched"] = True
-    tile_process(
-        path, fn, tile_shape=TILE, write_to=out, staging=stg, connectivity=2, overwrite=True
-    )
-    assert fn.n_calls() == 108
+    img2[0:20, 0:20] = 3 - img2[0:20, 0:20]
+    a[0:20, 0:20] = img2[0:20, 0:20]
+    lab = tile_process(path, make_fn("object", calls, 1), connectivity=2, compute=True, **kw)
+    assert n_calls(calls) == 144
+    assert same_partition(lab, ndi.label(img2 > 1, ndi.generate_binary_structure(2, 2))[0])
 
 
 DRIVER = textwrap.dedent("""

@@ -47,7 +47,11 @@ def test_units_parameter_is_checked():
         make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units="many")
     plan = make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units=(2, 4))
     assert plan.grid.tile_shape == (4, 8) and plan.out_chunks == (2, 2)
-    # the units are part of what a run is: another grouping is another staging
+    # the units are part of what a run is: another grouping is another staging, even
+    # where the unit grid's tile shape is the same (4 x 8 tiles of 4 x 8, no units)
+    plain = make_plan(src, fn_id="m", tile_shape=(4, 8), read_back=True, units=None)
+    assert plain.grid.tile_shape == plan.grid.tile_shape and plain.unit_tile_shape is None
+    assert plain.run_key != plan.run_key
     other = make_plan(src, fn_id="m", tile_shape=(2, 2), read_back=True, units=(4, 2))
     assert other.run_key != plan.run_key
 

@@ -18,7 +18,7 @@ from ._empty import (
     tile_maxima,
 )
 from ._grid import TileGrid
-from ._identity import fn_token, path_stamp
+from ._identity import array_token, fn_identity, fn_token, run_key, stable_hash
 from ._labels import (
     check_tile_labels,
     compact_labels,
@@ -64,6 +64,14 @@ from ._seams import (
     overlap_pairs,
     touch_pairs,
 )
+from ._tile_function import (
+    CacheTokened,
+    ChannelAware,
+    GpuMemoryHinted,
+    MemoryHinted,
+    TileFunction,
+    cache_token_of,
+)
 
 __all__ = [
     "MAX_SIDE",
@@ -92,6 +100,16 @@ __all__ = [
     "contingency",
     "face_key",
     "fn_token",
+    "fn_identity",
+    "array_token",
+    "run_key",
+    "stable_hash",
+    "TileFunction",
+    "CacheTokened",
+    "ChannelAware",
+    "MemoryHinted",
+    "GpuMemoryHinted",
+    "cache_token_of",
     "index_unit",
     "input_changed",
     "instance_f1",
@@ -101,7 +119,6 @@ __all__ = [
     "normalize_overlap",
     "normalize_tile_shape",
     "overlap_pairs",
-    "path_stamp",
     "present_ids",
     "relabel_unit",
     "same_partition",

@@ -7,6 +7,7 @@ Imports :mod:`blockbuster.core` only (never Prefect, never Dask distributed).
 
 from ._array_source import ArraySource, describe
 from ._chunkfiles import ChunkFiles, chunk_files
+from ._durable import fsync_dir, fsync_file, fsync_tree
 from ._lock import OutputLock, hidden_path, lock_path, lock_timeout
 from ._ngff import LabelTarget, label_target
 from ._output import ATTR, OutputTarget
@@ -32,6 +33,7 @@ from ._sources import (
     open_image,
 )
 from ._staging import Staging
+from ._stamp import STAMP_ENV, file_stamp, stamp_mode, tree_stamp
 from ._zarrio import (
     open_zarr_array_cached,
     read_region,
@@ -67,6 +69,13 @@ __all__ = [
     "describe",
     "data_url",
     "encode_png",
+    "file_stamp",
+    "fsync_dir",
+    "fsync_file",
+    "fsync_tree",
+    "STAMP_ENV",
+    "stamp_mode",
+    "tree_stamp",
     "full_slices",
     "label_target",
     "open_image",

@@ -260,23 +260,35 @@ class ArraySource:
 
     # -- identity ----------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """What identifies this input for caching: location, level, layout and a stamp.
+        """What identifies this input for caching: location, level, layout and stamps.
 
-        The stamp (``mtime_ns``; plus ``size`` for a TIFF) is the newest modification time
-        of the store's metadata files (``zarr.json``/``.zarray``/``.zattrs``/``.zgroup``
-        of the image group and of the level array) and of the level array's directory, or
-        the TIFF file's mtime and size.  It changes when the store is rewritten or
-        recreated; pixels are never hashed.  The image group's own directory is left out
-        on purpose: writing labels into ``<image>/labels`` must not change the identity of
-        the image.  It is recomputed at each call.
+        ``mtime_ns``/``size``: the newest modification time of the store's metadata files
+        (``zarr.json``/``.zarray``/``.zattrs``/``.zgroup`` of the image group and of the
+        level array) and of the level array's directory, or the TIFF file's mtime and
+        size. ``pixels``: a stamp of every file of the level array (path, size, mtime,
+        ctime; :func:`~blockbuster.io.tree_stamp`), or of the TIFF file (size, mtime,
+        ctime, inode), so that chunks rewritten in place change it; with
+        ``BLOCKBUSTER_INPUT_STAMP=metadata`` (opt-in, see :mod:`blockbuster.io`) it is
+        left out.  Pixels are never read or hashed.  The image group's own directory and
+        its ``labels/`` are left out on purpose: writing labels into ``<image>/labels``
+        must not change the identity of the image.  It is recomputed at each call.
 
         Returns
         -------
         dict
             JSON-able: ``kind``, ``path``, ``component``, ``level``, ``shape``, ``dtype``,
-            ``chunks``, ``mtime_ns``, ``size``.
+            ``chunks``, ``mtime_ns``, ``size``, ``pixels``.
         """
+        from ._stamp import file_stamp, stamp_mode, tree_stamp
+
         stamp = _stamp(self.kind, self.path, self.component, self.level_paths, self.level)
+        if stamp_mode() == "metadata":
+            pixels: dict[str, Any] | None = None
+        elif self.kind == "tiff":
+            pixels = file_stamp(self.path)
+        else:
+            sub = self.level_paths[self.level] if self.level_paths else ""
+            pixels = tree_stamp(_join(self.path, sub) if sub else self.path)
         return {
             "kind": self.kind,
             "path": self.path,
@@ -287,6 +299,7 @@ class ArraySource:
             "chunks": list(self.chunks),
             "mtime_ns": stamp[0],
             "size": stamp[1],
+            "pixels": pixels,
         }
 
     def __repr__(self) -> str:

@@ -130,12 +130,17 @@ class OutputTarget:
         return completion_record(self.path)
 
     def mark_complete(self, info: dict[str, Any], colors=None, executor=None) -> None:
-        """Finish the output (pyramid and metadata for NGFF) and mark it complete, last.
+        """Finish the output (pyramid and metadata for NGFF), ``fsync`` every file and
+        directory of it, and mark it complete, last.
 
         ``executor`` (e.g. ``client.get_executor()``) builds NGFF pyramid levels in
         parallel, block by block.
         """
         if self._ngff is not None:
             self._ngff.finish(colors=colors, executor=executor)
+        from ._durable import fsync_tree
+
+        if os.path.isdir(self.path):  # a local output: on stable storage before the record
+            fsync_tree(self.path)
         arr = self.open("r+")
         arr.attrs[ATTR] = {"complete": True, **info}

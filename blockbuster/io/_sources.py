@@ -4,11 +4,15 @@ Two kinds of source:
 
 - *stored* (``kind == "stored"``): a zarr array / OME-Zarr image / TIFF on disk. Each
   worker process reopens it from its path and reads just the region of its tiles.
-  Identified by path and metadata, so runs over it can be cached and resumed.
+  Identified by path, metadata and a stamp of its chunk files (:mod:`blockbuster.io`'s
+  ``tree_stamp``), so runs over it can be cached and resumed, and a chunk rewritten in
+  place is seen.
 - *dask* (``kind == "dask"``): a dask or NumPy array (or a zarr array in memory). The
   driver asks the cluster to compute each tile's region as the tile is scheduled.
-  NumPy arrays get a random identity (their pixels are never hashed), so they are not
-  resumed across calls; dask arrays are identified by their graph name.
+  NumPy arrays are identified by a hash of their content (they are in memory, and small
+  by nature next to a stored volume); dask arrays by their graph's token (their name).
+  A zarr array in memory or in a non-local store has no identity (``ident["unknown"]``
+  says why): runs over it are never resumed.
 
 Examples
 --------
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from blockbuster.core import path_stamp
+from blockbuster.core import array_token
 from blockbuster.errors import InputError, InvalidParameterError, ParameterTypeError
 
 from ._array_source import describe
@@ -110,14 +114,19 @@ def _from_stored(
     shape = tuple(int(s) for s in arr_like.shape)
     ca = _normalize_channel_axis(channel_axis, len(shape))
     chunks = tuple(int(c) for c in getattr(arr_like, "chunks", shape))
-    ident = {
-        "kind": "stored",
-        **path_stamp(path),
-        "shape": list(shape),
-        "dtype": str(np.dtype(arr_like.dtype)),
-        "chunks": list(chunks),
-        **(extra_ident or {}),
-    }
+    if extra_ident is not None:
+        ident = {"kind": "stored", **extra_ident}
+    else:
+        from ._stamp import stamp_mode, tree_stamp
+
+        ident = {
+            "kind": "stored",
+            "path": os.path.realpath(path),
+            "shape": list(shape),
+            "dtype": str(np.dtype(arr_like.dtype)),
+            "chunks": list(chunks),
+            "pixels": tree_stamp(path) if stamp_mode() == "chunks" else None,
+        }
     return ImageSource(
         "stored",
         shape,
@@ -171,7 +180,13 @@ def open_image(
             return _open_path(path, channel_axis=channel_axis, level=0, component=None)
         import dask.array as da
 
-        return _from_dask(da.from_zarr(image), channel_axis, name_ok=False)
+        return _from_dask(
+            da.from_zarr(image),
+            channel_axis,
+            name_ok=False,
+            unknown=f"a zarr array in a {type(image.store).__name__} (not a local directory) "
+            "has no stamp of its chunks",
+        )
     import dask.array as da
 
     if isinstance(image, da.Array):
@@ -185,8 +200,9 @@ def open_image(
         return _from_dask(
             da.from_array(arr, chunks=arr.shape, name=False),
             channel_axis,
-            name_ok=False,
+            name_ok=True,
             what="NumPy array",
+            token=array_token(arr),
         )
     raise ParameterTypeError(
         f"{param} of type {type(image).__name__} is not supported; pass a path to a zarr "
@@ -194,7 +210,14 @@ def open_image(
     )
 
 
-def _from_dask(arr, channel_axis, name_ok: bool, what: str = "dask array") -> ImageSource:
+def _from_dask(
+    arr,
+    channel_axis,
+    name_ok: bool,
+    what: str = "dask array",
+    token: str | None = None,
+    unknown: str | None = None,
+) -> ImageSource:
     shape = tuple(int(s) for s in arr.shape)
     if any(np.isnan(s) for s in arr.shape):
         raise InputError(
@@ -202,12 +225,14 @@ def _from_dask(arr, channel_axis, name_ok: bool, what: str = "dask array") -> Im
         )
     ca = _normalize_channel_axis(channel_axis, len(shape))
     chunks = tuple(int(c[0]) for c in arr.chunks)
-    ident = {
-        "kind": "dask",
-        "name": arr.name if name_ok else f"unnamed-{uuid.uuid4().hex}",
+    ident: dict[str, Any] = {
+        "kind": "dask" if token is None else "numpy",
+        "name": token or (arr.name if name_ok else f"unnamed-{uuid.uuid4().hex}"),
         "shape": list(shape),
         "dtype": str(arr.dtype),
     }
+    if not name_ok:
+        ident["unknown"] = unknown or f"the {what} has no stable identity"
     return ImageSource(
         "dask",
         shape,

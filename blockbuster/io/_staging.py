@@ -9,11 +9,25 @@ Layout of a staging directory::
                                core labels, and the small arrays the merge needs
                                (boundary faces; halo bands for the overlap merge)
 
-A tile is *finished* exactly when its whole record is in a pack. A writer appends each
-tile with one ``write`` and flushes it before it starts the next tile, and only ever
-appends to a pack it created itself, so a run that crashed at any point (a killed
-worker leaves at most one cut-off record at the end of its pack, which readers ignore)
-and is started again redoes only the unfinished tiles.
+A tile is *finished* exactly when its whole record is in a pack and passes its
+checksums. A writer appends each tile with one ``write`` and flushes it before it starts
+the next tile, and only ever appends to a pack it created itself, so a run that crashed
+at any point (a killed worker leaves at most one cut-off record at the end of its pack,
+which readers ignore) and is started again redoes only the unfinished tiles. A pack is
+``fsync``-ed (and its directory) when its writer closes it.
+
+Integrity: the header of each record carries an xxh3-64 checksum of itself (in the fixed
+head) and one per array (in the header). The index checks the header's on every scan; a
+read checks the header and every array it returns, and raises
+:class:`~blockbuster.errors.StagingCorruptError` naming the tile rather than return a
+wrong byte. :meth:`Staging.verify` checks every byte of every record: it runs when a
+staging is resumed, and a record that fails is dropped (a warning names the tile), so
+the tile is recomputed.
+
+One authoritative record per tile: when a tile was written twice (Dask ran a batch
+again after a worker was lost, with a non-deterministic ``fn``), the first complete
+record wins: packs are named by their creation time (nanoseconds, then a random id), and
+every reader takes the record of the earliest pack (then the earliest offset in it).
 
 Why packs and not one file per tile: creating a file is the expensive part of a small
 write on many filesystems (on this project's CI machine 0.5-0.9 ms per new file in a
@@ -23,10 +37,11 @@ someone's quota. A batch of tiles makes one file. Why not a staging zarr array:
 zarr-python's per-chunk machinery costs more than the bytes, and nothing but the merge
 ever reads a staged tile.
 
-Record format (format 2): ``b"BBT2"``, a little-endian uint32 header length, a JSON
-header ``{"tile": n, "record": {...}, "arrays": {name: [offset, nbytes, dtype, shape]},
-"size": total array bytes}`` and the arrays, each compressed on its own with Blosc-LZ4
-(byte shuffle), so a reader reads and decodes only the arrays it asks for.
+Record format (format 3): ``b"BBT3"``, a little-endian uint32 header length and uint64
+xxh3-64 of the header, a JSON header ``{"tile": n, "record": {...}, "arrays": {name:
+[offset, nbytes, dtype, shape, xxh3-64]}, "size": total array bytes}`` and the arrays,
+each compressed on its own with Blosc-LZ4 (byte shuffle), so a reader reads and decodes
+only the arrays it asks for.
 
 Readers find tiles through an index of the packs kept per process and staging
 generation, extended when a tile is asked for that it does not know yet.
@@ -56,21 +71,28 @@ import os
 import shutil
 import struct
 import threading
+import time
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import xxhash
 from numcodecs import Blosc
 
+from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
+
+from ._durable import fsync_dir
 from ._places import check_staging, staging_state
 
 __all__ = ["Staging"]
 
-FORMAT = 2
-_MAGIC = b"BBT2"
-_HEAD = struct.Struct("<4sI")
+FORMAT = 3
+_MAGIC = b"BBT3"
+_HEAD = struct.Struct("<4sIQ")  # magic, header length, xxh3-64 of the header
+_sum = xxhash.xxh3_64_intdigest
 _CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
 PACK_SUFFIX = ".pack"
 
@@ -96,32 +118,22 @@ class _PackIndex:
                 self._scan(path, self._scanned.get(path, 0))
 
     def _scan(self, path: str, pos: int) -> None:
+        if self._scanned.get(path) == -1:
+            return  # a corrupt record stopped an earlier scan of this pack
         try:
             f = open(path, "rb")
         except FileNotFoundError:
             return
         with f:
             end = os.fstat(f.fileno()).st_size
-            while pos + _HEAD.size <= end:
-                f.seek(pos)
-                head = f.read(_HEAD.size)
-                magic, hlen = _HEAD.unpack(head)
-                if magic != _MAGIC:
-                    raise OSError(
-                        f"{path} is not a blockbuster staging pack (format "
-                        f"{FORMAT}); remove the staging directory "
-                        f"{os.path.dirname(self.tiles_dir)} and run again"
-                    )
-                if pos + _HEAD.size + hlen > end:
-                    break  # a record cut off by a crash (or in flight)
-                try:
-                    meta = json.loads(f.read(hlen))
-                except ValueError:
-                    break
-                stop = pos + _HEAD.size + hlen + int(meta["size"])
-                if stop > end:
-                    break
-                self.where.setdefault(int(meta["tile"]), (path, pos))
+            for tile, rpos, stop, _meta in _records(f, path, pos, end):
+                if tile is None:  # a corrupt header: nothing after it can be framed
+                    self._scanned[path] = -1
+                    return
+                hit = (path, rpos)
+                cur = self.where.get(tile)
+                if cur is None or hit < cur:  # the first complete record wins
+                    self.where[tile] = hit
                 pos = stop
         self._scanned[path] = pos
 
@@ -137,6 +149,50 @@ class _PackIndex:
         with self.lock:
             self.refresh()
             return sorted(self.where)
+
+
+def _records(f, path: str, pos: int, end: int):
+    """Yield ``(tile, start, stop, header)`` for each complete record of pack ``f`` from
+    ``pos`` on; a header that fails its checksum yields ``(None, start, None, None)``
+    once (with a warning) and ends the scan; a record cut off at the end ends it quietly."""
+    if pos == 0 and end >= 2 and _read_at(f, 0, 2) != _MAGIC[:2]:
+        raise OSError(
+            f"{path} is not a blockbuster staging pack (format {FORMAT}); remove the "
+            f"staging directory {os.path.dirname(os.path.dirname(path))} and run again"
+        )
+    while pos + _HEAD.size <= end:
+        f.seek(pos)
+        magic, hlen, hsum = _HEAD.unpack(f.read(_HEAD.size))
+        if pos == 0 and magic[:4] != _MAGIC and magic[:3] == _MAGIC[:3]:
+            raise OSError(
+                f"{path} is a blockbuster staging pack of another format (not {FORMAT}); "
+                f"remove the staging directory {os.path.dirname(os.path.dirname(path))} "
+                "and run again"
+            )
+        if magic == _MAGIC and pos + _HEAD.size + hlen > end:
+            return  # a record cut off by a crash (or in flight)
+        raw = f.read(hlen) if magic == _MAGIC else b""
+        meta = None
+        if magic == _MAGIC and _sum(raw) == hsum:
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                meta = None
+        if meta is None:
+            warnings.warn(
+                f"staging pack {path}: the record at byte {pos} fails its checksum; it and "
+                "the records after it in this pack are not used (their tiles are "
+                "recomputed)",
+                StagingCorruptWarning,
+                stacklevel=2,
+            )
+            yield None, pos, None, None
+            return
+        stop = pos + _HEAD.size + hlen + int(meta["size"])
+        if stop > end:
+            return
+        yield int(meta["tile"]), pos, stop, meta
+        pos = stop
 
 
 _INDEXES: OrderedDict[tuple[str, str], _PackIndex] = OrderedDict()
@@ -182,8 +238,12 @@ class Staging:
     def close(self) -> None:
         """Close the pack this object writes to (its records are all complete)."""
         if self._pack is not None:
-            self._pack.close()
-            self._pack = None
+            try:
+                os.fsync(self._pack.fileno())  # stable before anyone relies on it
+            finally:
+                self._pack.close()
+                self._pack = None
+            fsync_dir(self.tiles_dir)
         readers, self._readers = self._readers, None
         for f in (readers or {}).values():
             f.close()
@@ -272,7 +332,7 @@ class Staging:
         for name, arr in (arrays or {}).items():
             arr = np.ascontiguousarray(arr)
             blob = _CODEC.encode(arr) if arr.nbytes else b""
-            specs[name] = [offset, len(blob), arr.dtype.str, list(arr.shape)]
+            specs[name] = [offset, len(blob), arr.dtype.str, list(arr.shape), _sum(blob)]
             blobs.append(blob)
             offset += len(blob)
         header = json.dumps(
@@ -280,12 +340,76 @@ class Staging:
             default=_json_default,
         ).encode()
         if self._pack is None:
-            self._pack = open(
-                os.path.join(self.tiles_dir, uuid.uuid4().hex + PACK_SUFFIX), "ab", buffering=0
-            )
-        view = memoryview(b"".join([_HEAD.pack(_MAGIC, len(header)), header, *blobs]))
+            # named by creation time: the earliest pack's record of a tile wins
+            name = f"{time.time_ns():020d}-{uuid.uuid4().hex}{PACK_SUFFIX}"
+            self._pack = open(os.path.join(self.tiles_dir, name), "ab", buffering=0)
+        head = _HEAD.pack(_MAGIC, len(header), _sum(header))
+        view = memoryview(b"".join([head, header, *blobs]))
         while view:  # unbuffered: each write goes straight to the OS
             view = view[self._pack.write(view) :]
+
+    def _corrupt(self, n: int, path: str, pos: int, what: str) -> StagingCorruptError:
+        return StagingCorruptError(
+            f"staged tile {n} ({path}, byte {pos}): {what} fails its checksum, so the "
+            "record is not used. Run again with the same staging: a resumed run checks "
+            "every record and recomputes this tile",
+            tile=n,
+        )
+
+    def verify(self) -> list[int]:
+        """Check every byte of every record; drop the records that fail.
+
+        A pack holding a record that fails (a flipped byte, a torn write) is rewritten
+        without it (under a temporary name, ``fsync``-ed, renamed over the pack), a
+        warning names each dropped tile, and the staging gets a new generation (so no
+        cached stage result describing the old records is used). Dropped tiles are
+        then unfinished: the run recomputes them. Run it before any writer starts.
+
+        Returns
+        -------
+        list of int
+            The tiles whose records were dropped (a corrupt header in a pack drops the
+            rest of that pack; those tiles are listed when their headers could be read
+            before).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            names = sorted(n for n in os.listdir(self.tiles_dir) if n.endswith(PACK_SUFFIX))
+        except FileNotFoundError:
+            return []
+        paths = [os.path.join(self.tiles_dir, n) for n in names]
+        with ThreadPoolExecutor(min(8, max(1, len(paths)))) as pool:
+            results = list(pool.map(_verify_pack, paths))
+        dropped: list[int] = []
+        for path, (bad, lost_from) in zip(paths, results):
+            for tile, pos in bad:
+                warnings.warn(
+                    f"staged tile {tile} ({path}, byte {pos}) fails its checksum: it is not "
+                    "used, and is recomputed",
+                    StagingCorruptWarning,
+                    stacklevel=2,
+                )
+                dropped.append(tile)
+            if lost_from is not None:
+                warnings.warn(
+                    f"staging pack {path}: the record at byte {lost_from} fails its "
+                    "checksum; the tiles after it in this pack are recomputed",
+                    StagingCorruptWarning,
+                    stacklevel=2,
+                )
+        if dropped or any(lost is not None for _, lost in results):
+            info = self.info() or {}
+            info["generation"] = uuid.uuid4().hex
+            tmp = self.info_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(info, f, indent=1, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.info_path)
+            fsync_dir(self.root)
+            self._index = None
+        return sorted(dropped)
 
     def read_record(self, n: int) -> dict[str, Any]:
         return self.read_tile(n, names=())[0]
@@ -307,8 +431,11 @@ class Staging:
                 self._readers[path] = f
         try:
             f.seek(pos)
-            _, hlen = _HEAD.unpack(f.read(_HEAD.size))
-            meta = json.loads(f.read(hlen))
+            magic, hlen, hsum = _HEAD.unpack(f.read(_HEAD.size))
+            raw = f.read(hlen)
+            if magic != _MAGIC or _sum(raw) != hsum:
+                raise self._corrupt(n, path, pos, "its header")
+            meta = json.loads(raw)
             start = pos + _HEAD.size + hlen
             wanted = (
                 meta["arrays"].keys()
@@ -317,11 +444,14 @@ class Staging:
             )
             out = {}
             for name in wanted:
-                off, nbytes, dtype, shape = meta["arrays"][name]
+                off, nbytes, dtype, shape, asum = meta["arrays"][name]
                 dt = np.dtype(dtype)
                 if nbytes:
                     f.seek(start + off)
-                    buf = _CODEC.decode(f.read(nbytes))
+                    blob = f.read(nbytes)
+                    if _sum(blob) != asum:
+                        raise self._corrupt(n, path, pos, f"its array {name!r}")
+                    buf = _CODEC.decode(blob)
                     out[name] = np.frombuffer(buf, dtype=dt).reshape(shape)
                 else:
                     out[name] = np.zeros(shape, dtype=dt)
@@ -329,6 +459,49 @@ class Staging:
             if not keep:
                 f.close()
         return meta["record"], out
+
+
+def _verify_pack(path: str) -> tuple[list[tuple[int, int]], int | None]:
+    """Check every record of one pack; rewrite it without those that fail. Returns the
+    failing ``(tile, offset)`` and the offset of a corrupt header (None if none)."""
+    keep: list[tuple[int, int]] = []
+    bad: list[tuple[int, int]] = []
+    lost_from = None
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StagingCorruptWarning)  # reported by verify
+            records = list(_records(f, path, 0, end))
+        for tile, start, stop, meta in records:
+            if tile is None:
+                lost_from = start
+                break
+            hlen = _HEAD.unpack_from(_read_at(f, start, _HEAD.size))[1]
+            base = start + _HEAD.size + hlen
+            ok = all(
+                not nbytes or _sum(_read_at(f, base + off, nbytes)) == asum
+                for off, nbytes, _dt, _shape, asum in meta["arrays"].values()
+            )
+            if ok:
+                keep.append((start, stop))
+            else:
+                bad.append((tile, start))
+        if not bad and lost_from is None:
+            return [], None
+        tmp = path + ".verify.tmp"
+        with open(tmp, "wb") as out:
+            for start, stop in keep:
+                out.write(_read_at(f, start, stop - start))
+            out.flush()
+            os.fsync(out.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+    return bad, lost_from
+
+
+def _read_at(f, pos: int, n: int) -> bytes:
+    f.seek(pos)
+    return f.read(n)
 
 
 def _json_default(obj):

@@ -49,7 +49,8 @@ def run_locally(
     if not plan.staging_root:
         plan = dataclasses.replace(plan, staging_root=os.path.join(workdir, "staging"))
     staging = Staging(plan.staging_root)
-    staging.prepare({"run_key": plan.run_key})
+    if staging.prepare({"run_key": plan.run_key}):
+        staging.verify()
     g = plan.grid
     reader = src.reader if src.kind == "stored" else None
     tiles = list(range(g.n_tiles))

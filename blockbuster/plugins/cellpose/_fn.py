@@ -58,6 +58,7 @@ from ._models import (
     clear_model_cache,
     model_loads,
     model_search_dirs,
+    weights_digest,
 )
 from ._versions import (
     cellpose_major_version,
@@ -303,9 +304,10 @@ class CellposeFn:
     def cache_token(self) -> str:
         """A stable string identifying what this callable computes.
 
-        Built from the class, the installed Cellpose version, the model (resolved weights
-        path with its size and modification time when it is found here, else the name
-        or path as given) and the options. ``gpu`` is left out: it changes where the
+        Built from the class, the installed Cellpose version, the model (a hash of the
+        weights file's bytes, computed once per process and cached by its path, size and
+        modification time, when it is found here; else the name or path as given) and
+        the options. ``gpu`` is left out: it changes where the
         labels are computed, not what they are. Never raises, never imports Cellpose.
         """
         ver = cellpose_version()
@@ -318,7 +320,11 @@ class CellposeFn:
                 raise ModelNotFoundError("no default model without Cellpose")
             path = self._resolve(major)
             st = path.stat()
-            model = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            model = {
+                "path": str(path),
+                "size": st.st_size,
+                "xxh3_128": weights_digest(path),
+            }
         except (BlockbusterError, OSError, ImportError):
             model = {
                 "model_type": self.model_type,

@@ -287,3 +287,36 @@ def _convert_for_cpu(model) -> None:
 
     net.eval()  # MKL-DNN batch norm exists for inference only; Cellpose sets it anyway
     mkldnn_utils.to_mkldnn(net)  # replaces the layers of ``net`` itself
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def weights_digest(path: Path) -> str:
+    """xxh3-128 of a weights file's bytes, computed once per process and cached by the
+    file's resolved path, size and modification time (a changed file is hashed again).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkstemp()[1]); _ = p.write_bytes(b"weights")
+    >>> weights_digest(p) == weights_digest(p)
+    True
+    """
+    import xxhash
+
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        hit = _DIGESTS.get(key)
+    if hit is not None:
+        return hit
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest
+    return digest
