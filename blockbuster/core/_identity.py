@@ -302,6 +302,9 @@ def fn_identity(fn: Callable) -> tuple[str | None, str | None]:
     >>> a == fn_identity(functools.partial(f, k=2))[0] != fn_identity(functools.partial(f, k=3))[0]
     True
     """
+    token = cache_token_of(fn)
+    if token is not None:
+        return token, None  # the function names itself
     try:
         parts = _callable_token(fn, set())
     except UnknownIdentity as exc:

@@ -56,13 +56,20 @@ def stage_key(stage: str, run_key: str, generation: str) -> str:
     return f"blockbuster-{stage}-{run_key}-{generation}"
 
 
+def job_stage_key(stage: str, job) -> str | None:
+    """The cache key of ``stage`` of ``job``'s run (None: not cached). The merge table
+    depends on the label numbering too (``sequential_labels``), which the run key leaves
+    out: its key is the result key."""
+    generation = getattr(job, "generation", None) if job is not None else None
+    if not generation:
+        return None
+    run = job.plan.result_key if stage == "table" else job.run_key
+    return stage_key(stage, run, generation)
+
+
 def _stage_key(stage: str):
     def key(context, parameters: dict[str, Any]) -> str | None:
-        job = parameters.get("job")
-        generation = getattr(job, "generation", None) if job is not None else None
-        if not generation:
-            return None
-        return stage_key(stage, job.run_key, generation)
+        return job_stage_key(stage, parameters.get("job"))
 
     return key
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from blockbuster.io import Staging
 
-from ._common import local_result_dir, stage_key
+from ._common import job_stage_key, local_result_dir
 from ._job import Job
 from ._report import publish_summary
 
@@ -59,7 +59,9 @@ def _drop_cached_results(job: Job) -> None:
     except Exception:  # pragma: no cover
         return
     for stage in CACHED_STAGES:
-        key = stage_key(stage, job.run_key, job.generation)
+        key = job_stage_key(stage, job)
+        if key is None:
+            continue
         for path in (os.path.join(base, key), os.path.join(base, key + ".lock")):
             try:
                 os.remove(path)

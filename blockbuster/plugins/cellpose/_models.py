@@ -289,13 +289,15 @@ def _convert_for_cpu(model) -> None:
     mkldnn_utils.to_mkldnn(net)  # replaces the layers of ``net`` itself
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 _DIGESTS_LOCK = threading.Lock()
 
 
 def weights_digest(path: Path) -> str:
     """xxh3-128 of a weights file's bytes, computed once per process and cached by the
-    file's resolved path, size and modification time (a changed file is hashed again).
+    file's resolved path, size and modification time (and its ctime and inode, which
+    any rewrite changes even when size and mtime are kept): a changed file is hashed
+    again.
 
     Examples
     --------
@@ -307,7 +309,7 @@ def weights_digest(path: Path) -> str:
     import xxhash
 
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     with _DIGESTS_LOCK:
         hit = _DIGESTS.get(key)
     if hit is not None:
