@@ -105,6 +105,7 @@ def test_changed_function_or_input_invalidates_staging(setup):
     come from that change (the default identity: no cache_token)."""
     img, path, calls, flags, out, stg = setup
     kw = {"tile_shape": TILE, "write_to": out, "staging": stg, "keep_staging": True}
+    kw["overwrite"] = True  # each step replaces the previous step's complete output
     lab = tile_process(path, make_fn("object", calls, 0), compute=True, **kw)
     assert n_calls(calls) == 36 and same_partition(lab, oracle(img))
     # only the numbering changed: the staging is reused, no call; labels exactly 1..N

@@ -124,7 +124,13 @@ def test_killed_run_resumes_only_unfinished_tiles_then_changed_state_recomputes(
     # the threshold changed (captured value / attribute / bound argument): all recomputed
     before = n_calls(calls)
     lab = tile_process(
-        path, make_fn(kind, calls, 1), tile_shape=TILE, write_to=out, staging=stg, compute=True
+        path,
+        make_fn(kind, calls, 1),
+        tile_shape=TILE,
+        write_to=out,
+        staging=stg,
+        compute=True,
+        overwrite=True,
     )
     assert n_calls(calls) - before == N_TILES
     assert same_partition(lab, oracle(img, 1)) and not same_partition(lab, oracle(img, 0))
@@ -149,7 +155,14 @@ def test_zarr_v3_pixels_rewritten_in_place_are_recomputed(setup):
     assert os.stat(os.path.join(path, "zarr.json")).st_mtime_ns == meta
     np.testing.assert_array_equal(zarr.open_array(path)[...], new)
     lab, summary = tile_process(
-        path, fn, tile_shape=TILE, write_to=out, staging=stg, compute=True, return_summary=True
+        path,
+        fn,
+        tile_shape=TILE,
+        write_to=out,
+        staging=stg,
+        compute=True,
+        return_summary=True,
+        overwrite=True,
     )
     assert not summary.get("cached")
     assert n_calls(calls) == 2 * N_TILES  # the old staging was not reused
@@ -183,6 +196,7 @@ def test_flipped_byte_in_a_staging_record_is_detected_and_recomputed(setup):
             staging=stg,
             sequential_labels=True,
             compute=True,
+            overwrite=True,
         )
     assert n_calls(calls) == N_TILES + 1  # that tile only
     assert same_partition(lab, oracle(img))
@@ -194,7 +208,7 @@ def test_unknown_function_identity_warns_once_and_never_reuses(setup):
     fn = _Opaque(make_fn("partial", calls, 0))
     for _ in range(2):
         with pytest.warns(IdentityWarning) as rec:
-            tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg)
+            tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, overwrite=True)
         ours = [w for w in rec if issubclass(w.category, IdentityWarning)]
         assert len(ours) == 1 and "'marker'" in str(ours[0].message)
         assert "cache_token()" in str(ours[0].message)
