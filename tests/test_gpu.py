@@ -561,3 +561,39 @@ def test_gpu_batch_reads_ahead_and_writes_behind(tmp_path, monkeypatch):
     assert [r["n_labels"] for r in recs] == [r["n_labels"] for r in plain_recs] == [1, 2, 2, 1]
     for n in range(4):
         assert np.array_equal(staged[n], plain[n])
+
+
+def test_integer_overlap_skips_one_plane_axes(tmp_path):
+    """(In-process: no cluster, no Prefect.) tile_shape=(1, Y, X) with overlap=int: fn receives one-plane blocks with an in-plane
+    halo (a 2D function is given 2D work), and a per-axis overlap overrides the rule."""
+    import numpy as np
+
+    from blockbuster.core import TileGrid, make_plan
+    from blockbuster.io import open_image
+    from blockbuster.worker import run_locally
+
+    img = np.zeros((8, 40, 40), np.uint8)
+    img[:, 5:30, 5:30] = 1
+    src = open_image(img)
+    seen: list[tuple[int, ...]] = []
+
+    def record(tile):
+        seen.append(tile.shape)
+        return (tile > 0).astype(np.int32)
+
+    plan = make_plan(src, fn_id="record", tile_shape=(1, 16, 16), overlap=5)
+    assert plan.grid.overlap == (0, 5, 5)
+    run_locally(plan, src, record, str(tmp_path / "a"))
+    g = TileGrid((8, 40, 40), (1, 16, 16), (0, 5, 5))
+    assert sorted(seen) == sorted(g.ext_shape(n) for n in range(g.n_tiles))
+    assert {s[0] for s in seen} == {1} and max(s[1] for s in seen) == 16 + 2 * 5
+    # tiles thicker than one plane keep the halo along every axis
+    assert make_plan(src, fn_id="record", tile_shape=(2, 16, 16), overlap=5).grid.overlap == (
+        5,
+        5,
+        5,
+    )
+    seen.clear()
+    plan = make_plan(src, fn_id="record", tile_shape=(1, 16, 16), overlap=(2, 5, 5))
+    run_locally(plan, src, record, str(tmp_path / "b"))
+    assert max(s[0] for s in seen) == 5  # the explicit z halo: 1 + 2 + 2 planes

@@ -171,37 +171,3 @@ def test_match_iou_equals_the_obvious_matching(shape, na, nb, seed, threshold, d
     want, n_want = _match_iou_reference(a, b, threshold)
     assert sorted(map(tuple, pairs.tolist())) == want and n == n_want
     assert pairs.dtype == np.int64
-
-
-def test_integer_overlap_skips_one_plane_axes(tmp_path):
-    """tile_shape=(1, Y, X) with overlap=int: fn receives one-plane blocks with an in-plane
-    halo (a 2D function is given 2D work), and a per-axis overlap overrides the rule."""
-    from blockbuster.core import make_plan
-    from blockbuster.io import open_image
-    from blockbuster.worker import run_locally
-
-    img = np.zeros((8, 40, 40), np.uint8)
-    img[:, 5:30, 5:30] = 1
-    src = open_image(img)
-    seen: list[tuple[int, ...]] = []
-
-    def record(tile):
-        seen.append(tile.shape)
-        return (tile > 0).astype(np.int32)
-
-    plan = make_plan(src, fn_id="record", tile_shape=(1, 16, 16), overlap=5)
-    assert plan.grid.overlap == (0, 5, 5)
-    run_locally(plan, src, record, str(tmp_path / "a"))
-    g = TileGrid((8, 40, 40), (1, 16, 16), (0, 5, 5))
-    assert sorted(seen) == sorted(g.ext_shape(n) for n in range(g.n_tiles))
-    assert {s[0] for s in seen} == {1} and max(s[1] for s in seen) == 16 + 2 * 5
-    # tiles thicker than one plane keep the halo along every axis
-    assert make_plan(src, fn_id="record", tile_shape=(2, 16, 16), overlap=5).grid.overlap == (
-        5,
-        5,
-        5,
-    )
-    seen.clear()
-    plan = make_plan(src, fn_id="record", tile_shape=(1, 16, 16), overlap=(2, 5, 5))
-    run_locally(plan, src, record, str(tmp_path / "b"))
-    assert max(s[0] for s in seen) == 5  # the explicit z halo: 1 + 2 + 2 planes
