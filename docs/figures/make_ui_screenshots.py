@@ -80,8 +80,8 @@ def main() -> None:
         b.wait_for("document.body.innerText", lambda t: bool(t) and "Input image" in t, 90)
         time.sleep(1.5)
         b.screenshot(os.path.join(HERE, "ui-deployment-form.png"))
-        b.open(f"{ui}/runs/flow-run/{run_id}?tab=Artifacts")
-        b.wait_for("document.body.innerText", lambda t: bool(t) and "Completed" in t, 90)
+        b.open(f"{ui}/runs/flow-run/{run_id}")
+        b.wait_for("document.body.innerText", lambda t: bool(t) and "segmented" in t, 90)
         time.sleep(3)
         b.screenshot(os.path.join(HERE, "ui-run.png"))
         for key, name in (
