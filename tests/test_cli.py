@@ -17,7 +17,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from _trees import assert_refused, tree_state
-from conftest import same_partition
+from conftest import same_partition, seed_prefect_home
 
 from blockbuster.synthetic import write_synthetic_zarr
 
@@ -58,6 +58,13 @@ def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *needles: s
 def image(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("cli")
     return write_synthetic_zarr(str(d / "nuclei.zarr"), (96, 96), (32, 32), seed=3)
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory, prefect_harness) -> dict:
+    """The environment of a command that runs a flow: a PREFECT_HOME of this module whose
+    database is already migrated (a fresh one costs its first run ~20 s)."""
+    return {"PREFECT_HOME": seed_prefect_home(tmp_path_factory.mktemp("cli-prefect-home"))}
 
 
 @pytest.fixture
@@ -214,7 +221,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_run_segments_a_small_image(image, tmp_path):
+def test_run_segments_a_small_image(image, tmp_path, prefect_env):
     out = str(tmp_path / "labels.zarr")
     p = cli(
         "run",
@@ -227,6 +234,7 @@ def test_run_segments_a_small_image(image, tmp_path):
         "32,32",
         "--write-to",
         out,
+        env=prefect_env,
     )
     assert p.returncode == 0, p.stderr
     noise = [
@@ -253,6 +261,7 @@ def test_run_segments_a_small_image(image, tmp_path):
         "-w",
         out,
         "--json",
+        env=prefect_env,
     )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["status"] == "already-segmented"
@@ -291,8 +300,12 @@ def test_info_estimate_empty_and_serve_check(image, tmp_path, main):
     assert_one_line_error(cli("serve", "--check", env=bad), 2, "BLOCKBUSTER_WATCH_CRON")
 
 
-def test_demo_prints_its_summary(tmp_path):
-    p = cli("demo", "--workdir", str(tmp_path), "--size", "128", "--tile", "64", "--no-progress")
+def test_demo_prints_its_summary(tmp_path, prefect_env):
+    p = cli(
+        "demo",
+        *("--workdir", str(tmp_path), "--size", "128", "--tile", "64", "--no-progress"),
+        env=prefect_env,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("blockbuster demo") and "F1" in p.stdout, p.stdout
     assert zarr.open_array(str(tmp_path / "labels.zarr"), mode="r").shape == (128, 128)

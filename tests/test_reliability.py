@@ -144,7 +144,7 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path):
+def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path, prefect_home):
     img, path, calls, flags, out, stg = setup
     script = tmp_path / "driver.py"
     script.write_text(
@@ -154,7 +154,7 @@ def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path):
     )
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": prefect_home,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)

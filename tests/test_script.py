@@ -25,11 +25,11 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_plain_script_runs_cleanly(tmp_path):
+def test_plain_script_runs_cleanly(tmp_path, prefect_home):
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = prefect_home  # a fresh home, its database already migrated
     r = subprocess.run(
         [sys.executable, str(script)],
         env=env,
