@@ -174,16 +174,20 @@ def without_heartbeats():
     ~0.1 s of pydantic validation, which a warm small run notices).
     """
     import prefect.context
+    import prefect.settings
 
     ctx = prefect.context.get_settings_context()
-    if ctx.settings.api.url:
+    # a Setting object, not its "flows.heartbeat_frequency" name: older Prefect 3 releases
+    # take only Setting keys; versions without flow heartbeats have nothing to turn off
+    heartbeat = getattr(prefect.settings, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+    if ctx.settings.api.url or heartbeat is None:
         yield
         return
     base, changed = _NO_HEARTBEAT_SETTINGS.get(id(ctx.settings), (None, None))
     if base is not ctx.settings:
         base, changed = (
             ctx.settings,
-            ctx.settings.copy_with_update(updates={"flows.heartbeat_frequency": None}),
+            ctx.settings.copy_with_update(updates={heartbeat: None}),
         )
         _NO_HEARTBEAT_SETTINGS.clear()
         _NO_HEARTBEAT_SETTINGS[id(base)] = (base, changed)
