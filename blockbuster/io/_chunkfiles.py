@@ -50,7 +50,7 @@ __all__ = ["ChunkFiles", "chunk_files"]
 
 # temporary file names: unique per process (pid and a random tag, for hosts sharing a
 # filesystem) and per write (a counter; next() on it is atomic under the GIL)
-_TMP = {"pid": None, "tag": "", "count": itertools.count()}
+_TMP: dict[str, Any] = {"pid": None, "tag": "", "count": itertools.count()}
 
 
 def _tmp_suffix() -> str:
@@ -103,7 +103,7 @@ def _v3_codec(codecs: Sequence[Any], dtype: np.dtype):
             "noshuffle": numcodecs.Blosc.NOSHUFFLE,
             "shuffle": numcodecs.Blosc.SHUFFLE,
             "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
-        }[getattr(c.shuffle, "value", c.shuffle)]
+        }[getattr(c.shuffle, "value", str(c.shuffle))]
         return stored, numcodecs.Blosc(
             cname=getattr(c.cname, "value", c.cname),
             clevel=c.clevel,
@@ -240,7 +240,7 @@ class ChunkFiles:
         try:
             with open(self.path(coords), "rb") as f:
                 if self.codec is None:
-                    got = f.readinto(memoryview(out).cast("B"))
+                    got = f.readinto(out.data.cast("B"))
                     if got != out.nbytes:
                         raise ValueError(
                             f"chunk file {self.path(coords)!r} holds {got} "
@@ -319,7 +319,7 @@ class ChunkFiles:
                 pass
             return
         data = np.ascontiguousarray(data, dtype=self.stored)
-        payload = memoryview(data).cast("B") if self.codec is None else self.codec.encode(data)
+        payload = data.data.cast("B") if self.codec is None else self.codec.encode(data)
         write_file(path, payload)
 
     def _is_fill(self, data: np.ndarray) -> bool:

@@ -64,7 +64,7 @@ def _node_type(d: str) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _group_attrs(d: str, zarr_format: int) -> dict:
+def _group_attrs(d: str, zarr_format: int | None) -> dict:
     """User attributes of a group, read straight from its metadata file (no consolidation)."""
     if zarr_format == 3:
         return dict((_read_json(os.path.join(d, "zarr.json")) or {}).get("attributes") or {})
@@ -172,8 +172,8 @@ def _stamp(
         dirs.append(arr_dir)
     times = [_stat_mtime(os.path.join(d, m)) for d in dirs for m in _ZARR_META]
     times.append(_stat_mtime(arr_dir))  # the array directory itself (recreated array)
-    times = [t for t in times if t is not None]
-    return (max(times) if times else None), None
+    known = [t for t in times if t is not None]
+    return (max(known) if known else None), None
 
 
 def _axis_names_from(axes: list[dict] | None) -> tuple[str, ...] | None:
@@ -226,6 +226,7 @@ def _ome_tiff_scale(tf, axes: str, shape0: tuple, shape: tuple) -> list[float] |
         return None
     scale = []
     for ax, n0, n in zip(axes, shape0, shape):
-        base = float(sizes[ax]) if ax in sizes and sizes[ax] else 1.0
+        size = sizes.get(ax)
+        base = float(size) if size else 1.0
         scale.append(base * (n0 / n if ax in "xyz" and n else 1.0))
     return scale

@@ -60,11 +60,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from blockbuster.errors import InputError, InvalidParameterError
+
+if TYPE_CHECKING:
+    import zarr
 
 from ._metadata import _group_attrs, _node_type, channel_axis_of, ngff_metadata, normalize_axes
 
@@ -87,7 +90,8 @@ __all__ = ["LabelTarget", "label_target", "LABEL_DTYPES"]
 LABEL_DTYPES = tuple(
     np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
 )
-_VERSION_FORMAT = {"0.4": 2, "0.5": 3}
+AccessMode = Literal["r", "r+", "a", "w", "w-"]
+_VERSION_FORMAT: dict[str, Literal[2, 3]] = {"0.4": 2, "0.5": 3}
 
 
 def _default_compressors(zarr_format: int):
@@ -155,11 +159,12 @@ def label_target(write_to: str | os.PathLike) -> LabelTarget | None:
         )
     ms = ome["multiscales"][0]
     datasets = list(ms.get("datasets") or [])
-    shapes = []
+    found = []
     for d in datasets:
         arr_dir = member_path(image, str(d.get("path", "")).strip("/"), what="dataset path")
-        shapes.append(_array_shape(arr_dir))
-    if not shapes or any(s is None for s in shapes):
+        found.append(_array_shape(arr_dir))
+    shapes = [s for s in found if s is not None]
+    if not shapes or len(shapes) < len(found):
         raise InputError(
             f"OME-Zarr image {image!r}: a dataset listed in its multiscales "
             "metadata is missing; cannot write labels into it"
@@ -219,7 +224,7 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
 
     # -- layout ------------------------------------------------------------------------
     @property
-    def zarr_format(self) -> int:
+    def zarr_format(self) -> Literal[2, 3]:
         """2 for NGFF 0.4, 3 for NGFF 0.5."""
         return _VERSION_FORMAT[self.ngff_version]
 
@@ -276,7 +281,7 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
         return [{"type": "scale", "scale": [float(a) / float(b) for a, b in zip(s0, s)]}]
 
     # -- writing -----------------------------------------------------------------------
-    def _open_group(self, path: str, mode: str = "a"):
+    def _open_group(self, path: str, mode: AccessMode = "a") -> zarr.Group:
         import zarr
 
         return zarr.open_group(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockbuster.errors import InvalidParameterError
 
@@ -80,6 +80,20 @@ def _rgba(v: Iterable, label: Any) -> list[int]:
 class _MetadataMixin:
     """Metadata methods of :class:`~blockbuster.io.LabelTarget` (which defines
     the fields, :attr:`zarr_format`, :attr:`axes` and :meth:`level_transforms`)."""
+
+    if TYPE_CHECKING:  # defined by LabelTarget
+        name: str
+        ngff_version: str
+        channel_axis: int | None
+        image_transforms: list[dict[str, Any]]
+
+        @property
+        def zarr_format(self) -> int: ...
+        @property
+        def axes(self) -> list[dict[str, Any]]: ...
+        @property
+        def n_levels(self) -> int: ...
+        def level_transforms(self, level: int) -> list[dict[str, Any]]: ...
 
     __slots__ = ()
 

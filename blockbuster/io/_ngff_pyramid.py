@@ -23,7 +23,7 @@ from ._metadata import _node_type
 from ._places import local_store
 
 if TYPE_CHECKING:
-    from ._ngff import LabelTarget
+    from ._ngff import AccessMode
 
 __all__: list[str] = []
 
@@ -47,6 +47,22 @@ class _PyramidMixin:
     the fields, the level paths and shapes, ``_open_group`` and ``_array_kwargs``)."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # defined by LabelTarget
+
+        @property
+        def level0_path(self) -> str: ...
+        @property
+        def group_path(self) -> str: ...
+        @property
+        def n_levels(self) -> int: ...
+        @property
+        def level_shapes(self) -> list[tuple[int, ...]]: ...
+        def level_path(self, level: int) -> str: ...
+        def _open_group(self, path: str, mode: AccessMode = "a") -> Any: ...
+        def _array_kwargs(
+            self, shape: Any, dtype: Any, chunks: Any, compressors: Any
+        ) -> dict[str, Any]: ...
 
     def create_levels(self) -> None:
         """Create the empty arrays of levels 1..n-1 (chunks and codecs as level 0)."""
@@ -106,7 +122,7 @@ class _PyramidMixin:
             store=local_store(self.level_path(level - 1), read_only=True), mode="r"
         )
         out = zarr.open_array(store=local_store(self.level_path(level)), mode="r+")
-        sel = []
+        sel: list[Any] = []
         regular = True
         for ax, b in enumerate(block):
             m = _axis_map(prev.shape[ax], out.shape[ax])
@@ -153,5 +169,5 @@ class _PyramidMixin:
                     pass
 
 
-def _downsample_task(target: LabelTarget, level: int, block: tuple[slice, ...]) -> None:
+def _downsample_task(target: _PyramidMixin, level: int, block: tuple[slice, ...]) -> None:
     target.downsample_block(level, block)

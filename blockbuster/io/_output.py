@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import zarr
 
@@ -65,7 +65,7 @@ class OutputTarget:
         if zarr_format not in (2, 3):
             raise InvalidParameterError(f"zarr_format={zarr_format!r} must be 2 or 3")
         self.path = os.fspath(parse_location(path, param=param))
-        self.zarr_format = zarr_format
+        self.zarr_format: Literal[2, 3] = 2 if zarr_format == 2 else 3
         self.temporary = temporary
         self.overwrite = bool(overwrite)
         self.param = param
@@ -98,7 +98,7 @@ class OutputTarget:
         Only an output blockbuster wrote is ever replaced (checked here, right before)."""
         state = "absent" if self.temporary else self.state()
         self.token = uuid.uuid4().hex
-        attrs = {ATTR: {"complete": False, **info}}
+        attrs: dict[str, Any] = {ATTR: {"complete": False, **info}}
         if self._ngff is not None:
             arr = self._ngff.create_level0(tuple(shape), dtype, tuple(chunks))
             arr.attrs.update(attrs)
@@ -109,6 +109,7 @@ class OutputTarget:
         if parent:
             os.makedirs(parent, exist_ok=True)
         sharded = shards is not None and self.zarr_format == 3
+        extra: dict[str, Any] = {"shards": tuple(shards)} if sharded else {}
         return zarr.create_array(
             store=local_store(self.path),
             shape=tuple(shape),
@@ -117,7 +118,7 @@ class OutputTarget:
             fill_value=0,
             zarr_format=self.zarr_format,
             attributes=attrs,
-            **({"shards": tuple(shards)} if sharded else {}),
+            **extra,
         )
 
     def open(self, mode: str = "r") -> zarr.Array:

@@ -214,7 +214,7 @@ def _members(d: str, limit: int = 12) -> str:
 
 
 def _open_group(
-    root: str, comp: str | None, target: str, fmt: int, raw: str, level: int
+    root: str, comp: str | None, target: str, fmt: int | None, raw: str, level: int
 ) -> ArraySource:
     attrs = _group_attrs(target, fmt)
     ome, _version = ngff_metadata(attrs)
@@ -248,9 +248,11 @@ def _open_group(
 
 
 def _open_ome(
-    root: str, comp: str | None, group_dir: str, fmt: int, raw: str, level: int
+    root: str, comp: str | None, group_dir: str, fmt: int | None, raw: str, level: int
 ) -> ArraySource:
     ome, version = ngff_metadata(_group_attrs(group_dir, fmt))
+    if ome is None:  # callers come here for groups with OME-NGFF metadata only
+        raise InputError(f"{raw!r}: the group {group_dir!r} holds no OME-NGFF metadata")
     ms = ome["multiscales"][0]
     datasets = ms.get("datasets") or []
     if not datasets:
@@ -337,7 +339,7 @@ def _open_tiff(p: str, raw: str, level: int, component: str | None) -> ArraySour
         import zarr
 
         arr = zarr.open(store, mode="r")
-        if not hasattr(arr, "chunks"):
+        if not isinstance(arr, zarr.Array):
             raise InputError(
                 f"TIFF {raw!r} series {series_i} level {lv} did not open as one array"
             )

@@ -155,7 +155,7 @@ class _Shard:
             full[tuple(slice(0, s) for s in data.shape)] = data
             data = full
         data = np.ascontiguousarray(data, dtype=w.stored)
-        payload = bytes(memoryview(data).cast("B")) if w.codec is None else w.codec.encode(data)
+        payload = bytes(data.data.cast("B")) if w.codec is None else w.codec.encode(data)
         self.index[tuple(inner)] = (self.size, len(payload))
         self.parts.append(payload)
         self.size += len(payload)

@@ -66,6 +66,7 @@ True
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -223,7 +224,7 @@ class Staging:
 
     def __init__(self, root: str | os.PathLike):
         self.root = os.fspath(root)
-        self._pack = None
+        self._pack: io.FileIO | None = None
         self._index: _PackIndex | None = None
         self._readers: dict[str, Any] | None = None  # pack path -> file, in a with block
 
@@ -423,12 +424,12 @@ class Staging:
         if hit is None:
             raise FileNotFoundError(f"tile {n} is not staged in {self.root}")
         path, pos = hit
-        keep = self._readers is not None
-        f = self._readers.get(path) if keep else None
+        readers = self._readers
+        f = readers.get(path) if readers is not None else None
         if f is None:
             f = open(path, "rb")
-            if keep:
-                self._readers[path] = f
+            if readers is not None:
+                readers[path] = f
         try:
             f.seek(pos)
             magic, hlen, hsum = _HEAD.unpack(f.read(_HEAD.size))
@@ -456,7 +457,7 @@ class Staging:
                 else:
                     out[name] = np.zeros(shape, dtype=dt)
         finally:
-            if not keep:
+            if readers is None:
                 f.close()
         return meta["record"], out
 

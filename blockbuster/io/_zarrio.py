@@ -89,10 +89,8 @@ def read_regions(arr: zarr.Array, slices: Sequence[tuple[slice, ...]]) -> list[n
     if cf is not None:
         got = [cf.read(sl) for sl in slices]
         rest = [sl for sl, g in zip(slices, got) if g is None]
-        if rest:
-            it = iter(_read_regions_zarr(arr, rest))
-            got = [next(it) if g is None else g for g in got]
-        return got
+        it = iter(_read_regions_zarr(arr, rest) if rest else ())
+        return [next(it) if g is None else g for g in got]
     return _read_regions_zarr(arr, slices)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import zarr
@@ -63,7 +64,7 @@ def run_locally(
     pairs, _ = scan_tiles(plan, tiles, counts, offsets)
     table = MergeTable.build(counts, pairs, sequential=plan.sequential)
     out_path = os.path.join(workdir, "labels.zarr")
-    shards = {"shards": plan.out_shards} if plan.out_shards and sharded else {}
+    shards: dict[str, Any] = {"shards": plan.out_shards} if plan.out_shards and sharded else {}
     zarr.create_array(
         store=out_path,
         shape=g.shape,
