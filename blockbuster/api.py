@@ -743,7 +743,12 @@ def _tiles_of(src: ImageSource) -> tuple[int, ...]:
     reader = src.reader
     arr = getattr(reader, "array", None)
     shards = getattr(arr, "shards", None) if arr is not None else None
-    return tuple(int(c) for c in (shards or src.chunks))
+    chunks = shards or src.chunks
+    if chunks is None:
+        raise InvalidParameterError(
+            "the labels have no chunks to take as tiles; pass tile_shape, e.g. tile_shape=512"
+        )
+    return tuple(int(c) for c in chunks)
 
 
 def estimate_empty_tiles(

@@ -1,6 +1,6 @@
 """The code's own checks, run with the test suite (so CI runs them): ruff (lint and
 format), the import-linter contracts of the layers (pyproject.toml), no import cycles
-between modules."""
+between modules, mypy (its configuration in pyproject.toml: strict on blockbuster.core)."""
 
 from __future__ import annotations
 
@@ -87,3 +87,8 @@ def test_no_import_cycles():
         if m not in num:
             visit(m)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_types():
+    p = _run(sys.executable, "-m", "mypy")
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]

@@ -113,7 +113,8 @@ def _cmd_merge(a: argparse.Namespace) -> int:
 
 
 def _print_pictures(pictures: dict | None) -> None:
-    files = (pictures or {}).get("files") or {}
+    pictures = pictures or {}
+    files = pictures.get("files") or {}
     if files.get("preview"):
         print(f"preview        {files['preview']} ({pictures.get('preview_view', '')})")
     if files.get("tile_map"):

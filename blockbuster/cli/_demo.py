@@ -36,6 +36,7 @@ def run_demo(
     >>> s["f1"] > 0.9                                                            # doctest: +SKIP
     True
     """
+    import numpy as np
     import zarr
 
     from blockbuster.api import tile_process
@@ -61,7 +62,7 @@ def run_demo(
         return_summary=True,
     )
     pred = labels.compute()
-    score = instance_f1(pred, zarr.open_array(truth, mode="r")[...])
+    score = instance_f1(pred, np.asarray(zarr.open_array(truth, mode="r")[...]))
     summary = dict(summary)
     summary.update(
         {

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``blockbuster`` (all subcommands)."""
     from blockbuster import __version__
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--debug", action="store_true", help="show tracebacks and Prefect's logs on errors"
     )

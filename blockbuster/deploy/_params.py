@@ -42,7 +42,8 @@ def _registered_names() -> list[str]:
 
 #: The registered segmenters, as an enum: a dropdown in the Prefect UI, and a value the
 #: server checks against the deployment's parameter schema.
-SegmenterName = Enum(
+# mypy cannot type an Enum whose members are only known at run time (the registry)
+SegmenterName = Enum(  # type: ignore[misc]
     "SegmenterName", [(n, n) for n in _registered_names()], type=str, module=__name__
 )
 SegmenterName.__doc__ = "A segmenter registered under the blockbuster.segmenters group."

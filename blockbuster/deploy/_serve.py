@@ -99,6 +99,7 @@ def watch_schedule(settings: Settings):
 def acquisition_trigger():
     """The event trigger of ``segment``: one run per ``blockbuster.acquisition.finished``
     event, for the path in the event's ``prefect.resource.id``."""
+    from prefect.events.schemas.automations import Posture
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
     return DeploymentEventTrigger(
@@ -107,7 +108,7 @@ def acquisition_trigger():
         "(its prefect.resource.id).",
         expect={EVENT},
         for_each={"prefect.resource.id"},
-        posture="Reactive",
+        posture=Posture.Reactive,
         threshold=1,
         parameters={"image": "{{ event.resource.id }}"},
     )

@@ -256,7 +256,7 @@ def scan_folder(
         )
         if not done:
             out.append(Decision(acq, "unfinished", why, output))
-        elif info is None:
+        elif info is None or output is None:  # output is None only when info is
             out.append(Decision(acq, "unreadable", err or "cannot be opened", None))
         elif state == "foreign":
             out.append(

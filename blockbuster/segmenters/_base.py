@@ -25,7 +25,7 @@ import json
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, overload
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -55,6 +55,14 @@ def _fail(option: str, value: Any, fix: str) -> InvalidParameterError:
     return InvalidParameterError(f"{option}={value!r} is not valid: {fix}")
 
 
+@overload
+def check_int(
+    option: str, value: Any, *, minimum: int | None = None, allow_none: Literal[False] = False
+) -> int: ...
+@overload
+def check_int(
+    option: str, value: Any, *, minimum: int | None = None, allow_none: bool
+) -> int | None: ...
 def check_int(
     option: str, value: Any, *, minimum: int | None = None, allow_none: bool = False
 ) -> int | None:
@@ -68,6 +76,14 @@ def check_int(
     return int(value)
 
 
+@overload
+def check_float(
+    option: str, value: Any, *, minimum: float | None = None, allow_none: Literal[False] = False
+) -> float: ...
+@overload
+def check_float(
+    option: str, value: Any, *, minimum: float | None = None, allow_none: bool
+) -> float | None: ...
 def check_float(
     option: str, value: Any, *, minimum: float | None = None, allow_none: bool = False
 ) -> float | None:
@@ -217,7 +233,8 @@ class SegmenterBase:
         """
         if self.channel_axis is not None or channel_axis is None:  # type: ignore[attr-defined]
             return self
-        return dataclasses.replace(self, channel_axis=channel_axis)
+        # channel_axis is a field of every subclass, not of this base
+        return dataclasses.replace(self, channel_axis=channel_axis)  # type: ignore[call-arg]
 
     def peak_memory_bytes(self, tile_shape: Sequence[int], dtype: Any = np.uint16) -> int:
         """Estimated peak memory (bytes) of segmenting one tile, the tile itself included.

@@ -76,7 +76,7 @@ def threshold(
     min_size: int = 0,
     connectivity: int = 1,
     channel_axis: int | None = None,
-    channel: int | str | None = None,
+    channel: ChannelSpec = None,
 ) -> ThresholdSegmenter:
     """Threshold + connected components: objects are the connected bright regions.
 

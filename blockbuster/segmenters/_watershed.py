@@ -154,7 +154,7 @@ def watershed(
     footprint: int | tuple[int, ...] | None = None,
     min_size: int = 0,
     channel_axis: int | None = None,
-    channel: int | str | None = None,
+    channel: ChannelSpec = None,
 ) -> WatershedSegmenter:
     """Seeded watershed: splits touching round objects such as nuclei.
 

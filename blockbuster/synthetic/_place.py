@@ -58,12 +58,13 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _check_radius(radius: float | tuple[float, float]) -> tuple[float, float]:
-    if np.isscalar(radius):
-        radius = (float(radius), float(radius))
-    lo, hi = (float(r) for r in radius)
+    value: Any = radius  # a number or a pair; anything else fails in float()
+    if bool(np.isscalar(value)):  # (bool(): keep value Any, not numpy's scalar union)
+        value = (float(value), float(value))
+    lo, hi = (float(r) for r in value)
     if not (1.0 <= lo <= hi):
         raise InvalidParameterError(
-            f"radius={radius!r} must be a number >= 1 or a (min, max) pair with 1 <= min <= max"
+            f"radius={value!r} must be a number >= 1 or a (min, max) pair with 1 <= min <= max"
         )
     return lo, hi
 

@@ -44,7 +44,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing
@@ -198,6 +198,14 @@ class NucleiScene:
         keep = np.all((c + r >= starts) & (c - r < stops), axis=1)
         return idx[keep]
 
+    @overload
+    def render(
+        self, region: Sequence[slice] | None = None, *, labels: Literal[True] = True
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    def render(
+        self, region: Sequence[slice] | None = None, *, labels: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
     def render(
         self, region: Sequence[slice] | None = None, *, labels: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -228,7 +236,7 @@ class NucleiScene:
                 sub = (slice(region[0].start + a, region[0].start + b),) + region[1:]
                 im, lb = self._render_block(sub, labels)
                 image[a:b] = im
-                if labels:
+                if truth is not None:
                     truth[a:b] = lb
             return image, truth
         return self._render_block(region, labels)
@@ -280,6 +288,7 @@ class NucleiScene:
                     y = sum(grids[j] * np.float32(rot[j, k]) for j in range(ndim))
                     term = (y / np.float32(rad[k])) ** 2
                     d2 = term if d2 is None else d2 + term
+                assert d2 is not None  # images have 2 or 3 axes
                 d = np.sqrt(d2)
                 rmean = float(np.mean(rad))
                 ramp = np.clip(0.5 + (1.0 - d) * np.float32(rmean / _EDGE), 0.0, 1.0)
@@ -291,7 +300,7 @@ class NucleiScene:
                 v = value[local]
                 cand = v + (bright - v) * ramp
                 np.maximum(v, cand, out=v)
-                if want_labels:
+                if truth is not None and best is not None:  # want_labels
                     t, b = truth[local], best[local]
                     own = (d <= 1.0) & (d < b)
                     t[own] = i + 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def write_synthetic_zarr(
     else:
         raise InvalidParameterError(f"kind={kind!r} must be 'nuclei' or 'sparse'")
 
-    attrs = {
+    attrs: dict[str, Any] = {
         "blockbuster_synthetic": {
             "kind": kind,
             "seed": int(seed),
@@ -147,6 +147,6 @@ def write_synthetic_zarr(
     for region in scene.iter_blocks(block):
         im, lb = scene.render(region, labels=truth is not None)
         image[region] = im
-        if truth is not None:
+        if truth is not None and lb is not None:
             truth[region] = lb
     return os.fspath(path)

@@ -85,7 +85,9 @@ class Reporter:
             return
         if SyncClientContext.get() is None and self._client_ctx is None:
             return  # no Prefect client in play
-        SyncClientContext.__var__.set(None)  # in this call's copied context only
+        # in this call's copied context only; Prefect types the variable without its
+        # initial None
+        SyncClientContext.__var__.set(None)  # type: ignore[arg-type]
         if self._client_ctx is None:
             from ._prefect_compat import prefect_client_context
 

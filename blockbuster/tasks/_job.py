@@ -98,6 +98,8 @@ class Job(BaseModel):
 
     @property
     def tile_fn(self) -> Callable:
+        if self._fn is None:
+            raise RuntimeError("this job has no tile function: build it with Job.create")
         return self._fn
 
     @property

@@ -150,8 +150,6 @@ def warm_up(errors: list) -> None:
             return
         from prefect.client.orchestration import get_client
 
-        from ._common import prefect_tls_context
-
         with get_client(sync_client=True, httpx_settings={"verify": prefect_tls_context()}) as c:
             c.api_healthcheck()
         _WARM.add(url)

@@ -12,6 +12,7 @@ thread, so no stage waits on them.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 __all__ = ["StageProgress", "ProgressArtifact", "PROGRESS_KEY"]
 
@@ -26,7 +27,7 @@ class ProgressArtifact:
     def __init__(self, reporter, run_key: str):
         self.reporter = reporter
         self.run_key = run_key
-        self.id = None
+        self.id: Any = None  # the artifact's id, once created
 
     def update(self, percent: float, description: str) -> None:
         """Queue an update (the latest one submitted is what the UI ends up showing)."""
@@ -93,7 +94,8 @@ class StageProgress:
         return lo + (hi - lo) * min(frac, 1.0)
 
     def _push(self) -> None:
-        self.artifact.update(self.percent(), f"{self.stage}: {self.done}/{self.total} tiles")
+        if self.artifact is not None:
+            self.artifact.update(self.percent(), f"{self.stage}: {self.done}/{self.total} tiles")
 
     def close(self) -> None:
         """Push the final count: always for the last stage of a run (its span ends at

@@ -57,9 +57,9 @@ def scan_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
         results = work.gather(lambda i, r: bar.update(len(batches[i])))
     finally:
         bar.close()
-    pairs = [p for p, _ in results if len(p)]
+    found = [p for p, _ in results if len(p)]
     seams = [s for _, ss in results for s in ss]
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
     job.timings["seams"] = time.perf_counter() - work.started
     merged = sum(s[3] for s in seams)
     unmerged = sum(s[4] for s in seams)

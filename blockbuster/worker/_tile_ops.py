@@ -477,7 +477,7 @@ def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, An
     rec = _new_record(plan, n)
     fields, arrays = index_unit(
         g.core_bounds(n),
-        plan.unit_tile_shape,
+        plan.out_chunks,  # the tiles inside the unit
         plan.connectivity,
         _TileReader(plan, reader),
         n,
@@ -677,7 +677,7 @@ def _relabel_units(
                 shard = shards.shard(g.tile_index(n)) if shards is not None else None
                 written += relabel_unit(
                     g.core_bounds(n),
-                    plan.unit_tile_shape,
+                    plan.out_chunks,  # the tiles inside the unit
                     rec,
                     arrays,
                     lut,

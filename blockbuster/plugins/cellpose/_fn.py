@@ -127,10 +127,10 @@ class CellposeFn:
         (``do_3D=False``): ``tile_shape="auto"`` then keeps one-plane tiles.
     """
 
-    model_type: str | None = "cyto3"
+    model_type: str | os.PathLike | None = "cyto3"
     gpu: bool = False
     diameter: float | None = None
-    pretrained_model: str | None = None
+    pretrained_model: str | os.PathLike | None = None
     channel_axis: int | None = None
     do_3D: bool | None = None
     z_axis: int | None = None

@@ -144,13 +144,15 @@ def _how_to_provide(name: str, basenames: list[str], dirs: list[Path], major: in
 
 
 def _resolve_weights(
-    pretrained_model: str | None, model_type: str | None, major: int | None
+    pretrained_model: str | os.PathLike | None,
+    model_type: str | os.PathLike | None,
+    major: int | None,
 ) -> Path:
     """The local weights file of a model spec (see :meth:`CellposeFn.resolve_model_path`)."""
     if pretrained_model is not None:
-        spec, what = pretrained_model, "pretrained_model"
+        spec, what = os.fspath(pretrained_model), "pretrained_model"
     elif model_type is not None:
-        spec, what = model_type, "model_type"
+        spec, what = os.fspath(model_type), "model_type"
     else:
         if major is None:
             raise ModelNotFoundError(
