@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ._chunkfiles import chunk_files
+from ._chunkfiles import ChunkFiles, chunk_files
 from ._metadata import _check_level, _join, _stamp
 from ._zarrio import read_region, read_regions
 
@@ -31,7 +32,7 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 32
 
 
-def _cached(key: tuple, opener) -> Any:
+def _cached(key: tuple[Any, ...], opener: Callable[[], Any]) -> Any:
     """Return ``opener()`` cached under ``key`` for this process (LRU, thread-safe).
 
     The process id is part of the key: a forked child never reuses its parent's open
@@ -139,12 +140,12 @@ class ArraySource:
         """Number of elements of the chosen level."""
         return int(np.prod(self.shape, dtype=np.int64))
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
             key = (key,)
         return self.read(key)
 
-    def __dask_tokenize__(self):
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
         return (
             "blockbuster.ArraySource",
             self.kind,
@@ -157,7 +158,7 @@ class ArraySource:
         )
 
     # -- reading -----------------------------------------------------------------------
-    def _array(self, level: int):
+    def _array(self, level: int) -> Any:
         """The opened zarr array of ``level`` in this process (cached)."""
         if self.kind == "tiff":
             series = int(self.component or 0)
@@ -170,7 +171,7 @@ class ArraySource:
             ("zarr", self.path, sub, self._stamp), lambda: _open_zarr_array(_join(self.path, sub))
         )
 
-    def chunk_files(self):
+    def chunk_files(self) -> ChunkFiles | None:
         """The chosen level's :class:`~blockbuster.io.ChunkFiles` (whole
         chunks read directly from a local disk), or None (TIFF, or a layout zarr must
         decode)."""
@@ -209,14 +210,16 @@ class ArraySource:
             return np.asarray(arr[tuple(slices)])
         return read_region(arr, tuple(slices), out)
 
-    def read_many(self, slices_list, max_bytes: int = 64 << 20):
+    def read_many(
+        self, slices_list: Iterable[tuple[slice, ...]], max_bytes: int = 64 << 20
+    ) -> Iterator[np.ndarray]:
         """Yield ``self.read(s)`` for each ``s``: whole chunks on a local disk directly,
         else up to ``max_bytes`` of regions per round trip to zarr's event loop."""
         if self.kind == "tiff":
             yield from (self.read(s) for s in slices_list)
             return
         arr = self._array(self.level)
-        group: list = []
+        group: list[tuple[slice, ...]] = []
         size = 0
         for sl in slices_list:
             nbytes = arr.dtype.itemsize * int(
@@ -309,7 +312,7 @@ class ArraySource:
 # --------------------------------------------------------------------------------------
 # low-level openers (one per process, through the cache)
 # --------------------------------------------------------------------------------------
-def _open_zarr_array(p: str):
+def _open_zarr_array(p: str) -> Any:
     import zarr
 
     from ._places import local_store
@@ -317,7 +320,7 @@ def _open_zarr_array(p: str):
     return zarr.open_array(store=local_store(p, read_only=True), mode="r")
 
 
-def _open_tiff_level(path: str, series: int, level: int):
+def _open_tiff_level(path: str, series: int, level: int) -> tuple[Any, Any, Any]:
     import tifffile
     import zarr
 

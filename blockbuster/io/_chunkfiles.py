@@ -59,7 +59,7 @@ def _tmp_suffix() -> str:
     return f".{_TMP['tag']}-{next(_TMP['count'])}.partial"
 
 
-def write_file(path: str, payload) -> None:
+def write_file(path: str, payload: Any) -> None:
     """Write ``payload`` to ``path`` atomically (a temporary name, then a rename), as
     zarr's ``LocalStore`` does; the directory is created when missing."""
     tmp = path + _tmp_suffix()
@@ -80,7 +80,7 @@ def write_file(path: str, payload) -> None:
         raise
 
 
-def _v3_codec(codecs: Sequence[Any], dtype: np.dtype):
+def _v3_codec(codecs: Sequence[Any], dtype: np.dtype) -> tuple[np.dtype, Any] | None:
     """``(stored dtype, numcodecs codec or None)`` for a v3 codec chain, or ``None``."""
     import numcodecs
     from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec

@@ -182,7 +182,7 @@ def _axis_names_from(axes: list[dict] | None) -> tuple[str, ...] | None:
     return tuple(str(a.get("name", "?")).lower() for a in axes)
 
 
-def _zarr_dim_names(arr) -> tuple[str, ...] | None:
+def _zarr_dim_names(arr: Any) -> tuple[str, ...] | None:
     try:
         names = getattr(arr.metadata, "dimension_names", None)
     except Exception:  # pragma: no cover - defensive
@@ -194,7 +194,9 @@ def _zarr_dim_names(arr) -> tuple[str, ...] | None:
     return None
 
 
-def _channel_from_names(names: tuple[str, ...] | None, pref=("c", "channel")) -> int | None:
+def _channel_from_names(
+    names: tuple[str, ...] | None, pref: tuple[str, ...] = ("c", "channel")
+) -> int | None:
     if not names:
         return None
     for p in pref:
@@ -203,7 +205,7 @@ def _channel_from_names(names: tuple[str, ...] | None, pref=("c", "channel")) ->
     return None
 
 
-def _shards(arr) -> tuple[int, ...] | None:
+def _shards(arr: Any) -> tuple[int, ...] | None:
     try:
         s = arr.shards
     except Exception:  # pragma: no cover - zarr without sharding support
@@ -211,7 +213,9 @@ def _shards(arr) -> tuple[int, ...] | None:
     return tuple(int(v) for v in s) if s else None
 
 
-def _ome_tiff_scale(tf, axes: str, shape0: tuple, shape: tuple) -> list[float] | None:
+def _ome_tiff_scale(
+    tf: Any, axes: str, shape0: tuple[int, ...], shape: tuple[int, ...]
+) -> list[float] | None:
     xml = getattr(tf, "ome_metadata", None)
     if not xml:
         return None

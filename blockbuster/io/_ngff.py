@@ -58,7 +58,7 @@ True
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -94,7 +94,7 @@ AccessMode = Literal["r", "r+", "a", "w", "w-"]
 _VERSION_FORMAT: dict[str, Literal[2, 3]] = {"0.4": 2, "0.5": 3}
 
 
-def _default_compressors(zarr_format: int):
+def _default_compressors(zarr_format: int) -> Any:
     """Blosc(zstd, shuffle): readable by zarr-python 2/3, zarr.js, Fiji and neuroglancer."""
     if zarr_format == 2:
         from numcodecs import Blosc
@@ -291,7 +291,9 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
             use_consolidated=False,
         )
 
-    def _array_kwargs(self, shape, dtype, chunks, compressors) -> dict[str, Any]:
+    def _array_kwargs(
+        self, shape: Sequence[int], dtype: Any, chunks: Sequence[int], compressors: Any
+    ) -> dict[str, Any]:
         kw: dict[str, Any] = dict(
             shape=tuple(int(s) for s in shape),
             dtype=dtype,
@@ -316,7 +318,7 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
         *,
         overwrite: bool = True,
         compressors: Any = None,
-    ):
+    ) -> zarr.Array:
         """Create the groups and the empty full-resolution label array.
 
         Creates ``<image>/labels`` (if needed) and ``<image>/labels/<name>`` without any
@@ -390,7 +392,7 @@ class LabelTarget(_PyramidMixin, _MetadataMixin):
         group = self._open_group(self.group_path, mode="w")  # clears an old label image
         return group.create_array("0", **kw)
 
-    def _ensure_labels_group(self):
+    def _ensure_labels_group(self) -> zarr.Group:
         kind, fmt = _node_type(self.labels_path)
         if kind == "group" and fmt == self.zarr_format:
             return self._open_group(self.labels_path, mode="r+")

@@ -97,13 +97,13 @@ class _MetadataMixin:
 
     __slots__ = ()
 
-    def _ome_attrs(self, group) -> dict:
+    def _ome_attrs(self, group: Any) -> dict[str, Any]:
         attrs = group.attrs.asdict()
         if self.zarr_format == 3:
             return dict(attrs.get("ome") or {})
         return dict(attrs)
 
-    def _write_ome(self, group, updates: Mapping[str, Any]) -> None:
+    def _write_ome(self, group: Any, updates: Mapping[str, Any]) -> None:
         """Merge ``updates`` into the group's OME metadata (``ome`` namespace for 0.5)."""
         if self.zarr_format == 3:
             ome = self._ome_attrs(group)
@@ -114,7 +114,7 @@ class _MetadataMixin:
             group.attrs.update(dict(updates))
 
     def _set_labels_list(
-        self, labels_group, *, add: str | None = None, remove: str | None = None
+        self, labels_group: Any, *, add: str | None = None, remove: str | None = None
     ) -> None:
         current = list(self._ome_attrs(labels_group).get("labels") or [])
         new = [n for n in current if n != remove]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import zarr
@@ -91,7 +92,14 @@ class OutputTarget:
         :class:`~blockbuster.errors.OutputExistsError` (see :func:`check_replaceable`)."""
         return check_replaceable(self.path, overwrite=self.overwrite, param=self.param)
 
-    def create(self, shape, dtype, chunks, info: dict[str, Any], shards=None) -> zarr.Array:
+    def create(
+        self,
+        shape: Sequence[int],
+        dtype: Any,
+        chunks: Sequence[int],
+        info: dict[str, Any],
+        shards: Sequence[int] | None = None,
+    ) -> zarr.Array:
         """(Re)create the array, marked incomplete; returns it. ``shards``: the shard
         shape, for a zarr v3 array outside an OME-Zarr (ignored elsewhere).
 
@@ -109,7 +117,7 @@ class OutputTarget:
         if parent:
             os.makedirs(parent, exist_ok=True)
         sharded = shards is not None and self.zarr_format == 3
-        extra: dict[str, Any] = {"shards": tuple(shards)} if sharded else {}
+        extra: dict[str, Any] = {"shards": tuple(shards)} if shards is not None and sharded else {}
         return zarr.create_array(
             store=local_store(self.path),
             shape=tuple(shape),

@@ -91,7 +91,7 @@ class ImageSource:
         return np.asarray(self.dask_array[sl].compute(scheduler="sync"))
 
 
-def _normalize_channel_axis(channel_axis, ndim: int) -> int | None:
+def _normalize_channel_axis(channel_axis: Any, ndim: int) -> int | None:
     if channel_axis is None:
         return None
     try:
@@ -109,7 +109,13 @@ def _normalize_channel_axis(channel_axis, ndim: int) -> int | None:
 
 
 def _from_stored(
-    reader, arr_like, path: str, channel_axis, extra_ident=None, description=None, meta=None
+    reader: Any,
+    arr_like: Any,
+    path: str,
+    channel_axis: Any,
+    extra_ident: dict[str, Any] | None = None,
+    description: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> ImageSource:
     shape = tuple(int(s) for s in arr_like.shape)
     ca = _normalize_channel_axis(channel_axis, len(shape))
@@ -150,7 +156,7 @@ def _local_store_path(arr: zarr.Array) -> str | None:
 
 
 def open_image(
-    image,
+    image: Any,
     *,
     channel_axis: int | None = None,
     level: int = 0,
@@ -247,7 +253,12 @@ def _from_dask(
 
 
 def _open_path(
-    path: str, *, channel_axis, level: int, component, param: str = "image"
+    path: str,
+    *,
+    channel_axis: Any,
+    level: int,
+    component: str | None,
+    param: str = "image",
 ) -> ImageSource:
     """A stored image (zarr v2/v3, OME-Zarr, TIFF) through :func:`open_path`."""
     src = open_path(path, level=level, component=component, param=param)

@@ -233,7 +233,7 @@ class Staging:
             self._readers = {}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

@@ -22,13 +22,16 @@ Examples
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from functools import lru_cache
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 
 from ._chunkfiles import chunk_files
+
+T = TypeVar("T")
 
 __all__ = ["read_region", "read_regions", "write_regions", "open_zarr_array_cached"]
 
@@ -41,7 +44,7 @@ def open_zarr_array_cached(path: str, token: str = "", mode: str = "r+") -> zarr
     return zarr.open_array(store=local_store(path, read_only=mode == "r"), mode=mode)
 
 
-def _sync(coro):
+def _sync(coro: Coroutine[Any, Any, T]) -> T:
     from zarr.core.sync import sync
 
     return sync(coro)
@@ -76,7 +79,7 @@ def write_regions(
         return
     aarr = arr.async_array
 
-    async def go():
+    async def go() -> None:
         await asyncio.gather(*(aarr.setitem(sl, data) for sl, data in items))
 
     _sync(go())
@@ -100,7 +103,7 @@ def _read_regions_zarr(arr: zarr.Array, slices: Sequence[tuple[slice, ...]]) -> 
         return [np.asarray(arr[sl]) for sl in slices]
     aarr = arr.async_array
 
-    async def go():
+    async def go() -> list[Any]:
         return await asyncio.gather(*(aarr.getitem(sl) for sl in slices))
 
     return [np.asarray(r) for r in _sync(go())]
