@@ -170,7 +170,8 @@ def _grey(image: NDArray[Any]) -> NDArray[np.float32]:
 def _colors_of(labels: NDArray[Any]) -> NDArray[np.uint8]:
     """:func:`label_colors` of many pixels, computed once per distinct id."""
     ids, inverse = np.unique(labels, return_inverse=True)
-    return label_colors(ids)[inverse.reshape(-1)]
+    colors: NDArray[np.uint8] = label_colors(ids)[inverse.reshape(-1)]
+    return colors
 
 
 def _outlines(labels: NDArray[Any]) -> NDArray[Any]:

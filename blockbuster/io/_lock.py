@@ -263,7 +263,7 @@ class OutputLock:
     def __enter__(self) -> OutputLock:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

@@ -45,7 +45,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from blockbuster.errors import (
     InvalidParameterError,
@@ -56,6 +56,9 @@ from blockbuster.errors import (
 )
 
 from ._metadata import _node_type, _read_json
+
+if TYPE_CHECKING:
+    import zarr.storage
 
 __all__ = [
     "parse_location",
@@ -209,7 +212,7 @@ def check_apart(
 StateName = Literal["absent", "incomplete", "complete", "foreign-zarr", "foreign"]
 
 
-def _marker(path: str) -> dict | None | bool:
+def _marker(path: str) -> dict | None | Literal[False]:
     """The output marker of the zarr array at ``path`` (or at ``path/0``, an NGFF label
     image): the record dict, False when the node has none, None when no zarr node."""
     kind, fmt = _node_type(path)
@@ -410,7 +413,7 @@ def member_path(store: str | os.PathLike, member: str, *, what: str) -> str:
     return joined
 
 
-def local_store(path: str | os.PathLike, *, read_only: bool = False):
+def local_store(path: str | os.PathLike, *, read_only: bool = False) -> zarr.storage.LocalStore:
     """A ``zarr.storage.LocalStore`` at ``path`` (a path object: never re-interpreted as
     a URL or an fsspec chain by zarr)."""
     from zarr.storage import LocalStore
