@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._tile_function import cache_token_of
 
@@ -81,7 +82,7 @@ def run_key(description: dict[str, Any]) -> str:
     return stable_hash(description, length=20)
 
 
-def array_token(arr: np.ndarray) -> str:
+def array_token(arr: NDArray[Any]) -> str:
     """A content hash of a NumPy array (dtype, shape and every byte), xxh3-128.
 
     >>> a = np.arange(6).reshape(2, 3)
@@ -93,7 +94,7 @@ def array_token(arr: np.ndarray) -> str:
     a = np.ascontiguousarray(arr)
     h = xxhash.xxh3_128()
     h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+    h.update(a.reshape(-1).data.cast("B") if a.size else b"")
     return h.hexdigest()
 
 
@@ -133,7 +134,7 @@ def _tokenize(value: Any) -> str:
         ) from None
 
 
-def _code_token(code: types.CodeType) -> tuple:
+def _code_token(code: types.CodeType) -> tuple[Any, ...]:
     consts = tuple(_const_token(c) for c in code.co_consts)
     return (code.co_name, code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars)
 
@@ -190,7 +191,9 @@ def _function_token(fn: types.FunctionType, seen: set[int]) -> Any:
     )
 
 
-def _named(what: str, tokenizer, value: Any, seen: set[int]) -> Any:
+def _named(
+    what: str, tokenizer: Callable[[Any, set[int]], Any], value: Any, seen: set[int]
+) -> Any:
     try:
         return tokenizer(value, seen)
     except UnknownIdentity as exc:
@@ -282,7 +285,7 @@ def _callable_token(fn: Any, seen: set[int]) -> Any:
     return ("object", _class_token(type(fn), seen), _state_token(fn, seen))
 
 
-def fn_identity(fn: Callable) -> tuple[str | None, str | None]:
+def fn_identity(fn: Callable[..., Any]) -> tuple[str | None, str | None]:
     """The identity of what ``fn`` computes, or None and the reason it cannot be had.
 
     Returns
@@ -317,7 +320,7 @@ def fn_identity(fn: Callable) -> tuple[str | None, str | None]:
     return stable_hash(repr(parts), length=32), None
 
 
-def fn_token(fn: Callable) -> str:
+def fn_token(fn: Callable[..., Any]) -> str:
     """:func:`fn_identity`'s token; raises ``ValueError`` naming the reason when unknown.
 
     >>> fn_token(len) == fn_token(len)

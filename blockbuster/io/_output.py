@@ -138,7 +138,9 @@ class OutputTarget:
         """The completion record when the output is complete, else None."""
         return completion_record(self.path)
 
-    def mark_complete(self, info: dict[str, Any], colors=None, executor=None) -> None:
+    def mark_complete(
+        self, info: dict[str, Any], colors: Any = None, executor: Any = None
+    ) -> None:
         """Finish the output (pyramid and metadata for NGFF), ``fsync`` every file and
         directory of it, and mark it complete, last.
 

@@ -217,8 +217,8 @@ def open_image(
 
 
 def _from_dask(
-    arr,
-    channel_axis,
+    arr: Any,
+    channel_axis: Any,
     name_ok: bool,
     what: str = "dask array",
     token: str | None = None,

@@ -76,8 +76,8 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import xxhash
@@ -152,7 +152,9 @@ class _PackIndex:
             return sorted(self.where)
 
 
-def _records(f, path: str, pos: int, end: int):
+def _records(
+    f: BinaryIO, path: str, pos: int, end: int
+) -> Iterator[tuple[int | None, int, Any, Any]]:  # (tile, start, stop, header)
     """Yield ``(tile, start, stop, header)`` for each complete record of pack ``f`` from
     ``pos`` on; a header that fails its checksum yields ``(None, start, None, None)``
     once (with a warning) and ends the scan; a record cut off at the end ends it quietly."""
@@ -500,12 +502,12 @@ def _verify_pack(path: str) -> tuple[list[tuple[int, int]], int | None]:
     return bad, lost_from
 
 
-def _read_at(f, pos: int, n: int) -> bytes:
+def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
     f.seek(pos)
     return f.read(n)
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

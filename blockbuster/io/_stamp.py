@@ -83,7 +83,8 @@ def _stat_batch(root: str, rels: list[str]) -> list[tuple[str, tuple[int, int, i
 
 
 def _list_dir(root: str, rel: str) -> tuple[list[str], list[str]]:
-    files, dirs = [], []
+    files: list[str] = []
+    dirs: list[str] = []
     try:
         with os.scandir(os.path.join(root, rel) if rel else root) as it:
             for e in it:

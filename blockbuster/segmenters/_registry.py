@@ -136,7 +136,7 @@ def load_factory(name: str) -> Callable[..., Any]:
     if name not in segs:
         raise _not_found(name, list(segs))
     entry = segs[name]
-    if callable(entry) or not hasattr(entry, "load"):
+    if callable(entry):
         # a built-in factory; anything with .load() is an entry point (of
         # importlib.metadata or of the importlib_metadata backport some packages use)
         return entry
