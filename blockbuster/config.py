@@ -8,6 +8,10 @@ variable                        meaning (default)
                                 disk with blockbuster's own code where the array's layout
                                 allows it (``true``); ``false``: always through
                                 zarr-python (slower per chunk, the reference behaviour)
+``BLOCKBUSTER_PICTURES``        make each run's pictures (preview, tile map) as PNGs in the
+                                output and as artifacts (``true``); ``false``: none, for
+                                runs where their cost (a strided read of the output and
+                                the image, docs/benchmarks.md) is not wanted
 ==============================  ===========================================================
 
 Deployment settings (data roots, the watch folder, ...) are :class:`blockbuster.deploy.Settings`;
@@ -102,6 +106,7 @@ class RuntimeSettings(EnvSettings):
         description="Whole-chunk I/O by blockbuster's own code where the layout allows it "
         "(false: always zarr-python).",
     )
+    pictures: bool = Field(True, description="Make each run's preview and tile map (false: none).")
 
 
 def runtime_settings(environ: Mapping[str, str] | None = None) -> RuntimeSettings:

@@ -159,3 +159,18 @@ def test_pictures_stay_small():
     png = encode_png(noisy)
     assert len(png) < 1.1 * (1 << 20)  # a 256-colour palette: ~1 byte per pixel at most
     assert rgb_of(png).shape == (1024, 1024, 3)
+
+
+@pytest.mark.usefixtures("client")
+def test_pictures_can_be_switched_off(tmp_path, monkeypatch):
+    """BLOCKBUSTER_PICTURES=false: no PNG in the output, no pictures in the summary."""
+    monkeypatch.setenv("BLOCKBUSTER_PICTURES", "false")
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    path = str(tmp_path / "image.zarr")
+    zarr.create_array(store=path, data=blobs((120, 120), seed=2), chunks=(60, 60))
+    out = str(tmp_path / "labels.zarr")
+    _, summary = tile_process_with(path, CountingLabel(str(calls)), out)
+    assert "pictures" not in summary
+    assert not os.path.exists(os.path.join(out, PREVIEW_FILE))
+    assert not os.path.exists(os.path.join(out, TILE_MAP_FILE))

@@ -77,6 +77,10 @@ def make_pictures(
     cost (``seconds``), or None when they could not be made (logged: pictures never fail
     a run). ``records``: the segment stage's, one per tile (or merge unit); ``seams``:
     the merge table stage's; ``dtype``: the output's."""
+    from blockbuster.config import runtime_settings
+
+    if not runtime_settings().pictures:
+        return None
     t0 = time.perf_counter()
     try:
         got = _make(job, records, seams, dtype)
