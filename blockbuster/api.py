@@ -36,6 +36,7 @@ from blockbuster.io import (
     OutputTarget,
     check_apart,
     check_staging,
+    is_url,
     is_within,
     open_image,
     parse_location,
@@ -64,7 +65,19 @@ def _temp_dir() -> str:
 
 
 def _default_staging(write_to: str) -> str:
-    """Next to the output; outside an OME-Zarr image so it never pollutes it."""
+    """Next to the output (in the same store for a URL); outside an OME-Zarr image so
+    it never pollutes it."""
+    if is_url(write_to):
+        scheme, rest = write_to.rstrip("/").split("://", 1)
+        bucket, _, key = rest.partition("/")
+        parts = key.split("/")
+        top = next((i for i, p in enumerate(parts[:-1]) if p.endswith(".zarr")), None)
+        if top is not None:
+            parent, name = "/".join(parts[:top]), "-".join(parts[top:])
+        else:
+            parent, name = "/".join(parts[:-1]), parts[-1]
+        base = f"{scheme}://{bucket}" + (f"/{parent}" if parent else "")
+        return f"{base}/.{name}.blockbuster-staging"
     path = os.path.abspath(write_to)
     parts = path.split(os.sep)
     top = None
@@ -197,12 +210,18 @@ def _prepare_output(write_to, zarr_format: int, overwrite: bool = False) -> Outp
     _check_bool("overwrite", overwrite)
     if write_to is None:
         return OutputTarget(os.path.join(_temp_dir(), "labels.zarr"), temporary=True)
-    return OutputTarget(write_to, zarr_format=zarr_format, overwrite=bool(overwrite))
+    target = OutputTarget(write_to, zarr_format=zarr_format, overwrite=bool(overwrite))
+    if is_url(target.path):
+        _check_store(target.path, "write_to")
+    return target
 
 
 def _staging_root(staging, out: OutputTarget) -> str:
     if staging is not None:
-        return os.fspath(parse_location(staging, param="staging"))
+        root = os.fspath(parse_location(staging, param="staging"))
+        if is_url(root):
+            _check_store(root, "staging")
+        return root
     if out.temporary:
         return os.path.join(os.path.dirname(out.path), "staging")
     return _default_staging(out.path)
@@ -245,11 +264,44 @@ def _check_places(src: ImageSource, out: OutputTarget, staging_root: str, result
     check_staging(staging_root)
 
 
+def _use_storage_options(options, *places) -> None:
+    """Use ``options`` for the buckets of the URLs among ``places`` (this process; the
+    workers get them when the run starts)."""
+    if options is None:
+        return
+    from blockbuster.io import set_storage_options
+    from blockbuster.io._stores import split_url
+
+    if not isinstance(options, dict):
+        raise InvalidParameterError(
+            "storage_options must be a dict of object store settings, e.g. "
+            "{'endpoint': 'http://127.0.0.1:9000', 'region': 'us-east-1'}"
+        )
+    for p in places:
+        if isinstance(p, (str, os.PathLike)) and is_url(os.fspath(p)):
+            scheme, bucket, _ = split_url(os.fspath(p))
+            set_storage_options(f"{scheme}://{bucket}", options)
+
+
+def _check_store(url: str, what: str) -> None:
+    """A URL to write to: its scheme must be writable and its bucket usable (one clear
+    error naming it, before anything is written)."""
+    from blockbuster.io import check_url
+    from blockbuster.io._stores import READ_ONLY_SCHEMES, split_url
+
+    scheme = split_url(url)[0]
+    if scheme in READ_ONLY_SCHEMES:
+        raise InvalidParameterError(
+            f"{what}={url!r}: {scheme}:// URLs are read-only; write to s3://, gs://, az:// "
+            "or a local path"
+        )
+    check_url(url, what=what, write=True)
+
+
 def _result(out: OutputTarget, compute: bool):
     import dask.array as da
-    import zarr
 
-    arr = zarr.open_array(out.array_path, mode="r")
+    arr = out.open("r")
     if compute:
         return arr[...]
     return da.from_zarr(arr)
@@ -349,6 +401,9 @@ def _run_locked(
     try:
         client = handle.client()
         check_client(client)
+        from blockbuster.cluster import share_storage_options
+
+        share_storage_options(client)  # storage_options= reach the workers, not the tasks
         resumed = staging.prepare(info)
         if resumed:
             log.info("resuming from staging %s", plan.staging_root)
@@ -453,6 +508,7 @@ def tile_process(
     zarr_format: int = 3,
     retry_delay: float = 1.0,
     return_summary: bool = False,
+    storage_options: dict | None = None,
 ):
     """Run ``fn`` on every tile of ``image`` and merge the results into global labels.
 
@@ -489,12 +545,18 @@ def tile_process(
         (default: 0, pass a value or use :func:`estimate_empty_tiles` to choose one).
     sequential_labels : bool
         Output labels exactly 1..N (no extra pass over the voxels).
-    write_to : path, optional
+    write_to : path or URL, optional
         Output zarr array (v3, or v2 with ``zarr_format=2``), or
         ``image.zarr/labels/<name>`` for an NGFF label image. Default: a temporary store.
-        Never the input, a folder containing it, or a path inside it (an OME-Zarr
-        input's ``labels/<name>`` aside); URLs and fsspec ``::`` are refused. A run on
-        an output another run is writing waits for it (docs/security.md).
+        ``image``, ``write_to`` and ``staging`` may be URLs (``s3://``, ``gs://``,
+        ``az://``; ``http(s)://`` for reading): credentials and endpoint from the cloud
+        SDK's standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+        ``AWS_ENDPOINT_URL``, ``AWS_REGION``), or ``storage_options``.
+    storage_options : dict, optional
+        Object store settings the environment does not give (obstore config keys, e.g.
+        ``{"endpoint": "http://127.0.0.1:9000", "access_key_id": ..., "region": ...}``),
+        used for the buckets of the URLs given; sent to the Dask workers by a worker
+        plugin, never logged nor part of a run key.
     compute : bool
         Return a NumPy array instead of a dask array reading the output.
     progress : bool
@@ -551,6 +613,7 @@ def tile_process(
         _check_bool(name, v)
     if use_gpu not in (False, True, "auto"):
         raise InvalidParameterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
+    _use_storage_options(storage_options, image, write_to, staging)
     src = open_image(image, channel_axis=channel_axis, level=level)
     if src.channel_axis is not None and isinstance(fn, ChannelAware):
         fn = fn.with_channel_axis(src.channel_axis)  # built-in segmenters learn the axis
@@ -627,6 +690,7 @@ def merge_tile_labels(
     zarr_format: int = 3,
     overwrite: bool = False,
     return_summary: bool = False,
+    storage_options: dict | None = None,
 ):
     """Merge per-tile labels into globally consistent labels (touching labels join).
 
@@ -669,6 +733,7 @@ def merge_tile_labels(
         ("keep_staging", keep_staging),
     ):
         _check_bool(name, v)
+    _use_storage_options(storage_options, labeled, write_to, staging)
     src = open_image(labeled, component=input_component, param="labeled")
     if src.channel_axis is not None:
         raise InvalidParameterError("merge_tile_labels takes label images without a channel axis")

@@ -151,3 +151,30 @@ def blobs(shape, density=0.5, sigma=1.5, seed=0):
     rng = np.random.default_rng(seed)
     img = ndi.gaussian_filter(rng.random(shape), sigma)
     return (img > np.quantile(img, 1 - density)).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (its own process), with the standard AWS
+    environment pointing at it in this process (and in the session's Dask workers, when
+    they run: see ``s3_bucket``)."""
+    pytest.importorskip("moto")
+    pytest.importorskip("obstore")
+    from s3server import MotoServer
+
+    with MotoServer() as srv, pytest.MonkeyPatch.context() as mp:
+        for k, v in srv.env.items():
+            mp.setenv(k, v)
+        yield srv
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh, empty bucket; returns its ``s3://`` URL. Workers of the session's
+    cluster (when the test uses it) get the same AWS environment, as workers started
+    with it would have."""
+    if "cluster_client" in request.fixturenames or "client" in request.fixturenames:
+        client = request.getfixturevalue("cluster_client")
+        env = s3_server.env
+        client.run(lambda: os.environ.update(env))
+    return f"s3://{s3_server.new_bucket()}"

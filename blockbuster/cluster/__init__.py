@@ -32,6 +32,7 @@ from ._local import (
     make_local_cluster,
     no_gpu_message,
 )
+from ._storage import StorageOptionsPlugin, share_storage_options
 
 __all__ = [
     "BATCH_VOXELS",
@@ -48,11 +49,13 @@ __all__ = [
     "worker_gpus",
     "ClusterHandle",
     "StageWork",
+    "StorageOptionsPlugin",
     "allocation",
     "check_client",
     "client_threads",
     "gpu_info",
     "make_local_cluster",
     "slots",
+    "share_storage_options",
     "split_batches",
 ]

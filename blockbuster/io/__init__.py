@@ -1,6 +1,7 @@
 """Reading and writing arrays: zarr / OME-Zarr / TIFF readers (:func:`open_path`,
 :func:`open_image`), the NGFF label writer, the direct whole-chunk and shard path, the
-output array and its completion record, and the staging of finished tiles.
+output array and its completion record, the staging of finished tiles, and object
+stores (URLs: :mod:`blockbuster.io._stores`).
 
 Imports :mod:`blockbuster.core` only (never Prefect, never Dask distributed).
 """
@@ -10,6 +11,7 @@ from ._chunkfiles import ChunkFiles, chunk_files
 from ._durable import fsync_dir, fsync_file, fsync_tree
 from ._lock import OutputLock, hidden_path, lock_path, lock_timeout
 from ._ngff import LabelTarget, label_target
+from ._object_staging import ObjectStaging
 from ._output import ATTR, OutputTarget
 from ._places import (
     check_apart,
@@ -34,6 +36,14 @@ from ._sources import (
 )
 from ._staging import Staging
 from ._stamp import STAMP_ENV, file_stamp, stamp_mode, tree_stamp
+from ._stores import (
+    all_storage_options,
+    check_url,
+    is_url,
+    redact,
+    set_storage_options,
+    zarr_location,
+)
 from ._zarrio import (
     open_zarr_array_cached,
     read_region,
@@ -64,7 +74,14 @@ __all__ = [
     "LabelTarget",
     "OutputTarget",
     "ShardWriter",
+    "ObjectStaging",
     "Staging",
+    "all_storage_options",
+    "check_url",
+    "is_url",
+    "redact",
+    "set_storage_options",
+    "zarr_location",
     "chunk_files",
     "describe",
     "data_url",

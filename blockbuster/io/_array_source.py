@@ -283,12 +283,18 @@ class ArraySource:
             ``chunks``, ``mtime_ns``, ``size``, ``pixels``.
         """
         from ._stamp import file_stamp, stamp_mode, tree_stamp
+        from ._stores import is_url
 
         stamp = _stamp(self.kind, self.path, self.component, self.level_paths, self.level)
         if stamp_mode() == "metadata":
             pixels: dict[str, Any] | None = None
         elif self.kind == "tiff":
             pixels = file_stamp(self.path)
+        elif is_url(self.path):  # objects' keys, sizes and ETags
+            from ._stores import tree_stamp_url
+
+            sub = self.level_paths[self.level] if self.level_paths else ""
+            pixels = tree_stamp_url(_join(self.path, sub) if sub else self.path)
         else:
             sub = self.level_paths[self.level] if self.level_paths else ""
             pixels = tree_stamp(_join(self.path, sub) if sub else self.path)

@@ -42,7 +42,20 @@ def _now() -> str:
 
 
 def _store_split(path: str) -> tuple[str, str]:
-    """(folder outside any zarr store, name) for hidden files that belong to ``path``."""
+    """(folder outside any zarr store, name) for hidden files that belong to ``path``.
+
+    For a URL output the folder is a local one (this machine's temporary directory, one
+    subfolder per store prefix): the lock keeps two runs of this machine off one output;
+    runs on other machines are not seen (an object store has no locks)."""
+    from ._stores import is_url
+
+    if is_url(path):
+        import hashlib
+        import tempfile
+
+        parent, _, name = path.rstrip("/").rpartition("/")
+        tag = hashlib.sha256(parent.encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "blockbuster-url-outputs", tag), name
     path = os.path.abspath(path)
     parts = path.split(os.sep)
     for i, p in enumerate(parts[:-1]):

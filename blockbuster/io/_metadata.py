@@ -9,11 +9,14 @@ identifies a store. Metadata files only, never pixels. Re-exported by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
 
 from blockbuster.errors import InvalidParameterError
+
+from ._stores import head, is_url, read_bytes
 
 __all__ = ["ngff_metadata", "normalize_axes", "channel_axis_of"]
 
@@ -46,20 +49,29 @@ def _check_level(level: Any, levels: list, path: str) -> int:
 
 def _read_json(p: str) -> dict | None:
     try:
+        if is_url(p):
+            data = read_bytes(p)
+            return None if data is None else json.loads(data or b"{}")
         with open(p, "rb") as f:
             return json.loads(f.read() or b"{}")
     except (OSError, ValueError):
         return None
 
 
+def _exists(p: str) -> bool:
+    """A file (or, at a URL, an object) exists at ``p``."""
+    return head(p) is not None if is_url(p) else os.path.exists(p)
+
+
 def _node_type(d: str) -> tuple[str | None, int | None]:
-    """('array' | 'group' | None, zarr_format) of a local directory, from its metadata."""
+    """('array' | 'group' | None, zarr_format) of a local directory (or a URL prefix),
+    from its metadata."""
     meta = _read_json(os.path.join(d, "zarr.json"))
     if meta is not None and meta.get("zarr_format") == 3:
         return meta.get("node_type"), 3
-    if os.path.exists(os.path.join(d, ".zarray")):
+    if _exists(os.path.join(d, ".zarray")):
         return "array", 2
-    if os.path.exists(os.path.join(d, ".zgroup")) or os.path.exists(os.path.join(d, ".zattrs")):
+    if _exists(os.path.join(d, ".zgroup")) or _exists(os.path.join(d, ".zattrs")):
         return "group", 2
     return None, None
 
@@ -170,6 +182,11 @@ def _stamp(
     arr_dir = _join(path, level_paths[level]) if level_paths else path
     if arr_dir not in dirs:
         dirs.append(arr_dir)
+    if is_url(path):  # objects: newest last-modified (1 s resolution) + their ETags
+        heads = [h for d in dirs for m in _ZARR_META if (h := head(os.path.join(d, m)))]
+        times = [int(h["last_modified"].timestamp() * 1e9) for h in heads]
+        tags = hashlib.sha256("".join(str(h.get("e_tag")) for h in heads).encode())
+        return (max(times) if times else None), int(tags.hexdigest()[:12], 16)
     times = [_stat_mtime(os.path.join(d, m)) for d in dirs for m in _ZARR_META]
     times.append(_stat_mtime(arr_dir))  # the array directory itself (recreated array)
     known = [t for t in times if t is not None]

@@ -83,6 +83,7 @@ from ._ngff_meta import (
 )
 from ._ngff_pyramid import _PyramidMixin
 from ._places import local_store, member_path, parse_location
+from ._stores import is_url
 
 __all__ = ["LabelTarget", "label_target", "LABEL_DTYPES"]
 
@@ -138,7 +139,9 @@ def label_target(write_to: str | os.PathLike) -> LabelTarget | None:
     labels_dir = os.path.dirname(p)
     if os.path.basename(labels_dir) != "labels" or not name or name.startswith("."):
         return None
-    image = os.path.realpath(os.path.dirname(labels_dir))
+    image = (
+        os.path.dirname(labels_dir) if is_url(p) else os.path.realpath(os.path.dirname(labels_dir))
+    )
     kind, fmt = _node_type(image)
     if kind != "group":
         return None

@@ -45,6 +45,7 @@ from ._places import (
     local_store,
     parse_location,
 )
+from ._stores import delete_prefix, is_url, join_url, write_bytes
 
 __all__ = ["OutputTarget", "ATTR"]
 
@@ -111,11 +112,15 @@ class OutputTarget:
             arr = self._ngff.create_level0(tuple(shape), dtype, tuple(chunks))
             arr.attrs.update(attrs)
             return arr
-        if state in ("incomplete", "complete"):
-            shutil.rmtree(self.path)
-        parent = os.path.dirname(self.path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
+        if is_url(self.path):
+            if state in ("incomplete", "complete"):
+                delete_prefix(self.path)  # an object store has no folder to remove
+        else:
+            if state in ("incomplete", "complete"):
+                shutil.rmtree(self.path)
+            parent = os.path.dirname(self.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
         sharded = shards is not None and self.zarr_format == 3
         extra: dict[str, Any] = {"shards": tuple(shards)} if shards is not None and sharded else {}
         return zarr.create_array(
@@ -128,6 +133,24 @@ class OutputTarget:
             attributes=attrs,
             **extra,
         )
+
+    def file_path(self, name: str) -> str:
+        """Where a file of the run that belongs with the output goes (inside it, so it
+        is replaced and removed with it; zarr readers ignore it)."""
+        return join_url(self.path, name) if is_url(self.path) else os.path.join(self.path, name)
+
+    def write_file(self, name: str, data: bytes) -> str:
+        """Write ``data`` at :meth:`file_path` (atomically: a temporary name renamed, or one
+        PUT); returns the path."""
+        path = self.file_path(name)
+        if is_url(path):
+            write_bytes(path, data)
+            return path
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return path
 
     def open(self, mode: str = "r") -> zarr.Array:
         return zarr.open_array(

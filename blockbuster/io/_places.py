@@ -4,8 +4,9 @@ One set of rules, used wherever an entry point (API, CLI, deployments, watch) ta
 path and wherever blockbuster writes or deletes (output creation, staging preparation):
 
 - :func:`parse_location`: a ``write_to`` / ``staging`` / ``image`` value becomes a local
-  absolute :class:`~pathlib.Path`, or is refused: URLs (``s3://...``; object stores are
-  not supported yet), the fsspec chaining syntax ``::`` (zarr would read
+  absolute :class:`~pathlib.Path`, an object store URL (``s3://``, ``gs://``, ``az://``,
+  ``http(s)://``; kept as a string, opened by :mod:`._stores`), or is refused: other
+  URL schemes, the fsspec chaining syntax ``::`` (zarr would read
   ``a/labels/x::memory`` as a chained URL), NUL bytes, names longer than the filesystem
   allows, wrong types. The one decision "local path or URL" is made here and nowhere else.
 - :func:`check_apart`: an output or staging path is not the input, does not contain it
@@ -20,7 +21,8 @@ path and wherever blockbuster writes or deletes (output creation, staging prepar
 - :func:`member_path`: paths read from inside a store (NGFF ``datasets[].path``,
   OME-TIFF file names) stay inside the store.
 - :func:`local_store`: local zarr stores are opened by path objects
-  (``zarr.storage.LocalStore``), never by strings zarr might re-interpret.
+  (``zarr.storage.LocalStore``), never by strings zarr might re-interpret; URLs by
+  zarr's ``ObjectStore`` (:func:`._stores.zarr_store`).
 
 Every refusal happens before anything is touched, and names the parameter, the path,
 why, and the fix.
@@ -29,10 +31,12 @@ Examples
 --------
 >>> parse_location("/data/labels.zarr", param="write_to").as_posix()
 '/data/labels.zarr'
->>> parse_location("s3://bucket/labels.zarr", param="write_to")
+>>> parse_location("s3://bucket/labels.zarr/", param="write_to")
+'s3://bucket/labels.zarr'
+>>> parse_location("ftp://host/labels.zarr", param="write_to")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-blockbuster.errors.UnsupportedLocationError: write_to='s3://bucket/labels.zarr' is a URL (s3://); object stores are not supported yet and a URL is never written as a local path: give a local path
+blockbuster.errors.UnsupportedLocationError: write_to='ftp://host/labels.zarr' is a URL (ftp://) of a kind blockbuster does not open; use a local path or one of s3://, ...
 >>> parse_location("/data/x.zarr/labels/a::memory", param="write_to")
 Traceback (most recent call last):
 ...
@@ -56,6 +60,7 @@ from blockbuster.errors import (
 )
 
 from ._metadata import _node_type, _read_json
+from ._stores import URL_SCHEMES, is_url, list_prefix, redact, split_url, zarr_store
 
 if TYPE_CHECKING:
     import zarr.storage
@@ -129,9 +134,19 @@ def parse_location(value: object, *, param: str) -> Path:
         raw = raw[len("file://") :]
     m = _SCHEME.match(raw)
     if m:
+        if is_url(raw) and m.group(1).lower() in URL_SCHEMES:
+            # an object store URL: kept as it is (io/_stores.py opens it); never a
+            # local path
+            if "::" in raw:
+                raise UnsupportedLocationError(
+                    f"{param}={redact(raw)!r} contains '::' (fsspec chaining); give a plain URL"
+                )
+            split_url(raw)  # names a bucket
+            return raw.rstrip("/")  # type: ignore[return-value]
         raise UnsupportedLocationError(
-            f"{param}={raw!r} is a URL ({m.group(1)}://); object stores are not supported "
-            "yet and a URL is never written as a local path: give a local path"
+            f"{param}={redact(raw)!r} is a URL ({m.group(1)}://) of a kind blockbuster "
+            f"does not open; use a local path or one of "
+            f"{', '.join(s + '://' for s in URL_SCHEMES)}"
         )
     if "::" in raw:
         raise UnsupportedLocationError(
@@ -246,15 +261,20 @@ def output_state(path: str | os.PathLike) -> StateName:
     ('absent', 'foreign')
     """
     p = os.fspath(path)
-    if not os.path.lexists(p):
-        return "absent"
-    if os.path.islink(p) or not os.path.isdir(p):
-        return "foreign"
-    try:
-        if not os.listdir(p):
+    if is_url(p):
+        prefixes, objects = list_prefix(p)
+        if not prefixes and not objects:
             return "absent"
-    except OSError:
+    elif not os.path.lexists(p):
+        return "absent"
+    elif os.path.islink(p) or not os.path.isdir(p):
         return "foreign"
+    else:
+        try:
+            if not os.listdir(p):
+                return "absent"
+        except OSError:
+            return "foreign"
     rec = _marker(p)
     if rec is None:
         return "foreign"
@@ -265,7 +285,8 @@ def output_state(path: str | os.PathLike) -> StateName:
 
 def completion_record(path: str | os.PathLike) -> dict | None:
     """The completion record of a complete blockbuster output at ``path``, else None."""
-    rec = _marker(os.fspath(path)) if os.path.isdir(os.fspath(path)) else None
+    p = os.fspath(path)
+    rec = _marker(p) if is_url(p) or os.path.isdir(p) else None
     return rec if isinstance(rec, dict) and rec.get("complete") else None
 
 
@@ -320,16 +341,21 @@ def staging_state(path: str | os.PathLike) -> Literal["absent", "ours", "foreign
     'absent'
     """
     p = os.fspath(path)
-    if not os.path.lexists(p):
+    if is_url(p):
+        prefixes, objects = list_prefix(p)
+        if not prefixes and not objects:
+            return "absent"
+    elif not os.path.lexists(p):
         return "absent"
-    if os.path.islink(p) or not os.path.isdir(p):
+    elif os.path.islink(p) or not os.path.isdir(p):
         return "foreign"
-    try:
-        names = os.listdir(p)
-    except OSError:
-        return "foreign"
-    if not names:
-        return "absent"
+    else:
+        try:
+            names = os.listdir(p)
+        except OSError:
+            return "foreign"
+        if not names:
+            return "absent"
     info = _read_json(os.path.join(p, STAGING_MANIFEST))
     if isinstance(info, dict) and "generation" in info and "format" in info:
         return "ours"
@@ -418,4 +444,6 @@ def local_store(path: str | os.PathLike, *, read_only: bool = False) -> zarr.sto
     a URL or an fsspec chain by zarr)."""
     from zarr.storage import LocalStore
 
+    if is_url(os.fspath(path)):  # an object store (io/_stores.py)
+        return zarr_store(os.fspath(path), read_only=read_only)
     return LocalStore(Path(os.fspath(path)), read_only=read_only)

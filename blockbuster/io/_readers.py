@@ -34,6 +34,7 @@ from ._metadata import (
     normalize_axes,
 )
 from ._places import member_path, parse_location
+from ._stores import check_url, is_prefix, is_url, list_prefix, redact
 
 __all__ = ["open_path", "SUPPORTED_INPUTS"]
 
@@ -63,7 +64,8 @@ def open_path(
     ----------
     path : str or os.PathLike
         A zarr v2/v3 array, a zarr group (with ``component``), an OME-Zarr 0.4/0.5 image
-        group, or a TIFF / OME-TIFF file.  Local paths only (``file://`` is accepted).
+        group, or a TIFF / OME-TIFF file: a local path (``file://`` is accepted) or,
+        for zarr and OME-Zarr, a URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``).
     level : int, default 0
         Pyramid level of an OME-Zarr image or a pyramidal OME-TIFF; 0 is full resolution,
         negative values count from the coarsest.  Must be 0 for a plain array.
@@ -109,6 +111,8 @@ def open_path(
     ...
     blockbuster.errors.InputNotFoundError: input '.../nope.zarr' does not exist; expected a zarr ...
     """
+    if isinstance(path, str) and is_url(path):
+        return _open_url(parse_location(path, param=param), level, component)
     raw = os.fspath(path)
     if raw.startswith("file://"):
         raw = raw[len("file://") :]
@@ -122,6 +126,31 @@ def open_path(
     if not os.path.isdir(p):
         raise InputError(f"input {raw!r} is not a file or directory; expected {SUPPORTED_INPUTS}")
     return _open_zarr(p, raw, level, component)
+
+
+def _open_url(url: str, level: int, component: str | None) -> ArraySource:
+    """A zarr array or OME-Zarr image at a URL (metadata objects only are read)."""
+    url = url.rstrip("/")
+    check_url(url, what="image")
+    if os.path.basename(url) in _ZARR_META:
+        url = os.path.dirname(url)
+    if _node_type(url)[0] is None:
+        if url.lower().endswith(_TIFF_SUFFIXES):
+            raise InputError(
+                f"input {redact(url)!r}: TIFF files are read from local paths only; copy it "
+                "locally or convert it to OME-Zarr"
+            )
+        what = (
+            "does not exist"
+            if not is_prefix(url)
+            else "is not a zarr store (no zarr.json, .zarray or .zgroup)"
+        )
+        raise InputError(f"input {redact(url)!r} {what}; expected {SUPPORTED_INPUTS}")
+    return _open_zarr(url, redact(url), level, component)
+
+
+def _isdir(p: str) -> bool:
+    return is_prefix(p) if is_url(p) else os.path.isdir(p)
 
 
 def _open_zarr(root: str, raw: str, level: int, component: str | None) -> ArraySource:
@@ -139,7 +168,7 @@ def _open_zarr(root: str, raw: str, level: int, component: str | None) -> ArrayS
                 f"input {raw!r} is a zarr array, which has no component "
                 f"{component!r}; pass component=None"
             )
-        if not os.path.isdir(target):
+        if not _isdir(target):
             raise InputError(
                 f"component {component!r} does not exist in zarr group {raw!r}; "
                 f"members: {_members(root)}"
@@ -201,6 +230,14 @@ def _open_zarr(root: str, raw: str, level: int, component: str | None) -> ArrayS
 
 
 def _members(d: str, limit: int = 12) -> str:
+    if is_url(d):
+        try:
+            names = sorted(n.rpartition("/")[2] for n in list_prefix(d)[0])
+        except OSError:
+            return "[]"
+        names = [n for n in names if not n.startswith(".")]
+        more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+        return "[" + ", ".join(repr(n) for n in names[:limit]) + "]" + more
     try:
         names = sorted(
             e
@@ -222,7 +259,7 @@ def _open_group(
     if ome is not None and ome.get("multiscales"):
         return _open_ome(root, comp, target, fmt, raw, level)
     if ome is not None and "bioformats2raw.layout" in ome:
-        series = [e for e in ("0", "1") if os.path.isdir(os.path.join(target, e))]
+        series = [e for e in ("0", "1") if _isdir(os.path.join(target, e))]
         if series == ["0"]:
             sub = "0" if comp is None else f"{comp}/0"
             return _open_ome(root, sub, _join(root, sub), fmt, raw, level)

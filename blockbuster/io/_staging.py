@@ -87,6 +87,7 @@ from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
 
 from ._durable import fsync_dir
 from ._places import check_staging, staging_state
+from ._stores import is_url
 
 __all__ = ["Staging"]
 
@@ -216,13 +217,22 @@ def _index_for(tiles_dir: str, generation: str) -> _PackIndex:
 
 
 class Staging:
-    """Staging directory of one run (see the module docstring for the layout).
+    """Staging directory of one run (see the module docstring for the layout); for a
+    URL root, an :class:`~blockbuster.io._object_staging.ObjectStaging` (objects in an
+    object store, written whole).
 
     Writing (:meth:`write_tile`) appends to a pack this object creates on its first
     write; close it (or use it as a context manager) when the batch is done. Inside a
     ``with`` block, packs opened for reading stay open until it ends (a batch reads
     many tiles of few packs); outside one, each read opens and closes its pack.
     """
+
+    def __new__(cls, root: str | os.PathLike):
+        if cls is Staging and is_url(os.fspath(root)):
+            from ._object_staging import ObjectStaging
+
+            return ObjectStaging(os.fspath(root))  # objects are immutable: no appends
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike):
         self.root = os.fspath(root)

@@ -1,0 +1,296 @@
+"""Staging in an object store (``staging=`` a URL, or the default next to a URL output).
+
+Objects are immutable and written whole (a PUT), so the local staging's appended packs
+cannot be had. Layout::
+
+    <root>/staging.json          what the staging belongs to (as the local staging)
+    <root>/tiles/<uuid>.pack     one object per flush of one writer: a table of contents
+                                 (each tile's record and where its arrays are), then the
+                                 arrays, each compressed on its own (Blosc-LZ4)
+
+A writer (a batch of tiles on one worker thread) buffers its finished tiles in memory
+and PUTs them as one object when ``FLUSH_SECONDS`` have passed since its last PUT, when
+``FLUSH_BYTES`` are buffered, and when the batch ends. A tile is *finished* exactly
+when an object holding it exists: a PUT is atomic, so a killed worker or driver never
+leaves half an object, and a resumed run redoes only the tiles that no object holds.
+
+Why not one object per tile: a PUT costs a round trip (10-50 ms on a cloud store) and
+is billed per request; a 100,000-tile run would make 100,000 objects, each listed and
+opened by every resume and merge. Why not one object per batch: a batch of slow tiles
+(a GPU model, seconds per tile) would lose all its finished tiles to a killed worker.
+Flushing at most every ``FLUSH_SECONDS`` bounds both: a slow tile is written as soon as
+it is done (the time has passed), fast tiles share an object, and a crash loses at most
+``FLUSH_SECONDS`` of one writer's work.
+
+Readers list ``tiles/`` and read each new object's table of contents once (a ranged GET;
+objects never change, so an object is never read twice for its contents); a tile's
+arrays are then fetched with one ranged GET for the names asked.
+
+Examples
+--------
+>>> isinstance(FLUSH_SECONDS, float), FLUSH_BYTES >= 1 << 20
+(True, True)
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from blockbuster.errors import InvalidParameterError
+
+from ._staging import _CODEC, FORMAT, PACK_SUFFIX, _json_default
+from ._stores import (
+    delete_prefix,
+    join_url,
+    list_prefix,
+    read_bytes,
+    read_range,
+    redact,
+    write_bytes,
+)
+
+__all__ = ["ObjectStaging", "FLUSH_SECONDS", "FLUSH_BYTES"]
+
+#: A writer PUTs its buffered tiles at least this often (seconds) ...
+FLUSH_SECONDS = 2.0
+#: ... or as soon as this many bytes are buffered.
+FLUSH_BYTES = 8 << 20
+_MAGIC = b"BBO2"
+_HEAD = struct.Struct("<4sI")
+_TOC_PROBE = 64 << 10
+
+
+class _ObjectIndex:
+    """``tile -> (object url, data start, record, array specs)``, from the objects'
+    tables of contents; extended on demand (objects never change once there)."""
+
+    def __init__(self, tiles_url: str):
+        self.tiles_url = tiles_url
+        self.where: dict[int, tuple[str, int, dict, dict]] = {}
+        self._seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def refresh(self) -> None:
+        _, objects = list_prefix(self.tiles_url)
+        for obj in objects:
+            name = obj["path"].rpartition("/")[2]
+            if not name.endswith(PACK_SUFFIX) or name in self._seen:
+                continue
+            url = join_url(self.tiles_url, name)
+            size = int(obj["size"])
+            head = read_range(url, 0, min(size, _TOC_PROBE))
+            magic, tlen = _HEAD.unpack(head[: _HEAD.size])
+            if magic != _MAGIC:
+                raise OSError(
+                    f"{redact(url)} is not a blockbuster staging object; remove the staging "
+                    f"{redact(self.tiles_url.rpartition('/')[0])} and run again"
+                )
+            if _HEAD.size + tlen > len(head):
+                head = head + read_range(url, len(head), _HEAD.size + tlen)
+            toc = json.loads(head[_HEAD.size : _HEAD.size + tlen])
+            start = _HEAD.size + tlen
+            for n, record, specs, off in toc["tiles"]:
+                self.where.setdefault(int(n), (url, start + int(off), record, specs))
+            self._seen.add(name)
+
+    def find(self, n: int):
+        with self.lock:
+            hit = self.where.get(n)
+            if hit is None:
+                self.refresh()
+                hit = self.where.get(n)
+            return hit
+
+    def all(self) -> list[int]:
+        with self.lock:
+            self.refresh()
+            return sorted(self.where)
+
+
+_INDEXES: OrderedDict[tuple[str, str], _ObjectIndex] = OrderedDict()
+_INDEXES_LOCK = threading.Lock()
+
+
+def _index_for(tiles_url: str, generation: str) -> _ObjectIndex:
+    key = (tiles_url, generation)
+    with _INDEXES_LOCK:
+        idx = _INDEXES.get(key)
+        if idx is None:
+            idx = _INDEXES[key] = _ObjectIndex(tiles_url)
+            while len(_INDEXES) > 8:
+                _INDEXES.popitem(last=False)
+        else:
+            _INDEXES.move_to_end(key)
+        return idx
+
+
+class ObjectStaging:
+    """The staging of one run in an object store; the interface of
+    :class:`~blockbuster.io.Staging` (which returns one of these for a URL root)."""
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/")
+        self._buffer: list[tuple[int, dict, dict, list[bytes], int]] = []
+        self._buffered = 0
+        self._last_put = time.monotonic()
+        self._index: _ObjectIndex | None = None
+        self._generation: str | None = None
+
+    def __enter__(self) -> ObjectStaging:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """PUT what is buffered (the batch is done)."""
+        self.flush()
+
+    # -- paths -----------------------------------------------------------------------
+    @property
+    def tiles_dir(self) -> str:
+        return join_url(self.root, "tiles")
+
+    @property
+    def info_path(self) -> str:
+        return join_url(self.root, "staging.json")
+
+    # -- lifecycle -------------------------------------------------------------------
+    def info(self) -> dict[str, Any] | None:
+        try:
+            data = read_bytes(self.info_path)
+            return None if data is None else json.loads(data)
+        except ValueError:
+            return None
+
+    def prepare(self, info: dict[str, Any]) -> bool:
+        """Reuse the staging of the same run (True: a resume), else start a new one.
+
+        Only a staging blockbuster made (its ``staging.json`` is there) is ever deleted;
+        objects under ``root`` without one are an error naming ``root``."""
+        existing = self.info()
+        if (
+            existing is not None
+            and existing.get("run_key") == info.get("run_key")
+            and existing.get("format") == FORMAT
+        ):
+            self._generation = existing.get("generation")
+            return True
+        if existing is not None:
+            delete_prefix(self.root)
+        else:
+            prefixes, objects = list_prefix(self.root)
+            if prefixes or objects:
+                raise InvalidParameterError(
+                    f"staging={redact(self.root)!r} holds objects that are not a blockbuster "
+                    "staging (no staging.json); choose an empty prefix for the staging"
+                )
+        info = {**info, "format": FORMAT, "generation": uuid.uuid4().hex}
+        write_bytes(self.info_path, json.dumps(info, indent=1, default=str).encode())
+        self._generation = info["generation"]
+        self._index = None
+        return False
+
+    @property
+    def generation(self) -> str | None:
+        if self._generation is None:
+            info = self.info()
+            self._generation = info.get("generation") if info else None
+        return self._generation
+
+    def remove(self) -> None:
+        self._buffer.clear()
+        delete_prefix(self.root)
+        self._index = None
+
+    # -- tiles -----------------------------------------------------------------------
+    def _idx(self) -> _ObjectIndex:
+        if self._index is None:
+            self._index = _index_for(self.tiles_dir, self.generation or "")
+        return self._index
+
+    def finished_tiles(self) -> list[int]:
+        """Every finished tile (held by an object), sorted."""
+        return self._idx().all()
+
+    def is_finished(self, n: int) -> bool:
+        return self._idx().find(n) is not None
+
+    def write_tile(
+        self, n: int, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Buffer tile ``n``; PUT the buffer when it is due (see the module docstring).
+        The tile is finished once its object is written."""
+        specs: dict[str, list] = {}
+        blobs = []
+        offset = 0
+        for name, arr in (arrays or {}).items():
+            arr = np.ascontiguousarray(arr)
+            blob = _CODEC.encode(arr) if arr.nbytes else b""
+            specs[name] = [offset, len(blob), arr.dtype.str, list(arr.shape)]
+            blobs.append(bytes(blob))
+            offset += len(blob)
+        record = json.loads(json.dumps(record, default=_json_default))
+        self._buffer.append((int(n), record, specs, blobs, offset))
+        self._buffered += offset
+        if self._buffered >= FLUSH_BYTES or time.monotonic() - self._last_put >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """PUT every buffered tile as one object."""
+        if not self._buffer:
+            return
+        toc = []
+        parts: list[bytes] = []
+        pos = 0
+        for n, record, specs, blobs, size in self._buffer:
+            toc.append([n, record, specs, pos])
+            parts.extend(blobs)
+            pos += size
+        head = json.dumps({"tiles": toc}, default=_json_default).encode()
+        data = b"".join([_HEAD.pack(_MAGIC, len(head)), head, *parts])
+        write_bytes(join_url(self.tiles_dir, uuid.uuid4().hex + PACK_SUFFIX), data)
+        self._buffer.clear()
+        self._buffered = 0
+        self._last_put = time.monotonic()
+
+    def read_record(self, n: int) -> dict[str, Any]:
+        hit = self._idx().find(n)
+        if hit is None:
+            raise FileNotFoundError(f"tile {n} is not staged in {redact(self.root)}")
+        return dict(hit[2])
+
+    def read_tile(
+        self, n: int, names: Iterable[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Tile ``n``'s record and arrays (those in ``names``, when given): one ranged GET
+        for the span of the arrays asked."""
+        hit = self._idx().find(n)
+        if hit is None:
+            raise FileNotFoundError(f"tile {n} is not staged in {redact(self.root)}")
+        url, start, record, specs = hit
+        wanted = list(specs) if names is None else [k for k in names if k in specs]
+        out: dict[str, np.ndarray] = {}
+        stored = [k for k in wanted if specs[k][1]]
+        if stored:
+            lo = min(specs[k][0] for k in stored)
+            hi = max(specs[k][0] + specs[k][1] for k in stored)
+            buf = read_range(url, start + lo, start + hi)
+        for name in wanted:
+            off, nbytes, dtype, shape = specs[name]
+            dt = np.dtype(dtype)
+            if nbytes:
+                raw = _CODEC.decode(buf[off - lo : off - lo + nbytes])
+                out[name] = np.frombuffer(raw, dtype=dt).reshape(shape)
+            else:
+                out[name] = np.zeros(shape, dtype=dt)
+        return dict(record), out
