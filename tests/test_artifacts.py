@@ -62,3 +62,32 @@ def test_artifacts_describe_the_run(tmp_path):
     )
     assert summary["n_skipped"] == 3
     # all three were sent from the run's reporter thread, attached to its flow run
+
+
+def test_tile_table_is_capped_and_the_full_table_is_next_to_the_output(tmp_path, monkeypatch):
+    """More tiles than the artifact's cap: the artifact holds the slowest tiles and names
+    the CSV file inside the output that holds every tile."""
+    import csv
+
+    from blockbuster.tasks import TILES_CSV
+    from blockbuster.tasks import _report as report
+
+    monkeypatch.setattr(report, "TABLE_ROWS", 4)
+    out = str(tmp_path / "labels.zarr")
+    img = blobs((60, 90), seed=2)
+    _, summary = tile_process(
+        img, CountingLabel(str(tmp_path)), tile_shape=(20, 30), write_to=out, return_summary=True
+    )
+    run = summary["flow_run_id"]
+    table = latest(TILES_KEY, lambda a: str(a.flow_run_id) == run)
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert len(rows) == 4
+    path = f"{out}/{TILES_CSV}"
+    assert f"the 4 slowest of 9 tiles; every tile: {path}" in table.description
+    with open(path) as f:
+        full = list(csv.DictReader(f))
+    assert [int(r["tile"]) for r in full] == list(range(9))
+    shown = {r["tile"] for r in rows}
+    rest = [float(r["fn_seconds"]) for r in full if int(r["tile"]) not in shown]
+    assert min(float(r["fn_seconds"]) for r in rows) >= max(rest) - 1e-4  # the slowest
+    assert sum(int(r["labels"]) for r in full) == summary["labels_before_merge"]

@@ -21,6 +21,7 @@ from prefect.utilities.annotations import quote
 
 from blockbuster.core import TileGrid
 from blockbuster.tasks import (
+    TILES_CSV,
     Job,
     ProgressArtifact,
     empty_stage,
@@ -37,6 +38,7 @@ from blockbuster.tasks import (
     start_segment,
     unfinished_tiles,
     wants_empty_stage,
+    tiles_csv,
 )
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
@@ -128,6 +130,8 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     ]
     if pictures is not None:
         summary["pictures"] = pictures
+    if not job.out.temporary:  # the full per-tile table (the artifact is capped)
+        job.out.write_file(TILES_CSV, tiles_csv(records, scan["seams"]))
     finalize_stage(job, summary, keep_staging)
     return summary
 

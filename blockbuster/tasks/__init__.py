@@ -24,7 +24,14 @@ from ._prefect_compat import (
 )
 from ._progress import PROGRESS_KEY, ProgressArtifact
 from ._relabel import relabel_stage, start_relabel
-from ._report import SUMMARY_KEY, TILES_KEY, publish_tiles_table
+from ._report import (
+    SUMMARY_KEY,
+    TABLE_ROWS,
+    TILES_CSV,
+    TILES_KEY,
+    publish_tiles_table,
+    tiles_csv,
+)
 from ._seams import lut_stage, scan_stage, start_scan
 from ._segment import segment_stage, start_first, start_segment, unfinished_tiles
 
@@ -33,6 +40,8 @@ __all__ = [
     "PREVIEW_KEY",
     "PROGRESS_KEY",
     "SUMMARY_KEY",
+    "TABLE_ROWS",
+    "TILES_CSV",
     "TILES_KEY",
     "TILE_MAP_FILE",
     "TILE_MAP_KEY",
