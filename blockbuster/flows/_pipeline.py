@@ -36,9 +36,9 @@ from blockbuster.tasks import (
     start_relabel,
     start_scan,
     start_segment,
+    tiles_csv,
     unfinished_tiles,
     wants_empty_stage,
-    tiles_csv,
 )
 
 __all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]

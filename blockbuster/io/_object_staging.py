@@ -47,7 +47,7 @@ import numpy as np
 
 from blockbuster.errors import InvalidParameterError
 
-from ._staging import _CODEC, FORMAT, PACK_SUFFIX, _json_default
+from ._staging_format import _CODEC, FORMAT, PACK_SUFFIX, _json_default
 from ._stores import (
     delete_prefix,
     join_url,

@@ -74,4 +74,5 @@ __all__ = [
     "wants_empty_stage",
     "warm_up",
     "without_heartbeats",
+    "tiles_csv",
 ]

@@ -27,7 +27,7 @@ from typing import Any
 
 from blockbuster.cluster import client_threads, split_batches
 from blockbuster.core import TILE_MAP_COLORS, TileGrid, preview_step, slow_tiles
-from blockbuster.io import data_url, write_png
+from blockbuster.io import data_url, is_url, write_png
 from blockbuster.worker import render_pictures, sample_regions
 
 from ._job import Job
@@ -181,7 +181,12 @@ def _make(
     for f in futures:
         f.release()
     files = {}
-    if os.path.isdir(out.path) and not out.temporary:
+    if is_url(out.path) and not out.temporary:  # into the output in the object store
+        files = {
+            "preview": out.write_file(PREVIEW_FILE, rendered["preview"]),
+            "tile_map": out.write_file(TILE_MAP_FILE, rendered["tile_map"]),
+        }
+    elif os.path.isdir(out.path) and not out.temporary:
         files = {
             "preview": write_png(os.path.join(out.path, PREVIEW_FILE), rendered["preview"]),
             "tile_map": write_png(os.path.join(out.path, TILE_MAP_FILE), rendered["tile_map"]),
