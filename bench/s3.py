@@ -1,0 +1,156 @@
+"""Object store benchmarks on a real S3 server (moto's server mode, its own process on
+127.0.0.1), side by side in one run, same client, same store:
+
+- merge: ``merge_tile_labels("s3://.../labels.zarr", write_to="s3://...")`` against the
+  plain dask copy floor ``da.from_zarr(src).to_zarr(dst)`` of the same array, at 64,
+  1024 and 4096 tiles (target <= 1.5x);
+- end to end: ``tile_process("s3://.../image.zarr", fn, write_to="s3://...")`` against
+  ``da.from_zarr(src).map_blocks(fn).to_zarr(dst)`` (target <= 1.0x).
+
+Both sides read and write through zarr's ``ObjectStore`` (obstore), so the comparison is
+of the pipelines, not of the client libraries. moto answers from one Python process, so
+absolute times are the server's; the ratios are what this measures.
+
+    python bench/s3.py [--quick] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+import _common as C  # noqa: E402
+import numpy as np  # noqa: E402
+
+MERGE_TARGET = 1.5
+E2E_TARGET = 1.0
+
+
+def _put(url: str, arr: np.ndarray, chunks) -> None:
+    import zarr
+
+    from blockbuster.io import zarr_location
+
+    z = zarr.create_array(
+        store=zarr_location(url, "w"), shape=arr.shape, chunks=chunks, dtype=arr.dtype
+    )
+    z[...] = arr
+
+
+def _floor_copy(src: str, dst: str, fn=None) -> None:
+    import dask.array as da
+    import zarr
+
+    from blockbuster.io import zarr_location
+
+    a = da.from_zarr(zarr.open_array(store=zarr_location(src, "r"), mode="r"))
+    if fn is not None:
+        a = a.map_blocks(fn, dtype=np.int32)
+    a.to_zarr(zarr_location(dst, "w"))
+
+
+def main() -> int:
+    args = C.parse_args(__doc__)
+    n = 1024 if args.quick else 2048
+    tiles = [128, 32] if args.quick else [256, 64, 32]  # 64 / 1024 / 4096 tiles at 2048
+    e2e_tile = 128 if args.quick else 256
+    C.header(f"object store (moto S3 on 127.0.0.1), {n} x {n}", args)
+    from s3server import MotoServer
+
+    from blockbuster.api import merge_tile_labels, tile_process
+
+    results = {}
+    with MotoServer() as srv:
+        os.environ.update(srv.env)
+        bucket = f"s3://{srv.new_bucket()}"
+        image = np.asarray(__import__("zarr").open_array(C.image_path(n, e2e_tile), mode="r")[...])
+        for t in tiles:
+            labels = np.asarray(
+                __import__("zarr").open_array(C.tile_labels_path(n, t), mode="r")[...]
+            )
+            _put(f"{bucket}/labels-t{t}.zarr", labels, (t, t))
+        _put(f"{bucket}/image.zarr", image, (e2e_tile, e2e_tile))
+        client, cluster = C.make_client()
+        try:
+            print(f"warm-up: {C.warm_up(client):.1f} s", flush=True)
+            k = 0
+            for t in tiles:
+                src = f"{bucket}/labels-t{t}.zarr"
+                ours, floor = [], []
+                for r in range(args.repeats):
+                    for which in ("floor", "ours") if r % 2 == 0 else ("ours", "floor"):
+                        k += 1
+                        dst = f"{bucket}/out-{k}.zarr"
+                        t0 = time.perf_counter()
+                        if which == "floor":
+                            _floor_copy(src, dst)
+                            floor.append(time.perf_counter() - t0)
+                        else:
+                            merge_tile_labels(src, write_to=dst)
+                            ours.append(time.perf_counter() - t0)
+                results[t] = (C.median(ours), C.median(floor))
+                o, f = results[t]
+                print(
+                    f"  merge, {(n // t) ** 2} tiles: ours {o:.2f} s, floor {f:.2f} s, "
+                    f"{o / f:.2f}x",
+                    flush=True,
+                )
+            ours, floor = [], []
+            src = f"{bucket}/image.zarr"
+            for r in range(args.repeats):
+                for which in ("floor", "ours") if r % 2 == 0 else ("ours", "floor"):
+                    k += 1
+                    dst = f"{bucket}/out-{k}.zarr"
+                    t0 = time.perf_counter()
+                    if which == "floor":
+                        _floor_copy(src, dst, C.threshold_label)
+                        floor.append(time.perf_counter() - t0)
+                    else:
+                        tile_process(
+                            src, C.threshold_label, tile_shape=(e2e_tile, e2e_tile), write_to=dst
+                        )
+                        ours.append(time.perf_counter() - t0)
+            e2e = (C.median(ours), C.median(floor))
+            print(
+                f"  end to end, {(n // e2e_tile) ** 2} tiles: ours {e2e[0]:.2f} s, "
+                f"map_blocks {e2e[1]:.2f} s, {e2e[0] / e2e[1]:.2f}x",
+                flush=True,
+            )
+        finally:
+            client.close()
+            cluster.close()
+    rows = []
+    for t in tiles:
+        o, f = results[t]
+        rows.append(
+            [
+                f"merge, {(n // t) ** 2} tiles of {t}x{t}",
+                C.fmt_s(f),
+                C.fmt_s(o),
+                f"{o / f:.2f}x",
+                C.verdict(o / f <= MERGE_TARGET),
+            ]
+        )
+    rows.append(
+        [
+            f"end to end, {(n // e2e_tile) ** 2} tiles of {e2e_tile}x{e2e_tile}",
+            C.fmt_s(e2e[1]),
+            C.fmt_s(e2e[0]),
+            f"{e2e[0] / e2e[1]:.2f}x",
+            C.verdict(e2e[0] / e2e[1] <= E2E_TARGET),
+        ]
+    )
+    C.table(
+        ["what", "floor s (dask copy / map_blocks)", "ours s", "ratio", "target"],
+        rows,
+        title=f"S3 (moto, 127.0.0.1), merge target <= {MERGE_TARGET}x, end to end <= {E2E_TARGET}x",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
