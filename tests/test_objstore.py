@@ -438,31 +438,3 @@ def test_separate_dask_worker_processes(s3_server, s3_bucket, tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-# --------------------------------------------------------------------------------------
-# deployments: data roots as URL prefixes
-# --------------------------------------------------------------------------------------
-def test_deployment_data_roots_may_be_url_prefixes(s3_bucket):
-    from blockbuster.deploy import Settings, check_allowed_path
-    from blockbuster.deploy._segment import prepare_segment
-    from blockbuster.errors import PathNotAllowedError
-
-    root = f"{s3_bucket}/raw"
-    s = Settings.from_env({"BLOCKBUSTER_DATA_ROOTS": f"/data:{root}/"})
-    assert s.data_roots == ("/data", root)
-    assert check_allowed_path(f"{root}/a.zarr/", s.data_roots, what="image") == f"{root}/a.zarr"
-    for bad in (f"{root}er/a.zarr", f"{s3_bucket}/a.zarr", "s3://elsewhere/raw/a.zarr"):
-        with pytest.raises(PathNotAllowedError, match="outside the data roots"):
-            check_allowed_path(bad, s.data_roots, what="image")
-    with pytest.raises(InvalidParameterError, match=r"'\.\.' segments"):
-        check_allowed_path(f"{root}/../secret.zarr", s.data_roots, what="image")
-    # a full request on S3: the OME-Zarr image's labels by default, nothing written
-    img = blobs((64, 64), seed=1)
-    ome = _write_ome(f"{root}/img.zarr", np.stack([img, img]).astype(np.uint16))
-    before = _all_objects(s3_bucket)
-    req = prepare_segment(ome, "threshold", settings=s)
-    assert (req.image, req.output) == (ome, f"{ome}/labels/segmentation")
-    assert _all_objects(s3_bucket) == before
-    with pytest.raises(PathNotAllowedError):
-        prepare_segment(ome, "threshold", output=f"{s3_bucket}/out.zarr", settings=s)

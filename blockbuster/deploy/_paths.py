@@ -14,8 +14,8 @@ import logging
 import os
 from typing import Any, Literal
 
-from blockbuster.errors import InvalidParameterError
-from blockbuster.io import check_apart, hidden_path, lock_path, parse_location, under_roots
+from blockbuster.errors import InvalidParameterError, UnsupportedLocationError
+from blockbuster.io import check_apart, hidden_path, is_url, lock_path, parse_location, under_roots
 from blockbuster.io import output_state as _io_output_state
 
 __all__ = [
@@ -70,6 +70,11 @@ def check_allowed_path(
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
         raise InvalidParameterError(f"{what}={path!r} must be an absolute path")
     raw = parse_location(os.fspath(path).strip(), param=what)  # URLs, '::', NUL, long names
+    if is_url(os.fspath(raw)):
+        raise UnsupportedLocationError(
+            f"{what}={os.fspath(path).strip()!r} is a URL; deployments take local paths "
+            f"under their data roots ({setting}: URL prefixes as roots are not supported yet)"
+        )
     given = os.fspath(path).strip()
     given = given[len("file://") :] if given.startswith("file://") else given
     if not os.path.isabs(given):
