@@ -412,6 +412,8 @@ def member_path(store: str | os.PathLike, member: str, *, what: str) -> str:
 
     >>> member_path("/d/img.zarr", "0", what="dataset path")
     '/d/img.zarr/0'
+    >>> member_path("s3://b/img.zarr", "0", what="dataset path")
+    's3://b/img.zarr/0'
     >>> member_path("/d/img.zarr", "../../other.zarr", what="dataset path")
     Traceback (most recent call last):
     ...
@@ -426,6 +428,14 @@ def member_path(store: str | os.PathLike, member: str, *, what: str) -> str:
         or os.path.isabs(m)
         or m.startswith("\\")
     )
+    if is_url(store):  # keys in an object store: no '..' or '.' to resolve, no links
+        parts = [s for s in m.split("/") if s]
+        if bad or any(p in (".", "..") for p in parts):
+            raise PathNotAllowedError(
+                f"{what} {m!r} in {redact(store)!r} leaves the store; paths inside a store "
+                "must stay inside it"
+            )
+        return "/".join([store.rstrip("/"), *parts])
     joined = os.path.normpath(os.path.join(store, *[s for s in m.split("/") if s]))
     if bad or not is_within(joined, os.path.normpath(store)):
         raise PathNotAllowedError(
