@@ -87,7 +87,6 @@ from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
 
 from ._durable import fsync_dir
 from ._places import check_staging, staging_state
-from ._staging_format import _CODEC, FORMAT, PACK_SUFFIX, _json_default
 from ._stores import is_url
 
 __all__ = ["Staging"]
