@@ -184,10 +184,10 @@ def _stamp(
         dirs.append(arr_dir)
     if is_url(path):  # objects: newest last-modified (1 s resolution) + their ETags
         heads = [h for d in dirs for m in _ZARR_META if (h := head(os.path.join(d, m)))]
-        times = [int(h["last_modified"].timestamp() * 1e9) for h in heads]
+        url_times = [int(h["last_modified"].timestamp() * 1e9) for h in heads]
         tags = hashlib.sha256("".join(str(h.get("e_tag")) for h in heads).encode())
-        return (max(times) if times else None), int(tags.hexdigest()[:12], 16)
-    times = [_stat_mtime(os.path.join(d, m)) for d in dirs for m in _ZARR_META]
+        return (max(url_times) if url_times else None), int(tags.hexdigest()[:12], 16)
+    times: list[int | None] = [_stat_mtime(os.path.join(d, m)) for d in dirs for m in _ZARR_META]
     times.append(_stat_mtime(arr_dir))  # the array directory itself (recreated array)
     known = [t for t in times if t is not None]
     return (max(known) if known else None), None

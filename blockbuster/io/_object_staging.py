@@ -102,7 +102,7 @@ class _ObjectIndex:
                 self.where.setdefault(int(n), (url, start + int(off), record, specs))
             self._seen.add(name)
 
-    def find(self, n: int):
+    def find(self, n: int) -> tuple[str, int, dict, dict] | None:
         with self.lock:
             hit = self.where.get(n)
             if hit is None:
@@ -148,7 +148,7 @@ class ObjectStaging:
     def __enter__(self) -> ObjectStaging:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

@@ -112,7 +112,7 @@ def open_path(
     blockbuster.errors.InputNotFoundError: input '.../nope.zarr' does not exist; expected a zarr ...
     """
     if isinstance(path, str) and is_url(path):
-        return _open_url(parse_location(path, param=param), level, component)
+        return _open_url(os.fspath(parse_location(path, param=param)), level, component)
     raw = os.fspath(path)
     if raw.startswith("file://"):
         raw = raw[len("file://") :]

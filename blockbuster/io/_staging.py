@@ -227,7 +227,7 @@ class Staging:
     many tiles of few packs); outside one, each read opens and closes its pack.
     """
 
-    def __new__(cls, root: str | os.PathLike):
+    def __new__(cls, root: str | os.PathLike) -> Any:
         if cls is Staging and is_url(os.fspath(root)):
             from ._object_staging import ObjectStaging
 

@@ -15,7 +15,7 @@ _CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
 PACK_SUFFIX = ".pack"
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> object:
     """JSON for NumPy scalars and arrays in records.
 
     Examples

@@ -78,7 +78,7 @@ def is_url(path: Any) -> bool:
     if not isinstance(path, str):
         return False
     m = _URL_RE.match(path)
-    return bool(m) and m.group(1).lower() != "file"
+    return m is not None and m.group(1).lower() != "file"
 
 
 def split_url(url: str) -> tuple[str, str, str]:
@@ -168,7 +168,7 @@ _store_cache: dict[tuple, Any] = {}
 _store_lock = threading.Lock()
 
 
-def _obstore():
+def _obstore() -> Any:
     try:
         import obstore  # noqa: F401
         import obstore.store
@@ -179,7 +179,7 @@ def _obstore():
     return obstore
 
 
-def object_store(url: str, *, retries: int | None = None):
+def object_store(url: str, *, retries: int | None = None) -> Any:
     """The obstore store rooted at ``url`` (bucket + key prefix), cached per process.
 
     ``retries`` overrides the number of retries (a short preflight check uses few)."""
@@ -240,7 +240,7 @@ def object_store(url: str, *, retries: int | None = None):
     return store
 
 
-def zarr_store(url: str, *, read_only: bool = True):
+def zarr_store(url: str, *, read_only: bool = True) -> Any:
     """A :class:`zarr.storage.ObjectStore` rooted at ``url`` (pass it as ``store=``)."""
     from zarr.storage import ObjectStore
 
@@ -362,7 +362,7 @@ def check_url(url: str, *, what: str, write: bool = False) -> None:
         raise InputError(f"{what} {redact(url)!r}: {why}; nothing was written") from None
 
 
-def zarr_location(path: str, mode: str = "r"):
+def zarr_location(path: str, mode: str = "r") -> Any:
     """What to pass to zarr as ``store=`` for ``path``: the path itself when local, a
     :class:`zarr.storage.ObjectStore` when a URL (read-only when ``mode == "r"``)."""
     if is_url(path):
