@@ -13,7 +13,7 @@ import os as _os
 # its telemetry database writes; a user's explicit setting wins.
 _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from blockbuster.cluster import make_local_cluster  # noqa: E402
+from blockbuster.cluster import close_local_cluster, local_cluster, make_local_cluster  # noqa: E402
 
 from .api import estimate_empty_tiles, merge_tile_labels, tile_process  # noqa: E402
 from .errors import BlockbusterError  # noqa: E402
@@ -25,6 +25,8 @@ __all__ = [
     "merge_tile_labels",
     "estimate_empty_tiles",
     "make_local_cluster",
+    "close_local_cluster",
+    "local_cluster",
     "BlockbusterError",
     "__version__",
 ]

@@ -299,12 +299,27 @@ def _check_store(url: str, what: str) -> None:
 
 
 def _result(out: OutputTarget, compute: bool):
+    """The written labels. A local output is read in whole chunks (or shards) in
+    parallel through the direct path where it applies (io/_readback.py), as NumPy or as
+    a dask array with one task per group of chunks; an object store through zarr."""
+    if not is_url(out.array_path):
+        from blockbuster.io import read_labels
+
+        return read_labels(out.array_path, compute=compute)
     import dask.array as da
 
     arr = out.open("r")
     if compute:
         return arr[...]
     return da.from_zarr(arr)
+
+
+def _start_cluster(use_gpu):
+    """The cluster of this call: the user's client, or the shared local cluster, whose
+    start begins now in the background (cluster/_shared.py)."""
+    from blockbuster.cluster import RunCluster
+
+    return RunCluster(use_gpu)
 
 
 def _run(flow, plan: RunPlan, *args, **kwargs) -> dict[str, Any]:
@@ -327,6 +342,7 @@ def _run_flow(
     use_gpu,
     progress: bool,
     keep_staging: bool,
+    cluster=None,
 ) -> dict[str, Any]:
     lock = None
     if not out.temporary:
@@ -344,6 +360,7 @@ def _run_flow(
             use_gpu=use_gpu,
             progress=progress,
             keep_staging=keep_staging,
+            cluster=cluster,
         )
     finally:
         if lock is not None:
@@ -361,8 +378,9 @@ def _run_locked(
     use_gpu,
     progress: bool,
     keep_staging: bool,
+    cluster=None,
 ) -> dict[str, Any]:
-    from blockbuster.cluster import ClusterHandle, check_client
+    from blockbuster.cluster import RunCluster, check_client
     from blockbuster.io import Staging
     from blockbuster.tasks import (
         Job,
@@ -385,7 +403,9 @@ def _run_locked(
     _check_places(src, out, plan.staging_root, plan.result_key)  # again, under the lock
     staging = Staging(plan.staging_root)
     info = {"run_key": plan.run_key, "description": plan.description}
-    handle = ClusterHandle(use_gpu=use_gpu)
+    # the user's client, else the process's shared local cluster (cluster/_shared.py),
+    # started by the caller before it opened the image
+    handle = cluster if cluster is not None else RunCluster(use_gpu)
     job = None
     # Prefect's API (a temporary server, in ephemeral mode) comes up in a thread while
     # the cluster starts; tiles start as soon as the cluster is up.
@@ -400,7 +420,8 @@ def _run_locked(
     warm.start()
     try:
         client = handle.client()
-        check_client(client)
+        if not handle.owned:
+            check_client(client)
         from blockbuster.cluster import share_storage_options
 
         share_storage_options(client)  # storage_options= reach the workers, not the tasks
@@ -625,6 +646,7 @@ def tile_process(
         use_gpu = True
     if use_gpu is True:
         _check_gpus(fn)  # before any model loads, anything is written or a cluster starts
+    cluster = _start_cluster(use_gpu)  # comes up while the call plans
     fid, fn_unknown = fn_identity(fn)
     nonce = _unknown_identity(src, fn_unknown)
     why = None
@@ -670,6 +692,7 @@ def tile_process(
         use_gpu=use_gpu,
         progress=progress,
         keep_staging=keep_staging,
+        cluster=cluster,
     )
     result = _result(out, compute)
     return (result, summary) if return_summary else result
@@ -734,6 +757,7 @@ def merge_tile_labels(
     ):
         _check_bool(name, v)
     _use_storage_options(storage_options, labeled, write_to, staging)
+    cluster = _start_cluster(False)  # comes up while the labels are opened and planned
     src = open_image(labeled, component=input_component, param="labeled")
     if src.channel_axis is not None:
         raise InvalidParameterError("merge_tile_labels takes label images without a channel axis")
@@ -774,6 +798,7 @@ def merge_tile_labels(
         use_gpu=False,
         progress=progress,
         keep_staging=keep_staging,
+        cluster=cluster,
     )
     result = _result(out, compute)
     return (result, summary) if return_summary else result

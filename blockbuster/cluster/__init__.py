@@ -1,6 +1,6 @@
 """Dask clusters: what this machine (or allocation) offers, GPUs, the local cluster
-blockbuster starts, checks of a user's client, and fanning batches of tiles out to
-workers with a bounded window.
+blockbuster starts (one per process, shared by the calls without a client), checks of
+a user's client, and fanning batches of tiles out to workers with a bounded window.
 
 No Prefect here.
 """
@@ -32,6 +32,14 @@ from ._local import (
     make_local_cluster,
     no_gpu_message,
 )
+from ._shared import (
+    RunCluster,
+    close_local_cluster,
+    local_cluster,
+    shared_cluster_info,
+    start_local_cluster,
+    user_client,
+)
 from ._storage import StorageOptionsPlugin, share_storage_options
 
 __all__ = [
@@ -48,14 +56,20 @@ __all__ = [
     "visible_gpus",
     "worker_gpus",
     "ClusterHandle",
+    "RunCluster",
     "StageWork",
     "StorageOptionsPlugin",
     "allocation",
     "check_client",
     "client_threads",
+    "close_local_cluster",
     "gpu_info",
+    "local_cluster",
     "make_local_cluster",
     "slots",
     "share_storage_options",
+    "shared_cluster_info",
     "split_batches",
+    "start_local_cluster",
+    "user_client",
 ]

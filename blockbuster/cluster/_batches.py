@@ -123,7 +123,7 @@ class BatchRun:
         self._tag = f"{name}-{uuid.uuid4().hex[:8]}"
         self._pending = iter(range(len(self.args_of)))
         self._inflight: dict[str, tuple[int, Any]] = {}
-        self._ac = as_completed()
+        self._ac = as_completed(loop=client.loop)
         try:
             self._top_up()
         except BaseException:

@@ -1,8 +1,9 @@
 """Dask clusters for blockbuster: sizing, GPUs, and checks on the client in use.
 
 ``tile_process`` runs on the current ``distributed.Client`` when there is one (any Dask
-cluster: local, SLURM through dask-jobqueue, Kubernetes), else it starts a local cluster
-of processes sized to this machine's allocation and closes it afterwards.
+cluster: local, SLURM through dask-jobqueue, Kubernetes), else it uses the process's
+local cluster of processes sized to this machine's allocation (:mod:`._shared`: started
+by the first call, reused by the next, closed at exit).
 
 Examples
 --------

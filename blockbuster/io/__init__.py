@@ -27,8 +27,9 @@ from ._places import (
     under_roots,
 )
 from ._png import data_url, encode_png, png_size, write_png
+from ._readback import LabelReader, group_shape, read_labels
 from ._readers import open_path
-from ._shardfiles import ShardWriter
+from ._shardfiles import ShardReader, ShardWriter
 from ._sources import (
     ImageSource,
     full_slices,
@@ -71,8 +72,10 @@ __all__ = [
     "ArraySource",
     "ChunkFiles",
     "ImageSource",
+    "LabelReader",
     "LabelTarget",
     "OutputTarget",
+    "ShardReader",
     "ShardWriter",
     "ObjectStaging",
     "Staging",
@@ -94,11 +97,13 @@ __all__ = [
     "stamp_mode",
     "tree_stamp",
     "full_slices",
+    "group_shape",
     "label_target",
     "open_image",
     "open_path",
     "open_zarr_array_cached",
     "png_size",
+    "read_labels",
     "read_region",
     "read_regions",
     "write_png",

@@ -60,6 +60,39 @@ def wait_for_closed(timeout: float = 10.0) -> None:
         _wait(pending, timeout=timeout)
 
 
+_HOOKED: dict[str, Any] = {"worker": None}
+
+
+def _start_events_worker() -> None:
+    """Start Prefect's events worker now, while the run is going, and make sure the last
+    reports are sent before it stops at interpreter exit.
+
+    Creating an artifact emits an event through Prefect's events worker, which drains
+    and stops itself in a ``threading`` exit hook (those run before non-daemon threads
+    are joined, last registered first). A call returns without waiting for its last
+    artifacts, and a script may end right after it: without a hook of ours registered
+    after the worker's, the worker stops first and the reporter's next event has to
+    start a new one during shutdown, which fails ("can't register atexit after
+    shutdown") with a logged traceback.
+    """
+    try:
+        from prefect.events.utilities import should_emit_events
+        from prefect.events.worker import EventsWorker
+
+        if not should_emit_events():
+            return
+        worker = EventsWorker.instance()
+        if worker is not _HOOKED["worker"]:
+            _HOOKED["worker"] = worker
+            threading._register_atexit(_finish_reports)  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - reporting must never break a run
+        log.debug("starting Prefect's events worker failed", exc_info=True)
+
+
+def _finish_reports() -> None:  # pragma: no cover - runs at interpreter exit
+    wait_for_closed(timeout=30.0)
+
+
 class Reporter:
     """A single background thread for a run's reporting calls (see the module docstring)."""
 
@@ -71,9 +104,10 @@ class Reporter:
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` after everything submitted before, in the caller's
         context (contextvars), in the background."""
+        ctx = contextvars.copy_context()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-report")
-        ctx = contextvars.copy_context()
+            self._futures.append(self._pool.submit(ctx.run, _start_events_worker))
         fut = self._pool.submit(ctx.run, self._guard, fn, *args, **kwargs)
         self._futures.append(fut)
         return fut
