@@ -97,9 +97,8 @@ class Job(BaseModel):
         return self._source
 
     @property
-    def tile_fn(self) -> Callable:
-        if self._fn is None:
-            raise RuntimeError("this job has no tile function: build it with Job.create")
+    def tile_fn(self) -> Callable | None:
+        """The tile function; None for the merge alone (merge_tile_labels)."""
         return self._fn
 
     @property
