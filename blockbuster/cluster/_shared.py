@@ -87,8 +87,8 @@ class _Shared:
         self.kind = _kind(use_gpu)
         self.kwargs = dict(kwargs)
         self.pid = os.getpid()
-        self._client = None
-        self._cluster = None
+        self._client: Any = None
+        self._cluster: Any = None
         self._error: BaseException | None = None
         self._main_spec: Any = None
         self._ready = False
@@ -267,7 +267,10 @@ class RunCluster:
         return self._shared is not None
 
     def client(self):
-        return self._user if self._user is not None else self._shared.client()
+        if self._user is not None:
+            return self._user
+        assert self._shared is not None  # no user client: ours was started
+        return self._shared.client()
 
     def close(self) -> None:
         """Nothing to close per call (the shared cluster outlives it)."""

@@ -111,14 +111,14 @@ class LabelReader:
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "_state": None}
 
-    def __dask_tokenize__(self):
+    def __dask_tokenize__(self) -> tuple[str, str, int | None]:
         try:
             st = os.stat(os.path.join(self.path, "zarr.json"))
         except OSError:
             st = None
         return ("LabelReader", self.path, None if st is None else st.st_mtime_ns)
 
-    def _open(self):
+    def _open(self) -> tuple[Any, ChunkFiles | None, ShardReader | None]:
         if self._state is None:
             import zarr
 
@@ -129,7 +129,7 @@ class LabelReader:
         return self._state
 
     @property
-    def array(self):
+    def array(self) -> Any:
         return self._open()[0]
 
     @property
@@ -157,7 +157,7 @@ class LabelReader:
         shards = getattr(arr, "shards", None)
         return tuple(int(c) for c in (shards or arr.chunks))
 
-    def _bounds(self, region) -> list[tuple[int, int]]:
+    def _bounds(self, region: tuple[slice, ...]) -> list[tuple[int, int]]:
         if not isinstance(region, tuple):
             region = (region,)
         if any(r is Ellipsis for r in region):
@@ -174,7 +174,7 @@ class LabelReader:
             out.append((start, max(start, stop)))
         return out
 
-    def __getitem__(self, region) -> np.ndarray:
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
         b = self._bounds(region)
         out = np.empty(tuple(hi - lo for lo, hi in b), self.dtype)
         self.read_into(b, out)
@@ -203,17 +203,17 @@ class LabelReader:
                     tmp = np.empty(tuple(q - p for p, q in zip(blo, bhi)), self.dtype)
                     sr.read_shard(cell, tmp)
                     out[dst] = tmp[tuple(slice(x - p, y - p) for x, y, p in zip(a, z, blo))]
-            else:
+            elif cf is not None:
                 buf = cf.read_chunk(cell, buf)
                 out[dst] = buf[tuple(slice(x - p, y - p) for x, y, p in zip(a, z, blo))]
 
 
-def _regions(shape, group) -> list[list[tuple[int, int]]]:
+def _regions(shape: tuple[int, ...], group: tuple[int, ...]) -> list[list[tuple[int, int]]]:
     axes = [[(lo, min(lo + g, n)) for lo in range(0, n, g)] for n, g in zip(shape, group)]
     return [list(r) for r in itertools.product(*axes)]
 
 
-def read_labels(path: str, *, compute: bool, threads: int | None = None):
+def read_labels(path: str, *, compute: bool, threads: int | None = None) -> Any:
     """The stored array at ``path``: a NumPy array (``compute=True``, read by a pool of
     ``threads`` threads, default one per CPU) or a dask array with one task per group of
     whole chunks (:func:`group_shape`)."""
@@ -242,7 +242,7 @@ def read_labels(path: str, *, compute: bool, threads: int | None = None):
         reader.read_into(regions[0], out)
         return out
 
-    def one(b):
+    def one(b: list[tuple[int, int]]) -> None:
         reader.read_into(b, out[tuple(slice(lo, hi) for lo, hi in b)])
 
     with ThreadPoolExecutor(max_workers=min(threads or _cpus(), len(regions))) as pool:
