@@ -348,12 +348,12 @@ def places(tmp_path_factory):
             "did not write",
         ),
         (("run", "{img}", "-s", "threshold", "-w", "{d}"), "contains the input"),
-        (("run", "{img}", "-s", "threshold", "-w", "s3://bucket/labels.zarr"), "is a URL"),
+        (("run", "{img}", "-s", "threshold", "-w", "ftp://bucket/labels.zarr"), "is a URL"),
         (("run", "{img}", "-s", "threshold", "-w", "{d}/shared::memory"), "'::'"),
         (("run", "{img}", "-s", "threshold", "-t", "64,64", "--overlap", "100"), "larger than"),
         (("merge", "{img}", "-w", "{img}"), "is the input"),
         (("merge", "{img}", "-w", "{d}/precious", "--overwrite"), "never replaces it"),
-        (("merge", "{img}", "-w", "s3://bucket/m.zarr"), "is a URL"),
+        (("merge", "{img}", "-w", "ftp://bucket/m.zarr"), "is a URL"),
     ],
 )
 def test_cli_refuses_and_keeps_every_byte(places, args, needle):
