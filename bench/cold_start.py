@@ -57,10 +57,10 @@ def stamp_and_label(tile):
 def _instrument(marks: dict) -> None:
     """Timestamps of the phases inside tile_process, by wrapping (not changing) two
     internals: Prefect's API warm-up and the background start of the local cluster."""
-    import blockbuster.cluster._local as cl
-    import blockbuster.tasks._prefect_compat as eph
+    import blockbuster.cluster._shared as cl
+    import blockbuster.tasks as eph  # api takes warm_up from the package
 
-    warm, start = eph.warm_up, cl.ClusterHandle._start
+    warm, start = eph.warm_up, cl._Shared._start
 
     def timed_warm(*args):
         marks["prefect_warm_start"] = time.time()
@@ -77,7 +77,7 @@ def _instrument(marks: dict) -> None:
             marks["cluster_ready"] = time.time()
 
     eph.warm_up = timed_warm
-    cl.ClusterHandle._start = timed_start
+    cl._Shared._start = timed_start
 
 
 def child(image: str, out: str, marks_path: str) -> None:

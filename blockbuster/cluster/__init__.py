@@ -24,7 +24,6 @@ from ._gpus import (
     worker_gpus,
 )
 from ._local import (
-    ClusterHandle,
     allocation,
     check_client,
     client_threads,
@@ -55,7 +54,6 @@ __all__ = [
     "parse_visible_devices",
     "visible_gpus",
     "worker_gpus",
-    "ClusterHandle",
     "RunCluster",
     "StageWork",
     "StorageOptionsPlugin",

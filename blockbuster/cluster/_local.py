@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
 import psutil
@@ -31,7 +30,6 @@ __all__ = [
     "allocation",
     "gpu_info",
     "no_gpu_message",
-    "ClusterHandle",
     "check_client",
     "client_threads",
 ]
@@ -284,74 +282,6 @@ def _unshield_main_script(previous) -> None:
     main = sys.modules.get("__main__")
     if main is not None:
         main.__spec__ = previous
-
-
-class ClusterHandle:
-    """The client a run uses: the current one, or a local cluster started in the background.
-
-    Starting the local cluster in a thread lets it come up while Prefect starts its
-    temporary API server, which takes about as long.
-    """
-
-    def __init__(self, use_gpu: bool | str = False, client=None):
-        self.use_gpu = use_gpu
-        self._client = client
-        self._cluster = None
-        self._owned = False
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if self._client is None:
-            try:
-                from distributed import default_client
-
-                self._client = default_client()
-            except ValueError:
-                self._client = None
-        if self._client is None:
-            self._owned = True
-            self._thread = threading.Thread(
-                target=self._start, name="blockbuster-cluster", daemon=True
-            )
-            self._thread.start()
-
-    def _start(self):
-        try:
-            self._main_spec = _shield_main_script()
-            self._client, self._cluster = make_local_cluster(use_gpu=self.use_gpu)
-        except BaseException as exc:  # re-raised in client()
-            self._error = exc
-
-    @property
-    def owned(self) -> bool:
-        return self._owned
-
-    def client(self):
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            if self._error is not None:
-                raise self._error
-            self._client.wait_for_workers(1)
-        return self._client
-
-    def close(self):
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._owned:
-            if self._client is not None:
-                try:  # our own cluster is going away: its workers need not say so
-                    self._client.run(_quiet_teardown, wait=True)
-                except Exception:  # pragma: no cover
-                    pass
-            for obj in (self._client, self._cluster):
-                if obj is not None:
-                    try:
-                        obj.close()
-                    except Exception:  # pragma: no cover
-                        pass
-            self._client = self._cluster = None
-            _unshield_main_script(getattr(self, "_main_spec", False))
 
 
 def _quiet_teardown() -> None:
