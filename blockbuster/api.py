@@ -322,49 +322,23 @@ def _start_cluster(use_gpu):
     return RunCluster(use_gpu)
 
 
-def _run(flow, plan: RunPlan, *args, **kwargs) -> dict[str, Any]:
+def _run(
+    flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTarget, **kwargs: Any
+) -> dict[str, Any]:
     """Run a flow: against the server of ``blockbuster up`` when one runs and no
-    ``PREFECT_API_URL`` is set (its runs and artifacts stay in its UI), else as before."""
+    ``PREFECT_API_URL`` is set (its runs and artifacts stay in its UI), else as before;
+    one run at a time on an output: a second one waits (io/_lock.py)."""
     from blockbuster.tasks import use_local_server
 
+    lock = None if out.temporary else OutputLock(out.path)
     with use_local_server():
-        return _run_flow(flow, plan, *args, **kwargs)
-
-
-def _run_flow(
-    flow,
-    plan: RunPlan,
-    src: ImageSource,
-    fn,
-    fn_desc: str,
-    out: OutputTarget,
-    *,
-    use_gpu,
-    progress: bool,
-    keep_staging: bool,
-    cluster=None,
-) -> dict[str, Any]:
-    lock = None
-    if not out.temporary:
-        # one run at a time on an output: a second one waits (io/_lock.py)
-        lock = OutputLock(out.path)
-        lock.wait({"run_key": plan.run_key})
-    try:
-        return _run_locked(
-            flow,
-            plan,
-            src,
-            fn,
-            fn_desc,
-            out,
-            use_gpu=use_gpu,
-            progress=progress,
-            keep_staging=keep_staging,
-            cluster=cluster,
-        )
-    finally:
         if lock is not None:
-            lock.release()
+            lock.wait({"run_key": plan.run_key})
+        try:
+            return _run_locked(flow, plan, src, fn, fn_desc, out, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _run_locked(

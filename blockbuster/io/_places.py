@@ -249,6 +249,22 @@ def _marker(path: str) -> dict | None | Literal[False]:
     return False
 
 
+def _presence(p: str) -> Literal["absent", "foreign", "present"]:
+    """``absent`` (nothing, an empty folder or URL prefix), ``foreign`` (a file, a link,
+    an unreadable folder) or ``present`` (a folder or URL prefix with something in it)."""
+    if is_url(p):
+        prefixes, objects = list_prefix(p)
+        return "present" if prefixes or objects else "absent"
+    if not os.path.lexists(p):
+        return "absent"
+    if os.path.islink(p) or not os.path.isdir(p):
+        return "foreign"
+    try:
+        return "present" if os.listdir(p) else "absent"
+    except OSError:
+        return "foreign"
+
+
 def output_state(path: str | os.PathLike) -> StateName:
     """What is at an output path.
 
@@ -261,20 +277,9 @@ def output_state(path: str | os.PathLike) -> StateName:
     ('absent', 'foreign')
     """
     p = os.fspath(path)
-    if is_url(p):
-        prefixes, objects = list_prefix(p)
-        if not prefixes and not objects:
-            return "absent"
-    elif not os.path.lexists(p):
-        return "absent"
-    elif os.path.islink(p) or not os.path.isdir(p):
-        return "foreign"
-    else:
-        try:
-            if not os.listdir(p):
-                return "absent"
-        except OSError:
-            return "foreign"
+    there = _presence(p)
+    if there != "present":
+        return there
     rec = _marker(p)
     if rec is None:
         return "foreign"
@@ -341,21 +346,9 @@ def staging_state(path: str | os.PathLike) -> Literal["absent", "ours", "foreign
     'absent'
     """
     p = os.fspath(path)
-    if is_url(p):
-        prefixes, objects = list_prefix(p)
-        if not prefixes and not objects:
-            return "absent"
-    elif not os.path.lexists(p):
-        return "absent"
-    elif os.path.islink(p) or not os.path.isdir(p):
-        return "foreign"
-    else:
-        try:
-            names = os.listdir(p)
-        except OSError:
-            return "foreign"
-        if not names:
-            return "absent"
+    there = _presence(p)
+    if there != "present":
+        return there
     info = _read_json(os.path.join(p, STAGING_MANIFEST))
     if isinstance(info, dict) and "generation" in info and "format" in info:
         return "ours"
