@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -258,6 +259,30 @@ def test_flipped_header_byte_drops_that_record_and_the_rest_of_its_pack(tmp_path
     with pytest.warns(StagingCorruptWarning):
         Staging(st.root).verify()
     assert Staging(st.root).finished_tiles() == [0]  # tiles 1-3 are recomputed
+
+
+def test_verify_on_many_packs_leaves_the_callers_warning_filters_alone(tmp_path):
+    # verify checks packs on several threads; it once silenced its own scan with
+    # warnings.catch_warnings in each thread, and overlapping exits left an "ignore"
+    # filter installed, so later corruption warnings (a run's) were never shown (CI).
+    for attempt in range(20):
+        st = Staging(str(tmp_path / f"stg{attempt}"))
+        st.prepare({"run_key": "k"})
+        for t in range(8):  # one pack per writer
+            with Staging(st.root) as w:
+                w.write_tile(t, {"v": t}, {"labels": np.full(4, t, np.uint8)})
+        for t in range(8):
+            path, pos, hlen, meta = _record_at(st, t)
+            _flip(path, pos + 20)  # every pack's only header
+        _INDEXES.clear()
+        before = list(warnings.filters)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            Staging(st.root).verify()
+            inner = list(warnings.filters)
+        assert warnings.filters == before
+        assert inner[0][0] == "always" and len(inner) == len(before) + 1
+        assert sum(issubclass(w.category, StagingCorruptWarning) for w in rec) == 8
 
 
 def test_one_authoritative_record_per_tile_the_first_complete_one(tmp_path):

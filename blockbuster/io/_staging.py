@@ -154,11 +154,12 @@ class _PackIndex:
 
 
 def _records(
-    f: BinaryIO, path: str, pos: int, end: int
+    f: BinaryIO, path: str, pos: int, end: int, *, warn: bool = True
 ) -> Iterator[tuple[int | None, int, Any, Any]]:  # (tile, start, stop, header)
     """Yield ``(tile, start, stop, header)`` for each complete record of pack ``f`` from
     ``pos`` on; a header that fails its checksum yields ``(None, start, None, None)``
-    once (with a warning) and ends the scan; a record cut off at the end ends it quietly."""
+    once (with a warning unless ``warn`` is false) and ends the scan; a record cut off
+    at the end ends it quietly."""
     if pos == 0 and end >= 2 and _read_at(f, 0, 2) != _MAGIC[:2]:
         raise OSError(
             f"{path} is not a blockbuster staging pack (format {FORMAT}); remove the "
@@ -183,13 +184,14 @@ def _records(
             except ValueError:
                 meta = None
         if meta is None:
-            warnings.warn(
-                f"staging pack {path}: the record at byte {pos} fails its checksum; it and "
-                "the records after it in this pack are not used (their tiles are "
-                "recomputed)",
-                StagingCorruptWarning,
-                stacklevel=2,
-            )
+            if warn:
+                warnings.warn(
+                    f"staging pack {path}: the record at byte {pos} fails its checksum; "
+                    "it and the records after it in this pack are not used (their tiles "
+                    "are recomputed)",
+                    StagingCorruptWarning,
+                    stacklevel=2,
+                )
             yield None, pos, None, None
             return
         stop = pos + _HEAD.size + hlen + int(meta["size"])
@@ -482,9 +484,10 @@ def _verify_pack(path: str) -> tuple[list[tuple[int, int]], int | None]:
     lost_from = None
     with open(path, "rb") as f:
         end = os.fstat(f.fileno()).st_size
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", StagingCorruptWarning)  # reported by verify
-            records = list(_records(f, path, 0, end))
+        # quiet here: verify reports what it finds. (Not warnings.catch_warnings: it swaps
+        # process-wide filters, and packs are checked on several threads at once, so
+        # overlapping exits left "ignore" installed and hid the caller's warnings.)
+        records = list(_records(f, path, 0, end, warn=False))
         for tile, start, stop, meta in records:
             if tile is None:
                 lost_from = start
