@@ -16,6 +16,8 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BlockbusterError",
     "InputChangedError",
@@ -149,6 +151,9 @@ class StagingCorruptError(BlockbusterError, OSError):
     def __init__(self, message: str, tile: int | None = None):
         super().__init__(message)
         self.tile = tile
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised on a worker, caught in the flow
+        return (type(self), (str(self), self.tile))
 
 
 class IdentityWarning(UserWarning):

@@ -77,3 +77,53 @@ def blob_image(shape=(120, 120), seed=3) -> np.ndarray:
     smooth = ndi.gaussian_filter(rng.random(shape), 3)
     q = np.quantile(smooth, [0.45, 0.6, 0.75])
     return np.digitize(smooth, q).astype(np.uint8)
+
+
+def corrupt_a_staged_record(staging: str, wait: float = 60.0) -> int | None:
+    """Flip one byte in the largest array of a staged record of another batch (the
+    first finished tile with labels), waiting up to ``wait`` s for one; return the tile
+    (None if none appeared). The record is left framed, so only its checksum tells."""
+    import json
+    import struct
+
+    from blockbuster.io import Staging
+
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        st = Staging(staging)
+        for tile in st.finished_tiles():
+            if not st.read_record(tile).get("n_labels"):
+                continue
+            pack, pos = st._idx().find(tile)
+            with open(pack, "r+b") as f:
+                raw = f.read()
+                _, hlen, _ = struct.unpack_from("<4sIQ", raw, pos)
+                arrays = json.loads(raw[pos + 16 : pos + 16 + hlen])["arrays"]
+                offset, size = max(arrays.values(), key=lambda spec: spec[1])[:2]
+                at = pos + 16 + hlen + offset + size // 2
+                f.seek(at)
+                f.write(bytes([raw[at] ^ 0x10]))
+            return tile
+        time.sleep(0.05)
+    return None
+
+
+class CorruptsMidRun(Labeler):
+    """Labels like :class:`Labeler`; its first call anywhere (claimed with an exclusive
+    file) waits for another batch's record to be staged and flips a byte of it, so the
+    run meets a bad record after it checked its staging: in the seam scan."""
+
+    def __init__(self, calls_dir: str, threshold: int, staging: str, marker: str):
+        super().__init__(calls_dir, threshold)
+        self.staging = staging
+        self.marker = marker
+
+    def __call__(self, tile):
+        out = super().__call__(tile)
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return out
+        with os.fdopen(fd, "w") as f:
+            f.write(str(corrupt_a_staged_record(self.staging)))
+        return out

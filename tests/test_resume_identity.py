@@ -23,7 +23,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from conftest import same_partition
-from identity_fns import KINDS, blob_image, make_fn, n_calls
+from identity_fns import KINDS, CorruptsMidRun, blob_image, make_fn, n_calls
 
 from blockbuster.api import tile_process
 from blockbuster.errors import IdentityWarning, StagingCorruptWarning
@@ -201,6 +201,21 @@ def test_flipped_byte_in_a_staging_record_is_detected_and_recomputed(setup):
     assert n_calls(calls) == N_TILES + 1  # that tile only
     assert same_partition(lab, oracle(img))
     assert np.array_equal(np.unique(lab[lab > 0]), np.arange(1, lab.max() + 1))
+
+
+def test_a_record_corrupted_mid_run_is_recomputed_within_the_run(setup, tmp_path):
+    # the staging is sound when the run checks it; a byte flips after that (here: the
+    # first tile call flips one in another batch's record), and the seam scan meets it
+    img, path, calls, out, stg = setup
+    marker = str(tmp_path / "corrupted")
+    fn = CorruptsMidRun(calls, 0, stg, marker)
+    with pytest.warns(StagingCorruptWarning, match=r"staged tile \d+") as rec:
+        lab = tile_process(path, fn, tile_shape=TILE, write_to=out, staging=stg, compute=True)
+    tile = open(marker).read()
+    assert tile != "None", "no record was staged in time to corrupt"
+    assert any(f"staged tile {tile} " in str(w.message) for w in rec)
+    assert n_calls(calls) == N_TILES + 1  # that tile once more, no other
+    assert same_partition(lab, oracle(img))
 
 
 def test_unknown_function_identity_warns_once_and_never_reuses(setup):

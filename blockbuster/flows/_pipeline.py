@@ -5,6 +5,9 @@ that fans its tiles out to the Dask cluster in batches: plan -> estimate-empty (
 asked) -> segment (or, for the merge alone, index the given labels) -> scan-seams ->
 build-lut -> relabel; then finalize (summary artifact, output marked complete, staging
 dropped) in the flow itself (docs/orchestration.md says why, with measurements).
+A staged record that fails its checksum while the stages read it (it was sound when
+the run checked its staging) does not fail the run: the staging is checked again, the
+failing records dropped, and the stages run again, recomputing only those tiles.
 
 The flow decides what starts early: each stage's first batches are submitted to the
 cluster as soon as what they need exists, before the next task run starts, so the
@@ -13,6 +16,7 @@ cluster works while Prefect records one task run's end and the next one's start.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,6 +24,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blockbuster.core import TileGrid
+from blockbuster.errors import StagingCorruptError
 from blockbuster.tasks import (
     TILES_CSV,
     Job,
@@ -41,7 +46,13 @@ from blockbuster.tasks import (
     wants_empty_stage,
 )
 
-__all__ = ["tile_process_flow", "merge_flow", "run_pipeline"]
+__all__ = ["tile_process_flow", "merge_flow", "run_pipeline", "CORRUPT_RETRIES"]
+
+log = logging.getLogger("blockbuster")
+
+#: How often a run checks its staging again and reruns its stages after a staged record
+#: fails its checksum mid-run (each time only the dropped tiles are recomputed).
+CORRUPT_RETRIES = 2
 
 
 def _flow_run_id() -> str | None:
@@ -58,18 +69,10 @@ def _cancel_stale(job: Job, stage: str) -> None:
         stale.cancel()
 
 
-def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
-    """The stages, in order; returns the run summary.
-
-    Artifacts go through ``job.reporter`` (a background thread); the caller closes it
-    once the flow has returned, without waiting for the last calls.
-    """
-    t0 = time.perf_counter()
-    plan = job.plan
-    job.progress_artifact = ProgressArtifact(job.reporter, job.run_key)
+def _stages(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any]]:
+    """Estimate-empty (when asked), segment, scan-seams, build-lut, relabel."""
     # Per-tile data is passed between stages inside quote(): Prefect would otherwise
     # walk every object of a task's parameters (~0.3 s per walk at 4096 tiles).
-    plan_stage(job, len(job.finished_records()))
     empty = None
     if wants_empty_stage(job):
         empty = empty_stage(job, quote(unfinished_tiles(job)))
@@ -85,6 +88,36 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     table = lut_stage(job, quote(scan))
     job.start_ahead("relabel", start_relabel(job, table))
     rel = relabel_stage(job, quote(table))
+    return records, scan, table, rel
+
+
+def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
+    """The stages, in order; returns the run summary.
+
+    Artifacts go through ``job.reporter`` (a background thread); the caller closes it
+    once the flow has returned, without waiting for the last calls.
+    """
+    t0 = time.perf_counter()
+    plan = job.plan
+    job.progress_artifact = ProgressArtifact(job.reporter, job.run_key)
+    plan_stage(job, len(job.finished_records()))
+    for attempt in range(CORRUPT_RETRIES + 1):
+        try:
+            records, scan, table, rel = _stages(job)
+            break
+        except StagingCorruptError as exc:
+            # a staged record went bad after the run checked the staging (a disk, a
+            # stray write): drop what fails, then run the stages again; only the
+            # dropped tiles are recomputed, the others resume
+            if attempt == CORRUPT_RETRIES:
+                raise
+            dropped = job.drop_corrupt_records()
+            log.warning(
+                "%s; recomputing %d staged tile(s) that fail their checksums: %s",
+                exc,
+                len(dropped),
+                dropped,
+            )
     pictures = make_pictures(job, records, scan["seams"], rel["dtype"])
     tiles = TileGrid(plan.grid.shape, plan.out_chunks)  # merge units: their tiles
     n_voxels = 1

@@ -142,6 +142,20 @@ class Job(BaseModel):
         flow's return value: Prefect walks every object of a flow's result."""
         return self._details
 
+    def drop_corrupt_records(self) -> list[int]:
+        """Check the staging (:meth:`~blockbuster.io.Staging.verify`): records failing
+        their checksums are dropped (a warning names each tile), the staging gets a new
+        generation, and this job follows it, so the stages run again recompute exactly
+        the dropped tiles. Work started ahead is cancelled first."""
+        from blockbuster.io import Staging
+
+        self.cancel_started()
+        staging = Staging(self._plan.staging_root)
+        dropped = staging.verify()
+        self.generation = staging.generation or ""
+        self._finished = None
+        return dropped
+
     def start_ahead(self, stage: str, work) -> None:
         """Keep ``work`` (a stage's batches, submitted early) for that stage's task to
         adopt: the segment stage's before the flow run starts, the others while the
