@@ -23,7 +23,9 @@ from blockbuster.core import (
     DEFAULT_MEMORY_FACTOR,
     ChannelAware,
     GpuMemoryHinted,
+    GpuModelSized,
     MemoryHinted,
+    PlaneByPlane,
     RunPlan,
     TileFunction,
     auto_tile_shape,
@@ -163,7 +165,7 @@ def choose_tile_shape(
     factor = float(
         (fn.memory_factor if isinstance(fn, MemoryHinted) else None) or DEFAULT_MEMORY_FACTOR
     )
-    planes = bool(getattr(fn, "plane_by_plane", False))
+    planes = bool(fn.plane_by_plane) if isinstance(fn, PlaneByPlane) else False
     mem, where = _worker_memory(client)
     gpu: dict[str, Any] = {}
     if use_gpu:
@@ -174,7 +176,11 @@ def choose_tile_shape(
             if m["host_bytes"]:
                 mem, where = m["host_bytes"], "host memory of a GPU worker (" + m["source"] + ")"
             if m["vram_bytes"] is not None:
-                model = int(getattr(fn, "gpu_model_bytes", DEFAULT_GPU_MODEL_BYTES))
+                model = int(
+                    fn.gpu_model_bytes
+                    if isinstance(fn, GpuModelSized)
+                    else DEFAULT_GPU_MODEL_BYTES
+                )
                 gpu = {
                     "gpu_bytes": max(int(m["vram_bytes"]) - model, 0),
                     "gpu_memory_factor": float(

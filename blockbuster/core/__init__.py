@@ -68,7 +68,9 @@ from ._tile_function import (
     CacheTokened,
     ChannelAware,
     GpuMemoryHinted,
+    GpuModelSized,
     MemoryHinted,
+    PlaneByPlane,
     TileFunction,
     cache_token_of,
 )
@@ -109,6 +111,8 @@ __all__ = [
     "ChannelAware",
     "MemoryHinted",
     "GpuMemoryHinted",
+    "GpuModelSized",
+    "PlaneByPlane",
     "cache_token_of",
     "index_unit",
     "input_changed",

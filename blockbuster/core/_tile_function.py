@@ -10,8 +10,12 @@ is optional, each part a Protocol of its own that a function may also satisfy:
   loaded model) is identified without hashing that state.
 - :class:`ChannelAware`: ``with_channel_axis(axis)`` returns the function told where
   the channel axis is (the built-in segmenters).
-- :class:`MemoryHinted`: ``memory_factor`` (and, for GPU use, ``gpu_memory_factor``):
-  working memory per input byte, used by ``tile_shape="auto"``.
+- :class:`MemoryHinted`: ``memory_factor`` (and, for GPU use, :class:`GpuMemoryHinted`
+  ``gpu_memory_factor``): working memory per input byte, used by ``tile_shape="auto"``.
+- :class:`GpuModelSized`: ``gpu_model_bytes``, the GPU memory one loaded model takes
+  whatever the tile (subtracted from free GPU memory before tiles are sized).
+- :class:`PlaneByPlane`: ``plane_by_plane``, true when the function segments a 3D tile
+  one plane at a time (its working memory follows one plane, not the volume).
 
 Examples
 --------
@@ -35,6 +39,8 @@ __all__ = [
     "ChannelAware",
     "MemoryHinted",
     "GpuMemoryHinted",
+    "GpuModelSized",
+    "PlaneByPlane",
     "cache_token_of",
 ]
 
@@ -72,6 +78,20 @@ class GpuMemoryHinted(Protocol):
     """A tile function that states its GPU working memory per input byte."""
 
     gpu_memory_factor: float
+
+
+@runtime_checkable
+class GpuModelSized(Protocol):
+    """A tile function that states the GPU memory its loaded model takes (bytes)."""
+
+    gpu_model_bytes: int
+
+
+@runtime_checkable
+class PlaneByPlane(Protocol):
+    """A tile function that states whether it works on a 3D tile one plane at a time."""
+
+    plane_by_plane: bool
 
 
 def cache_token_of(fn: Any) -> str | None:

@@ -118,10 +118,17 @@ def call_fn(fn: Callable, data: np.ndarray, tile: int, origin, retries: int, ret
 
 def _oom_message(fn, data: np.ndarray, tile: int, origin, tried: list[str], exc) -> str:
     """Tile ``tile`` does not fit in GPU memory: how much it needed, what is free, the fix."""
-    from blockbuster.core import DEFAULT_GPU_MEMORY_FACTOR, DEFAULT_GPU_MODEL_BYTES
+    from blockbuster.core import (
+        DEFAULT_GPU_MEMORY_FACTOR,
+        DEFAULT_GPU_MODEL_BYTES,
+        GpuMemoryHinted,
+        GpuModelSized,
+    )
 
-    factor = float(getattr(fn, "gpu_memory_factor", DEFAULT_GPU_MEMORY_FACTOR))
-    model = int(getattr(fn, "gpu_model_bytes", DEFAULT_GPU_MODEL_BYTES))
+    factor = float(
+        fn.gpu_memory_factor if isinstance(fn, GpuMemoryHinted) else DEFAULT_GPU_MEMORY_FACTOR
+    )
+    model = int(fn.gpu_model_bytes if isinstance(fn, GpuModelSized) else DEFAULT_GPU_MODEL_BYTES)
     need = data.nbytes * factor + model
     mem = gpu_free_bytes()
     have = (
