@@ -5,7 +5,8 @@
    its 4096 per-tile labels (merge units, a sharded output); the pictures step's own
    seconds (``summary["timings"]["pictures"]``: sampling on the cluster, drawing,
    encoding, writing the PNGs; it runs between the relabel stage and the end of the flow)
-   over the run's wall time.
+   over the run's wall time; and, side by side, the same run with
+   ``BLOCKBUSTER_PICTURES=false`` (the whole difference, whatever stage it falls in).
 2. A fresh ``python`` process running a 16-tile job (256², tiles of 64², no client, no
    ``PREFECT_API_URL``) on a ``PREFECT_HOME`` that already exists: without ``blockbuster
    up`` (each process starts Prefect's temporary server) and with it; split into imports,
@@ -62,26 +63,30 @@ def cost(args) -> list[list]:
             ("merge_tile_labels", 4096, n // 64),
         ]
         for what, n_tiles, tile in cases:
-            walls, pics = [], []
+            src = C.image_path(n, tile) if what == "tile_process" else C.tile_labels_path(n, tile)
+            walls, pics, offs = [], [], []
             for _ in range(args.repeats):
-                out = C.fresh(f"pictures-{what}-{tile}.zarr")
-                t0 = time.perf_counter()
-                if what == "tile_process":
-                    _, s = tile_process(
-                        C.image_path(n, tile),
-                        C.threshold_label,
-                        tile_shape=(tile, tile),
-                        write_to=out,
-                        return_summary=True,
-                    )
-                else:
-                    _, s = merge_tile_labels(
-                        C.tile_labels_path(n, tile), write_to=out, return_summary=True
-                    )
-                walls.append(time.perf_counter() - t0)
-                pics.append(s["timings"].get("pictures", float("nan")))
-                C.discard(out)
-            w, p = C.median(walls), C.median(pics)
+                for on in (True, False):  # side by side: the same run without pictures
+                    os.environ["BLOCKBUSTER_PICTURES"] = "true" if on else "false"
+                    out = C.fresh(f"pictures-{what}-{tile}.zarr")
+                    t0 = time.perf_counter()
+                    if what == "tile_process":
+                        _, s_ = tile_process(
+                            src,
+                            C.threshold_label,
+                            tile_shape=(tile, tile),
+                            write_to=out,
+                            return_summary=True,
+                        )
+                    else:
+                        _, s_ = merge_tile_labels(src, write_to=out, return_summary=True)
+                    (walls if on else offs).append(time.perf_counter() - t0)
+                    if on:
+                        s = s_
+                        pics.append(s["timings"].get("pictures", float("nan")))
+                    C.discard(out)
+            os.environ.pop("BLOCKBUSTER_PICTURES", None)
+            w, p, off = C.median(walls), C.median(pics), C.median(offs)
             kb = s.get("pictures", {}).get("preview_bytes", 0) / 1024
             rows.append(
                 [
@@ -90,8 +95,10 @@ def cost(args) -> list[list]:
                     n_tiles,
                     f"{tile}²",
                     C.fmt_s(w),
+                    C.fmt_s(off),
                     C.fmt_s(p),
                     f"{100 * p / w:.1f} %",
+                    f"{100 * (w - off) / off:+.1f} %",
                     f"{kb:.0f} KB",
                     C.verdict(p / w < 0.03),
                 ]
@@ -182,8 +189,10 @@ def main() -> None:
                     "tiles",
                     "tile",
                     "run s",
-                    "pictures s",
-                    "share",
+                    "run without pictures s",
+                    "pictures step s",
+                    "step / run",
+                    "run vs without",
                     "preview",
                     "< 3 %",
                 ],

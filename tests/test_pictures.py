@@ -15,7 +15,7 @@ from PIL import Image
 from blockbuster.core import TILE_MAP_COLORS, label_colors, render_tile_map
 from blockbuster.io import encode_png
 from blockbuster.tasks import PREVIEW_FILE, TILE_MAP_FILE
-from blockbuster.worker import render_pictures, sample_regions
+from blockbuster.worker import render_pictures
 
 
 def rgb_of(path_or_bytes) -> np.ndarray:
@@ -124,21 +124,35 @@ def test_tile_map_marks_the_skipped_and_slow_tiles_and_seams_it_was_told_about()
     assert m[cell + 6, 3 * cell + 6].sum() > m[6, 1 * cell + 6].sum()
 
 
-def test_3d_preview_is_the_middle_plane(tmp_path):
+def test_3d_preview_is_the_middle_plane():
+    """Tiles sampled in memory (as the stages do) land where the middle plane's strided
+    pixels are; only the tiles crossing that plane give samples."""
+    from blockbuster.core import PreviewCanvas, TileGrid
+    from blockbuster.worker import sample_tile
+
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, (9, 40, 50)).astype(np.uint32)
     image = rng.random((9, 40, 50)).astype(np.float32)
-    path = str(tmp_path / "out.zarr")
-    zarr.create_array(store=path, data=labels, chunks=(3, 16, 16))
-    from blockbuster.core import TileGrid
-
-    grid = TileGrid((9, 40, 50), (3, 16, 16))
-    regions = [grid.core_bounds(n) for n in range(grid.n_tiles)]
-    got = sample_regions(regions, 3, 4, path, "t", None)
-    assert len(got) == 3 * 4  # only the tiles crossing plane 4 (z tiles 3..6)
-    pics = render_pictures(
-        [got], (14, 17), "uint32", [[], []], {**_tmap(grid)}, image_full=image[4, ::3, ::3]
-    )
+    canvas = PreviewCanvas(labels.shape, max_side=17)
+    assert canvas.params == (3, 4) and canvas.shape == (14, 17)
+    grid = TileGrid((9, 40, 50), (3, 16, 16), (1, 2, 2))  # a halo, as tiles are read
+    sampled = 0
+    for n in range(grid.n_tiles):
+        ext = grid.ext_slices(n)
+        core = grid.core_slices(n)
+        got = sample_tile(
+            grid.core_bounds(n), canvas.params, image[ext], origin=[s.start for s in ext]
+        )
+        lab = sample_tile(grid.core_bounds(n), canvas.params, labels[core])
+        assert (got is None) == (lab is None)
+        if got is not None:
+            sampled += 1
+            canvas.add_image(n, *got)
+            canvas.add_labels(*lab)
+    assert sampled == 3 * 4  # only the tiles crossing plane 4 (z tiles 3..6)
+    assert np.array_equal(canvas.labels, labels[4, ::3, ::3])
+    assert np.array_equal(canvas.image, image[4, ::3, ::3])
+    pics = render_pictures(canvas.labels, canvas.image, canvas.shape, [[], []], _tmap(grid))
     rgb = rgb_of(pics["preview"])
     assert np.array_equal(coloured(rgb, 10), labels[4, ::3, ::3] != 0)
 
@@ -174,3 +188,98 @@ def test_pictures_can_be_switched_off(tmp_path, monkeypatch):
     assert "pictures" not in summary
     assert not os.path.exists(os.path.join(out, PREVIEW_FILE))
     assert not os.path.exists(os.path.join(out, TILE_MAP_FILE))
+
+
+def _count_rereads(calls_dir: str) -> None:
+    """In this process: every strided re-read for the pictures leaves a file."""
+    import uuid
+
+    from blockbuster.worker import _pictures
+
+    real = getattr(_pictures.sample_regions, "real", _pictures.sample_regions)
+
+    def counted(*args, **kwargs):
+        with open(os.path.join(calls_dir, f"{os.getpid()}-{uuid.uuid4().hex}"), "w") as f:
+            f.write("sample_regions")
+        return real(*args, **kwargs)
+
+    counted.real = real
+    _pictures.sample_regions = counted
+
+
+def _uncount() -> None:
+    from blockbuster.worker import _pictures
+
+    _pictures.sample_regions = getattr(_pictures.sample_regions, "real", _pictures.sample_regions)
+
+
+@pytest.mark.parametrize("case", ["2d-overlap", "3d", "merge"])
+def test_pictures_read_nothing_again(tmp_path, client, caplog, case):
+    """The preview comes from the samples the stages took in memory: no strided re-read
+    of the output or the image (counted in every worker process), and the preview's
+    labels are the output's, strided (a 3D image: its middle plane)."""
+    import scipy.ndimage as ndi
+
+    from blockbuster import merge_tile_labels, tile_process
+
+    reads = tmp_path / "reads"
+    reads.mkdir()
+    client.run(_count_rereads, str(reads))
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    out = str(tmp_path / "labels.zarr")
+    try:
+        with caplog.at_level("INFO", logger="blockbuster"):
+            if case == "merge":  # stored per-tile labels, small tiles: merge units here
+                img = blobs((256, 256), seed=4)
+                per_tile = np.zeros(img.shape, np.int32)
+                for i in range(0, 256, 16):
+                    for j in range(0, 256, 16):
+                        per_tile[i : i + 16, j : j + 16] = ndi.label(img[i : i + 16, j : j + 16])[
+                            0
+                        ]
+                path = str(tmp_path / "tiles.zarr")
+                zarr.create_array(store=path, data=per_tile, chunks=(16, 16))
+                lab, summary = merge_tile_labels(path, write_to=out, return_summary=True)
+            elif case == "3d":  # a NumPy image: tiles computed by dask, middle plane
+                img = blobs((10, 60, 80), seed=3)
+                lab, summary = tile_process(
+                    img,
+                    CountingLabel(str(calls)),
+                    tile_shape=(4, 30, 40),
+                    write_to=out,
+                    return_summary=True,
+                )
+            else:  # a stored image, the overlap merge, sequential labels
+                img = blobs((180, 240), seed=6)
+                path = str(tmp_path / "image.zarr")
+                zarr.create_array(store=path, data=img, chunks=(60, 60))
+                lab, summary = tile_process(
+                    path,
+                    CountingLabel(str(calls)),
+                    tile_shape=(60, 60),
+                    overlap=8,
+                    merge="overlap",
+                    sequential_labels=True,
+                    write_to=out,
+                    return_summary=True,
+                )
+    finally:
+        client.run(_uncount)
+    assert os.listdir(reads) == []  # nothing read again on any worker
+    assert not [r for r in caplog.records if "again" in r.getMessage()]
+    labels = np.asarray(lab)
+    want = labels[labels.shape[0] // 2] if labels.ndim == 3 else labels
+    assert want.any()
+    rgb = rgb_of(summary["pictures"]["files"]["preview"])
+    assert rgb.shape[:2] == want.shape
+    assert np.array_equal(coloured(rgb), want != 0)
+    # the labels' own colours: the final ids (after the merge table), not the tiles'
+    top = np.zeros(want.shape, bool)
+    top[1:] = (want[1:] != want[:-1]) & (want[1:] != 0)
+    edges = summary["tile_shape"][-2:]
+    top[:: edges[0]] = False
+    top[:, :: edges[1]] = False
+    ys, xs = np.nonzero(top)
+    assert ys.size > 20
+    assert (rgb[ys, xs] == label_colors(want[ys, xs])).all()

@@ -43,6 +43,7 @@ from ._metrics import (
 from ._pictures import (
     MAX_SIDE,
     TILE_MAP_COLORS,
+    PreviewCanvas,
     label_colors,
     preview_step,
     render_preview,
@@ -80,6 +81,7 @@ __all__ = [
     "TILE_MAP_COLORS",
     "label_colors",
     "preview_step",
+    "PreviewCanvas",
     "render_preview",
     "render_tile_map",
     "sample_starts",

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "MAX_SIDE",
+    "PreviewCanvas",
     "label_colors",
     "preview_step",
     "render_preview",
@@ -106,6 +107,62 @@ def sample_starts(lo: int, hi: int, step: int) -> slice | None:
     if first >= hi:
         return None
     return slice(first - lo, hi - lo, step)
+
+
+class PreviewCanvas:
+    """The preview's pixels of an image of ``shape`` (spatial), filled tile by tile.
+
+    Every :attr:`step`-th pixel from 0 along each in-plane axis (:func:`preview_step`);
+    a 3D image is previewed in its middle plane (:attr:`plane`; None for 2D). Samples
+    arrive as ``(at, pixels)``: where they land (row, column) and the strided pixels.
+
+    Examples
+    --------
+    >>> c = PreviewCanvas((4, 8, 8), max_side=4)
+    >>> c.step, c.plane, c.shape
+    (2, 2, (4, 4))
+    >>> c.add_labels((0, 2), np.full((2, 2), 7, np.uint16))
+    >>> c.add_image(5, (0, 2), np.ones((2, 2)))
+    >>> int(c.labels.sum()), float(c.image.sum()), c.image_tiles
+    (28, 4.0, {5})
+    """
+
+    def __init__(self, shape: Sequence[int], max_side: int = MAX_SIDE) -> None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) not in (2, 3):
+            raise ValueError(f"pictures are drawn for 2D and 3D images, not shape {shape}")
+        self.plane: int | None = shape[0] // 2 if len(shape) == 3 else None
+        inplane = shape[-2:]
+        self.step = preview_step(inplane, max_side)
+        self.shape: tuple[int, ...] = tuple(-(-s // self.step) for s in inplane)
+        self.labels: NDArray[Any] | None = None
+        self.image: NDArray[np.float32] | None = None
+        #: the tiles whose image samples arrived
+        self.image_tiles: set[int] = set()
+
+    @property
+    def params(self) -> tuple[int, int | None]:
+        """``(step, plane)``: what a worker needs to sample a tile."""
+        return self.step, self.plane
+
+    def _box(self, at: Sequence[int], pixels: NDArray[Any]) -> tuple[tuple[slice, ...], Any]:
+        flat = pixels.reshape(pixels.shape[-2:])
+        return tuple(slice(a, a + s) for a, s in zip(at, flat.shape)), flat
+
+    def add_labels(self, at: Sequence[int], pixels: NDArray[Any]) -> None:
+        """Label samples (final ids) landing at ``at``."""
+        if self.labels is None:
+            self.labels = np.zeros(self.shape, pixels.dtype)
+        box, flat = self._box(at, pixels)
+        self.labels[box] = flat
+
+    def add_image(self, tile: int, at: Sequence[int], pixels: NDArray[Any]) -> None:
+        """Image samples of tile ``tile`` (channels already reduced) landing at ``at``."""
+        if self.image is None:
+            self.image = np.zeros(self.shape, np.float32)
+        box, flat = self._box(at, pixels)
+        self.image[box] = flat
+        self.image_tiles.add(int(tile))
 
 
 def label_colors(ids: NDArray[Any]) -> NDArray[Any]:

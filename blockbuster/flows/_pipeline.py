@@ -32,12 +32,12 @@ from blockbuster.tasks import (
     empty_stage,
     finalize_stage,
     lut_stage,
-    make_pictures,
     plan_stage,
     publish_tiles_table,
     relabel_stage,
     scan_stage,
     segment_stage,
+    start_pictures,
     start_relabel,
     start_scan,
     start_segment,
@@ -118,7 +118,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
                 len(dropped),
                 dropped,
             )
-    pictures = make_pictures(job, records, scan["seams"], rel["dtype"])
+    pictures_work = start_pictures(job, records, scan["seams"], rel["dtype"])
     tiles = TileGrid(plan.grid.shape, plan.out_chunks)  # merge units: their tiles
     n_voxels = 1
     for s in plan.grid.shape:
@@ -161,10 +161,14 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
         for a, b, d, m, u, s in scan["seams"]
     ]
-    if pictures is not None:
-        summary["pictures"] = pictures
     if not job.out.temporary:  # the full per-tile table (the artifact is capped)
         job.out.write_file(TILES_CSV, tiles_csv(records, scan["seams"]))
+    # the pictures were drawn meanwhile; in the output before it is marked complete
+    pictures = pictures_work.result()
+    if pictures is not None:
+        summary["pictures"] = pictures
+        summary["timings"]["pictures"] = job.timings["pictures"]
+    summary["timings"]["pictures_wait"] = job.timings.get("pictures_wait", 0.0)
     finalize_stage(job, summary, keep_staging)
     return summary
 

@@ -14,7 +14,16 @@ from ._local_server import (
     stop_local_server,
     use_local_server,
 )
-from ._pictures import PREVIEW_FILE, PREVIEW_KEY, TILE_MAP_FILE, TILE_MAP_KEY, make_pictures
+from ._pictures import (
+    PREVIEW_FILE,
+    PREVIEW_KEY,
+    TILE_MAP_FILE,
+    TILE_MAP_KEY,
+    PicturesWork,
+    make_pictures,
+    preview_canvas,
+    start_pictures,
+)
 from ._plan import plan_stage
 from ._prefect_compat import (
     ensure_api,
@@ -55,6 +64,9 @@ __all__ = [
     "local_server",
     "lut_stage",
     "make_pictures",
+    "start_pictures",
+    "preview_canvas",
+    "PicturesWork",
     "plan_stage",
     "prefect_client_context",
     "publish_tiles_table",

@@ -18,6 +18,7 @@ from blockbuster.worker import empty_tiles
 
 from ._common import stage_task
 from ._job import Job
+from ._pictures import preview_canvas
 from ._progress import StageProgress
 
 __all__ = ["empty_stage", "start_empty", "wants_empty_stage"]
@@ -34,11 +35,13 @@ def start_empty(job: Job, todo: list[int]) -> StageWork:
     client = job.client()
     nthreads = client_threads(client)
     batches = split_batches(todo, nthreads, tile_voxels=plan.grid.tile_voxels)
+    canvas = preview_canvas(job)  # the empty tiles' image samples come back from here
+    preview = canvas.params if canvas is not None else None
     return StageWork.submit(
         client,
         empty_tiles,
         batches,
-        lambda b: lambda: (plan, b, reader),
+        lambda b: lambda: (plan, b, reader, preview),
         name="estimate-empty",
         window=2 * nthreads + 2,
         info={"todo": todo},
@@ -53,10 +56,20 @@ def empty_stage(job: Job, todo: list[int]) -> np.ndarray:
     work = job.take_started("estimate-empty") or start_empty(job, todo)
     bar = StageProgress("estimate-empty", work.n_tiles, bar=job.progress)
     batches = work.batches
+    canvas = preview_canvas(job)
+
+    def done(i, r):
+        if isinstance(r, tuple):  # (flags, the empty tiles' image samples)
+            for n, at, pixels in r[1]:
+                if canvas is not None:
+                    canvas.add_image(n, at, pixels)
+        bar.update(len(batches[i]))
+
     try:
-        flags = work.gather(lambda i, r: bar.update(len(batches[i])))
+        results = work.gather(done)
     finally:
         bar.close()
+    flags = [r[0] if isinstance(r, tuple) else r for r in results]
     empty = np.zeros(plan.grid.n_tiles, dtype=bool)
     for batch, got in zip(batches, flags):
         empty[list(batch)] = got

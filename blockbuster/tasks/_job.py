@@ -43,6 +43,7 @@ class Job(BaseModel):
     _reporter: Any = PrivateAttr(default=None)
     _progress_artifact: Any = PrivateAttr(default=None)
     _finished: dict | None = PrivateAttr(default=None)
+    _preview: Any = PrivateAttr(default=False)
 
     @classmethod
     def create(
@@ -135,6 +136,16 @@ class Job(BaseModel):
     @property
     def resources(self) -> dict | None:
         return self._resources
+
+    @property
+    def preview(self) -> Any:
+        """The run's :class:`~blockbuster.core.PreviewCanvas` (None: no pictures; False:
+        not decided yet; tasks/_pictures.py's ``preview_canvas`` decides)."""
+        return self._preview
+
+    @preview.setter
+    def preview(self, canvas: Any) -> None:
+        self._preview = canvas
 
     @property
     def details(self) -> dict:

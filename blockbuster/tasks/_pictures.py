@@ -1,15 +1,24 @@
-"""The pictures of a run: a preview of the labels over the image and a tile map, built on
-the cluster, written into the output and published as Prefect artifacts.
+"""The pictures of a run: a preview of the labels over the image and a tile map, made from
+samples the stages took while the tiles were in memory, written into the output and
+published as Prefect artifacts.
 
-- Built on the cluster: the workers read the output (and a stored image) region by
-  region, one output chunk or shard at a time, and keep every ``step``-th pixel
-  (:func:`blockbuster.worker.sample_regions`; a dask or NumPy image is strided by dask);
-  one more task assembles, draws (:mod:`blockbuster.core`) and encodes both pictures
-  (:func:`blockbuster.worker.render_pictures`). The driver receives two PNGs, a few
-  hundred KB at most: each is at most :data:`~blockbuster.core.MAX_SIDE` pixels on its
-  longest side. A 3D image is previewed in its middle plane (not a maximum projection:
-  labels of different depths would overwrite each other's colours), and only the tiles
-  that cross that plane are read.
+- Sampled where the tiles already are, so nothing is read again: the segment stage keeps
+  every ``step``-th pixel of each image tile it reads (channels reduced by their
+  maximum), the relabel stage of each output tile it writes (the final ids, whatever the
+  merge: touch, overlap, merge units, ``sequential_labels``); a few KB per tile come back
+  with each batch's result (:func:`blockbuster.worker.sample_tile`), into the run's
+  :class:`~blockbuster.core.PreviewCanvas` (:func:`preview_canvas`). Skipped tiles are
+  background (their output reads as 0). The image of tiles no segment batch read in this
+  run (resumed from an earlier run, skipped by the estimate-empty stage, or a segment
+  stage answered from Prefect's cache) is the one thing read again, strided
+  (:func:`blockbuster.worker.sample_regions`). Each picture is at most
+  :data:`~blockbuster.core.MAX_SIDE` pixels on its longest side. A 3D image is
+  previewed in its middle plane (not a maximum projection: labels of different depths
+  would overwrite each other's colours): only tiles crossing it are sampled.
+- Drawn and encoded (:func:`blockbuster.worker.render_pictures`) in a background thread
+  of the driver started as soon as the relabel stage ends (:func:`start_pictures`),
+  while the flow writes the tile table and builds the summary; the flow waits for it
+  before it marks the output complete, so a complete output always holds both PNGs.
 - Written into the output, next to its arrays (``blockbuster-preview.png``,
   ``blockbuster-tiles.png``; zarr ignores other files): the output is the one place a
   run is sure it created, so no file of the user's is ever replaced (docs/security.md).
@@ -20,15 +29,19 @@ the cluster, written into the output and published as Prefect artifacts.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from blockbuster.cluster import client_threads, split_batches
-from blockbuster.core import TILE_MAP_COLORS, TileGrid, preview_step, slow_tiles
-from blockbuster.io import data_url, is_url, write_png
-from blockbuster.worker import render_pictures, sample_regions
+from blockbuster.core import TILE_MAP_COLORS, PreviewCanvas, TileGrid, slow_tiles
+from blockbuster.io import data_url, full_slices, is_url, write_png
+from blockbuster.worker import region_samples, render_pictures, sample_regions
 
 from ._job import Job
 
@@ -38,6 +51,9 @@ __all__ = [
     "PREVIEW_FILE",
     "TILE_MAP_FILE",
     "make_pictures",
+    "start_pictures",
+    "preview_canvas",
+    "PicturesWork",
     "seam_warnings",
 ]
 
@@ -70,81 +86,147 @@ def seam_warnings(seams: list[tuple]) -> list[tuple[int, int, str]]:
     return out
 
 
+def preview_canvas(job: Job) -> PreviewCanvas | None:
+    """The run's preview canvas, made on first use: None when the run makes no pictures
+    (``BLOCKBUSTER_PICTURES=false``, or an image neither 2D nor 3D). The segment and
+    relabel stages ask for it to tell their workers what to sample."""
+    if job.preview is False:
+        from blockbuster.config import runtime_settings
+
+        shape = tuple(job.plan.grid.shape)
+        job.preview = (
+            PreviewCanvas(shape) if runtime_settings().pictures and len(shape) in (2, 3) else None
+        )
+    return job.preview
+
+
+class PicturesWork:
+    """The run's pictures being made in a background thread (:func:`start_pictures`);
+    :meth:`result` waits for them."""
+
+    def __init__(self, job: Job, future: Future | None) -> None:
+        self.job, self.future = job, future
+
+    def result(self) -> dict[str, Any] | None:
+        """Where the pictures are and what they cost, or None (none made; a failure is
+        logged: pictures never fail a run). ``job.timings``: ``pictures`` (their own
+        seconds, in the background) and ``pictures_wait`` (how long the flow waited)."""
+        if self.future is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            got = self.future.result()
+        except Exception:
+            log.warning("could not make the run's pictures", exc_info=True)
+            return None
+        finally:
+            self.job.timings["pictures_wait"] = round(time.perf_counter() - t0, 4)
+        self.job.timings["pictures"] = got["seconds"]
+        return got
+
+
+def start_pictures(
+    job: Job, records: list[dict[str, Any]], seams: list[tuple], dtype: str
+) -> PicturesWork:
+    """Start making the run's pictures in a background thread of the driver: assemble,
+    draw, encode, write both PNGs into the output and publish them. The samples are
+    already here (the segment and relabel stages returned them); only what no stage held
+    is read again. ``records``: the segment stage's, one per tile (or merge unit);
+    ``seams``: the merge table stage's; ``dtype``: the output's. The flow waits for it
+    (:meth:`PicturesWork.result`) before it marks the output complete."""
+    canvas = preview_canvas(job)
+    if canvas is None:
+        return PicturesWork(job, None)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-pictures")
+    # the flow run's context (contextvars) goes along: the artifacts are the run's
+    ctx = contextvars.copy_context()
+    fut = pool.submit(ctx.run, _timed, job, canvas, records, seams, dtype)
+    pool.shutdown(wait=False)
+    return PicturesWork(job, fut)
+
+
 def make_pictures(
     job: Job, records: list[dict[str, Any]], seams: list[tuple], dtype: str
 ) -> dict[str, Any] | None:
-    """Build, write and publish the run's pictures; returns where they are and what they
-    cost (``seconds``), or None when they could not be made (logged: pictures never fail
-    a run). ``records``: the segment stage's, one per tile (or merge unit); ``seams``:
-    the merge table stage's; ``dtype``: the output's."""
-    from blockbuster.config import runtime_settings
+    """:func:`start_pictures`, waited for: where the pictures are and what they cost
+    (``seconds``), or None when none were made."""
+    return start_pictures(job, records, seams, dtype).result()
 
-    if not runtime_settings().pictures:
-        return None
+
+def _timed(job: Job, canvas: PreviewCanvas, records, seams, dtype) -> dict[str, Any]:
     t0 = time.perf_counter()
-    try:
-        got = _make(job, records, seams, dtype)
-    except Exception:
-        log.warning("could not make the run's pictures", exc_info=True)
-        return None
+    got = _make(job, canvas, records, seams, dtype)
     got["seconds"] = round(time.perf_counter() - t0, 4)
-    job.timings["pictures"] = got["seconds"]
     return got
 
 
-def _make(
-    job: Job, records: list[dict[str, Any]], seams: list[tuple], dtype: str
-) -> dict[str, Any]:
-    plan, src, out = job.plan, job.source, job.out
-    shape = tuple(plan.grid.shape)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"pictures are drawn for 2D and 3D images, not shape {shape}")
-    plane = shape[0] // 2 if len(shape) == 3 else None
-    inplane = shape[-2:]
-    step = preview_step(inplane)
-    preview_shape = tuple(-(-s // step) for s in inplane)
+def _missing_image(job: Job, canvas: PreviewCanvas) -> None:
+    """Read again the image samples of the tiles no segment batch returned: tiles resumed
+    from an earlier run, skipped by the estimate-empty stage, or a segment stage answered
+    from Prefect's cache. The only strided re-read left (of the image; the labels always
+    come from the relabel stage)."""
+    plan, src = job.plan, job.source
+    g = plan.grid
+    step, plane = canvas.params
+    todo = [
+        n
+        for n in range(g.n_tiles)
+        if n not in canvas.image_tiles
+        and region_samples(g.core_bounds(n), step, plane) is not None
+    ]
+    if not todo:
+        return
+    log.info("pictures: reading the image of %d tiles again (no stage held it)", len(todo))
     client = job.client()
-    # regions: output chunks, or shards when the output is sharded
-    regions_grid = TileGrid(shape, plan.out_shards or plan.out_chunks)
-    regions = [
-        regions_grid.core_bounds(n)
-        for n in range(regions_grid.n_tiles)
-        if plane is None
-        or regions_grid.core_bounds(n)[0][0] <= plane < regions_grid.core_bounds(n)[0][1]
-    ]
-    with_image = job.tile_fn is not None  # a merge's input is labels, not an image
-    reader = src.reader if with_image and src.kind == "stored" else None
-    image_full = None
-    if with_image and src.kind != "stored":
-        from blockbuster.io import full_slices
+    ca = src.channel_axis
+    if src.kind == "stored":
+        batches = split_batches(todo, client_threads(client), max_batch=256)
+        futures = [
+            client.submit(
+                sample_regions,
+                [g.core_bounds(n) for n in b],
+                step,
+                plane,
+                None,
+                "",
+                src.reader,
+                ca,
+                pure=False,
+                key=f"blockbuster-pictures-sample-{job.run_key}-{k}",
+            )
+            for k, b in enumerate(batches)
+        ]
+        for b, f in zip(batches, futures):
+            for n, (at, _, img) in zip(b, f.result()):
+                canvas.add_image(n, at, img)
+            f.release()
+        return
+    arr = src.dask_array
+    parts = []
+    for n in todo:
+        read, pick, at = region_samples(g.core_bounds(n), step, plane)
+        part = arr[full_slices(read, ca)]
+        if ca is not None:
+            part = part.max(axis=ca)
+        parts.append((n, at, part[pick]))
+    if "NumPy array" in src.description:  # in the driver's memory: strided views
+        got = [p.compute(scheduler="sync") for _, _, p in parts]
+    else:
+        got = client.gather(client.compute([p for _, _, p in parts]))
+    for (n, at, _), img in zip(parts, got):
+        canvas.add_image(n, at, np.asarray(img))
 
-        spatial = tuple(slice(None, None, step) for _ in inplane)
-        if plane is not None:
-            spatial = (plane,) + spatial
-        ca = src.channel_axis
-        arr = src.dask_array[full_slices(spatial, ca)]
-        if ca is not None:  # the plane's integer index drops axis 0 before a later channel
-            arr = arr.max(axis=ca if plane is None or ca == 0 else ca - 1)
-        if "NumPy array" in src.description:  # in the driver's memory: a strided view
-            image_full = arr.compute(scheduler="sync")
-        else:
-            image_full = client.compute(arr)
-    batches = split_batches(list(range(len(regions))), client_threads(client), max_batch=256)
-    futures = [
-        client.submit(
-            sample_regions,
-            [regions[i] for i in b],
-            step,
-            plane,
-            out.array_path,
-            out.token,
-            reader,
-            src.channel_axis,
-            pure=False,
-            key=f"blockbuster-pictures-sample-{job.run_key}-{k}",
-        )
-        for k, b in enumerate(batches)
-    ]
+
+def _make(
+    job: Job, canvas: PreviewCanvas, records: list[dict[str, Any]], seams: list[tuple], dtype: str
+) -> dict[str, Any]:
+    plan, out = job.plan, job.out
+    shape = tuple(plan.grid.shape)
+    step, plane = canvas.params
+    inplane = shape[-2:]
+    with_image = job.tile_fn is not None  # a merge's input is labels, not an image
+    if with_image:
+        _missing_image(job, canvas)
     # the tile map: tiles of the plan's grid (merge units, when the merge made them)
     g = plan.grid
     by_tile = {int(r["tile"]): r for r in records}
@@ -167,19 +249,12 @@ def _make(
         "slow": slow,
         "seam_warnings": [(a, b) for a, b, _ in warn],
     }
-    rendered = client.submit(
-        render_pictures,
-        futures,
-        preview_shape,
-        str(dtype),
-        tile_edges,
-        tile_map,
-        image_full,
-        pure=False,
-        key=f"blockbuster-pictures-render-{job.run_key}",
-    ).result()
-    for f in futures:
-        f.release()
+    lab = canvas.labels
+    if lab is not None and lab.dtype != np.dtype(dtype):
+        lab = lab.astype(dtype)
+    rendered = render_pictures(
+        lab, canvas.image if with_image else None, canvas.shape, tile_edges, tile_map
+    )
     files = {}
     if is_url(out.path) and not out.temporary:  # into the output in the object store
         files = {

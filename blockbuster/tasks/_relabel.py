@@ -12,6 +12,7 @@ from blockbuster.worker import relabel_tiles, table_luts
 
 from ._common import stage_task, tiles_word
 from ._job import Job
+from ._pictures import preview_canvas
 from ._progress import StageProgress
 
 __all__ = ["relabel_stage", "start_relabel"]
@@ -37,6 +38,8 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None  # labels read from the input
     records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
+    canvas = preview_canvas(job)  # each tile written returns its samples (final ids)
+    preview = canvas.params if canvas is not None else None
     return StageWork.submit(
         client,
         relabel_tiles,
@@ -50,6 +53,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
                 token,
                 reader,
                 [bool(records[n].get("ids_1_to_n")) for n in b],
+                preview,
             )
         ),
         name="relabel",
@@ -71,10 +75,20 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
         artifact=job.progress_artifact,
         span=(90.0, 100.0),
     )
+    canvas = preview_canvas(job)
+
+    def done(i, r):
+        if isinstance(r, tuple):  # (voxels, the preview's samples of the batch's tiles)
+            for at, pixels in r[1]:
+                if canvas is not None:
+                    canvas.add_labels(at, pixels)
+        bar.update(len(batches[i]))
+
     try:
-        voxels = work.gather(lambda i, r: bar.update(len(batches[i])))
+        results = work.gather(done)
     finally:
         bar.close()
+    voxels = [r[0] if isinstance(r, tuple) else r for r in results]
     job.timings["relabel"] = time.perf_counter() - work.started
     n_tiles = work.n_tiles
     get_run_logger().info(

@@ -17,11 +17,12 @@ from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork, client_threads, slots, split_batches
 from blockbuster.io import full_slices
-from blockbuster.worker import segment_tiles
+from blockbuster.worker import PREVIEW_FIELD, segment_tiles
 
 from ._common import stage_task, tiles_word
 from ._empty import start_empty, wants_empty_stage
 from ._job import Job
+from ._pictures import preview_canvas
 from ._progress import StageProgress
 
 __all__ = ["segment_stage", "start_segment", "start_first", "unfinished_tiles"]
@@ -58,11 +59,13 @@ def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
     batches = split_batches(
         todo, nthreads, tile_voxels=plan.grid.tile_voxels if fn is None else None
     )
+    canvas = preview_canvas(job)  # each tile read returns its image samples
+    preview = canvas.params if canvas is not None and fn is not None else None
     if src.kind == "stored":
 
         def args_for(batch):
             flags = None if empty is None else [bool(empty[n]) for n in batch]
-            return lambda: (plan, fn, batch, src.reader, None, flags)
+            return lambda: (plan, fn, batch, src.reader, None, flags, preview)
     else:
         arr = src.dask_array
 
@@ -71,7 +74,7 @@ def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
                 datas = client.compute(
                     [arr[full_slices(plan.grid.ext_slices(n), plan.channel_axis)] for n in batch]
                 )
-                return (plan, fn, batch, None, datas)
+                return (plan, fn, batch, None, datas, None, preview)
 
             return make
 
@@ -113,8 +116,13 @@ def segment_stage(job: Job, empty: np.ndarray | None = None) -> list[dict[str, A
         span=(0.0, 90.0),
     )
 
+    canvas = preview_canvas(job)
+
     def done(i, recs):
         for r in recs:
+            sampled = r.pop(PREVIEW_FIELD, None)  # kept off the record (and the cache)
+            if sampled is not None and canvas is not None:
+                canvas.add_image(r["tile"], *sampled)
             records[r["tile"]] = r
         bar.update(len(recs))
 

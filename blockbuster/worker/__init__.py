@@ -10,8 +10,9 @@ from ._memory import (
     Scratch,
     keep_freed_memory,
 )
-from ._pictures import region_samples, render_pictures, sample_regions
+from ._pictures import region_samples, render_pictures, sample_regions, sample_tile
 from ._tile_ops import (
+    PREVIEW_FIELD,
     call_fn,
     empty_tiles,
     relabel_tiles,
@@ -22,6 +23,7 @@ from ._tile_ops import (
 )
 
 __all__ = [
+    "PREVIEW_FIELD",
     "call_fn",
     "free_gpu_cache",
     "gpu_free_bytes",
@@ -34,6 +36,7 @@ __all__ = [
     "render_pictures",
     "run_locally",
     "sample_regions",
+    "sample_tile",
     "scan_tiles",
     "segment_one",
     "segment_tiles",

@@ -1,10 +1,13 @@
-"""What workers do for a run's pictures: a strided read of regions of the output labels
-and of the image (:func:`sample_regions`).
+"""What workers do for a run's pictures: keep every ``step``-th pixel of what they
+already hold (:func:`sample_tile`), or, where nothing holds it any more, read it again
+(:func:`sample_regions`); and draw and encode both pictures (:func:`render_pictures`).
 
 The preview keeps every ``step``-th pixel from 0 along each in-plane axis (for 3D, of the
-middle plane only). A region is one output chunk (one shard when the output is
-sharded), so the read goes through the direct chunk-file path and no chunk is read
-twice; only the sampled pixels leave the worker.
+middle plane only). The segment stage samples each image tile it reads, the relabel stage
+each output tile it writes (the final ids), so a run reads nothing again for its
+pictures. :func:`sample_regions` (a strided read of regions of the output and of the
+image, one output chunk or shard at a time) remains for what no stage held: the image of
+tiles resumed from an earlier run or skipped by the estimate-empty stage.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from blockbuster.core import sample_starts
 from blockbuster.io import full_slices, open_zarr_array_cached, read_region
 
-__all__ = ["render_pictures", "sample_regions", "region_samples"]
+__all__ = ["render_pictures", "sample_regions", "region_samples", "sample_tile"]
 
 
 def region_samples(
@@ -59,63 +62,97 @@ def region_samples(
     return tuple(read), tuple(pick), tuple(at)
 
 
+def sample_tile(
+    bounds: Sequence[tuple[int, int]],
+    preview: tuple[int, int | None],
+    data: np.ndarray,
+    origin: Sequence[int] | None = None,
+    channel_axis: int | None = None,
+) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """The preview's samples of the region ``bounds`` (spatial ``(lo, hi)`` per axis) from
+    ``data``, an array in memory covering it from ``origin`` (default: the region's low
+    corner; a tile with its halo starts lower). ``preview``: ``(step, plane)``
+    (:attr:`blockbuster.core.PreviewCanvas.params`). Channels are reduced by their
+    maximum. Returns ``(position in the preview, samples)``, or None when the region
+    holds no sampled pixel.
+
+    Examples
+    --------
+    >>> data = np.arange(100).reshape(10, 10)
+    >>> at, got = sample_tile([(2, 8), (4, 10)], (4, None), data[1:9, 3:10], origin=(1, 3))
+    >>> at, got.tolist()
+    ((1, 1), [[44, 48]])
+    """
+    rs = region_samples(bounds, preview[0], preview[1])
+    if rs is None:
+        return None
+    read, pick, at = rs
+    o = [lo for lo, _ in bounds] if origin is None else [int(v) for v in origin]
+    local = tuple(slice(r.start - a, r.stop - a) for r, a in zip(read, o))
+    raw = data[full_slices(local, channel_axis)]
+    if channel_axis is not None:
+        raw = raw.max(axis=channel_axis)
+    return at, np.array(raw[pick])  # a copy: ``data`` may be a buffer used again
+
+
 def sample_regions(
     regions: Sequence[Sequence[tuple[int, int]]],
     step: int,
     plane: int | None,
-    out_path: str,
+    out_path: str | None,
     out_token: str,
     image_reader=None,
     channel_axis: int | None = None,
-) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray | None]]:
-    """Strided samples of the output labels (and of the image, when ``image_reader`` is
-    given: a stored image's reader; channels are reduced by their maximum) for each
-    region; returns ``(position in the preview, labels, image)`` per region that holds
-    samples."""
-    arr = open_zarr_array_cached(out_path, out_token, "r")
+) -> list[tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]]:
+    """Strided samples of the output labels (None: not read) and of the image (when
+    ``image_reader`` is given: a stored image's reader; channels are reduced by their
+    maximum) for each region; returns ``(position in the preview, labels, image)`` per
+    region that holds samples."""
+    arr = open_zarr_array_cached(out_path, out_token, "r") if out_path is not None else None
     got = []
     for bounds in regions:
         rs = region_samples(bounds, step, plane)
         if rs is None:
             continue
         read, pick, at = rs
-        lab = np.asarray(read_region(arr, read))[pick]
+        lab = None
+        if arr is not None:
+            lab = np.ascontiguousarray(np.asarray(read_region(arr, read))[pick])
         img = None
         if image_reader is not None:
             raw = np.asarray(image_reader.read(full_slices(read, channel_axis)))
             if channel_axis is not None:
                 raw = raw.max(axis=channel_axis)
             img = raw[pick]
-        got.append((at, np.ascontiguousarray(lab), img))
+        got.append((at, lab, img))
     return got
 
 
 def render_pictures(
-    sampled: Sequence[list],
-    preview_shape: tuple[int, int],
-    labels_dtype: str,
+    labels: np.ndarray | None,
+    image: np.ndarray | None,
+    preview_shape: Sequence[int],
     tile_edges: Sequence[Sequence[int]],
     tile_map: dict[str, Any],
-    image_full: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Assemble the samples of :func:`sample_regions` (one list per batch) into the
-    preview, draw it and the tile map (:mod:`blockbuster.core`), and encode both as PNG.
-    ``image_full``: the whole downsampled image, for images not read region by region
-    (dask and NumPy images). Returns ``{"preview": bytes, "tile_map": bytes, "preview_shape": ..., "tile_map_shape": ...}``.
+    """Draw the preview (``labels`` over ``image``, both of ``preview_shape``; None: all
+    background, or black) and the tile map (:mod:`blockbuster.core`), and encode both as
+    PNG. Returns ``{"preview": bytes, "tile_map": bytes, "preview_shape": ...,
+    "tile_map_shape": ...}``.
+
+    Examples
+    --------
+    >>> lab = np.zeros((8, 8), np.uint32); lab[2:5, 2:5] = 3
+    >>> tm = {"grid_shape": (1, 1), "labels": [1], "seconds": [0.1], "skipped": [False]}
+    >>> got = render_pictures(lab, None, (8, 8), [[], []], tm)
+    >>> got["preview"][:4], got["preview_shape"]
+    (b'\\x89PNG', (8, 8))
     """
     from blockbuster.core import render_preview, render_tile_map
     from blockbuster.io import encode_png
 
-    labels = np.zeros(preview_shape, np.dtype(labels_dtype))
-    image = None if image_full is None else np.asarray(image_full, np.float32)
-    for batch in sampled:
-        for at, lab, img in batch:
-            box = tuple(slice(a, a + s) for a, s in zip(at, lab.shape[-2:]))
-            labels[box] = lab.reshape(lab.shape[-2:])
-            if img is not None and image_full is None:
-                if image is None:
-                    image = np.zeros(preview_shape, np.float32)
-                image[box] = img.reshape(img.shape[-2:])
+    if labels is None:
+        labels = np.zeros(tuple(preview_shape), np.uint8)
     preview = render_preview(image, labels, tile_edges=tile_edges)
     tmap = render_tile_map(**tile_map)
     return {

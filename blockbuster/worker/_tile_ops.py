@@ -47,8 +47,13 @@ from blockbuster.io import (
 
 from ._gpu_memory import free_gpu_cache, gpu_free_bytes, is_cuda_oom
 from ._memory import Scratch, keep_freed_memory
+from ._pictures import sample_tile
 
-__all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn"]
+__all__ = ["segment_tiles", "scan_tiles", "relabel_tiles", "call_fn", "PREVIEW_FIELD"]
+
+#: a record's key holding its tile's image samples for the run's preview, ``(at, pixels)``
+#: (:func:`sample_tile`): returned with the record, never staged
+PREVIEW_FIELD = "_preview"
 
 # output chunks of a relabel batch are written together, up to this many bytes at once
 WRITE_GROUP_BYTES = 64 << 20
@@ -190,25 +195,73 @@ def _skip(plan: RunPlan, n: int, staging: Staging) -> dict[str, Any]:
 
 
 @_batch
-def empty_tiles(plan: RunPlan, tiles: Sequence[int], reader) -> list[bool]:
+def empty_tiles(
+    plan: RunPlan,
+    tiles: Sequence[int],
+    reader,
+    preview: tuple[int, int | None] | None = None,
+) -> list[bool] | tuple[list[bool], list[tuple[int, tuple[int, ...], np.ndarray]]]:
     """Whether each tile's core holds no pixel above the run's empty threshold (the
-    estimate-empty stage; the segment stage then never reads those tiles)."""
+    estimate-empty stage; the segment stage then never reads those tiles).
+
+    ``preview``: ``(step, plane)`` of the run's preview: returns ``(flags, samples)``,
+    the image samples ``(tile, at, pixels)`` of the empty tiles (the segment stage, which
+    never reads them, samples the others)."""
     thr = plan.empty_threshold if plan.empty_threshold is not None else 0
     out = []
+    samples = []
     for n in tiles:
         core = reader.read(_core_region(plan, n))
-        out.append(core.size == 0 or not bool((core > thr).any()))
-    return out
+        empty = core.size == 0 or not bool((core > thr).any())
+        out.append(empty)
+        if empty and preview is not None:
+            got = sample_tile(
+                plan.grid.core_bounds(n), preview, core, channel_axis=plan.channel_axis
+            )
+            if got is not None:
+                samples.append((n, *got))
+    return out if preview is None else (out, samples)
 
 
 def segment_one(
-    plan: RunPlan, fn: Callable, n: int, data: np.ndarray, staging: Staging
+    plan: RunPlan,
+    fn: Callable,
+    n: int,
+    data: np.ndarray,
+    staging: Staging,
+    preview: tuple[int, int | None] | None = None,
 ) -> dict[str, Any]:
-    """Segment tile ``n`` from its extended ``data``; stage it; return its record."""
+    """Segment tile ``n`` from its extended ``data``; stage it; return its record (with
+    the tile's image samples for the preview when ``preview`` is given)."""
     rec, labels = _run_fn(plan, fn, n, data)
     if labels is None:
-        return _skip(plan, n, staging)
-    return _stage_labels(plan, fn, n, rec, labels, staging)
+        out = _skip(plan, n, staging)
+    else:
+        out = _stage_labels(plan, fn, n, rec, labels, staging)
+    return _with_samples(plan, n, data, out, preview)
+
+
+def _with_samples(
+    plan: RunPlan,
+    n: int,
+    data: np.ndarray,
+    rec: dict[str, Any],
+    preview: tuple[int, int | None] | None,
+) -> dict[str, Any]:
+    """``rec`` (already staged) with tile ``n``'s image samples under
+    :data:`PREVIEW_FIELD`, taken from its extended ``data`` in memory."""
+    if preview is not None:
+        g = plan.grid
+        got = sample_tile(
+            g.core_bounds(n),
+            preview,
+            data,
+            origin=[lo for lo, _ in g.ext_bounds(n)],
+            channel_axis=plan.channel_axis,
+        )
+        if got is not None:
+            rec[PREVIEW_FIELD] = got
+    return rec
 
 
 def _run_fn(
@@ -315,10 +368,13 @@ def segment_tiles(
     reader=None,
     datas: Sequence[np.ndarray] | None = None,
     empty: Sequence[bool] | None = None,
+    preview: tuple[int, int | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Segment a batch of tiles, skipping those already finished (resume) and those the
     estimate-empty stage found empty (``empty``: one flag per tile; they are staged as
-    skipped without being read)."""
+    skipped without being read). ``preview``: ``(step, plane)`` of the run's preview:
+    each tile read here returns its image samples with its record
+    (:data:`PREVIEW_FIELD`; not for merges, whose input is labels)."""
     staging = Staging(plan.staging_root)
     out = []
     todo = []
@@ -361,11 +417,13 @@ def segment_tiles(
         inputs = read_many(regions) if read_many is not None else (reader.read(r) for r in regions)
     try:
         with staging:
+            if fn is None:
+                preview = None  # a merge's input is labels: the relabel stage samples them
             if fn is not None and _uses_gpu(fn) and len(todo) > 1:
-                out.extend(_segment_pipelined(plan, fn, todo, inputs, staging))
+                out.extend(_segment_pipelined(plan, fn, todo, inputs, staging, preview))
             else:
                 for (_, n), data in zip(todo, inputs):
-                    out.append(segment_one(plan, fn, n, np.asarray(data), staging))
+                    out.append(segment_one(plan, fn, n, np.asarray(data), staging, preview))
     finally:
         _SCRATCH.clear()
     return out
@@ -384,7 +442,12 @@ def _uses_gpu(fn: Callable) -> bool:
 
 
 def _segment_pipelined(
-    plan: RunPlan, fn: Callable, todo: list[tuple[int, int]], inputs, staging: Staging
+    plan: RunPlan,
+    fn: Callable,
+    todo: list[tuple[int, int]],
+    inputs,
+    staging: Staging,
+    preview: tuple[int, int | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Keep a GPU busy: one thread reads and decodes the next tiles
     (:data:`READ_AHEAD`), this thread only calls ``fn``, and one thread checks, compacts
@@ -433,20 +496,22 @@ def _segment_pipelined(
                         raise item
                     n, data = item
                     rec, labels = _run_fn(plan, fn, n, data)
+                    sampled = _with_samples(plan, n, data, {}, preview)
                     del data
                     if labels is None:
-                        pending.append(writer.submit(_skip, plan, n, staging))
+                        fut = writer.submit(_skip, plan, n, staging)
                     else:
-                        pending.append(
-                            writer.submit(_stage_labels, plan, fn, n, rec, labels, staging)
-                        )
+                        fut = writer.submit(_stage_labels, plan, fn, n, rec, labels, staging)
+                    pending.append((fut, sampled))
                     del labels
                     while len(pending) > WRITE_BEHIND:
-                        out.append(pending.popleft().result())
+                        f, sampled = pending.popleft()
+                        out.append({**f.result(), **sampled})
                 while pending:
-                    out.append(pending.popleft().result())
+                    f, sampled = pending.popleft()
+                    out.append({**f.result(), **sampled})
             finally:
-                for f in pending:
+                for f, _ in pending:
                     f.cancel()
     finally:
         stop.set()
@@ -587,12 +652,36 @@ def relabel_tiles(
     out_token: str,
     reader=None,
     ids_1_to_n: Sequence[bool] | None = None,
-) -> int:
+    preview: tuple[int, int | None] | None = None,
+) -> int | tuple[int, list[tuple[tuple[int, ...], np.ndarray]]]:
     """Write ``lut[staged labels]`` for each tile into the output array; returns voxels
     written. With ``plan.read_back`` the labels are read again from ``reader`` (the
     input) and mapped through the tile's staged ids, or directly through ``lut`` for
-    tiles whose record says their ids are 1..n (``ids_1_to_n``: nothing staged is read)."""
+    tiles whose record says their ids are 1..n (``ids_1_to_n``: nothing staged is read).
+
+    ``preview``: ``(step, plane)`` of the run's preview: returns ``(voxels, samples)``,
+    the preview's samples of every tile written (``(at, final labels)``, taken from the
+    tile in memory as it is written: the pictures never read the output again)."""
     staging = Staging(plan.staging_root)
+    samples: list[tuple[tuple[int, ...], np.ndarray]] = []
+    written = _relabel_tiles(
+        plan, tiles, luts, out_path, out_token, reader, ids_1_to_n, staging, preview, samples
+    )
+    return written if preview is None else (written, samples)
+
+
+def _relabel_tiles(
+    plan: RunPlan,
+    tiles: Sequence[int],
+    luts: Sequence[np.ndarray],
+    out_path: str,
+    out_token: str,
+    reader,
+    ids_1_to_n: Sequence[bool] | None,
+    staging: Staging,
+    preview: tuple[int, int | None] | None,
+    samples: list,
+) -> int:
     out = open_zarr_array_cached(out_path, out_token)
     direct = chunk_files(out)  # chunks written here at once: buffers reused
     g = plan.grid
@@ -601,7 +690,7 @@ def relabel_tiles(
     size = 0
     names = ("labels", "ids") if plan.read_back else ("labels",)
     if plan.unit_tile_shape is not None:
-        return _relabel_units(plan, tiles, luts, out, direct, reader, staging)
+        return _relabel_units(plan, tiles, luts, out, direct, reader, staging, preview, samples)
     try:
         with staging:  # packs stay open for the batch
             plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
@@ -621,6 +710,10 @@ def relabel_tiles(
                     _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
                 region = g.core_slices(n)
                 written += dst.size
+                if preview is not None:
+                    got = sample_tile(g.core_bounds(n), preview, dst)
+                    if got is not None:
+                        samples.append(got)
                 if direct is not None and direct.write(region, dst, check_fill=False):
                     continue
                 pending.append((region, dst))
@@ -642,10 +735,13 @@ def _relabel_units(
     direct,
     reader,
     staging: Staging,
+    preview: tuple[int, int | None] | None = None,
+    samples: list | None = None,
 ) -> int:
     """relabel_tiles for merge units (core/units.py): each tile of each unit is read
     from the input, mapped, and stored as its own chunk: a chunk file, or an inner chunk
-    of the unit's shard when the output is sharded (core/shardfiles.py)."""
+    of the unit's shard when the output is sharded (core/shardfiles.py). With
+    ``preview``, each tile stored is sampled into ``samples`` on its way out."""
     g = plan.grid
     sharded = getattr(out, "shards", None) is not None
     shards = ShardWriter.of(out) if sharded else None
@@ -682,6 +778,9 @@ def _relabel_units(
                     continue
                 rec, arrays = staging.read_tile(n, names=("comp", "ids", "keys"))
                 shard = shards.shard(g.tile_index(n)) if shards is not None else None
+                store = shard.add if shard else write_tile
+                if preview is not None and samples is not None:
+                    store = _sampling(store, preview, samples)
                 written += relabel_unit(
                     g.core_bounds(n),
                     plan.out_chunks,  # the tiles inside the unit
@@ -690,7 +789,7 @@ def _relabel_units(
                     lut,
                     read,
                     _SCRATCH.array,
-                    shard.add if shard else write_tile,
+                    store,
                     functools.partial(map_into, n),
                 )
                 if shard is not None:
@@ -704,6 +803,18 @@ def _relabel_units(
     finally:
         _SCRATCH.clear()
     return written
+
+
+def _sampling(store: Callable, preview: tuple[int, int | None], samples: list) -> Callable:
+    """``store(tile_bounds, labels)`` that first keeps the tile's preview samples."""
+
+    def sample_and_store(tb, data) -> None:
+        got = sample_tile(tb, preview, data)
+        if got is not None:
+            samples.append(got)
+        store(tb, data)
+
+    return sample_and_store
 
 
 def _assemble(g, n: int, parts: list, lut: np.ndarray) -> np.ndarray:
