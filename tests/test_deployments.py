@@ -537,6 +537,7 @@ def launched(stack):
     ]
     for r in refused:
         assert r.status_code == 201, r.text
+    cases = _unsafe_cases(stack, inside)
     # an acquisition system announces a finished acquisition in the watched folder
     e_img = _image(stack.watch / "e.zarr", seed=4)
     p = subprocess.run(
@@ -563,7 +564,82 @@ def launched(stack):
         **trees,
         "refused": [r.json()["id"] for r in refused],
         "event_image": e_img,
+        "cases": cases,
     }
+
+
+def _unsafe_cases(stack, inside: str) -> list[dict]:
+    """Served runs of `segment` for each unsafe case of docs/security.md that a form
+    can express, started at once; each with the error it must fail with and the trees
+    that must keep every byte."""
+    import tifffile
+
+    d = stack.data
+    notes = d / "notes"  # a folder of the user's that is not a zarr store
+    notes.mkdir()
+    (notes / "keep.txt").write_text("precious")
+    evil = _image(d / "evil.ome.zarr", seed=7)  # an NGFF image whose dataset leaves it
+    g = zarr.open_group(evil, mode="r+")
+    g.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                "datasets": [
+                    {
+                        "path": "../outside.zarr",
+                        "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}],
+                    }
+                ],
+            }
+        ],
+    }
+    tif = d / "tif"
+    tif.mkdir()
+    plane = np.zeros((64, 64), np.uint16)
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><OME xmlns='
+        '"http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:a">'
+        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+        'SizeX="64" SizeY="64" SizeZ="2" SizeC="1" SizeT="1"><Channel ID="Channel:0:0" '
+        'SamplesPerPixel="1"/><TiffData IFD="0" PlaneCount="1" FirstZ="0"><UUID '
+        'FileName="m.ome.tif">urn:uuid:a</UUID></TiffData><TiffData IFD="0" PlaneCount="1" '
+        'FirstZ="1"><UUID FileName="../../outside.ome.tif">urn:uuid:b</UUID></TiffData>'
+        "</Pixels></Image></OME>"
+    )
+    tifffile.imwrite(tif / "m.ome.tif", plane, description=xml, metadata=None)
+    table = [
+        # (parameters, error name, phrase, trees kept)
+        ({"image": inside, "output": str(notes)}, "OutputExistsError", "not", [notes, inside]),
+        (
+            {"image": inside, "output": str(d / "results" / "x::memory")},
+            "PathNotAllowedError",
+            "::",
+            [inside],
+        ),
+        (
+            {"image": inside, "output": os.path.join(inside, "labels.zarr")},
+            "PathNotAllowedError",
+            "input",
+            [inside],
+        ),
+        ({"image": evil}, "PathNotAllowedError", "leaves the store", [evil]),
+        ({"image": str(tif / "m.ome.tif")}, "PathNotAllowedError", "outside the folder", [tif]),
+    ]
+    cases = []
+    for params, error, phrase, keep in table:
+        r = stack.run("segment", {"segmenter": SEG, "tiling": TILING, **params})
+        assert r.status_code == 201, r.text
+        cases.append(
+            {
+                "id": r.json()["id"],
+                "params": params,
+                "error": error,
+                "phrase": phrase,
+                "trees": {str(k): tree_state(k) for k in keep},
+            }
+        )
+    return cases
 
 
 @pytest.mark.slow
@@ -614,6 +690,17 @@ def test_served_segment_refuses_paths_outside_the_data_roots(stack, launched):
     # the refused runs left every byte of both images as it was
     assert tree_state(launched["inside"]) == launched["inside_tree"]
     assert tree_state(launched["outside"]) == launched["outside_tree"]
+
+
+@pytest.mark.slow
+def test_served_segment_refuses_each_unsafe_case_and_keeps_every_byte(stack, launched):
+    for case in launched["cases"]:
+        fr = stack.wait(case["id"])
+        msg = fr["state"]["message"] or ""
+        assert fr["state"]["type"] == "FAILED", (case["params"], fr["state"])
+        assert case["error"] in msg and case["phrase"] in msg, (case["params"], msg)
+        for tree, before in case["trees"].items():
+            assert tree_state(tree) == before, (case["params"], tree)
 
 
 @pytest.mark.slow

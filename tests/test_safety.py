@@ -231,6 +231,54 @@ def test_paths_inside_a_store_stay_inside_it(tmp_path):
     )
 
 
+_OME_TWO_FILES = """<?xml version="1.0" encoding="UTF-8"?>
+<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:{a}">
+<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16"
+ SizeX="32" SizeY="32" SizeZ="2" SizeC="1" SizeT="1">
+<Channel ID="Channel:0:0" SamplesPerPixel="1"/>
+<TiffData IFD="0" PlaneCount="1" FirstZ="0"><UUID FileName="master.ome.tif">urn:uuid:{a}</UUID>
+</TiffData>
+<TiffData IFD="0" PlaneCount="1" FirstZ="1"><UUID FileName="{second}">urn:uuid:{b}</UUID>
+</TiffData>
+</Pixels></Image></OME>"""
+
+
+def test_multi_file_ome_tiff_names_only_files_beside_it(tmp_path, client):
+    import tifffile
+
+    a, b = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    plane = (np.arange(32 * 32).reshape(32, 32) % 7 > 3).astype(np.uint16) * 60000
+    tifffile.imwrite(tmp_path / "secret.ome.tif", 60000 - plane)  # outside the folder
+    tifffile.imwrite(folder / "inside.ome.tif", plane)
+    os.symlink(tmp_path / "secret.ome.tif", folder / "link.ome.tif")
+    master = folder / "master.ome.tif"
+
+    def write_master(second: str) -> str:
+        xml = _OME_TWO_FILES.format(a=a, b=b, second=second)
+        tifffile.imwrite(master, plane, description=xml, metadata=None)
+        return str(master)
+
+    # the good case: the second plane comes from the file beside the master
+    img = write_master("inside.ome.tif")
+    lab = tile_process(img, label, tile_shape=(1, 16, 16), compute=True, write_to=None)
+    assert lab.shape == (2, 32, 32) and np.array_equal(lab[1] > 0, plane > 0)
+    for second, case in [
+        ("../secret.ome.tif", "api: OME-TIFF FileName ../"),
+        (str(tmp_path / "secret.ome.tif"), "api: OME-TIFF FileName absolute"),
+        ("link.ome.tif", "api: OME-TIFF FileName is a link out of its folder"),
+    ]:
+        img = write_master(second)
+        assert_refused(
+            lambda: tile_process(img, label, tile_shape=(1, 16, 16)),
+            PathNotAllowedError,
+            tmp_path,
+            match="multi-file OME-TIFF.*outside the folder",
+            case=case,
+        )
+
+
 def test_errors_are_the_builtins_a_python_user_catches(place):
     b = place.base
     e = assert_refused(

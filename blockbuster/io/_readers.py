@@ -10,10 +10,16 @@ expected. Re-exported by :mod:`blockbuster.io`.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
-from blockbuster.errors import InputError, InputNotFoundError, InvalidParameterError
+from blockbuster.errors import (
+    InputError,
+    InputNotFoundError,
+    InvalidParameterError,
+    PathNotAllowedError,
+)
 
 from ._array_source import ArraySource, _open_zarr_array
 from ._metadata import (
@@ -346,6 +352,39 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+def _check_ome_files(tf: Any, p: str) -> None:
+    """Refuse a multi-file OME-TIFF whose OME-XML names a file outside the master file's
+    folder (``UUID FileName``, ``BinaryOnly MetadataFile``): tifffile would read pixels
+    from wherever it points (``../../other.tif``, an absolute path, a link out)."""
+    xml = tf.ome_metadata if tf.is_ome else None
+    if not xml:
+        return
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return  # tifffile reads no file list from it either
+    folder = os.path.dirname(os.path.abspath(p))
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        name = el.get("FileName") if tag == "UUID" else None
+        if tag == "BinaryOnly":
+            name = el.get("MetadataFile")
+        if not name:
+            continue
+        try:
+            member_path(folder, name, what="file name")
+        except PathNotAllowedError:
+            attr = "FileName" if tag == "UUID" else "MetadataFile"
+            raise PathNotAllowedError(
+                f"input {p!r} is a multi-file OME-TIFF whose OME-XML names the file "
+                f"{name!r} ({tag} {attr}), outside the folder {folder!r} that holds it: "
+                "blockbuster reads only the files inside that folder. Put the files of "
+                "the series in one folder and name them relative to it"
+            ) from None
+
+
 def _open_tiff(p: str, raw: str, level: int, component: str | None) -> ArraySource:
     import tifffile
 
@@ -362,6 +401,7 @@ def _open_tiff(p: str, raw: str, level: int, component: str | None) -> ArraySour
             f"input {raw!r} is {what} ({_one_line(exc)}); expected {SUPPORTED_INPUTS}"
         ) from exc
     try:
+        _check_ome_files(tf, p)  # before any pixel is read
         try:
             series_i = int(component) if component not in (None, "") else 0
             series = tf.series[series_i]
