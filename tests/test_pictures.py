@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -283,3 +284,54 @@ def test_pictures_read_nothing_again(tmp_path, client, caplog, case):
     ys, xs = np.nonzero(top)
     assert ys.size > 20
     assert (rgb[ys, xs] == label_colors(want[ys, xs])).all()
+    # every pixel: the picture drawn here from the image and the output themselves
+    image = None if case == "merge" else (img[img.shape[0] // 2] if img.ndim == 3 else img)
+    assert np.array_equal(rgb, _expected_preview(image, want, edges))
+
+
+def _expected_preview(image, labels, tile_shape):
+    """The preview of a small run (every pixel; stored as lossless RGB) drawn from the
+    image and labels in memory."""
+    from blockbuster.core import render_preview
+
+    assert labels.size < (1 << 18)  # below the palette's threshold: exact pixels
+    edges = [list(range(t, s, t)) for s, t in zip(labels.shape, tile_shape)]
+    return render_preview(image, labels, tile_edges=edges)
+
+
+def test_resumed_tiles_image_is_read_again_for_the_preview(tmp_path, client, caplog):
+    """A run that resumes tiles an earlier run staged has no image samples of them: it
+    reads those again (and only those), and the preview is exactly the picture of the
+    image and the output."""
+    from faults import FaultyLabel, marked_image
+
+    from blockbuster import tile_process
+    from blockbuster.errors import TileFunctionError
+    from blockbuster.io import Staging
+
+    img = marked_image()
+    path = str(tmp_path / "img.zarr")
+    zarr.create_array(store=path, data=img, chunks=(20, 20))
+    calls, flags = tmp_path / "calls", tmp_path / "flags"
+    calls.mkdir()
+    flags.mkdir()
+    out, stg = str(tmp_path / "out.zarr"), str(tmp_path / "stg")
+    (flags / "fail").touch()
+    fn = FaultyLabel(str(calls), str(flags))
+    kw = {"tile_shape": (20, 20), "write_to": out, "staging": stg, "retries": 0}
+    with pytest.raises(TileFunctionError):
+        tile_process(path, fn, **kw)
+    for _ in range(600):  # batches of the failed run may still be running
+        if not any(client.processing().values()):
+            break
+        time.sleep(0.05)
+    finished = len(Staging(stg).finished_tiles())
+    assert 0 < finished < 36
+    (flags / "fail").unlink()
+    with caplog.at_level("INFO", logger="blockbuster"):
+        lab, summary = tile_process(path, fn, compute=True, return_summary=True, **kw)
+    assert summary["n_resumed"] == finished
+    again = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
+    assert again == [f"pictures: reading the image of {finished} tiles again (no stage held it)"]
+    rgb = rgb_of(summary["pictures"]["files"]["preview"])
+    assert np.array_equal(rgb, _expected_preview(img, np.asarray(lab), (20, 20)))
