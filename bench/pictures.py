@@ -7,7 +7,8 @@
    encoding, writing the PNGs; it runs between the relabel stage and the end of the flow)
    over the run's wall time (since the samples come from the stages, the step draws and
    encodes in a background thread: "waited for" is the part on the run's critical
-   path, ``summary["timings"]["pictures_wait"]``); and, side by side, the same run with
+   path, ``summary["timings"]["pictures_wait"]``; "its CPU" the thread's CPU seconds,
+   ``pictures_cpu``, which a loaded machine does not inflate); and, side by side, the same run with
    ``BLOCKBUSTER_PICTURES=false`` (the whole difference, whatever stage it falls in).
 2. A fresh ``python`` process running a 16-tile job (256², tiles of 64², no client, no
    ``PREFECT_API_URL``) on a ``PREFECT_HOME`` that already exists: without ``blockbuster
@@ -72,7 +73,7 @@ def cost(args) -> list[list]:
         C.discard(warm)
         for what, n_tiles, tile in cases:
             src = C.image_path(n, tile) if what == "tile_process" else C.tile_labels_path(n, tile)
-            walls, pics, offs, waits = [], [], [], []
+            walls, pics, offs, waits, cpus = [], [], [], [], []
             for _ in range(args.repeats):
                 for on in (True, False):  # side by side: the same run without pictures
                     os.environ["BLOCKBUSTER_PICTURES"] = "true" if on else "false"
@@ -94,10 +95,12 @@ def cost(args) -> list[list]:
                         pics.append(s["timings"].get("pictures", float("nan")))
                         # the part the run waited for (the drawing runs in the background)
                         waits.append(s["timings"].get("pictures_wait", float("nan")))
+                        # CPU seconds of the pictures' thread: what a quiet machine pays
+                        cpus.append(s["timings"].get("pictures_cpu", float("nan")))
                     C.discard(out)
             os.environ.pop("BLOCKBUSTER_PICTURES", None)
             w, p, off = C.median(walls), C.median(pics), C.median(offs)
-            wait = C.median(waits)
+            wait, cpu = C.median(waits), C.median(cpus)
             kb = s.get("pictures", {}).get("preview_bytes", 0) / 1024
             rows.append(
                 [
@@ -109,6 +112,7 @@ def cost(args) -> list[list]:
                     C.fmt_s(off),
                     C.fmt_s(p),
                     "-" if wait != wait else C.fmt_s(wait),
+                    "-" if cpu != cpu else C.fmt_s(cpu),
                     f"{100 * p / w:.1f} %",
                     f"{100 * (w - off) / off:+.1f} %",
                     f"{kb:.0f} KB",
@@ -204,6 +208,7 @@ def main() -> None:
                     "run without pictures s",
                     "pictures step s",
                     "waited for s",
+                    "its CPU s",
                     "step / run",
                     "run vs without",
                     "preview",

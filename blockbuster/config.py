@@ -10,8 +10,8 @@ variable                        meaning (default)
                                 zarr-python (slower per chunk, the reference behaviour)
 ``BLOCKBUSTER_PICTURES``        make each run's pictures (preview, tile map) as PNGs in the
                                 output and as artifacts (``true``); ``false``: none, for
-                                runs where their cost (a strided read of the output and
-                                the image, docs/benchmarks.md) is not wanted
+                                runs where their cost (drawing and encoding a 1024²
+                                picture, docs/benchmarks.md) is not wanted
 ==============================  ===========================================================
 
 Deployment settings (data roots, the watch folder, ...) are :class:`blockbuster.deploy.Settings`;

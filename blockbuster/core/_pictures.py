@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 __all__ = [
     "MAX_SIDE",
     "PreviewCanvas",
+    "grey_levels",
     "label_colors",
     "preview_step",
     "render_preview",
@@ -206,9 +207,16 @@ def _hsv_to_rgb(h: NDArray[Any], s: NDArray[Any], v: NDArray[Any]) -> NDArray[An
     return rgb
 
 
-def _grey(image: NDArray[Any]) -> NDArray[np.float32]:
+def grey_levels(image: NDArray[Any]) -> NDArray[np.float32]:
     """The image as float32 grey levels in [0, 255]: 1st to 99.5th percentile stretched
-    (percentiles of at most ~100,000 of its pixels)."""
+    (percentiles of at most ~100,000 of its pixels); what :func:`render_preview` draws
+    under the labels (pass it as ``grey`` to compute it ahead).
+
+    Examples
+    --------
+    >>> grey_levels(np.arange(4.0).reshape(2, 2)).round().tolist()
+    [[0.0, 84.0], [170.0, 255.0]]
+    """
     img = np.asarray(image, dtype=np.float32)
     flat = img.reshape(-1)
     sample = flat[:: max(1, flat.size // 100_000)]
@@ -252,6 +260,7 @@ def render_preview(
     alpha: float = 0.45,
     outlines: bool = True,
     grid_alpha: float = 0.3,
+    grey: NDArray[np.float32] | None = None,
 ) -> NDArray[Any]:
     """Labels over the image, as an RGB uint8 array of ``labels``' 2D shape.
 
@@ -266,6 +275,8 @@ def render_preview(
         grid lines drawn faintly (``grid_alpha``).
     alpha : float
         Opacity of the label colours inside labels; outlines are opaque.
+    grey : 2D float32 array, optional
+        :func:`grey_levels` of ``image``, computed ahead (``image`` is then not used).
 
     Examples
     --------
@@ -279,7 +290,10 @@ def render_preview(
         raise ValueError(f"labels must be 2D for a preview, got shape {labels.shape}")
     if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image shape {np.shape(image)} differs from labels {labels.shape}")
-    grey = _grey(image) if image is not None else np.zeros(labels.shape, np.float32)
+    if grey is None:
+        grey = grey_levels(image) if image is not None else np.zeros(labels.shape, np.float32)
+    elif np.shape(grey) != labels.shape:
+        raise ValueError(f"grey shape {np.shape(grey)} differs from labels {labels.shape}")
     rgb = np.empty(labels.shape + (3,), np.float32)
     rgb[...] = grey[..., None]
     fg = labels != 0

@@ -38,6 +38,7 @@ from blockbuster.tasks import (
     scan_stage,
     segment_stage,
     start_pictures,
+    start_pictures_early,
     start_relabel,
     start_scan,
     start_segment,
@@ -85,6 +86,7 @@ def _stages(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[s
     scan = scan_stage(job, quote(records))
     _cancel_stale(job, "seams")  # the scan's result came from the cache
     publish_tiles_table(job, records, scan["seams"])
+    start_pictures_early(job, records, scan["seams"])  # the tile map, while the rest runs
     table = lut_stage(job, quote(scan))
     job.start_ahead("relabel", start_relabel(job, table))
     rel = relabel_stage(job, quote(table))
@@ -118,7 +120,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
                 len(dropped),
                 dropped,
             )
-    pictures_work = start_pictures(job, records, scan["seams"], rel["dtype"])
+    pictures_work = start_pictures(job, rel["dtype"])  # the preview, in the background
     tiles = TileGrid(plan.grid.shape, plan.out_chunks)  # merge units: their tiles
     n_voxels = 1
     for s in plan.grid.shape:
@@ -168,6 +170,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     if pictures is not None:
         summary["pictures"] = pictures
         summary["timings"]["pictures"] = job.timings["pictures"]
+        summary["timings"]["pictures_cpu"] = job.timings["pictures_cpu"]
     summary["timings"]["pictures_wait"] = job.timings.get("pictures_wait", 0.0)
     finalize_stage(job, summary, keep_staging)
     return summary

@@ -23,6 +23,7 @@ from ._pictures import (
     make_pictures,
     preview_canvas,
     start_pictures,
+    start_pictures_early,
 )
 from ._plan import plan_stage
 from ._prefect_compat import (
@@ -65,6 +66,7 @@ __all__ = [
     "lut_stage",
     "make_pictures",
     "start_pictures",
+    "start_pictures_early",
     "preview_canvas",
     "PicturesWork",
     "plan_stage",

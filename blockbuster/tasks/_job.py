@@ -44,6 +44,7 @@ class Job(BaseModel):
     _progress_artifact: Any = PrivateAttr(default=None)
     _finished: dict | None = PrivateAttr(default=None)
     _preview: Any = PrivateAttr(default=False)
+    _pictures_work: Any = PrivateAttr(default=None)
 
     @classmethod
     def create(
@@ -146,6 +147,15 @@ class Job(BaseModel):
     @preview.setter
     def preview(self, canvas: Any) -> None:
         self._preview = canvas
+
+    @property
+    def pictures_work(self) -> Any:
+        """The run's pictures in the making (tasks/_pictures.py's ``PicturesWork``)."""
+        return self._pictures_work
+
+    @pictures_work.setter
+    def pictures_work(self, work: Any) -> None:
+        self._pictures_work = work
 
     @property
     def details(self) -> dict:

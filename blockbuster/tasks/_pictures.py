@@ -15,10 +15,13 @@ published as Prefect artifacts.
   :data:`~blockbuster.core.MAX_SIDE` pixels on its longest side. A 3D image is
   previewed in its middle plane (not a maximum projection: labels of different depths
   would overwrite each other's colours): only tiles crossing it are sampled.
-- Drawn and encoded (:func:`blockbuster.worker.render_pictures`) in a background thread
-  of the driver started as soon as the relabel stage ends (:func:`start_pictures`),
-  while the flow writes the tile table and builds the summary; the flow waits for it
-  before it marks the output complete, so a complete output always holds both PNGs.
+- Drawn and encoded (:mod:`blockbuster.core`, :mod:`blockbuster.io`) in a background
+  thread of the driver: the tile map and the image's grey levels as soon as the seams
+  are scanned (:func:`start_pictures_early`, while the merge table is built and the
+  relabel stage runs), the preview as soon as the relabel stage ends
+  (:func:`start_pictures`, while the flow writes the tile table and builds the
+  summary). The flow waits for it before it marks the output complete, so a complete
+  output always holds both PNGs.
 - Written into the output, next to its arrays (``blockbuster-preview.png``,
   ``blockbuster-tiles.png``; zarr ignores other files): the output is the one place a
   run is sure it created, so no file of the user's is ever replaced (docs/security.md).
@@ -39,9 +42,17 @@ from typing import Any
 import numpy as np
 
 from blockbuster.cluster import client_threads, split_batches
-from blockbuster.core import TILE_MAP_COLORS, PreviewCanvas, TileGrid, slow_tiles
-from blockbuster.io import data_url, full_slices, is_url, write_png
-from blockbuster.worker import region_samples, render_pictures, sample_regions
+from blockbuster.core import (
+    TILE_MAP_COLORS,
+    PreviewCanvas,
+    TileGrid,
+    grey_levels,
+    render_preview,
+    render_tile_map,
+    slow_tiles,
+)
+from blockbuster.io import data_url, encode_png, full_slices, is_url, write_png
+from blockbuster.worker import region_samples, sample_regions
 
 from ._job import Job
 
@@ -52,6 +63,7 @@ __all__ = [
     "TILE_MAP_FILE",
     "make_pictures",
     "start_pictures",
+    "start_pictures_early",
     "preview_canvas",
     "PicturesWork",
     "seam_warnings",
@@ -101,16 +113,53 @@ def preview_canvas(job: Job) -> PreviewCanvas | None:
 
 
 class PicturesWork:
-    """The run's pictures being made in a background thread (:func:`start_pictures`);
-    :meth:`result` waits for them."""
+    """The run's pictures being made in a background thread of the driver: the tile map,
+    the image's grey levels (and any image samples read again) as soon as the seams are
+    scanned (:func:`start_pictures_early`), the preview once the relabel stage has sent
+    the labels (:func:`start_pictures`); :meth:`result` waits for them."""
 
-    def __init__(self, job: Job, future: Future | None) -> None:
-        self.job, self.future = job, future
+    def __init__(self, job: Job, canvas: PreviewCanvas | None, records, seams) -> None:
+        self.job, self.canvas = job, canvas
+        self.seconds = [0.0, 0.0]  # wall, CPU of the pictures' thread
+        self.early: Future | None = None
+        self.future: Future | None = None
+        if canvas is None:
+            return
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-pictures")
+        # the flow run's context (contextvars) goes along: the artifacts are the run's
+        self.early = self.pool.submit(
+            contextvars.copy_context().run, self._timed, _early, job, canvas, records, seams
+        )
+
+    def _timed(self, fn, *args):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[0] += time.perf_counter() - t0
+            self.seconds[1] += time.thread_time() - c0
+
+    def finish(self, dtype: str) -> None:
+        """The labels are all here (the relabel stage has ended): draw the preview,
+        write both PNGs into the output, publish both."""
+        if self.early is None:
+            return
+        self.future = self.pool.submit(
+            contextvars.copy_context().run,
+            self._timed,
+            _final,
+            self.job,
+            self.canvas,
+            self.early,
+            dtype,
+        )
+        self.pool.shutdown(wait=False)
 
     def result(self) -> dict[str, Any] | None:
         """Where the pictures are and what they cost, or None (none made; a failure is
         logged: pictures never fail a run). ``job.timings``: ``pictures`` (their own
-        seconds, in the background) and ``pictures_wait`` (how long the flow waited)."""
+        seconds in the background thread), ``pictures_cpu`` (its CPU seconds) and
+        ``pictures_wait`` (how long the flow waited for them)."""
         if self.future is None:
             return None
         t0 = time.perf_counter()
@@ -121,43 +170,47 @@ class PicturesWork:
             return None
         finally:
             self.job.timings["pictures_wait"] = round(time.perf_counter() - t0, 4)
+        got["seconds"] = round(self.seconds[0], 4)
+        got["cpu_seconds"] = round(self.seconds[1], 4)
         self.job.timings["pictures"] = got["seconds"]
+        self.job.timings["pictures_cpu"] = got["cpu_seconds"]
         return got
 
 
-def start_pictures(
-    job: Job, records: list[dict[str, Any]], seams: list[tuple], dtype: str
+def start_pictures_early(
+    job: Job, records: list[dict[str, Any]], seams: list[tuple]
 ) -> PicturesWork:
-    """Start making the run's pictures in a background thread of the driver: assemble,
-    draw, encode, write both PNGs into the output and publish them. The samples are
-    already here (the segment and relabel stages returned them); only what no stage held
-    is read again. ``records``: the segment stage's, one per tile (or merge unit);
-    ``seams``: the merge table stage's; ``dtype``: the output's. The flow waits for it
-    (:meth:`PicturesWork.result`) before it marks the output complete."""
-    canvas = preview_canvas(job)
-    if canvas is None:
-        return PicturesWork(job, None)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-pictures")
-    # the flow run's context (contextvars) goes along: the artifacts are the run's
-    ctx = contextvars.copy_context()
-    fut = pool.submit(ctx.run, _timed, job, canvas, records, seams, dtype)
-    pool.shutdown(wait=False)
-    return PicturesWork(job, fut)
+    """Start the run's pictures as soon as the seams are scanned (``records``: the
+    segment stage's, one per tile or merge unit; ``seams``: the scan's): in a background
+    thread, the tile map is drawn and encoded and the image turned into grey levels
+    while the merge table is built and the relabel stage runs. The samples are already
+    here (the stages returned them); only what no stage held is read again."""
+    old = job.pictures_work  # the stages ran again (a staged record failed its checksum)
+    if old is not None and old.early is not None and old.future is None:
+        old.pool.shutdown(wait=False)
+    work = PicturesWork(job, preview_canvas(job), records, seams)
+    job.pictures_work = work
+    return work
+
+
+def start_pictures(job: Job, dtype: str) -> PicturesWork:
+    """The relabel stage has ended (``dtype``: the output's): draw the preview, write both
+    PNGs into the output and publish them, in the background thread. The flow waits for
+    it (:meth:`PicturesWork.result`) before it marks the output complete."""
+    work = job.pictures_work
+    if work is None:  # pragma: no cover - the flow starts it after the scan
+        work = start_pictures_early(job, job.details.get("tiles") or [], [])
+    work.finish(dtype)
+    return work
 
 
 def make_pictures(
     job: Job, records: list[dict[str, Any]], seams: list[tuple], dtype: str
 ) -> dict[str, Any] | None:
-    """:func:`start_pictures`, waited for: where the pictures are and what they cost
-    (``seconds``), or None when none were made."""
-    return start_pictures(job, records, seams, dtype).result()
-
-
-def _timed(job: Job, canvas: PreviewCanvas, records, seams, dtype) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    got = _make(job, canvas, records, seams, dtype)
-    got["seconds"] = round(time.perf_counter() - t0, 4)
-    return got
+    """The run's pictures, from start to end, waited for: where they are and what they
+    cost (``seconds``), or None when none were made."""
+    start_pictures_early(job, records, seams)
+    return start_pictures(job, dtype).result()
 
 
 def _missing_image(job: Job, canvas: PreviewCanvas) -> None:
@@ -217,13 +270,11 @@ def _missing_image(job: Job, canvas: PreviewCanvas) -> None:
         canvas.add_image(n, at, np.asarray(img))
 
 
-def _make(
-    job: Job, canvas: PreviewCanvas, records: list[dict[str, Any]], seams: list[tuple], dtype: str
+def _early(
+    job: Job, canvas: PreviewCanvas, records: list[dict[str, Any]], seams: list[tuple]
 ) -> dict[str, Any]:
-    plan, out = job.plan, job.out
-    shape = tuple(plan.grid.shape)
-    step, plane = canvas.params
-    inplane = shape[-2:]
+    """What needs no label: the tile map (drawn, encoded) and the image's grey levels."""
+    plan = job.plan
     with_image = job.tile_fn is not None  # a merge's input is labels, not an image
     if with_image:
         _missing_image(job, canvas)
@@ -231,30 +282,51 @@ def _make(
     g = plan.grid
     by_tile = {int(r["tile"]): r for r in records}
     n = g.n_tiles
-    labels = [int(by_tile.get(t, {}).get("n_labels", 0)) for t in range(n)]
     secs = [float(by_tile.get(t, {}).get("fn_seconds", 0.0)) for t in range(n)]
-    skipped = [bool(by_tile.get(t, {}).get("skipped", False)) for t in range(n)]
     slow = slow_tiles(secs)
     warn = seam_warnings(seams)
+    tmap = render_tile_map(
+        g.grid_shape,
+        labels=[int(by_tile.get(t, {}).get("n_labels", 0)) for t in range(n)],
+        seconds=secs,
+        skipped=[bool(by_tile.get(t, {}).get("skipped", False)) for t in range(n)],
+        slow=slow,
+        seam_warnings=[(a, b) for a, b, _ in warn],
+    )
+    grey = None
+    if with_image and canvas.image is not None:
+        grey = grey_levels(canvas.image)
+    return {
+        "tile_map": encode_png(tmap),
+        "tile_map_shape": tmap.shape[:2],
+        "grey": grey,
+        "slow": slow,
+        "warn": warn,
+        "with_image": with_image,
+    }
+
+
+def _final(job: Job, canvas: PreviewCanvas, early: Future, dtype: str) -> dict[str, Any]:
+    """Draw and encode the preview, write both PNGs into the output, publish both."""
+    first = early.result()
+    plan, out = job.plan, job.out
+    shape = tuple(plan.grid.shape)
+    step, plane = canvas.params
     edges_grid = TileGrid(shape, plan.out_chunks)  # tiles (inside merge units too)
     tile_edges = [
         [-(-lo // step) for lo in range(t, s, t)]
-        for s, t in zip(inplane, edges_grid.tile_shape[-2:])
+        for s, t in zip(shape[-2:], edges_grid.tile_shape[-2:])
     ]
-    tile_map = {
-        "grid_shape": g.grid_shape,
-        "labels": labels,
-        "seconds": secs,
-        "skipped": skipped,
-        "slow": slow,
-        "seam_warnings": [(a, b) for a, b, _ in warn],
-    }
     lab = canvas.labels
-    if lab is not None and lab.dtype != np.dtype(dtype):
-        lab = lab.astype(dtype)
-    rendered = render_pictures(
-        lab, canvas.image if with_image else None, canvas.shape, tile_edges, tile_map
-    )
+    if lab is None:  # no tile has labels
+        lab = np.zeros(canvas.shape, np.dtype(dtype))
+    preview = render_preview(None, lab, tile_edges=tile_edges, grey=first["grey"])
+    rendered = {
+        "preview": encode_png(preview),
+        "preview_shape": preview.shape[:2],
+        "tile_map": first["tile_map"],
+        "tile_map_shape": first["tile_map_shape"],
+    }
     files = {}
     if is_url(out.path) and not out.temporary:  # into the output in the object store
         files = {
@@ -269,6 +341,7 @@ def _make(
     how = (
         f"middle plane z = {plane} of {shape[0]}" if plane is not None else "the whole image"
     ) + (f", every {step}th pixel" if step > 1 else ", every pixel")
+    warn = first["warn"]
     info = {
         "files": files,
         "preview_shape": list(rendered["preview_shape"]),
@@ -276,10 +349,10 @@ def _make(
         "preview_bytes": len(rendered["preview"]),
         "tile_map_bytes": len(rendered["tile_map"]),
         "preview_view": how,
-        "slow_tiles": slow,
+        "slow_tiles": first["slow"],
         "seam_warnings": [{"tile_a": a, "tile_b": b, "why": w} for a, b, w in warn],
     }
-    _publish(job, rendered, info, with_image, n)
+    _publish(job, rendered, info, first["with_image"], plan.grid.n_tiles)
     return info
 
 
