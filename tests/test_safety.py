@@ -22,7 +22,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from _trees import assert_refused, tree_state
-from conftest import same_partition
+from conftest import same_partition, seed_prefect_home
 
 from blockbuster import merge_tile_labels, tile_process
 from blockbuster.errors import (
@@ -416,7 +416,7 @@ print("RESULT", json.dumps({"cached": bool(summary.get("cached", False))}))
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_on_one_output(tmp_path):
+def test_two_concurrent_runs_on_one_output(tmp_path, prefect_harness):
     """Two processes run tile_process on one write_to: the second waits for the first's
     lock, then finds the output complete; the output equals the oracle, and exactly one
     of them wrote it (marked it complete)."""
@@ -426,7 +426,8 @@ def test_two_concurrent_runs_on_one_output(tmp_path):
     script.write_text(_CONCURRENT)
     procs = []
     for i in range(2):
-        env = dict(os.environ, PREFECT_HOME=str(tmp_path / f"ph{i}"))
+        # each its own home, its database already migrated (a fresh one costs ~20 s)
+        env = dict(os.environ, PREFECT_HOME=seed_prefect_home(tmp_path / f"ph{i}"))
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
         procs.append(
             subprocess.Popen(

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import zarr
 from browser import browser, chromium_path
+from conftest import seed_prefect_home
 
 pytestmark = [
     pytest.mark.slow,
@@ -77,11 +78,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path):
+def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, prefect_harness):
     import httpx
 
     home, data = tmp_path / "prefect-home", tmp_path / "data"
-    home.mkdir()
+    seed_prefect_home(home)  # `up` finds its database migrated (a fresh one costs ~20 s)
     data.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BLOCKBUSTER_"))}
     env.update(
