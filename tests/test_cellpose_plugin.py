@@ -17,6 +17,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import same_partition
 
 pytest.importorskip("cellpose", reason="the cellpose extra is not installed")
 torch = pytest.importorskip("torch", reason="the cellpose extra is not installed")
@@ -156,28 +157,78 @@ def test_3d_tile(model_path):
     _check_labels(cellpose_fn(pretrained_model=model_path, **FAST)(vol), (16, 64, 64))
 
 
+def _moving_disks(z_planes: int = 6, size: int = 64, seed: int = 0) -> np.ndarray:
+    """A stack of planes whose disks move from plane to plane: one by 1 pixel a plane
+    (its masks overlap a lot), one by 6 pixels (IoU about 0.35), one appearing at plane 2,
+    one ending after plane 2. Masks of consecutive planes overlap at IoUs on both sides
+    of 0.5, so stitching at 0.5 joins some and not others."""
+    yy, xx = np.mgrid[:size, :size]
+    vol = np.full((z_planes, size, size), 100.0)
+    # (y, x, dy, dx per plane, radius, first plane, plane after the last)
+    disks = [(14, 10, 0, 1, 8, 0, 6), (44, 12, 0, 6, 8, 0, 6), (16, 44, 1, 0, 7, 2, 6)]
+    disks.append((46, 48, 0, 0, 7, 0, 3))
+    for z in range(z_planes):
+        for cy, cx, dy, dx, r, z0, z1 in disks:
+            if z0 <= z < z1:
+                vol[z][(yy - cy - dy * z) ** 2 + (xx - cx - dx * z) ** 2 <= r * r] = 1000
+    rng = np.random.default_rng(seed)
+    return (vol + rng.integers(0, 20, vol.shape)).astype(np.uint16)
+
+
+def _stitch_planes(planes: np.ndarray, threshold: float) -> np.ndarray:
+    """Oracle of plane stitching, written out plainly: plane by plane, a mask takes the id
+    of the mask of the plane before that it overlaps with IoU >= threshold (at most one
+    can, for threshold >= 0.5: masks of one plane are disjoint), else a new id."""
+    out = np.zeros(planes.shape, np.int64)
+    next_id = 1
+    for z in range(planes.shape[0]):
+        for lab in np.unique(planes[z][planes[z] > 0]):
+            mask = planes[z] == lab
+            best_iou, best = 0.0, 0
+            if z:
+                for prev in np.unique(out[z - 1][mask & (out[z - 1] > 0)]):
+                    other = out[z - 1] == prev
+                    iou = (mask & other).sum() / (mask | other).sum()
+                    if iou > best_iou:
+                        best_iou, best = iou, prev
+            if best_iou >= threshold:
+                out[z][mask] = best
+            else:
+                out[z][mask] = next_id
+                next_id += 1
+    return out
+
+
 def test_stack_of_2d_planes(model_path):
-    """The same disks in four planes: stitching joins each object's masks across the
-    planes (one label through all four); plane by plane keeps one label per plane."""
-    vol = np.stack([_disks((64, 64), n=4, radius=8, seed=0)] * 4)
-    stitched = cellpose_fn(
-        pretrained_model=model_path, do_3D=False, stitch_threshold=0.5, **FINDS_MASKS
-    )(vol)
+    """A stack of planes segmented plane by plane and stitched at IoU 0.5: the labels are
+    the plane-by-plane masks joined exactly as the oracle joins them. Objects continue
+    across planes (one id through them), appear and end, and some masks of consecutive
+    planes overlap too little to be joined, so a missing, wrong-threshold or per-plane
+    stitch gives other objects. Unstitched, every label lies in one plane only."""
+    vol = _moving_disks()
+    # normalized per plane and no size filter in both modes (stitching normalizes the
+    # stack as a whole and filters sizes in 3D by default): the same plane masks
+    opts = dict(pretrained_model=model_path, do_3D=False, min_size=-1, **FINDS_MASKS)
+    opts["normalize"] = {"norm3D": False}
+    stitched = cellpose_fn(stitch_threshold=0.5, **opts)(vol)
     _check_labels(stitched, vol.shape)
-    per_plane = cellpose_fn(pretrained_model=model_path, do_3D=False, **FINDS_MASKS)(vol)
+    per_plane = cellpose_fn(**opts)(vol)
     _check_labels(per_plane, vol.shape)
-    n_objects = len(np.unique(per_plane[0][per_plane[0] > 0]))
-    assert n_objects > 0
-    # stitched: every plane carries the same labels on the same pixels
-    assert stitched[0].max() > 0
-    for z in range(1, 4):
-        assert np.array_equal(stitched[z], stitched[0])
-    assert len(np.unique(stitched[stitched > 0])) == n_objects
-    # plane by plane: the same masks, but every label lies in one plane only
-    assert len(np.unique(per_plane[per_plane > 0])) == 4 * n_objects
+    # plane by plane: every label lies in one plane only
     for lab in np.unique(per_plane[per_plane > 0]):
         assert len(np.unique(np.nonzero(per_plane == lab)[0])) == 1
-    assert np.array_equal(per_plane[1] > 0, per_plane[0] > 0)
+    # the same masks, joined across planes as the oracle joins them
+    assert np.array_equal(stitched > 0, per_plane > 0)
+    oracle = _stitch_planes(per_plane, 0.5)
+    assert same_partition(stitched, oracle)
+    # ... and there was something to join and something to keep apart: an object through
+    # all planes, others through fewer; other objects at IoU 0.25 and at 0.75
+    n = len(np.unique(oracle[oracle > 0]))
+    assert n < len(np.unique(per_plane[per_plane > 0]))
+    spans = [len(np.unique(np.nonzero(oracle == lab)[0])) for lab in range(1, n + 1)]
+    assert max(spans) == vol.shape[0] and min(spans) < vol.shape[0]
+    assert not same_partition(oracle, _stitch_planes(per_plane, 0.25))
+    assert not same_partition(oracle, _stitch_planes(per_plane, 0.75))
 
 
 def test_axes(model_path):
