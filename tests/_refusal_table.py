@@ -16,6 +16,7 @@ NAMES = {
     "cli": "command line (subprocess)",
     "deploy": "deployments (`prepare_segment`, segmenters)",
     "property": "drawn output paths (hypothesis, deployment path rules)",
+    "served": "served deployment runs (`prefect server` + `blockbuster serve`)",
 }
 
 

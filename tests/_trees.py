@@ -58,7 +58,8 @@ def bytes_lost(before: dict[str, tuple[str, int]], after: dict[str, tuple[str, i
     )
 
 
-def _log(record: dict[str, Any]) -> None:
+def log_refusal(record: dict[str, Any]) -> None:
+    """Append one bad input's record to ``BLOCKBUSTER_REFUSALS_LOG`` (when set)."""
     path = os.environ.get("BLOCKBUSTER_REFUSALS_LOG")
     if path:
         with open(path, "a") as f:
@@ -85,7 +86,7 @@ def assert_refused(
         record.update(refused=False, error=f"{type(exc).__name__}: {exc}"[:300])
         after = [tree_state(t) for t in trees]
         record["bytes_lost"] = sum(bytes_lost(b, a) for b, a in zip(before, after))
-        _log(record)
+        log_refusal(record)
         raise
     after = [tree_state(t) for t in trees]
     lost = sum(bytes_lost(b, a) for b, a in zip(before, after))
@@ -101,7 +102,7 @@ def assert_refused(
         bytes_lost=lost,
         added=len(added),
     )
-    _log(record)
+    log_refusal(record)
     assert lost == 0, f"{lost} bytes changed or removed by a refused call: {record}"
     assert allow_new or not added, f"a refused call created {added}"
     assert msg and "\n" not in msg.strip(), f"not a one-line message: {msg!r}"

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-from _trees import tree_state
+from _trees import bytes_lost, log_refusal, tree_state
 from conftest import same_partition, seed_prefect_home
 
 from blockbuster.deploy import (
@@ -699,15 +699,25 @@ def test_served_segment_refuses_each_unsafe_case_and_keeps_every_byte(stack, lau
     for case in launched["cases"]:
         fr = stack.wait(case["id"])
         msg = fr["state"]["message"] or ""
-        if (
-            fr["state"]["type"] != "FAILED"
-            or case["error"] not in msg
-            or case["phrase"] not in msg
-        ):
+        refused = (
+            fr["state"]["type"] == "FAILED" and case["error"] in msg and case["phrase"] in msg
+        )
+        if not refused:
             wrong.append((case["params"], fr["state"]["type"], msg))
+        lost = 0
         for tree, before in case["trees"].items():
-            if tree_state(tree) != before:
+            after = tree_state(tree)
+            lost += bytes_lost(before, after)
+            if after != before:
                 wrong.append((case["params"], "bytes changed", tree))
+        log_refusal(
+            {
+                "case": "served: " + case["error"] + " " + case["phrase"],
+                "refused": refused,
+                "error": msg[:300],
+                "bytes_lost": lost,
+            }
+        )
     assert not wrong, wrong
 
 

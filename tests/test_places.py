@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _trees import _log, bytes_lost, tree_state
+from _trees import bytes_lost, log_refusal, tree_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,7 +80,7 @@ def test_no_accepted_path_leaves_the_roots_and_no_refused_path_touches_the_disk(
         check_replaceable(resolved, overwrite=True, param="output")
     except (BlockbusterError, ValueError, TypeError, OSError) as exc:
         after = tree_state(base)
-        _log(
+        log_refusal(
             {
                 "case": "property: drawn output path",
                 "refused": True,
