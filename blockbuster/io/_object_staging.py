@@ -47,7 +47,14 @@ import numpy as np
 
 from blockbuster.errors import InvalidParameterError
 
-from ._staging_format import _CODEC, FORMAT, PACK_SUFFIX, _json_default
+from ._staging_format import (
+    _CODEC,
+    FORMAT,
+    PACK_SUFFIX,
+    IndexedTiles,
+    _json_default,
+    encode_arrays,
+)
 from ._stores import (
     delete_prefix,
     join_url,
@@ -133,7 +140,7 @@ def _index_for(tiles_url: str, generation: str) -> _ObjectIndex:
         return idx
 
 
-class ObjectStaging:
+class ObjectStaging(IndexedTiles):
     """The staging of one run in an object store; the interface of
     :class:`~blockbuster.io.Staging` (which returns one of these for a URL root)."""
 
@@ -218,32 +225,15 @@ class ObjectStaging:
         self._index = None
 
     # -- tiles -----------------------------------------------------------------------
-    def _idx(self) -> _ObjectIndex:
-        if self._index is None:
-            self._index = _index_for(self.tiles_dir, self.generation or "")
-        return self._index
-
-    def finished_tiles(self) -> list[int]:
-        """Every finished tile (held by an object), sorted."""
-        return self._idx().all()
-
-    def is_finished(self, n: int) -> bool:
-        return self._idx().find(n) is not None
+    def _new_index(self) -> _ObjectIndex:
+        return _index_for(self.tiles_dir, self.generation or "")
 
     def write_tile(
         self, n: int, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
     ) -> None:
         """Buffer tile ``n``; PUT the buffer when it is due (see the module docstring).
         The tile is finished once its object is written."""
-        specs: dict[str, list] = {}
-        blobs = []
-        offset = 0
-        for name, arr in (arrays or {}).items():
-            arr = np.ascontiguousarray(arr)
-            blob = _CODEC.encode(arr) if arr.nbytes else b""
-            specs[name] = [offset, len(blob), arr.dtype.str, list(arr.shape)]
-            blobs.append(bytes(blob))
-            offset += len(blob)
+        specs, blobs, offset = encode_arrays(arrays)
         record = json.loads(json.dumps(record, default=_json_default))
         self._buffer.append((int(n), record, specs, blobs, offset))
         self._buffered += offset

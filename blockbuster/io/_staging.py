@@ -81,12 +81,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import xxhash
-from numcodecs import Blosc
 
 from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
 
 from ._durable import fsync_dir
 from ._places import check_staging, staging_state
+from ._staging_format import _CODEC, PACK_SUFFIX, IndexedTiles, _json_default, encode_arrays
 from ._stores import is_url
 
 __all__ = ["Staging"]
@@ -95,8 +95,6 @@ FORMAT = 3
 _MAGIC = b"BBT3"
 _HEAD = struct.Struct("<4sIQ")  # magic, header length, xxh3-64 of the header
 _sum = xxhash.xxh3_64_intdigest
-_CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
-PACK_SUFFIX = ".pack"
 
 
 class _PackIndex:
@@ -218,7 +216,7 @@ def _index_for(tiles_dir: str, generation: str) -> _PackIndex:
         return idx
 
 
-class Staging:
+class Staging(IndexedTiles):
     """Staging directory of one run (see the module docstring for the layout); for a
     URL root, an :class:`~blockbuster.io._object_staging.ObjectStaging` (objects in an
     object store, written whole).
@@ -324,32 +322,15 @@ class Staging:
         self._index = None
 
     # -- tiles -----------------------------------------------------------------------
-    def _idx(self) -> _PackIndex:
-        if self._index is None:
-            self._index = _index_for(self.tiles_dir, self.generation or "")
-        return self._index
-
-    def finished_tiles(self) -> list[int]:
-        """Every finished tile, sorted."""
-        return self._idx().all()
-
-    def is_finished(self, n: int) -> bool:
-        return self._idx().find(n) is not None
+    def _new_index(self) -> _PackIndex:
+        return _index_for(self.tiles_dir, self.generation or "")
 
     def write_tile(
         self, n: int, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
     ) -> None:
         """Append tile ``n``'s record and arrays to this writer's pack (one write, then
         a flush); this marks the tile finished."""
-        specs: dict[str, list] = {}
-        blobs = []
-        offset = 0
-        for name, arr in (arrays or {}).items():
-            arr = np.ascontiguousarray(arr)
-            blob = _CODEC.encode(arr) if arr.nbytes else b""
-            specs[name] = [offset, len(blob), arr.dtype.str, list(arr.shape), _sum(blob)]
-            blobs.append(blob)
-            offset += len(blob)
+        specs, blobs, offset = encode_arrays(arrays, _sum)
         header = json.dumps(
             {"tile": int(n), "record": record, "arrays": specs, "size": offset},
             default=_json_default,
@@ -518,13 +499,3 @@ def _verify_pack(path: str) -> tuple[list[tuple[int, int]], int | None]:
 def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
     f.seek(pos)
     return f.read(n)
-
-
-def _json_default(obj: object) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

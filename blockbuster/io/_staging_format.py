@@ -1,9 +1,14 @@
-"""The object store staging's (:mod:`._object_staging`) format number, arrays' codec,
-object suffix and JSON encoding of records (the local staging, :mod:`._staging`, uses
-the same codec and suffix; kept apart so that neither module imports the other at
-import time)."""
+"""What the two stagings share: the local one (:mod:`._staging`, packs in a folder) and
+the object store one (:mod:`._object_staging`, objects under a prefix): the arrays'
+codec, the pack suffix, the JSON encoding of records, how a tile's arrays become one
+payload, and the index accessors. Kept apart so that neither module imports the other
+at import time. ``FORMAT`` is the object store staging's format number (the local
+staging has its own)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numcodecs import Blosc
@@ -31,3 +36,60 @@ def _json_default(obj: object) -> object:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+def encode_arrays(
+    arrays: dict[str, np.ndarray] | None, checksum: Callable[[bytes], int] | None = None
+) -> tuple[dict[str, list], list[bytes], int]:
+    """A tile's arrays as one payload: ``(specs, blobs, size)``, where ``specs[name]`` is
+    ``[offset, nbytes, dtype, shape]`` (and the blob's ``checksum`` when one is given)
+    and the blobs, concatenated, are the payload of ``size`` bytes.
+
+    >>> specs, blobs, size = encode_arrays({"labels": np.zeros((2, 2), np.uint8)})
+    >>> specs["labels"][2:], size == sum(map(len, blobs))
+    (['|u1', [2, 2]], True)
+    """
+    specs: dict[str, list] = {}
+    blobs: list[bytes] = []
+    offset = 0
+    for name, arr in (arrays or {}).items():
+        arr = np.ascontiguousarray(arr)
+        blob = bytes(_CODEC.encode(arr)) if arr.nbytes else b""
+        spec: list[Any] = [offset, len(blob), arr.dtype.str, list(arr.shape)]
+        if checksum is not None:
+            spec.append(checksum(blob))
+        specs[name] = spec
+        blobs.append(blob)
+        offset += len(blob)
+    return specs, blobs, offset
+
+
+class IndexedTiles:
+    """The tile accessors both stagings answer from their index of finished tiles
+    (``_index_for(tiles_dir, generation)``, built lazily, one per generation)."""
+
+    _index: Any
+
+    @property
+    def tiles_dir(self) -> str:  # pragma: no cover - each staging defines it
+        raise NotImplementedError
+
+    @property
+    def generation(self) -> str | None:  # pragma: no cover - each staging defines it
+        raise NotImplementedError
+
+    def _new_index(self) -> Any:  # pragma: no cover - each staging defines it
+        raise NotImplementedError
+
+    def _idx(self) -> Any:
+        if self._index is None:
+            self._index = self._new_index()
+        return self._index
+
+    def finished_tiles(self) -> list[int]:
+        """Every finished tile, sorted."""
+        return self._idx().all()
+
+    def is_finished(self, n: int) -> bool:
+        """Whether tile ``n`` has a complete record."""
+        return self._idx().find(n) is not None
