@@ -329,13 +329,25 @@ def _start_cluster(use_gpu):
 
 
 def _run(
-    flow, plan: RunPlan, src: ImageSource, fn, fn_desc: str, out: OutputTarget, **kwargs: Any
+    flow,
+    plan: RunPlan,
+    src: ImageSource,
+    fn,
+    fn_desc: str,
+    out: OutputTarget,
+    *,
+    staging: str | os.PathLike | None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run a flow: against the server of ``blockbuster up`` when one runs and no
+    """Run a flow: the staging placed and every path checked first (nothing is written
+    before); against the server of ``blockbuster up`` when one runs and no
     ``PREFECT_API_URL`` is set (its runs and artifacts stay in its UI), else as before;
     one run at a time on an output: a second one waits (io/_lock.py)."""
     from blockbuster.tasks import use_local_server
 
+    root = _staging_root(staging, out)
+    _check_places(src, out, root, plan.result_key)
+    plan = dataclasses.replace(plan, staging_root=root)
     lock = None if out.temporary else OutputLock(out.path)
     with use_local_server():
         if lock is not None:
@@ -657,9 +669,6 @@ def tile_process(
     )
     if why is not None:
         log.info("tile_shape='auto' chose %s: %s", plan.grid.tile_shape, why)
-    root = _staging_root(staging, out)
-    _check_places(src, out, root, plan.result_key)
-    plan = dataclasses.replace(plan, staging_root=root)
     from blockbuster.flows import tile_process_flow
 
     summary = _run(
@@ -669,6 +678,7 @@ def tile_process(
         fn,
         _fn_description(fn),
         out,
+        staging=staging,
         use_gpu=use_gpu,
         progress=progress,
         keep_staging=keep_staging,
@@ -763,9 +773,6 @@ def merge_tile_labels(
         read_back=src.kind == "stored",
         max_tiles=_max_tiles(),
     )
-    root = _staging_root(staging, out)
-    _check_places(src, out, root, plan.result_key)
-    plan = dataclasses.replace(plan, staging_root=root)
     from blockbuster.flows import merge_flow
 
     summary = _run(
@@ -775,6 +782,7 @@ def merge_tile_labels(
         None,
         "merge of per-tile labels",
         out,
+        staging=staging,
         use_gpu=False,
         progress=progress,
         keep_staging=keep_staging,
