@@ -27,9 +27,12 @@ def _free_port() -> int:
 class MotoServer:
     """``with MotoServer() as srv:`` -> ``srv.endpoint``, ``srv.env`` (the AWS settings)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, check_credentials: bool = False) -> None:
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        # moto checks request signatures against its IAM users only when told to (from
+        # the first request on): then the dummy credentials of ``env`` are refused
+        self.check_credentials = check_credentials
 
     @property
     def endpoint(self) -> str:
@@ -54,6 +57,9 @@ class MotoServer:
             self.port = _free_port()
             self.proc = subprocess.Popen(
                 [exe, "-H", "127.0.0.1", "-p", str(self.port)],
+                env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+                if self.check_credentials
+                else None,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -107,6 +107,26 @@ def test_bad_credentials_and_endpoint_named(s3_bucket, monkeypatch):
     assert "testing" not in str(InputError)  # no credential in the message
 
 
+def test_wrong_credentials_one_clear_error_naming_the_url(tmp_path, monkeypatch):
+    """A server that checks signatures refuses the credentials: one error naming the
+    URL and the settings to check, no secret in it, nothing written locally."""
+    from s3server import MotoServer
+
+    with MotoServer(check_credentials=True) as srv:
+        env = {**srv.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret-42"}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        url = "s3://some-bucket/img.zarr"
+        with pytest.raises(InputError, match="credentials were refused") as info:
+            open_path(url)
+        assert url in str(info.value) and "AWS_SECRET_ACCESS_KEY" in str(info.value)
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(InputError, match=r"'s3://some-bucket/img.zarr'.*credentials"):
+            tile_process(url, _label, tile_shape=(32, 32), write_to="s3://some-bucket/out.zarr")
+        assert "not-the-secret-42" not in str(info.value)
+        assert os.listdir(tmp_path) == []  # no local folder named after the URL
+
+
 # --------------------------------------------------------------------------------------
 # staging in the object store
 # --------------------------------------------------------------------------------------
