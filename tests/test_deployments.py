@@ -116,8 +116,8 @@ def test_paths_must_resolve_under_the_data_roots(tmp_path):
         prepare_segment("a.zarr", SEG, settings=st)
     with pytest.raises(PathNotAllowedError, match="no data roots are configured"):
         prepare_segment(img_in, SEG, settings=Settings())
-    with pytest.raises(UnsupportedLocationError, match="URL"):
-        check_allowed_path("s3://bucket/a.zarr", [str(root)], what="image")
+    with pytest.raises(PathNotAllowedError, match="outside the data roots"):
+        check_allowed_path("s3://bucket/a.zarr", [str(root)], what="image")  # no URL root
     # a root that is a prefix of another folder's name does not admit it
     (tmp_path / "data2").mkdir()
     before["data2"] = ("dir", 0)  # made by the test itself

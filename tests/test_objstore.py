@@ -207,6 +207,37 @@ def test_tile_process_s3_in_s3_out_touch_merge(s3_bucket, client, ndim):
 
 
 @pytest.mark.slow
+def test_deployment_with_a_bucket_prefix_as_data_root(s3_bucket, client):
+    """Deployments: a URL prefix is a data root with the folders' rules; the default
+    output lands next to the image in the store; another prefix is refused untouched."""
+    from blockbuster.deploy import Settings, prepare_segment, run_segment
+    from blockbuster.errors import PathNotAllowedError
+
+    img = blobs((64, 96), seed=5)
+    url = f"{s3_bucket}/raw/acq/img.zarr"
+    zarr.create_array(store=url, shape=img.shape, chunks=(32, 32), dtype="u1")[...] = img
+    other = f"{s3_bucket}/rawdata/img.zarr"  # shares the root's characters, not its folder
+    zarr.create_array(store=other, shape=img.shape, chunks=(32, 32), dtype="u1")[...] = img
+    settings = Settings(data_roots=(f"{s3_bucket}/raw",))
+    seg = {"name": "threshold", "options": {"threshold": 0}}
+    req = prepare_segment(url, seg, tiling={"tile_shape": [32, 32]}, settings=settings)
+    assert req.output == url + ".labels.zarr"
+    result = run_segment(req)
+    assert result["status"] == "segmented"
+    assert same_partition(zarr.open_array(req.output, mode="r")[...], ndi.label(img > 0)[0])
+    assert run_segment(req)["status"] == "already-segmented"
+    before = _all_objects(s3_bucket)
+    for image, output in [
+        (other, None),
+        (url, f"{s3_bucket}/elsewhere/labels.zarr"),
+        (url, f"{s3_bucket}/raw/../elsewhere/labels.zarr"),
+    ]:
+        with pytest.raises(PathNotAllowedError):
+            prepare_segment(image, seg, output=output, settings=settings)
+    assert _all_objects(s3_bucket) == before
+
+
+@pytest.mark.slow
 def test_ngff_labels_inside_ome_zarr_on_s3(s3_bucket, client):
     img = blobs((96, 80), seed=1)
     cyx = np.stack([img, np.zeros_like(img)]).astype(np.uint16)

@@ -105,3 +105,60 @@ def test_parse_location_never_returns_a_url_or_a_chain(value):
     s = os.fspath(p)
     assert os.path.isabs(s) and "::" not in s and "\x00" not in s
     assert "://" not in s or value.startswith("file://")
+
+
+# ---------------------------------------------------------------------------------------
+# URL prefixes as data roots (deployments on object stores)
+# ---------------------------------------------------------------------------------------
+URL_ROOTS = ("/data", "s3://lab/raw", "gs://other")
+KEYS = ["raw", "rawdata", "a.zarr", "..", ".", "", "x?y", "x#y", "%2e%2e", "labels", "r a w"]
+
+
+@given(
+    scheme=st.sampled_from(["s3", "gs", "az"]),
+    bucket=st.sampled_from(["lab", "other", "lab2"]),
+    keys=st.lists(st.sampled_from(KEYS), max_size=5),
+    slash=st.booleans(),
+)
+def test_no_accepted_url_lies_outside_a_url_root(scheme, bucket, keys, slash):
+    url = f"{scheme}://{bucket}/" + "/".join(keys) + ("/" if slash else "")
+    try:
+        got = check_allowed_path(url, URL_ROOTS, what="output")
+    except BlockbusterError:
+        return  # refused: a check of strings only, nothing on any disk or store
+    assert not any(c in got for c in "?#%")
+    segments = got.split("://", 1)[1].split("/")
+    assert not any(s in ("", ".", "..") for s in segments)
+    assert (
+        got == "gs://other"
+        or got.startswith("gs://other/")
+        or got == "s3://lab/raw"
+        or (got.startswith("s3://lab/raw/"))
+    )
+
+
+def test_url_roots_are_parsed_from_the_environment_and_checked():
+    from blockbuster.deploy import Settings
+    from blockbuster.errors import PathNotAllowedError
+
+    s = Settings.from_env({"BLOCKBUSTER_DATA_ROOTS": "/data:s3://lab/raw/:gs://other"})
+    assert s.data_roots == ("/data", "s3://lab/raw", "gs://other")
+    ok = check_allowed_path("s3://lab/raw/x/a.zarr/", s.data_roots, what="image")
+    assert ok == "s3://lab/raw/x/a.zarr"
+    for bad, why in [
+        ("s3://lab/rawdata/a.zarr", "outside the data roots"),  # a prefix, not a folder
+        ("s3://lab2/raw/a.zarr", "outside the data roots"),
+        ("gs://lab/raw/a.zarr", "outside the data roots"),
+        ("s3://lab/raw/../secret/a.zarr", "'..'"),
+        ("s3://lab/raw//a.zarr", "empty"),
+    ]:
+        with pytest.raises(PathNotAllowedError, match=why):
+            check_allowed_path(bad, s.data_roots, what="image")
+    # a local root never admits a URL, a URL root never a local path
+    with pytest.raises(PathNotAllowedError, match="outside the data roots"):
+        check_allowed_path("s3://lab/a.zarr", ("/data",), what="image")
+    with pytest.raises(PathNotAllowedError, match="outside the data roots"):
+        check_allowed_path(os.path.join(os.getcwd(), "s3:", "lab", "raw"), s.data_roots, what="x")
+    with pytest.raises(Exception, match="read-only"):
+        Settings.from_env({"BLOCKBUSTER_DATA_ROOTS": "https://example.org/data"})
+    assert issubclass(PathNotAllowedError, PermissionError)

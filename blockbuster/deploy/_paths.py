@@ -14,8 +14,17 @@ import logging
 import os
 from typing import Any, Literal
 
-from blockbuster.errors import InvalidParameterError, UnsupportedLocationError
-from blockbuster.io import check_apart, hidden_path, is_url, lock_path, parse_location, under_roots
+from blockbuster.errors import InvalidParameterError
+from blockbuster.io import (
+    check_apart,
+    hidden_path,
+    is_url,
+    join_url,
+    lock_path,
+    parse_location,
+    under_roots,
+    under_url_roots,
+)
 from blockbuster.io import output_state as _io_output_state
 
 __all__ = [
@@ -49,7 +58,9 @@ def check_allowed_path(
     what: str,
     setting: str = "BLOCKBUSTER_DATA_ROOTS",
 ) -> str:
-    """``path`` resolved (symlinks, ``..``), when it lies under one of ``roots``.
+    """``path`` resolved (symlinks, ``..``), when it lies under one of ``roots``; a URL
+    (``s3://bucket/key``) normalized, when it lies under one of the URL prefixes among
+    ``roots`` (:func:`blockbuster.io.under_url_roots`).
 
     Raises
     ------
@@ -62,6 +73,8 @@ def check_allowed_path(
     --------
     >>> check_allowed_path("/data/a/../b.zarr", ["/data"], what="image")
     '/data/b.zarr'
+    >>> check_allowed_path("s3://lab/raw/b.zarr", ["/data", "s3://lab/raw"], what="image")
+    's3://lab/raw/b.zarr'
     >>> check_allowed_path("/etc/passwd", ["/data"], what="image")
     Traceback (most recent call last):
     ...
@@ -70,11 +83,8 @@ def check_allowed_path(
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
         raise InvalidParameterError(f"{what}={path!r} must be an absolute path")
     raw = parse_location(os.fspath(path).strip(), param=what)  # URLs, '::', NUL, long names
-    if is_url(os.fspath(raw)):
-        raise UnsupportedLocationError(
-            f"{what}={os.fspath(path).strip()!r} is a URL; deployments take local paths "
-            f"under their data roots ({setting}: URL prefixes as roots are not supported yet)"
-        )
+    if is_url(os.fspath(raw)):  # an object in a store: under a URL prefix of the roots
+        return under_url_roots(os.fspath(raw), roots, param=what, setting=setting)
     given = os.fspath(path).strip()
     given = given[len("file://") :] if given.startswith("file://") else given
     if not os.path.isabs(given):
@@ -120,7 +130,16 @@ def default_output(
     '/d/x/b.tif.labels.zarr'
     >>> default_output("/d/x/b.tif", kind="tiff", output_dir="/out", base_folder="/d")
     '/out/x/b.tif.labels.zarr'
+    >>> default_output("s3://lab/raw/c.zarr", kind="zarr")
+    's3://lab/raw/c.zarr.labels.zarr'
     """
+    if is_url(image_path):  # an object store: the same places, by key
+        name = image_path.rstrip("/").rsplit("/", 1)[1]
+        if output_dir is None:
+            if kind == "ome-zarr":
+                return join_url(join_url(image_path, component), f"labels/{label_name}")
+            return image_path.rstrip("/") + LABELS_SUFFIX
+        return join_url(output_dir, name + LABELS_SUFFIX)
     image_path = os.path.normpath(image_path)
     if output_dir is None:
         if kind == "ome-zarr":

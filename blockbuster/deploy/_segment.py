@@ -142,7 +142,7 @@ def prepare_segment(
     if enforce_roots:
         img = check_allowed_path(image, settings.data_roots, what="image")
     else:
-        img = os.path.realpath(parse_location(image, param="image"))
+        img = _resolved(parse_location(image, param="image"))
     choice = _as_segmenter(
         segmenter
         if segmenter is not None
@@ -176,7 +176,7 @@ def prepare_segment(
     if enforce_roots:
         out = check_allowed_path(output, settings.data_roots, what="output")
     else:
-        out = os.path.realpath(parse_location(output, param="output"))
+        out = _resolved(parse_location(output, param="output"))
     _check_output_vs_input(out, stored)
     # a path blockbuster did not write is refused now (a complete output of ours is
     # either left alone, "already-segmented", or replaced with overwrite=True)
@@ -196,6 +196,14 @@ def prepare_segment(
         description=desc,
         dask_address=settings.dask_address,
     )
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    """A local path with its links and ``..`` resolved; a URL as it is."""
+    from blockbuster.io import is_url
+
+    p = os.fspath(path)
+    return p if is_url(p) else os.path.realpath(p)
 
 
 def _logger():

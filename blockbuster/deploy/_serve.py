@@ -60,8 +60,10 @@ def check_settings(settings: Settings) -> list[str]:
             "BLOCKBUSTER_DATA_ROOTS is not set: deployment runs may only read and write "
             f"under these folders; set it (absolute folders separated by {os.pathsep!r})"
         )
+    from blockbuster.io import is_url
+
     for r in settings.data_roots:
-        if not os.path.isdir(r):
+        if not is_url(r) and not os.path.isdir(r):  # a bucket is checked by each run
             warnings.append(f"data root {r!r} does not exist (yet)")
     if settings.watch_folder:
         check_allowed_path(

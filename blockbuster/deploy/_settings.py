@@ -9,9 +9,12 @@ what the machine lets it read or write.
 =================================  =========================================================
 variable                           meaning (default)
 =================================  =========================================================
-``BLOCKBUSTER_DATA_ROOTS``         folders that deployment inputs and outputs must resolve
-                                   under, separated by ``os.pathsep`` (``:`` on Linux).
-                                   Unset or empty: every path is refused.
+``BLOCKBUSTER_DATA_ROOTS``         folders, or object store URL prefixes
+                                   (``s3://bucket/prefix``, ``gs://``, ``az://``), that
+                                   deployment inputs and outputs must lie under, separated
+                                   by ``os.pathsep`` (``:`` on Linux; the ``:`` of a
+                                   ``scheme://`` is not a separator). Unset or empty:
+                                   every path is refused.
 ``BLOCKBUSTER_WATCH_FOLDER``       folder ``watch-acquisitions`` scans (none)
 ``BLOCKBUSTER_WATCH_INTERVAL``     seconds between scans (600)
 ``BLOCKBUSTER_WATCH_CRON``         cron schedule of scans instead, e.g. ``0 2 * * *`` (none)
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -115,15 +119,32 @@ class Settings(EnvSettings):
     @field_validator("data_roots", mode="before")
     @classmethod
     def _roots(cls, v: Any) -> tuple[str, ...]:
-        parts = [p.strip() for p in v.split(os.pathsep)] if isinstance(v, str) else list(v)
-        parts = [os.path.expanduser(str(p)) for p in parts if str(p).strip()]
-        for p in parts:
+        from blockbuster.io import is_url, join_url, split_url
+
+        if isinstance(v, str):  # "/data:s3://lab/raw": a ':' before '//' is a scheme's
+            sep = re.escape(os.pathsep)
+            parts = [p.strip() for p in re.split(sep + r"(?!//)", v)]
+        else:
+            parts = list(v)
+        roots = []
+        for p in (str(p).strip() for p in parts if str(p).strip()):
+            if is_url(p):
+                try:
+                    scheme, bucket, prefix = split_url(p)
+                except ValueError as exc:
+                    raise _Bad(f"{p!r}: {exc}") from None
+                if scheme in ("http", "https"):
+                    raise _Bad(f"{p!r}: http(s) URLs are read-only; give a bucket URL")
+                roots.append(join_url(f"{scheme}://{bucket}", prefix))
+                continue
+            p = os.path.expanduser(p)
             if not os.path.isabs(p):
                 raise _Bad(
-                    f"{p!r} is not an absolute path; give absolute folders separated by "
-                    f"{os.pathsep!r}"
+                    f"{p!r} is neither an absolute path nor a bucket URL; give absolute "
+                    f"folders or s3:// (gs://, az://) prefixes separated by {os.pathsep!r}"
                 )
-        return tuple(parts)
+            roots.append(p)
+        return tuple(roots)
 
     @field_validator("watch_folder", "output_dir", "model_dir", mode="before")
     @classmethod

@@ -46,8 +46,13 @@ from typing import Annotated, Any
 
 from prefect import flow
 
-from blockbuster.errors import InputError, InvalidParameterError, PathNotAllowedError
-from blockbuster.io import OutputLock, under_roots
+from blockbuster.errors import (
+    InputError,
+    InvalidParameterError,
+    PathNotAllowedError,
+    UnsupportedLocationError,
+)
+from blockbuster.io import OutputLock, is_url, under_roots
 
 from ._params import SegmenterChoice, TilingOptions, _as_segmenter, _as_tiling, _enum_value
 from ._paths import (
@@ -388,6 +393,11 @@ def watch_acquisitions(
             "that runs the flow"
         )
     folder = check_allowed_path(folder, settings.data_roots, what="folder")
+    if is_url(folder):
+        raise UnsupportedLocationError(
+            f"folder={folder!r} is a URL: watch-acquisitions scans a local folder (an "
+            "acquisition in a bucket is segmented by a `segment` run, e.g. from an event)"
+        )
     if not os.path.isdir(folder):
         raise InputError(f"folder {folder!r} does not exist or is not a folder")
     choice = _as_segmenter(
@@ -406,6 +416,11 @@ def watch_acquisitions(
     out_dir = output_dir or settings.output_dir
     if out_dir:
         out_dir = check_allowed_path(out_dir, settings.data_roots, what="output_dir")
+        if is_url(out_dir):
+            raise UnsupportedLocationError(
+                f"output_dir={out_dir!r} is a URL: watch-acquisitions writes into a local "
+                "folder (give segment runs an s3:// output instead)"
+            )
 
     decisions = scan_folder(
         folder,

@@ -25,6 +25,7 @@ from ._places import (
     parse_location,
     staging_state,
     under_roots,
+    under_url_roots,
 )
 from ._png import data_url, encode_png, png_size, write_png
 from ._readback import LabelReader, group_shape, read_labels
@@ -41,8 +42,10 @@ from ._stores import (
     all_storage_options,
     check_url,
     is_url,
+    join_url,
     redact,
     set_storage_options,
+    split_url,
     zarr_location,
 )
 from ._zarrio import (
@@ -69,6 +72,7 @@ __all__ = [
     "parse_location",
     "staging_state",
     "under_roots",
+    "under_url_roots",
     "ArraySource",
     "ChunkFiles",
     "ImageSource",
@@ -82,6 +86,8 @@ __all__ = [
     "all_storage_options",
     "check_url",
     "is_url",
+    "join_url",
+    "split_url",
     "redact",
     "set_storage_options",
     "zarr_location",

@@ -60,7 +60,7 @@ from blockbuster.errors import (
 )
 
 from ._metadata import _node_type, _read_json
-from ._stores import URL_SCHEMES, is_url, list_prefix, redact, split_url, zarr_store
+from ._stores import URL_SCHEMES, is_url, join_url, list_prefix, redact, split_url, zarr_store
 
 if TYPE_CHECKING:
     import zarr.storage
@@ -390,12 +390,50 @@ def under_roots(
         )
     real = _real(raw)
     for root in roots:
-        if is_within(real, _real(root)):
+        if not is_url(root) and is_within(real, _real(root)):  # URL roots: under_url_roots
             return real
     where = f" (resolves to {real!r})" if real != os.path.normpath(raw) else ""
     raise PathNotAllowedError(
         f"{param} {raw!r}{where} is outside the data roots ({os.pathsep.join(roots)}); "
         f"only paths under {setting} may be read or written"
+    )
+
+
+def under_url_roots(
+    url: str, roots: Iterable[str], *, param: str, setting: str = "BLOCKBUSTER_DATA_ROOTS"
+) -> str:
+    """``url`` normalized, when it lies under one of the URL prefixes in ``roots`` (the
+    same scheme and bucket, and the root's key segments first): the rule of
+    :func:`under_roots` for object stores. Keys with ``.`` or ``..`` segments, empty
+    segments (``//``), ``?``, ``#`` or ``%`` are refused (a store takes them literally,
+    a reader may not).
+
+    >>> under_url_roots("s3://lab/raw/a.zarr/", ["s3://lab/raw"], param="image")
+    's3://lab/raw/a.zarr'
+    >>> under_url_roots("s3://lab/rawdata/a.zarr", ["s3://lab/raw"], param="image")
+    Traceback (most recent call last):
+    ...
+    blockbuster.errors.PathNotAllowedError: image 's3://lab/rawdata/a.zarr' is outside the data roots (s3://lab/raw); only paths under BLOCKBUSTER_DATA_ROOTS may be read or written
+    """
+    url_roots = [r for r in roots if is_url(r)]
+    scheme, bucket, prefix = split_url(url)
+    keys = prefix.split("/") if prefix else []
+    given = url.split("://", 1)[1].rstrip("/").split("/")[1:]  # as written, '//' kept
+    if any(k in ("", ".", "..") for k in given) or any(c in url for c in "?#%"):
+        raise PathNotAllowedError(
+            f"{param} {redact(url)!r} has an empty, '.' or '..' key segment or a '?', '#' "
+            "or '%': give the object's plain key"
+        )
+    norm = join_url(f"{scheme}://{bucket}", prefix)
+    for root in url_roots:
+        r_scheme, r_bucket, r_prefix = split_url(root)
+        r_keys = r_prefix.split("/") if r_prefix else []
+        if (r_scheme, r_bucket) == (scheme, bucket) and keys[: len(r_keys)] == r_keys:
+            return norm
+    shown = os.pathsep.join(roots) if roots else "none configured"
+    raise PathNotAllowedError(
+        f"{param} {redact(url)!r} is outside the data roots ({shown}); only paths under "
+        f"{setting} may be read or written"
     )
 
 
