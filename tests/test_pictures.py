@@ -32,7 +32,7 @@ def coloured(rgb: np.ndarray, min_spread: int = 24) -> np.ndarray:
 
 
 @pytest.mark.usefixtures("client")
-def test_run_preview_shows_labels_where_they_are_and_skipped_tiles(tmp_path):
+def test_run_preview_shows_labels_where_they_are_and_skipped_tiles(tmp_path, caplog):
     calls = tmp_path / "calls"
     calls.mkdir()
     img = blobs((300, 420), seed=5)
@@ -40,7 +40,11 @@ def test_run_preview_shows_labels_where_they_are_and_skipped_tiles(tmp_path):
     path = str(tmp_path / "image.zarr")
     zarr.create_array(store=path, data=img, chunks=(60, 60))
     out = str(tmp_path / "labels.zarr")
-    lab, summary = tile_process_with(path, CountingLabel(str(calls)), out)
+    with caplog.at_level("INFO", logger="blockbuster"):
+        lab, summary = tile_process_with(path, CountingLabel(str(calls)), out)
+    # the estimate-empty stage sampled the image of the tiles it found empty
+    assert summary["n_skipped"] == 10
+    assert not [r for r in caplog.records if "again" in r.getMessage()]
     pics = summary["pictures"]
     assert pics["files"] == {
         "preview": os.path.join(out, PREVIEW_FILE),
@@ -61,6 +65,7 @@ def test_run_preview_shows_labels_where_they_are_and_skipped_tiles(tmp_path):
     ys, xs = np.nonzero(top)
     assert ys.size > 200
     assert (rgb[ys, xs] == label_colors(labels[ys, xs])).all()
+    assert np.array_equal(rgb, _expected_preview(img, labels, (60, 60)))
     # the tile map: 5 x 7 tiles, the last two columns skipped (grey, crossed)
     tmap = rgb_of(pics["files"]["tile_map"])
     cell = tmap.shape[1] // 7

@@ -8,9 +8,10 @@ published as Prefect artifacts.
   merge: touch, overlap, merge units, ``sequential_labels``); a few KB per tile come back
   with each batch's result (:func:`blockbuster.worker.sample_tile`), into the run's
   :class:`~blockbuster.core.PreviewCanvas` (:func:`preview_canvas`). Skipped tiles are
-  background (their output reads as 0). The image of tiles no segment batch read in this
-  run (resumed from an earlier run, skipped by the estimate-empty stage, or a segment
-  stage answered from Prefect's cache) is the one thing read again, strided
+  background (their output reads as 0); the estimate-empty stage samples the image of
+  the empty tiles it reads. The image of tiles no stage read in this run (resumed from
+  an earlier run, or a segment stage answered from Prefect's cache) is the one thing
+  read again, strided
   (:func:`blockbuster.worker.sample_regions`). Each picture is at most
   :data:`~blockbuster.core.MAX_SIDE` pixels on its longest side. A 3D image is
   previewed in its middle plane (not a maximum projection: labels of different depths
@@ -214,9 +215,8 @@ def make_pictures(
 
 
 def _missing_image(job: Job, canvas: PreviewCanvas) -> None:
-    """Read again the image samples of the tiles no segment batch returned: tiles resumed
-    from an earlier run, skipped by the estimate-empty stage, or a segment stage answered
-    from Prefect's cache. The only strided re-read left (of the image; the labels always
+    """Read again the image samples of the tiles no stage returned: tiles resumed from an
+    earlier run, or a segment stage answered from Prefect's cache. The only strided re-read left (of the image; the labels always
     come from the relabel stage)."""
     plan, src = job.plan, job.source
     g = plan.grid

@@ -3,11 +3,12 @@ already hold (:func:`sample_tile`), or, where nothing holds it any more, read it
 (:func:`sample_regions`); and draw and encode both pictures (:func:`render_pictures`).
 
 The preview keeps every ``step``-th pixel from 0 along each in-plane axis (for 3D, of the
-middle plane only). The segment stage samples each image tile it reads, the relabel stage
-each output tile it writes (the final ids), so a run reads nothing again for its
-pictures. :func:`sample_regions` (a strided read of regions of the output and of the
-image, one output chunk or shard at a time) remains for what no stage held: the image of
-tiles resumed from an earlier run or skipped by the estimate-empty stage.
+middle plane only). The segment stage samples each image tile it reads (the
+estimate-empty stage each empty tile it reads), the relabel stage each output tile it
+writes (the final ids), so a run reads nothing again for its pictures.
+:func:`sample_regions` (a strided read of regions of the output and of the image, one
+output chunk or shard at a time) remains for what no stage held: the image of tiles
+resumed from an earlier run.
 """
 
 from __future__ import annotations
