@@ -507,7 +507,7 @@ def test_gpu_batch_reads_ahead_and_writes_behind(tmp_path, monkeypatch):
 
     from blockbuster.core import make_plan
     from blockbuster.io import Staging, open_image
-    from blockbuster.worker import segment_tiles
+    from blockbuster.worker import PREVIEW_FIELD, segment_tiles
 
     path = str(tmp_path / "img.zarr")
     img = np.zeros((4, 32, 32), np.uint8)
@@ -547,7 +547,8 @@ def test_gpu_batch_reads_ahead_and_writes_behind(tmp_path, monkeypatch):
         plan = dataclasses.replace(plan, staging_root=str(tmp_path / where))
         st = Staging(plan.staging_root)
         st.prepare({"run_key": plan.run_key})
-        recs = segment_tiles(plan, fn, [0, 1, 2, 3], reader=Reader())
+        # the preview's samples (every 2nd pixel of plane 2) come back with the records
+        recs = segment_tiles(plan, fn, [0, 1, 2, 3], reader=Reader(), preview=(2, 2))
         return recs, {n: st.read_tile(n)[1].get("labels") for n in range(4)}
 
     fn = GpuFn()
@@ -561,6 +562,10 @@ def test_gpu_batch_reads_ahead_and_writes_behind(tmp_path, monkeypatch):
     assert [r["n_labels"] for r in recs] == [r["n_labels"] for r in plain_recs] == [1, 2, 2, 1]
     for n in range(4):
         assert np.array_equal(staged[n], plain[n])
+    for rs in (recs, plain_recs):  # both paths: only the tile holding plane 2 is sampled
+        assert [PREVIEW_FIELD in r for r in rs] == [False, False, True, False]
+        at, pixels = rs[2][PREVIEW_FIELD]
+        assert at == (0, 0) and np.array_equal(pixels, img[2, ::2, ::2])
 
 
 def test_integer_overlap_skips_one_plane_axes(tmp_path):
