@@ -257,7 +257,10 @@ def _missing_image(job: Job, canvas: PreviewCanvas) -> None:
     arr = src.dask_array
     parts = []
     for n in todo:
-        read, pick, at = region_samples(g.core_bounds(n), step, plane)
+        region = region_samples(g.core_bounds(n), step, plane)
+        if region is None:  # not reached: todo holds only tiles with samples
+            continue
+        read, pick, at = region
         part = arr[full_slices(read, ca)]
         if ca is not None:
             part = part.max(axis=ca)
