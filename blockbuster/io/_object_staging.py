@@ -39,7 +39,6 @@ import struct
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,6 +50,7 @@ from ._staging_format import (
     _CODEC,
     FORMAT,
     PACK_SUFFIX,
+    IndexCache,
     IndexedTiles,
     _json_default,
     encode_arrays,
@@ -123,21 +123,11 @@ class _ObjectIndex:
             return sorted(self.where)
 
 
-_INDEXES: OrderedDict[tuple[str, str], _ObjectIndex] = OrderedDict()
-_INDEXES_LOCK = threading.Lock()
+_INDEXES = IndexCache()
 
 
 def _index_for(tiles_url: str, generation: str) -> _ObjectIndex:
-    key = (tiles_url, generation)
-    with _INDEXES_LOCK:
-        idx = _INDEXES.get(key)
-        if idx is None:
-            idx = _INDEXES[key] = _ObjectIndex(tiles_url)
-            while len(_INDEXES) > 8:
-                _INDEXES.popitem(last=False)
-        else:
-            _INDEXES.move_to_end(key)
-        return idx
+    return _INDEXES.get((tiles_url, generation), lambda: _ObjectIndex(tiles_url))
 
 
 class ObjectStaging(IndexedTiles):

@@ -75,7 +75,6 @@ import threading
 import time
 import uuid
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -86,7 +85,14 @@ from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
 
 from ._durable import fsync_dir
 from ._places import check_staging, staging_state
-from ._staging_format import _CODEC, PACK_SUFFIX, IndexedTiles, _json_default, encode_arrays
+from ._staging_format import (
+    _CODEC,
+    PACK_SUFFIX,
+    IndexCache,
+    IndexedTiles,
+    _json_default,
+    encode_arrays,
+)
 from ._stores import is_url
 
 __all__ = ["Staging"]
@@ -199,21 +205,12 @@ def _records(
         pos = stop
 
 
-_INDEXES: OrderedDict[tuple[str, str], _PackIndex] = OrderedDict()
-_INDEXES_LOCK = threading.Lock()
+_INDEXES = IndexCache()
 
 
 def _index_for(tiles_dir: str, generation: str) -> _PackIndex:
     key = (os.path.abspath(tiles_dir), generation)
-    with _INDEXES_LOCK:
-        idx = _INDEXES.get(key)
-        if idx is None:
-            idx = _INDEXES[key] = _PackIndex(tiles_dir)
-            while len(_INDEXES) > 8:
-                _INDEXES.popitem(last=False)
-        else:
-            _INDEXES.move_to_end(key)
-        return idx
+    return _INDEXES.get(key, lambda: _PackIndex(tiles_dir))
 
 
 class Staging(IndexedTiles):

@@ -7,7 +7,9 @@ staging has its own)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -93,3 +95,31 @@ class IndexedTiles:
     def is_finished(self, n: int) -> bool:
         """Whether tile ``n`` has a complete record."""
         return self._idx().find(n) is not None
+
+
+class IndexCache:
+    """The few most recently used tile indexes of a process, by ``(tiles location,
+    generation)``: a batch reads many tiles of one staging, and a new generation (a
+    rewritten staging) never meets an index of the old one. Thread-safe."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The index under ``key``, made by ``make()`` the first time."""
+        with self._lock:
+            idx = self._items.get(key)
+            if idx is None:
+                idx = self._items[key] = make()
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            else:
+                self._items.move_to_end(key)
+            return idx
+
+    def clear(self) -> None:
+        """Forget every index (as a new process would start)."""
+        with self._lock:
+            self._items.clear()
