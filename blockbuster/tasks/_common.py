@@ -7,6 +7,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
 __all__ = [
+    "fan_out",
     "stage_task",
     "STAGE_RETRIES",
     "tiles_word",
@@ -16,6 +17,40 @@ __all__ = [
     "local_result_storage",
     "local_result_dir",
 ]
+
+
+def fan_out(
+    job,
+    fn,
+    tiles: list[int],
+    args_for,
+    *,
+    name: str,
+    info: dict[str, Any] | None = None,
+    started: float | None = None,
+    max_batch: int | None = None,
+):
+    """Submit ``fn`` over ``tiles`` in batches sized for the job's cluster, at most two
+    batches a worker thread (plus two) in flight: a :class:`~blockbuster.cluster.StageWork`.
+    ``args_for(batch)`` returns the function that builds a batch's arguments."""
+    from blockbuster.cluster import StageWork, client_threads, split_batches
+
+    client = job.client()
+    nthreads = client_threads(client)
+    kw: dict[str, Any] = {"tile_voxels": job.plan.grid.tile_voxels}
+    if max_batch is not None:
+        kw["max_batch"] = max_batch
+    batches = split_batches(tiles, nthreads, **kw)
+    return StageWork.submit(
+        client,
+        fn,
+        batches,
+        args_for,
+        name=name,
+        window=2 * nthreads + 2,
+        info=info,
+        started=started,
+    )
 
 
 def tiles_word(plan) -> str:

@@ -13,10 +13,10 @@ import time
 import numpy as np
 from prefect import get_run_logger
 
-from blockbuster.cluster import StageWork, client_threads, split_batches
+from blockbuster.cluster import StageWork
 from blockbuster.worker import empty_tiles
 
-from ._common import stage_task
+from ._common import fan_out, stage_task
 from ._job import Job
 from ._pictures import preview_canvas
 from ._progress import StageProgress
@@ -32,18 +32,14 @@ def wants_empty_stage(job: Job) -> bool:
 def start_empty(job: Job, todo: list[int]) -> StageWork:
     """Submit the maxima of the unfinished tiles' cores, in batches."""
     plan, reader = job.plan, job.source.reader
-    client = job.client()
-    nthreads = client_threads(client)
-    batches = split_batches(todo, nthreads, tile_voxels=plan.grid.tile_voxels)
     canvas = preview_canvas(job)  # the empty tiles' image samples come back from here
     preview = canvas.params if canvas is not None else None
-    return StageWork.submit(
-        client,
+    return fan_out(
+        job,
         empty_tiles,
-        batches,
+        todo,
         lambda b: lambda: (plan, b, reader, preview),
         name="estimate-empty",
-        window=2 * nthreads + 2,
         info={"todo": todo},
     )
 

@@ -6,11 +6,11 @@ import time
 
 from prefect import get_run_logger
 
-from blockbuster.cluster import StageWork, client_threads, split_batches
+from blockbuster.cluster import StageWork
 from blockbuster.core import MergeTable
 from blockbuster.worker import relabel_tiles, table_luts
 
-from ._common import stage_task, tiles_word
+from ._common import fan_out, stage_task, tiles_word
 from ._job import Job
 from ._pictures import preview_canvas
 from ._progress import StageProgress
@@ -32,18 +32,15 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
         shards=plan.out_shards,
     )
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
-    client = job.client()
-    nthreads = client_threads(client)
-    batches = split_batches(tiles, nthreads, tile_voxels=plan.grid.tile_voxels)
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None  # labels read from the input
     records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
     canvas = preview_canvas(job)  # each tile written returns its samples (final ids)
     preview = canvas.params if canvas is not None else None
-    return StageWork.submit(
-        client,
+    return fan_out(
+        job,
         relabel_tiles,
-        batches,
+        tiles,
         lambda b: (
             lambda: (
                 plan,
@@ -57,7 +54,6 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
             )
         ),
         name="relabel",
-        window=2 * nthreads + 2,
         info={"dtype": str(dtype)},
         started=t0,
     )

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger
 
-from blockbuster.cluster import StageWork, client_threads, split_batches
+from blockbuster.cluster import StageWork
 from blockbuster.core import MergeTable
 from blockbuster.worker import scan_tiles
 
-from ._common import stage_task
+from ._common import fan_out, stage_task
 from ._job import Job
 from ._progress import StageProgress
 
@@ -30,17 +30,14 @@ def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
     if counts.size > 1:
         np.cumsum(counts[:-1], out=offsets[1:])
     tiles = [n for n in range(plan.grid.n_tiles) if counts[n] > 0]
-    client = job.client()
-    nthreads = client_threads(client)
-    batches = split_batches(tiles, nthreads, max_batch=64, tile_voxels=plan.grid.tile_voxels)
-    return StageWork.submit(
-        client,
+    return fan_out(
+        job,
         scan_tiles,
-        batches,
+        tiles,
         lambda b: lambda: (plan, b, counts, offsets),
         name="seams",
-        window=2 * nthreads + 2,
         info={"counts": counts},
+        max_batch=64,
     )
 
 
