@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -52,6 +51,7 @@ from ._staging_format import (
     PACK_SUFFIX,
     IndexCache,
     IndexedTiles,
+    TileIndex,
     _json_default,
     encode_arrays,
 )
@@ -76,15 +76,14 @@ _HEAD = struct.Struct("<4sI")
 _TOC_PROBE = 64 << 10
 
 
-class _ObjectIndex:
+class _ObjectIndex(TileIndex[tuple[str, int, dict, dict]]):
     """``tile -> (object url, data start, record, array specs)``, from the objects'
     tables of contents; extended on demand (objects never change once there)."""
 
     def __init__(self, tiles_url: str):
+        super().__init__()
         self.tiles_url = tiles_url
-        self.where: dict[int, tuple[str, int, dict, dict]] = {}
         self._seen: set[str] = set()
-        self.lock = threading.Lock()
 
     def refresh(self) -> None:
         _, objects = list_prefix(self.tiles_url)
@@ -108,19 +107,6 @@ class _ObjectIndex:
             for n, record, specs, off in toc["tiles"]:
                 self.where.setdefault(int(n), (url, start + int(off), record, specs))
             self._seen.add(name)
-
-    def find(self, n: int) -> tuple[str, int, dict, dict] | None:
-        with self.lock:
-            hit = self.where.get(n)
-            if hit is None:
-                self.refresh()
-                hit = self.where.get(n)
-            return hit
-
-    def all(self) -> list[int]:
-        with self.lock:
-            self.refresh()
-            return sorted(self.where)
 
 
 _INDEXES = IndexCache()

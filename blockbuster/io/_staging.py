@@ -71,7 +71,6 @@ import json
 import os
 import shutil
 import struct
-import threading
 import time
 import uuid
 import warnings
@@ -90,6 +89,7 @@ from ._staging_format import (
     PACK_SUFFIX,
     IndexCache,
     IndexedTiles,
+    TileIndex,
     _json_default,
     encode_arrays,
 )
@@ -103,15 +103,14 @@ _HEAD = struct.Struct("<4sIQ")  # magic, header length, xxh3-64 of the header
 _sum = xxhash.xxh3_64_intdigest
 
 
-class _PackIndex:
+class _PackIndex(TileIndex[tuple[str, int]]):
     """Where each finished tile's record is: ``tile -> (pack path, offset)``, built by
     reading record headers only; extended on demand (new packs, grown packs)."""
 
     def __init__(self, tiles_dir: str):
+        super().__init__()
         self.tiles_dir = tiles_dir
-        self.where: dict[int, tuple[str, int]] = {}
         self._scanned: dict[str, int] = {}  # pack path -> bytes of whole records seen
-        self.lock = threading.Lock()
 
     def refresh(self) -> None:
         try:
@@ -142,19 +141,6 @@ class _PackIndex:
                     self.where[tile] = hit
                 pos = stop
         self._scanned[path] = pos
-
-    def find(self, n: int) -> tuple[str, int] | None:
-        with self.lock:
-            hit = self.where.get(n)
-            if hit is None:
-                self.refresh()
-                hit = self.where.get(n)
-            return hit
-
-    def all(self) -> list[int]:
-        with self.lock:
-            self.refresh()
-            return sorted(self.where)
 
 
 def _records(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numcodecs import Blosc
@@ -123,3 +123,34 @@ class IndexCache:
         """Forget every index (as a new process would start)."""
         with self._lock:
             self._items.clear()
+
+
+_Hit = TypeVar("_Hit")
+
+
+class TileIndex(Generic[_Hit]):
+    """Where each finished tile's record is (``where``: tile -> location), found by
+    :meth:`refresh` (each staging's own scan) and extended on demand: a tile not yet
+    known is looked for again before it is declared unfinished. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.where: dict[int, _Hit] = {}
+        self.lock = threading.Lock()
+
+    def refresh(self) -> None:  # pragma: no cover - each staging defines it
+        raise NotImplementedError
+
+    def find(self, n: int) -> _Hit | None:
+        """Tile ``n``'s location, or None when it has no complete record."""
+        with self.lock:
+            hit = self.where.get(n)
+            if hit is None:
+                self.refresh()
+                hit = self.where.get(n)
+            return hit
+
+    def all(self) -> list[int]:
+        """Every tile with a complete record, sorted."""
+        with self.lock:
+            self.refresh()
+            return sorted(self.where)
