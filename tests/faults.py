@@ -55,3 +55,46 @@ def marked_image(shape=(120, 120), seed=0, mark_at=(70, 70)):
     img = (ndi.gaussian_filter(rng.random(shape), 2) > 0.5).astype(np.uint8)
     img[mark_at] = MARK
     return img
+
+
+def kill_driver_once_staged(
+    script: str | os.PathLike,
+    env: dict[str, str],
+    staging: str,
+    n_tiles: int,
+    *,
+    timeout: float = 240.0,
+    poll: float = 0.1,
+) -> int:
+    """Run ``python script`` in a session of its own, SIGKILL it and every process it
+    started once ``staging`` (a folder or a URL) holds ``n_tiles`` finished tiles, and
+    return how many finished tiles the staging holds after the kill."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from blockbuster.io import Staging
+
+    proc = subprocess.Popen(
+        [sys.executable, os.fspath(script)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            st = Staging(staging)
+            if st.info() and len(st.finished_tiles()) >= n_tiles:
+                break
+            assert proc.poll() is None, "the driver ended before it could be killed"
+            time.sleep(poll)
+        else:
+            pytest.fail(f"the driver did not stage {n_tiles} tiles in {timeout:.0f} s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and all it started
+        proc.wait()
+    time.sleep(0.5)
+    return len(Staging(staging).finished_tiles())

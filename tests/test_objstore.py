@@ -332,12 +332,7 @@ tile_process({path!r}, FaultyLabel({calls!r}, {calls!r}, delay=0.25), tile_shape
 def test_driver_sigkilled_resumes_from_s3_staging(s3_bucket, tmp_path, client):
     """Image, output and staging on S3; the driver (and every process it started) is
     SIGKILLed mid-run; the rerun calls fn only on the tiles no staging object holds."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from faults import FaultyLabel, marked_image
+    from faults import FaultyLabel, kill_driver_once_staged, marked_image
 
     img = marked_image()
     path = f"{s3_bucket}/img.zarr"
@@ -354,28 +349,7 @@ def test_driver_sigkilled_resumes_from_s3_staging(s3_bucket, tmp_path, client):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            n = len(Staging(stg).finished_tiles()) if Staging(stg).info() else 0
-            if n >= 10:
-                break
-            assert proc.poll() is None, "the driver ended before it could be killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("the driver did not stage 10 tiles in time")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and all it started
-        proc.wait()
-    time.sleep(0.5)
-    finished = len(Staging(stg).finished_tiles())
+    finished = kill_driver_once_staged(script, env, stg, 10, poll=0.2)
     assert 10 <= finished < 36
     before = FaultyLabel(str(calls)).n_calls()
     fn = FaultyLabel(str(calls))

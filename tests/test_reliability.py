@@ -4,9 +4,6 @@ mid-run, the driver killed with SIGKILL; resume recomputes only unfinished tiles
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -15,7 +12,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from conftest import same_partition
-from faults import FaultyLabel, marked_image
+from faults import FaultyLabel, kill_driver_once_staged, marked_image
 from identity_fns import make_fn, n_calls
 
 from blockbuster.api import tile_process
@@ -158,28 +155,7 @@ def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path, prefect_home):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            n = len(Staging(stg).finished_tiles()) if os.path.isdir(stg) else 0
-            if n >= 10:
-                break
-            assert proc.poll() is None, "the driver ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            pytest.fail("the driver did not segment 10 tiles in time")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and all it started
-        proc.wait()
-    time.sleep(0.5)
-    finished = len(Staging(stg).finished_tiles())
+    finished = kill_driver_once_staged(script, env, stg, 10, timeout=180)
     assert 10 <= finished < 36
     assert not os.path.exists(out) or not zarr.open_array(out).attrs.get("blockbuster", {}).get(
         "complete"

@@ -12,9 +12,6 @@ files written by each call, across all processes.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -23,6 +20,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from conftest import same_partition
+from faults import kill_driver_once_staged
 from identity_fns import KINDS, CorruptsMidRun, blob_image, make_fn, n_calls
 
 from blockbuster.api import tile_process
@@ -76,28 +74,7 @@ def _kill_driver_mid_run(tmp_path, kind, path, calls, out, stg) -> int:
     api = PREFECT_API_URL.value()
     if api:  # report to the session's test server: no temporary server to start
         env["PREFECT_API_URL"] = api
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            n = len(Staging(stg).finished_tiles()) if os.path.isdir(stg) else 0
-            if n >= 8:
-                break
-            assert proc.poll() is None, "the driver ended before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the driver did not segment 8 tiles in time")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and every process it started
-        proc.wait()
-    time.sleep(0.5)
-    finished = len(Staging(stg).finished_tiles())
+    finished = kill_driver_once_staged(script, env, stg, 8, poll=0.05)
     assert 8 <= finished < N_TILES
     return finished
 
