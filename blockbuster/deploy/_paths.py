@@ -134,12 +134,12 @@ def default_output(
     's3://lab/raw/c.zarr.labels.zarr'
     """
     if is_url(image_path):  # an object store: the same places, by key
-        name = image_path.rstrip("/").rsplit("/", 1)[1]
-        if output_dir is None:
-            if kind == "ome-zarr":
-                return join_url(join_url(image_path, component), f"labels/{label_name}")
-            return image_path.rstrip("/") + LABELS_SUFFIX
-        return join_url(output_dir, name + LABELS_SUFFIX)
+        image_path = image_path.rstrip("/")
+        if output_dir is not None:
+            return join_url(output_dir, image_path.rsplit("/", 1)[1] + LABELS_SUFFIX)
+        if kind == "ome-zarr":
+            return join_url(join_url(image_path, component), f"labels/{label_name}")
+        return image_path + LABELS_SUFFIX
     image_path = os.path.normpath(image_path)
     if output_dir is None:
         if kind == "ome-zarr":

@@ -417,9 +417,8 @@ def under_url_roots(
     """
     url_roots = [r for r in roots if is_url(r)]
     scheme, bucket, prefix = split_url(url)
-    keys = prefix.split("/") if prefix else []
-    given = url.split("://", 1)[1].rstrip("/").split("/")[1:]  # as written, '//' kept
-    if any(k in ("", ".", "..") for k in given) or any(c in url for c in "?#%"):
+    keys = url.split("://", 1)[1].rstrip("/").split("/")[1:]  # as written, '//' kept
+    if any(k in ("", ".", "..") for k in keys) or any(c in url for c in "?#%"):
         raise PathNotAllowedError(
             f"{param} {redact(url)!r} has an empty, '.' or '..' key segment or a '?', '#' "
             "or '%': give the object's plain key"
