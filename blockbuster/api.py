@@ -347,7 +347,10 @@ def _run(
 
     root = _staging_root(staging, out)
     _check_places(src, out, root, plan.result_key)
-    plan = dataclasses.replace(plan, staging_root=root)
+    # no write_to and no staging=: both in a temporary folder removed at exit, which no
+    # later process can resume from; nothing of it is fsync-ed (a crash redoes it all)
+    durable = not (out.temporary and staging is None)
+    plan = dataclasses.replace(plan, staging_root=root, durable=durable)
     lock = None if out.temporary else OutputLock(out.path)
     with use_local_server():
         if lock is not None:

@@ -12,6 +12,11 @@ variable                        meaning (default)
                                 output and as artifacts (``true``); ``false``: none, for
                                 runs where their cost (drawing and encoding a 1024²
                                 picture, docs/benchmarks.md) is not wanted
+``BLOCKBUSTER_WORKER_FORKSERVER`` start the worker processes of blockbuster's own local
+                                cluster from a forkserver that imported what a worker
+                                needs once (``true``, where the platform has one);
+                                ``false``: Dask's default, a fresh interpreter per worker
+                                (docs/clusters.md)
 ==============================  ===========================================================
 
 Deployment settings (data roots, the watch folder, ...) are :class:`blockbuster.deploy.Settings`;
@@ -107,6 +112,12 @@ class RuntimeSettings(EnvSettings):
         "(false: always zarr-python).",
     )
     pictures: bool = Field(True, description="Make each run's preview and tile map (false: none).")
+    worker_forkserver: bool = Field(
+        True,
+        description="Start the worker processes of blockbuster's own local cluster from a "
+        "forkserver that has imported what a worker needs once (false: Dask's default, "
+        "each worker a fresh interpreter importing it all again).",
+    )
 
 
 def runtime_settings(environ: Mapping[str, str] | None = None) -> RuntimeSettings:

@@ -91,3 +91,20 @@ def test_tile_table_is_capped_and_the_full_table_is_next_to_the_output(tmp_path,
     rest = [float(r["fn_seconds"]) for r in full if int(r["tile"]) not in shown]
     assert min(float(r["fn_seconds"]) for r in rows) >= max(rest) - 1e-4  # the slowest
     assert sum(int(r["labels"]) for r in full) == summary["labels_before_merge"]
+
+
+def test_a_call_without_write_to_publishes_its_pictures_after_it_returns(tmp_path):
+    """The default call (no write_to, compute=True) does not wait for its pictures: its
+    temporary output holds none, and the run's reporter thread publishes both as
+    artifacts of the run once they are drawn."""
+    from blockbuster.tasks import PREVIEW_KEY, TILE_MAP_KEY
+
+    img = blobs((60, 90), seed=4)
+    lab, summary = tile_process(
+        img, CountingLabel(str(tmp_path)), tile_shape=(20, 30), compute=True, return_summary=True
+    )
+    run = summary["flow_run_id"]
+    assert lab.shape == img.shape and "pictures" not in summary
+    preview = latest(PREVIEW_KEY, lambda a: str(a.flow_run_id) == run)
+    assert "data:image/png;base64," in preview.data and "Also written to" not in preview.data
+    latest(TILE_MAP_KEY, lambda a: str(a.flow_run_id) == run)

@@ -146,3 +146,38 @@ def test_present_ids_equals_unique(shape, n_ids, big, dtype, runs, seed):
     got = present_ids(lab)
     assert got.dtype == np.int64
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_packs_are_fsynced_unless_the_staging_is_scratch(tmp_path, monkeypatch, durable):
+    """A run's staging is on stable storage when its writer closes (a later process
+    resumes from it); a scratch staging (a call without write_to or staging=, in a
+    temporary folder removed at exit) is not fsync-ed: nothing could resume from it."""
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    st = Staging(tmp_path / "s", durable=durable)
+    st.prepare({"run_key": "k"})
+    synced.clear()
+    with st:
+        st.write_tile(0, {"n_labels": 1}, {"labels": np.ones((4, 4), np.uint8)})
+    assert st.finished_tiles() == [0]
+    assert bool(synced) is durable
+
+
+@pytest.mark.parametrize("temporary", [False, True])
+def test_output_is_fsynced_before_its_completion_record_unless_temporary(
+    tmp_path, monkeypatch, temporary
+):
+    import blockbuster.io._durable as durable_mod
+    from blockbuster.io import OutputTarget
+
+    trees: list[str] = []
+    real = durable_mod.fsync_tree
+    monkeypatch.setattr(durable_mod, "fsync_tree", lambda p: (trees.append(p), real(p))[1])
+    out = OutputTarget(str(tmp_path / "labels.zarr"), temporary=temporary)
+    out.create((8, 8), np.uint32, (4, 4), {"run_key": "k"})
+    assert out.completed_run() is None
+    out.mark_complete({"result_key": "r"})
+    assert out.completed_run()["result_key"] == "r"
+    assert trees == ([] if temporary else [out.path])

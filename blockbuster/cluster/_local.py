@@ -15,8 +15,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -149,9 +152,56 @@ def make_local_cluster(use_gpu: bool | str = False, **kwargs):
     kwargs.setdefault("processes", True)
     kwargs.setdefault("silence_logs", logging.ERROR)
     _quiet_distributed()
-    cluster = LocalCluster(n_workers=n, **kwargs)
+    with _worker_start():
+        cluster = LocalCluster(n_workers=n, **kwargs)
     client = Client(cluster)
     return client, cluster
+
+
+#: What the forkserver imports once, so that each worker forked from it starts with it:
+#: the worker side of distributed and of blockbuster (numpy, scipy.ndimage, zarr, the
+#: tile and staging code). Nothing that starts threads or a GPU context at import
+#: (no torch, no CUDA): a GPU is chosen per worker after the fork.
+FORKSERVER_PRELOAD = ["distributed.nanny", "distributed.worker", "blockbuster.worker"]
+
+
+@contextlib.contextmanager
+def _worker_start() -> Iterator[None]:
+    """Start the worker processes of a cluster made here from a forkserver.
+
+    Dask starts each worker process as a fresh interpreter (``spawn``), which then
+    imports distributed, numpy, scipy, zarr and blockbuster: on 2 cores, two workers
+    doing that beside the caller took 2-3.5 s before the first tile ran. Forked from a
+    forkserver that imported them once, the workers are ready in ~1 s
+    (docs/benchmarks.md, section 9). Only for clusters blockbuster starts, only while
+    they start (a worker restarted later by its nanny is spawned as Dask does), only
+    where the platform has a forkserver and the user has not chosen a start method
+    (``distributed.worker.multiprocessing-method`` other than ``spawn``), and not with
+    ``BLOCKBUSTER_WORKER_FORKSERVER=false``. Environment variables that distributed sets
+    before a worker starts (``OMP_NUM_THREADS=1`` ...) reach the forkserver: it starts
+    with the first worker, after distributed set them.
+    """
+    import dask
+
+    from blockbuster.config import runtime_settings
+
+    key = "distributed.worker.multiprocessing-method"
+    if (
+        not runtime_settings().worker_forkserver
+        or dask.config.get(key, "spawn") != "spawn"
+        or "forkserver" not in multiprocessing.get_all_start_methods()
+    ):
+        yield
+        return
+    import distributed.utils as du
+
+    # distributed would preload every package it knows of (pandas, ...), importing each
+    # in this process first; the worker needs only these
+    if not getattr(du, "_forkserver_preload_set", True):
+        multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+        du._forkserver_preload_set = True
+    with dask.config.set({key: "forkserver"}):
+        yield
 
 
 def _quiet_distributed() -> None:
@@ -206,7 +256,8 @@ def _gpu_cluster(gpus, **kwargs):
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": _dashboard_address()}}
     kwargs.setdefault("silence_logs", logging.ERROR)
-    cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
+    with _worker_start():
+        cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
     return Client(cluster), cluster
 
 

@@ -77,6 +77,10 @@ class RunPlan:
     # read_back merges of small tiles: the grid's tiles are merge units made of whole
     # tiles of this shape (core/units.py); None: the grid's tiles are the tiles
     unit_tile_shape: tuple[int, ...] | None = None
+    # False for a call whose output and staging live in a temporary folder removed at
+    # exit (no write_to, no staging=): a crash redoes all of it whatever was written,
+    # so nothing of it is fsync-ed
+    durable: bool = True
     description: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -165,8 +165,15 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     ]
     if not job.out.temporary:  # the full per-tile table (the artifact is capped)
         job.out.write_file(TILES_CSV, tiles_csv(records, scan["seams"]))
-    # the pictures were drawn meanwhile; in the output before it is marked complete
-    pictures = pictures_work.result()
+    if job.out.temporary:
+        # a temporary output (no write_to) holds no pictures and is gone with the
+        # process: the pictures are only artifacts, published by the run's reporter
+        # thread once drawn; the call does not wait for them
+        job.reporter.submit(pictures_work.publish_when_drawn)
+        pictures = None
+    else:
+        # the pictures were drawn meanwhile; in the output before it is marked complete
+        pictures = pictures_work.result()
     if pictures is not None:
         summary["pictures"] = pictures
         summary["timings"]["pictures"] = job.timings["pictures"]

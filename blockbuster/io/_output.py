@@ -174,7 +174,9 @@ class OutputTarget:
             self._ngff.finish(colors=colors, executor=executor)
         from ._durable import fsync_tree
 
-        if os.path.isdir(self.path):  # a local output: on stable storage before the record
+        if os.path.isdir(self.path) and not self.temporary:
+            # a local output on stable storage before the record (a temporary one is
+            # removed at exit: nothing can rely on it after a crash)
             fsync_tree(self.path)
         arr = self.open("r+")
         arr.attrs[ATTR] = {"complete": True, **info}

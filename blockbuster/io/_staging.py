@@ -208,17 +208,22 @@ class Staging(IndexedTiles):
     write; close it (or use it as a context manager) when the batch is done. Inside a
     ``with`` block, packs opened for reading stay open until it ends (a batch reads
     many tiles of few packs); outside one, each read opens and closes its pack.
+
+    ``durable=False`` (a run whose staging and output live in a temporary folder removed
+    when the process exits, where no later process can resume from it): packs are not
+    ``fsync``-ed when closed.
     """
 
-    def __new__(cls, root: str | os.PathLike) -> Any:
+    def __new__(cls, root: str | os.PathLike, durable: bool = True) -> Any:
         if cls is Staging and is_url(os.fspath(root)):
             from ._object_staging import ObjectStaging
 
             return ObjectStaging(os.fspath(root))  # objects are immutable: no appends
         return super().__new__(cls)
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, durable: bool = True):
         self.root = os.fspath(root)
+        self.durable = durable
         self._pack: io.FileIO | None = None
         self._index: _PackIndex | None = None
         self._readers: dict[str, Any] | None = None  # pack path -> file, in a with block
@@ -235,11 +240,13 @@ class Staging(IndexedTiles):
         """Close the pack this object writes to (its records are all complete)."""
         if self._pack is not None:
             try:
-                os.fsync(self._pack.fileno())  # stable before anyone relies on it
+                if self.durable:
+                    os.fsync(self._pack.fileno())  # stable before anyone relies on it
             finally:
                 self._pack.close()
                 self._pack = None
-            fsync_dir(self.tiles_dir)
+            if self.durable:
+                fsync_dir(self.tiles_dir)
         readers, self._readers = self._readers, None
         for f in (readers or {}).values():
             f.close()

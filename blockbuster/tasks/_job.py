@@ -81,7 +81,7 @@ class Job(BaseModel):
         if self._finished is None:
             from blockbuster.io import Staging
 
-            staging = Staging(self._plan.staging_root)
+            staging = Staging(self._plan.staging_root, durable=self._plan.durable)
             found = {}
             for n in staging.finished_tiles():
                 rec = staging.read_record(n)
@@ -171,7 +171,7 @@ class Job(BaseModel):
         from blockbuster.io import Staging
 
         self.cancel_started()
-        staging = Staging(self._plan.staging_root)
+        staging = Staging(self._plan.staging_root, durable=self._plan.durable)
         dropped = staging.verify()
         self.generation = staging.generation or ""
         self._finished = None

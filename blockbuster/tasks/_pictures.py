@@ -34,6 +34,7 @@ published as Prefect artifacts.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import time
@@ -161,6 +162,23 @@ class PicturesWork:
         logged: pictures never fail a run). ``job.timings``: ``pictures`` (their own
         seconds in the background thread), ``pictures_cpu`` (its CPU seconds) and
         ``pictures_wait`` (how long the flow waited for them)."""
+        if self.future is None:
+            return None
+        got = self._wait()
+        if got is not None:  # the artifacts, sent by the run's reporter thread
+            self.job.reporter.submit(got.pop("_publish"))
+        return got
+
+    def publish_when_drawn(self) -> None:
+        """Wait for the pictures, then publish them, here: for a run that does not wait
+        for its pictures (a temporary output, which holds none), called in the run's
+        reporter thread (``job.reporter.submit``), which sends the artifacts after the
+        call has returned as it sends the run's last ones."""
+        got = self._wait()
+        if got is not None:
+            got.pop("_publish")()
+
+    def _wait(self) -> dict[str, Any] | None:
         if self.future is None:
             return None
         t0 = time.perf_counter()
@@ -355,11 +373,14 @@ def _final(job: Job, canvas: PreviewCanvas, early: Future, dtype: str) -> dict[s
         "slow_tiles": first["slow"],
         "seam_warnings": [{"tile_a": a, "tile_b": b, "why": w} for a, b, w in warn],
     }
-    _publish(job, rendered, info, first["with_image"], plan.grid.n_tiles)
+    info["_publish"] = functools.partial(
+        _publish, job, rendered, info, first["with_image"], plan.grid.n_tiles
+    )
     return info
 
 
 def _publish(job: Job, rendered: dict, info: dict, with_image: bool, n_tiles: int) -> None:
+    """Create both artifacts, here (in the reporter's thread: see ``PicturesWork``)."""
     from prefect.artifacts import create_markdown_artifact
 
     over = "over the image" if with_image else "(a merge: the labels alone)"
@@ -402,13 +423,9 @@ def _publish(job: Job, rendered: dict, info: dict, with_image: bool, n_tiles: in
             *([f"\nAlso written to `{files['tile_map']}`."] if files else []),
         ]
     )
-    job.reporter.submit(
-        lambda: create_markdown_artifact(
-            preview_md, key=PREVIEW_KEY, description=f"Preview of the labels of run {job.run_key}"
-        )
+    create_markdown_artifact(
+        preview_md, key=PREVIEW_KEY, description=f"Preview of the labels of run {job.run_key}"
     )
-    job.reporter.submit(
-        lambda: create_markdown_artifact(
-            tmap_md, key=TILE_MAP_KEY, description=f"Tile map of run {job.run_key}"
-        )
+    create_markdown_artifact(
+        tmap_md, key=TILE_MAP_KEY, description=f"Tile map of run {job.run_key}"
     )

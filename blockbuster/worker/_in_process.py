@@ -49,7 +49,7 @@ def run_locally(
     zarr v3 output is, unless ``sharded`` is False."""
     if not plan.staging_root:
         plan = dataclasses.replace(plan, staging_root=os.path.join(workdir, "staging"))
-    staging = Staging(plan.staging_root)
+    staging = Staging(plan.staging_root, durable=plan.durable)
     if staging.prepare({"run_key": plan.run_key}):
         staging.verify()
     g = plan.grid

@@ -375,7 +375,7 @@ def segment_tiles(
     skipped without being read). ``preview``: ``(step, plane)`` of the run's preview:
     each tile read here returns its image samples with its record
     (:data:`PREVIEW_FIELD`; not for merges, whose input is labels)."""
-    staging = Staging(plan.staging_root)
+    staging = Staging(plan.staging_root, durable=plan.durable)
     out = []
     todo = []
     skipped: list[int] = []
@@ -578,7 +578,7 @@ def scan_tiles(
     Returns ``(pairs, seams)``: an ``(k, 2)`` int64 array and, per seam with any
     candidate, ``(tile_a, tile_b, delta, merged, unmerged, spanning)``.
     """
-    staging = Staging(plan.staging_root)
+    staging = Staging(plan.staging_root, durable=plan.durable)
     g = plan.grid
     cache: dict[int, tuple] = {}
 
@@ -662,7 +662,7 @@ def relabel_tiles(
     ``preview``: ``(step, plane)`` of the run's preview: returns ``(voxels, samples)``,
     the preview's samples of every tile written (``(at, final labels)``, taken from the
     tile in memory as it is written: the pictures never read the output again)."""
-    staging = Staging(plan.staging_root)
+    staging = Staging(plan.staging_root, durable=plan.durable)
     samples: list[tuple[tuple[int, ...], np.ndarray]] = []
     written = _relabel_tiles(
         plan, tiles, luts, out_path, out_token, reader, ids_1_to_n, staging, preview, samples
