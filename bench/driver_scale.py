@@ -3,15 +3,18 @@
 The driver-side work of a run, with blockbuster's own code, on synthetic records:
 
 - plan: the tile grid (``TileGrid``) and the segment stage's batches (``split_batches``);
-- records: one staging record per tile, as a worker returns it (``_new_record`` plus
-  the label count and timing), kept in a list by the driver;   (SIMULATED: the records
+- records: each segment batch's records arrive as the dicts a worker returns
+  (``_new_record`` plus the label count and timing) and are kept as NumPy rows
+  (``TileRecords.add_many``, timed); the dicts are dropped;   (SIMULATED: the records
   and seam results are made here, not by workers; no image, no fn, no cluster)
-- seams: the seam scan's results, one tuple per seam with candidates and the label
-  pairs (int64), as ``scan_tiles`` returns them;               (SIMULATED, as above)
+- seams: each seam-scan batch's pairs (int64) and seam rows (``seam_rows``, as
+  ``scan_tiles`` returns them), joined into one ``SeamTable`` (timed);
+                                                                 (SIMULATED, as above)
 - merge table: ``MergeTable.build`` over the pairs, and every tile's lookup table as
   the relabel stage ships them (``table_luts`` per batch, not kept);
-- report: the summary's sums, the seam dicts of ``job.details``, the capped per-tile
-  artifact rows (``tile_rows(limit=TABLE_ROWS)``) and the full CSV (``tiles_csv``).
+- report: the summary's sums (``summary["seams"]`` is the ``SeamTable`` itself), the
+  capped per-tile artifact rows (``tile_rows(limit=TABLE_ROWS)``) and the full CSV
+  (``tiles_csv``, measured and dropped).
 
 Memory: the process's resident memory (RSS) after each stage minus before the first,
 divided by the tile count (allocator slack included; ``tracemalloc`` would be exact but
@@ -40,7 +43,8 @@ KIB_TARGET = 1024
 MS_TARGET = 0.1
 
 
-def _records(grid, labels_per_tile: int) -> list[dict]:
+def _batch_records(grid, tiles, labels_per_tile: int) -> list[dict]:
+    """A segment batch's records, as a worker returns them (SIMULATED)."""
     from blockbuster.worker._tile_ops import _new_record
 
     class _Plan:  # what _new_record reads of a plan
@@ -49,7 +53,7 @@ def _records(grid, labels_per_tile: int) -> list[dict]:
     p = _Plan()
     p.grid = grid
     out = []
-    for n in range(grid.n_tiles):
+    for n in tiles:
         r = _new_record(p, n)
         r["n_labels"] = labels_per_tile
         r["fn_seconds"] = 0.01 + (n % 7) * 1e-3
@@ -58,19 +62,22 @@ def _records(grid, labels_per_tile: int) -> list[dict]:
     return out
 
 
-def _seams(grid, counts, offsets):
-    """One merged label pair per face seam, as scan_tiles returns them."""
+def _batch_seams(grid, tiles, offsets):
+    """A seam-scan batch's result, as ``scan_tiles`` returns it (SIMULATED): one merged
+    label pair per face seam, the seams as rows of ``seam_dtype``."""
+    from blockbuster.core import seam_rows
+
     seams, pairs = [], []
-    for a in range(grid.n_tiles):
+    for a in tiles:
         for b, delta in grid.forward_neighbours(a, max_order=1):
             seams.append((a, int(b), tuple(delta), 1, 0, 0))
             pairs.append((offsets[a] + 1, offsets[b] + 2))
-    return seams, np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), seam_rows(seams, grid.ndim)
 
 
 def measure(side: int) -> dict:
     from blockbuster.cluster import split_batches
-    from blockbuster.core import MergeTable, TileGrid
+    from blockbuster.core import MergeTable, SeamTable, TileGrid, TileRecords
     from blockbuster.tasks import TABLE_ROWS, tiles_csv
     from blockbuster.tasks._report import tile_rows as rows_fn
     from blockbuster.worker import table_luts
@@ -84,46 +91,62 @@ def measure(side: int) -> dict:
     out: dict = {"n_tiles": side**3}
     cpu = {}
 
-    def mark(name, t0):
-        cpu[name] = time.process_time() - t0
+    def mark(name, spent):
+        cpu[name] = spent
         out[f"mem_{name}"] = proc.memory_info().rss - base
         peak[0] = max(peak[0], out[f"mem_{name}"])
 
     t0 = time.process_time()
     grid = TileGrid(shape, (t, t, t))
     batches = split_batches(list(range(grid.n_tiles)), 16)
-    mark("plan", t0)
-    records = _records(grid, 20)  # simulated: what the workers return (not timed)
-    mark("records", time.process_time())
+    mark("plan", time.process_time() - t0)
+    # the segment stage: each batch's record dicts arrive and are kept as rows
+    records = TileRecords(grid)
+    spent = 0.0
+    for b in batches:
+        recs = _batch_records(grid, b, 20)  # simulated: a worker's result (not timed)
+        t0 = time.process_time()
+        records.add_many(recs)
+        spent += time.process_time() - t0
+    del recs
+    mark("records", spent)
     t0 = time.process_time()
-    counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
+    counts = records.rows["n_labels"].astype(np.int64)
     offsets = np.zeros_like(counts)
     np.cumsum(counts[:-1], out=offsets[1:])
-    t_counts = time.process_time() - t0
-    seams, pairs = _seams(grid, counts, offsets)  # simulated, as above (not timed)
-    mark("seams", time.process_time() - t_counts)
+    spent = time.process_time() - t0
+    # the seam scan: each batch of 64 tiles returns its pairs and seam rows
+    results = [
+        _batch_seams(grid, b, offsets)
+        for b in split_batches(list(range(grid.n_tiles)), 16, max_batch=64)
+    ]
+    t0 = time.process_time()
+    seams = SeamTable.concat((s for _, s in results), grid.ndim)
+    pairs = np.concatenate([p for p, _ in results])
+    del results
+    merged = seams.total("merged")
+    mark("seams", spent + time.process_time() - t0)
     t0 = time.process_time()
     table = MergeTable.build(counts, pairs)
     del pairs
     for b in batches:  # the relabel stage's lookup tables, shipped and dropped
         table_luts(table, b, table.dtype)
-    mark("table", t0)
+    mark("table", time.process_time() - t0)
     t0 = time.process_time()
+    rows = records.rows
     summary = {
-        "n_skipped": sum(r["skipped"] for r in records),
-        "merged": sum(s[3] for s in seams),
+        "n_skipped": int(np.count_nonzero(rows["skipped"])),
+        "merged": merged,
+        "seams": seams,  # summary["seams"]: the SeamTable itself, no copy
     }
-    details = [
-        {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
-        for a, b, d, m, u, s in seams
-    ]
-    rows = rows_fn(records, seams, limit=TABLE_ROWS)
+    artifact = rows_fn(records, seams, limit=TABLE_ROWS)
     csv_bytes = len(tiles_csv(records, seams))
-    mark("report", t0)
+    mark("report", time.process_time() - t0)
     out["peak"] = peak[0]
     out["cpu"] = cpu
     out["csv_bytes"] = csv_bytes
-    del records, seams, details, rows, table, summary, batches
+    out["held_arrays"] = records.nbytes + seams.nbytes
+    del records, seams, artifact, table, summary, batches
     return out
 
 

@@ -59,6 +59,7 @@ from ._plan import (
     normalize_overlap,
     normalize_tile_shape,
 )
+from ._records import RECORD_DTYPE, SeamTable, TileRecords, seam_dtype, seam_rows
 from ._seams import (
     band_key,
     face_key,
@@ -95,6 +96,11 @@ __all__ = [
     "GPU_MAX_TILE_VOXELS",
     "MIN_TILES_PER_UNIT",
     "MergeTable",
+    "RECORD_DTYPE",
+    "SeamTable",
+    "TileRecords",
+    "seam_dtype",
+    "seam_rows",
     "RunPlan",
     "SMALL_TILE_FRACTION",
     "TileGrid",

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "MAX_SIDE",
@@ -345,7 +345,7 @@ def _panel_grid(panels: int) -> tuple[int, int]:
 
 
 def slow_tiles(
-    seconds: Sequence[float], factor: float = 3.0, min_seconds: float = 0.05
+    seconds: Sequence[float] | ArrayLike, factor: float = 3.0, min_seconds: float = 0.05
 ) -> list[int]:
     """Tiles whose seconds in ``fn`` exceed ``factor`` times the median of the tiles that
     ran (and ``min_seconds``).
@@ -366,9 +366,9 @@ def slow_tiles(
 def render_tile_map(
     grid_shape: Sequence[int],
     *,
-    labels: Sequence[int],
-    seconds: Sequence[float],
-    skipped: Sequence[bool],
+    labels: Sequence[int] | ArrayLike,
+    seconds: Sequence[float] | ArrayLike,
+    skipped: Sequence[bool] | ArrayLike,
     slow: Sequence[int] = (),
     seam_warnings: Sequence[tuple[int, int]] = (),
     cell: int | None = None,

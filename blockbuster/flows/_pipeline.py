@@ -20,10 +20,11 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from blockbuster.core import TileGrid
+from blockbuster.core import SeamTable, TileGrid, TileRecords
 from blockbuster.errors import StagingCorruptError
 from blockbuster.tasks import (
     TILES_CSV,
@@ -70,7 +71,7 @@ def _cancel_stale(job: Job, stage: str) -> None:
         stale.cancel()
 
 
-def _stages(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any]]:
+def _stages(job: Job) -> tuple[TileRecords, dict[str, Any], Any, dict[str, Any]]:
     """Estimate-empty (when asked), segment, scan-seams, build-lut, relabel."""
     # Per-tile data is passed between stages inside quote(): Prefect would otherwise
     # walk every object of a task's parameters (~0.3 s per walk at 4096 tiles).
@@ -79,11 +80,14 @@ def _stages(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[s
         empty = empty_stage(job, quote(unfinished_tiles(job)))
         _cancel_stale(job, "estimate-empty")
         job.start_ahead("segment", start_segment(job, empty))
-    records = segment_stage(job, quote(empty))
+    # the records and seams as NumPy rows (a result cached by an older version may be
+    # a list of dicts or tuples)
+    records = TileRecords.of(segment_stage(job, quote(empty)), job.plan.grid)
     _cancel_stale(job, "segment")
     job.details["tiles"] = records
     job.start_ahead("seams", start_scan(job, records))
     scan = scan_stage(job, quote(records))
+    scan["seams"] = SeamTable.of(scan["seams"], job.plan.grid.ndim)
     _cancel_stale(job, "seams")  # the scan's result came from the cache
     publish_tiles_table(job, records, scan["seams"])
     start_pictures_early(job, records, scan["seams"])  # the tile map, while the rest runs
@@ -102,7 +106,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = job.plan
     job.progress_artifact = ProgressArtifact(job.reporter, job.run_key)
-    plan_stage(job, len(job.finished_records()))
+    plan_stage(job, job.finished_records().n_filled)
     for attempt in range(CORRUPT_RETRIES + 1):
         try:
             records, scan, table, rel = _stages(job)
@@ -126,6 +130,7 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
     for s in plan.grid.shape:
         n_voxels *= s
     elapsed = time.perf_counter() - t0
+    rows = records.rows
     summary = {
         "run_key": plan.run_key,
         "flow_run_id": _flow_run_id(),
@@ -137,16 +142,17 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         "tile_shape": list(tiles.tile_shape),
         "overlap": list(plan.grid.overlap),
         "merge": plan.merge,
-        "n_skipped": sum(r["skipped"] for r in records),
-        "n_resumed": sum(r["resumed"] for r in records),
+        "n_skipped": int(np.count_nonzero(rows["skipped"])),
+        "n_resumed": int(np.count_nonzero(rows["resumed"])),
         # merge units join labels inside a unit before the table: count the tiles' labels
         "labels_before_merge": table.n_nodes
-        + sum(sum(r["unit_counts"]) - r["n_labels"] for r in records if "unit_counts" in r),
+        + int((rows["unit_labels"] - rows["n_labels"])[rows["unit_labels"] >= 0].sum()),
         "labels_after_merge": table.n_labels,
         "max_label": table.max_label,
         "dtype": rel["dtype"],
         "sequential_labels": plan.sequential,
-        "seam_pairs_merged": scan["merged"] + sum(r.get("unit_pairs", 0) for r in records),
+        "seam_pairs_merged": scan["merged"]
+        + int(rows["unit_pairs"][rows["unit_pairs"] >= 0].sum()),
         "seam_pairs_unmerged": scan["unmerged"],
         "objects_spanning_halo": scan["spanning"],
         "timings": {**job.timings, "total": elapsed},
@@ -159,10 +165,8 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
             "unit_shape": list(plan.grid.tile_shape),
         }
     summary["skipped_fraction"] = summary["n_skipped"] / max(plan.grid.n_tiles, 1)
-    job.details["seams"] = [
-        {"tile_a": a, "tile_b": b, "delta": list(d), "merged": m, "unmerged": u, "spanning": s}
-        for a, b, d, m, u, s in scan["seams"]
-    ]
+    # per-seam statistics as NumPy rows; read as dicts (SeamTable), like the tiles
+    job.details["seams"] = scan["seams"]
     if not job.out.temporary:  # the full per-tile table (the artifact is capped)
         job.out.write_file(TILES_CSV, tiles_csv(records, scan["seams"]))
     if job.out.temporary:

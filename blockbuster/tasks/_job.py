@@ -42,7 +42,7 @@ class Job(BaseModel):
     _started: dict = PrivateAttr(default_factory=dict)
     _reporter: Any = PrivateAttr(default=None)
     _progress_artifact: Any = PrivateAttr(default=None)
-    _finished: dict | None = PrivateAttr(default=None)
+    _finished: Any = PrivateAttr(default=None)
     _preview: Any = PrivateAttr(default=False)
     _pictures_work: Any = PrivateAttr(default=None)
 
@@ -75,18 +75,25 @@ class Job(BaseModel):
         job._resources = resources
         return job
 
-    def finished_records(self) -> dict[int, dict[str, Any]]:
+    def finished_records(self):
         """Records of the tiles already staged by an earlier run (resume), read from the
-        staging once per run."""
+        staging once per run: a :class:`~blockbuster.core.TileRecords` whose ``filled``
+        rows are those tiles."""
         if self._finished is None:
+            from blockbuster.core import TileRecords
             from blockbuster.io import Staging
 
             staging = Staging(self._plan.staging_root, durable=self._plan.durable)
-            found = {}
+            found = TileRecords(self._plan.grid)
+            batch = []
             for n in staging.finished_tiles():
                 rec = staging.read_record(n)
                 rec["resumed"] = True
-                found[n] = rec
+                batch.append(rec)
+                if len(batch) == 4096:  # dicts are kept a batch at a time, not all
+                    found.add_many(batch)
+                    batch = []
+            found.add_many(batch)
             self._finished = found
         return self._finished
 

@@ -47,7 +47,9 @@ from blockbuster.cluster import client_threads, split_batches
 from blockbuster.core import (
     TILE_MAP_COLORS,
     PreviewCanvas,
+    SeamTable,
     TileGrid,
+    TileRecords,
     grey_levels,
     render_preview,
     render_tile_map,
@@ -79,7 +81,7 @@ PREVIEW_FILE = "blockbuster-preview.png"
 TILE_MAP_FILE = "blockbuster-tiles.png"
 
 
-def seam_warnings(seams: list[tuple]) -> list[tuple[int, int, str]]:
+def seam_warnings(seams: SeamTable | list[tuple]) -> list[tuple[int, int, str]]:
     """Seams worth a look: objects wider than the halo (they reach its outer edge), or
     many candidate pairs left apart (more than 2 and more than were merged).
 
@@ -88,8 +90,22 @@ def seam_warnings(seams: list[tuple]) -> list[tuple[int, int, str]]:
     >>> seam_warnings([(0, 1, (0, 1), 5, 0, 0), (1, 2, (0, 1), 1, 4, 0), (2, 3, (1, 0), 3, 0, 2)])
     [(1, 2, '4 candidate pairs left apart'), (2, 3, '2 objects wider than the halo')]
     """
+    if not isinstance(seams, SeamTable):
+        seams = SeamTable.from_tuples(seams, len(seams[0][2]) if len(seams) else 1)
+    r = seams.rows
+    # the few seams worth a look, found with NumPy; only they become Python values
+    hit = np.flatnonzero(
+        ((r["unmerged"] > 2) & (r["unmerged"] > r["merged"])) | (r["spanning"] > 0)
+    )
+    sel = r[hit]
     out = []
-    for a, b, _delta, merged, unmerged, spanning in seams:
+    for a, b, merged, unmerged, spanning in zip(
+        sel["tile_a"].tolist(),
+        sel["tile_b"].tolist(),
+        sel["merged"].tolist(),
+        sel["unmerged"].tolist(),
+        sel["spanning"].tolist(),
+    ):
         why = []
         if unmerged > 2 and unmerged > merged:
             why.append(f"{unmerged} candidate pairs left apart")
@@ -196,9 +212,7 @@ class PicturesWork:
         return got
 
 
-def start_pictures_early(
-    job: Job, records: list[dict[str, Any]], seams: list[tuple]
-) -> PicturesWork:
+def start_pictures_early(job: Job, records: TileRecords, seams: SeamTable) -> PicturesWork:
     """Start the run's pictures as soon as the seams are scanned (``records``: the
     segment stage's, one per tile or merge unit; ``seams``: the scan's): in a background
     thread, the tile map is drawn and encoded and the image turned into grey levels
@@ -218,13 +232,15 @@ def start_pictures(job: Job, dtype: str) -> PicturesWork:
     it (:meth:`PicturesWork.result`) before it marks the output complete."""
     work = job.pictures_work
     if work is None:  # pragma: no cover - the flow starts it after the scan
-        work = start_pictures_early(job, job.details.get("tiles") or [], [])
+        g = job.plan.grid
+        records = TileRecords.of(job.details.get("tiles") or [], g)
+        work = start_pictures_early(job, records, SeamTable.of([], g.ndim))
     work.finish(dtype)
     return work
 
 
 def make_pictures(
-    job: Job, records: list[dict[str, Any]], seams: list[tuple], dtype: str
+    job: Job, records: TileRecords, seams: SeamTable, dtype: str
 ) -> dict[str, Any] | None:
     """The run's pictures, from start to end, waited for: where they are and what they
     cost (``seconds``), or None when none were made."""
@@ -292,7 +308,7 @@ def _missing_image(job: Job, canvas: PreviewCanvas) -> None:
 
 
 def _early(
-    job: Job, canvas: PreviewCanvas, records: list[dict[str, Any]], seams: list[tuple]
+    job: Job, canvas: PreviewCanvas, records: TileRecords, seams: SeamTable
 ) -> dict[str, Any]:
     """What needs no label: the tile map (drawn, encoded) and the image's grey levels."""
     plan = job.plan
@@ -301,16 +317,15 @@ def _early(
         _missing_image(job, canvas)
     # the tile map: tiles of the plan's grid (merge units, when the merge made them)
     g = plan.grid
-    by_tile = {int(r["tile"]): r for r in records}
-    n = g.n_tiles
-    secs = [float(by_tile.get(t, {}).get("fn_seconds", 0.0)) for t in range(n)]
+    rows = TileRecords.of(records, g).rows  # a tile without a record: zeros
+    secs = rows["fn_seconds"]
     slow = slow_tiles(secs)
-    warn = seam_warnings(seams)
+    warn = seam_warnings(SeamTable.of(seams, g.ndim))
     tmap = render_tile_map(
         g.grid_shape,
-        labels=[int(by_tile.get(t, {}).get("n_labels", 0)) for t in range(n)],
+        labels=rows["n_labels"],
         seconds=secs,
-        skipped=[bool(by_tile.get(t, {}).get("skipped", False)) for t in range(n)],
+        skipped=rows["skipped"],
         slow=slow,
         seam_warnings=[(a, b) for a, b, _ in warn],
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork
-from blockbuster.core import MergeTable
+from blockbuster.core import MergeTable, TileRecords
 from blockbuster.worker import relabel_tiles, table_luts
 
 from ._common import fan_out, stage_task, tiles_word
@@ -34,7 +35,13 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None  # labels read from the input
-    records = job.details.get("tiles") or [{}] * plan.grid.n_tiles
+    records = job.details.get("tiles")
+    # the tiles whose record says their ids are 1..n (nothing staged is read for them)
+    plain = (
+        TileRecords.of(records, plan.grid).rows["ids_1_to_n"] == 1
+        if records is not None
+        else np.zeros(plan.grid.n_tiles, bool)
+    )
     canvas = preview_canvas(job)  # each tile written returns its samples (final ids)
     preview = canvas.params if canvas is not None else None
     return fan_out(
@@ -49,7 +56,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
                 path,
                 token,
                 reader,
-                [bool(records[n].get("ids_1_to_n")) for n in b],
+                plain[b].tolist(),
                 preview,
             )
         ),

@@ -16,12 +16,14 @@ Artifact keys (stable; lowercase as Prefect requires):
 from __future__ import annotations
 
 import csv
-import heapq
 import io
-from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from blockbuster.core import SeamTable, TileRecords
 
 from ._job import Job
 
@@ -55,60 +57,73 @@ _COLUMNS = (
 SUMMARY_KEY = "blockbuster-summary"
 
 
-def _merges(seams: list[tuple]) -> Counter:
-    merges: Counter = Counter()
-    for a, b, _delta, merged, _unmerged, _spanning in seams:
-        merges[a] += merged
-        merges[b] += merged
-    return merges
+def _selected(records: TileRecords, limit: int | None) -> np.ndarray:
+    """The tiles of the table: every tile with a record, or the ``limit`` with the most
+    seconds in ``fn`` (then the most labels, then the lowest number), in tile order."""
+    tiles = records.tiles()
+    if limit is None or tiles.size <= limit:
+        return tiles
+    rows = records.rows[tiles]
+    order = np.lexsort((tiles, -rows["n_labels"], -rows["fn_seconds"]))
+    return np.sort(tiles[order[:limit]])
 
 
-def _row(r: dict[str, Any], merges: Counter) -> dict[str, Any]:
-    return {
-        "tile": r["tile"],
-        "index": str(tuple(r["index"])),
-        "origin": str(tuple(r["origin"])),
-        "shape": str(tuple(r["shape"])),
-        "labels": r["n_labels"],
-        "skipped": r["skipped"],
-        "fn_seconds": round(float(r["fn_seconds"]), 4),
-        "seam_merges": merges[r["tile"]],
-        "resumed": r["resumed"],
-    }
+def _columns(
+    records: TileRecords, merges: np.ndarray, tiles: np.ndarray
+) -> Iterator[tuple[Any, ...]]:
+    """The table's rows of ``tiles`` as tuples of Python values (:data:`_COLUMNS`;
+    ``merges``: pairs merged across each tile's seams)."""
+    index, origin, shape = records.geometry(tiles)
+    merges = merges[tiles]
+    rows = records.rows[tiles]
+    fn_seconds = np.round(rows["fn_seconds"], 4)
+
+    def text(a: np.ndarray) -> list[str]:
+        return [str(tuple(r)) for r in a.tolist()]
+
+    return zip(
+        tiles.tolist(),
+        text(index),
+        text(origin),
+        text(shape),
+        rows["n_labels"].tolist(),
+        rows["skipped"].tolist(),
+        fn_seconds.tolist(),
+        merges.tolist(),
+        rows["resumed"].tolist(),
+    )
 
 
 def tile_rows(
-    records: list[dict[str, Any]], seams: list[tuple], limit: int | None = None
+    records: TileRecords, seams: SeamTable, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """The table's rows: every tile, or (``limit``) the ``limit`` tiles with the most
     seconds in ``fn`` (then the most labels), in tile order.
 
     Examples
     --------
-    >>> recs = [{"tile": i, "index": [i], "origin": [8 * i], "shape": [8], "n_labels": i,
-    ...          "skipped": False, "fn_seconds": 0.1 * (i % 3), "resumed": False}
-    ...         for i in range(5)]
-    >>> [r["tile"] for r in tile_rows(recs, [], limit=2)]
+    >>> from blockbuster.core import TileGrid
+    >>> recs = TileRecords(TileGrid((40,), (8,)))
+    >>> recs.add_many({"tile": i, "n_labels": i, "fn_seconds": 0.1 * (i % 3)} for i in range(5))
+    >>> [r["tile"] for r in tile_rows(recs, SeamTable.from_tuples([], 1), limit=2)]
     [2, 4]
     """
-    merges = _merges(seams)
-    if limit is not None and len(records) > limit:
-        records = heapq.nlargest(
-            limit, records, key=lambda r: (float(r["fn_seconds"]), r["n_labels"])
-        )
-        records = sorted(records, key=lambda r: r["tile"])
-    return [_row(r, merges) for r in records]
+    merges = seams.merges_per_tile(len(records))
+    return [
+        dict(zip(_COLUMNS, row)) for row in _columns(records, merges, _selected(records, limit))
+    ]
 
 
-def tiles_csv(records: list[dict[str, Any]], seams: list[tuple]) -> bytes:
-    """The full per-tile table as CSV (one row per tile, streamed: no row objects are
-    kept)."""
-    merges = _merges(seams)
+def tiles_csv(records: TileRecords, seams: SeamTable) -> bytes:
+    """The full per-tile table as CSV (one row per tile, written from the records'
+    columns: no row objects are kept)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(_COLUMNS)
-    for r in records:
-        w.writerow(_row(r, merges).values())
+    tiles = records.tiles()
+    merges = seams.merges_per_tile(len(records))
+    for i in range(0, tiles.size, 65536):  # Python values for a slice at a time
+        w.writerows(_columns(records, merges, tiles[i : i + 65536]))
     return buf.getvalue().encode()
 
 
@@ -141,7 +156,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def publish_tiles_table(job: Job, records: list[dict[str, Any]], seams: list[tuple]) -> None:
+def publish_tiles_table(job: Job, records: TileRecords, seams: SeamTable) -> None:
     """Queue the per-tile table artifact on the run's reporter thread (it is known once
     the merge table is, and is sent while the relabel stage runs)."""
     n = len(records)

@@ -11,7 +11,7 @@ import numpy as np
 from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork
-from blockbuster.core import MergeTable
+from blockbuster.core import MergeTable, SeamTable, TileRecords
 from blockbuster.worker import scan_tiles
 
 from ._common import fan_out, stage_task
@@ -21,11 +21,11 @@ from ._progress import StageProgress
 __all__ = ["scan_stage", "lut_stage", "start_scan"]
 
 
-def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
+def start_scan(job: Job, records: TileRecords) -> StageWork:
     """Submit the seam scan's batches (the segment stage does so as it ends);
     ``info["counts"]``: labels per tile."""
     plan = job.plan
-    counts = np.array([r["n_labels"] for r in records], dtype=np.int64)
+    counts = TileRecords.of(records, plan.grid).rows["n_labels"].astype(np.int64)
     offsets = np.zeros_like(counts)
     if counts.size > 1:
         np.cumsum(counts[:-1], out=offsets[1:])
@@ -42,9 +42,10 @@ def start_scan(job: Job, records: list[dict[str, Any]]) -> StageWork:
 
 
 @stage_task("scan-seams", cache="seams")
-def scan_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+def scan_stage(job: Job, records: TileRecords) -> dict[str, Any]:
     """Find label pairs across all seams (touch or IoU), in batches of tiles; returns
-    the pairs (node numbers), labels per tile and per-seam statistics."""
+    the pairs (node numbers), labels per tile and per-seam statistics (``seams``: a
+    :class:`~blockbuster.core.SeamTable`)."""
     logger = get_run_logger()
     plan = job.plan
     work = job.take_started("seams") or start_scan(job, records)
@@ -55,12 +56,13 @@ def scan_stage(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
     finally:
         bar.close()
     found = [p for p, _ in results if len(p)]
-    seams = [s for _, ss in results for s in ss]
+    seams = SeamTable.concat((ss for _, ss in results), plan.grid.ndim)
     pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    del results, found
     job.timings["seams"] = time.perf_counter() - work.started
-    merged = sum(s[3] for s in seams)
-    unmerged = sum(s[4] for s in seams)
-    spanning = sum(s[5] for s in seams)
+    merged = seams.total("merged")
+    unmerged = seams.total("unmerged")
+    spanning = seams.total("spanning")
     logger.info(
         "seams: %d label pairs merged, %d candidate pairs left apart, %d objects "
         "wider than the halo, in %.2f s",

@@ -10,12 +10,12 @@ flight and submits the rest.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from prefect import get_run_logger
 
 from blockbuster.cluster import StageWork, client_threads, slots, split_batches
+from blockbuster.core import TileRecords
 from blockbuster.io import full_slices
 from blockbuster.worker import PREVIEW_FIELD, segment_tiles
 
@@ -30,8 +30,7 @@ __all__ = ["segment_stage", "start_segment", "start_first", "unfinished_tiles"]
 
 def unfinished_tiles(job: Job) -> list[int]:
     """The tiles no earlier run finished (resume)."""
-    done = job.finished_records()
-    return [n for n in range(job.plan.grid.n_tiles) if n not in done]
+    return np.flatnonzero(~job.finished_records().filled).tolist()
 
 
 def start_first(job: Job) -> None:
@@ -48,7 +47,7 @@ def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
     finished tiles' ``records`` and the tile numbers ``todo``). ``empty``: the
     estimate-empty stage's flags; those tiles are staged as skipped, never read."""
     plan, src = job.plan, job.source
-    records = dict(job.finished_records())
+    records = job.finished_records().copy()
     todo = unfinished_tiles(job)
     client = job.client()
     # batches that ask for a resource (GPU=1) can only run on the workers offering it
@@ -92,14 +91,14 @@ def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:
 
 
 @stage_task("segment", cache="segment")
-def segment_stage(job: Job, empty: np.ndarray | None = None) -> list[dict[str, Any]]:
+def segment_stage(job: Job, empty: np.ndarray | None = None) -> TileRecords:
     """Run ``fn`` on every tile not finished yet (and not in ``empty``); return one
-    record per tile."""
+    record per tile (kept as NumPy rows from the moment a batch arrives)."""
     logger = get_run_logger()
     plan = job.plan
     work = job.take_started("segment") or start_segment(job, empty)
     records, todo = work.info["records"], work.info["todo"]
-    n_resumed = len(records)
+    n_resumed = records.n_filled
     if n_resumed:
         logger.info(
             "resuming: %d of %d tiles already segmented, %d to go",
@@ -123,7 +122,7 @@ def segment_stage(job: Job, empty: np.ndarray | None = None) -> list[dict[str, A
             sampled = r.pop(PREVIEW_FIELD, None)  # kept off the record (and the cache)
             if sampled is not None and canvas is not None:
                 canvas.add_image(r["tile"], *sampled)
-            records[r["tile"]] = r
+        records.add_many(recs)  # the batch's dicts are dropped: only rows are kept
         bar.update(len(recs))
 
     try:
@@ -131,8 +130,11 @@ def segment_stage(job: Job, empty: np.ndarray | None = None) -> list[dict[str, A
     finally:
         bar.close()
     job.timings["segment"] = time.perf_counter() - work.started
-    out = [records[n] for n in range(plan.grid.n_tiles)]
-    n_skipped = sum(r["skipped"] for r in out)
+    missing = np.flatnonzero(~records.filled)
+    if missing.size:  # pragma: no cover - every batch returns a record per tile
+        raise RuntimeError(f"the segment stage returned no record for tiles {missing[:10]}")
+    out = records
+    n_skipped = int(np.count_nonzero(out.rows["skipped"]))
     logger.info(
         "segmented %d %s (%d resumed, %d skipped as empty) in %.2f s",
         len(todo),
