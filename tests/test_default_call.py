@@ -270,3 +270,30 @@ def test_merge_sharded_output_read_back(client, tmp_path):
     assert LabelReader(out).fast
     assert (got == stored[...]).all()
     assert same_partition(got, ndi.label(binary)[0])
+
+
+@pytest.mark.parametrize("forkserver", ["true", "false"])
+def test_local_cluster_workers_see_the_environment_as_it_is_now(monkeypatch, forkserver):
+    """blockbuster's own cluster forks its workers from a forkserver (started with the
+    first cluster; BLOCKBUSTER_WORKER_FORKSERVER=false: spawned by their nanny in this
+    process, Dask's default). Either way a worker sees this process's environment as it
+    is when the cluster starts: a variable set after the forkserver started (credentials,
+    an endpoint) reaches the next cluster's workers."""
+    from blockbuster.cluster import make_local_cluster
+
+    monkeypatch.setenv("BLOCKBUSTER_WORKER_FORKSERVER", forkserver)
+    client, cluster = make_local_cluster(n_workers=1)
+    try:
+        parents = set(client.run(os.getppid).values())
+    finally:
+        client.close()
+        cluster.close()
+    assert (parents == {os.getpid()}) is (forkserver == "false")
+    monkeypatch.setenv("BLOCKBUSTER_TEST_SET_LATER", "now")
+    client, cluster = make_local_cluster(n_workers=1)
+    try:
+        seen = client.run(lambda: os.environ.get("BLOCKBUSTER_TEST_SET_LATER"))
+    finally:
+        client.close()
+        cluster.close()
+    assert list(seen.values()) == ["now"]

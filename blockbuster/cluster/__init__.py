@@ -24,6 +24,7 @@ from ._gpus import (
     worker_gpus,
 )
 from ._local import (
+    FORKSERVER_PRELOAD,
     allocation,
     check_client,
     client_threads,
@@ -43,6 +44,7 @@ from ._storage import StorageOptionsPlugin, share_storage_options
 
 __all__ = [
     "BATCH_VOXELS",
+    "FORKSERVER_PRELOAD",
     "GPU_RESOURCE",
     "check_gpu_client",
     "declares_gpu",

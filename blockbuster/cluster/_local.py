@@ -152,7 +152,9 @@ def make_local_cluster(use_gpu: bool | str = False, **kwargs):
     kwargs.setdefault("processes", True)
     kwargs.setdefault("silence_logs", logging.ERROR)
     _quiet_distributed()
-    with _worker_start():
+    with _worker_start() as forked:
+        if forked:
+            kwargs["env"] = _current_environment(kwargs.get("env"))
         cluster = LocalCluster(n_workers=n, **kwargs)
     client = Client(cluster)
     return client, cluster
@@ -166,7 +168,7 @@ FORKSERVER_PRELOAD = ["distributed.nanny", "distributed.worker", "blockbuster.wo
 
 
 @contextlib.contextmanager
-def _worker_start() -> Iterator[None]:
+def _worker_start() -> Iterator[bool]:
     """Start the worker processes of a cluster made here from a forkserver.
 
     Dask starts each worker process as a fresh interpreter (``spawn``), which then
@@ -179,7 +181,9 @@ def _worker_start() -> Iterator[None]:
     (``distributed.worker.multiprocessing-method`` other than ``spawn``), and not with
     ``BLOCKBUSTER_WORKER_FORKSERVER=false``. Environment variables that distributed sets
     before a worker starts (``OMP_NUM_THREADS=1`` ...) reach the forkserver: it starts
-    with the first worker, after distributed set them.
+    with the first worker, after distributed set them. Yields whether it is used: then
+    each worker must be given this process's environment as it is now (the forkserver
+    holds the one it started with; see :func:`_current_environment`).
     """
     import dask
 
@@ -191,7 +195,7 @@ def _worker_start() -> Iterator[None]:
         or dask.config.get(key, "spawn") != "spawn"
         or "forkserver" not in multiprocessing.get_all_start_methods()
     ):
-        yield
+        yield False
         return
     import distributed.utils as du
 
@@ -201,7 +205,15 @@ def _worker_start() -> Iterator[None]:
         multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
         du._forkserver_preload_set = True
     with dask.config.set({key: "forkserver"}):
-        yield
+        yield True
+
+
+def _current_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment now, with ``env`` on top: for a worker forked from the
+    forkserver, which would otherwise see the environment the forkserver started with
+    (credentials or ``AWS_ENDPOINT_URL`` set since then would not reach it). Set in the
+    worker before it starts (distributed's nanny ``env``)."""
+    return {**os.environ, **(env or {})}
 
 
 def _quiet_distributed() -> None:
@@ -256,7 +268,11 @@ def _gpu_cluster(gpus, **kwargs):
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": _dashboard_address()}}
     kwargs.setdefault("silence_logs", logging.ERROR)
-    with _worker_start():
+    with _worker_start() as forked:
+        if forked:
+            for spec in workers.values():
+                opts = spec["options"]
+                opts["env"] = _current_environment(opts["env"])  # type: ignore[index]
         cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
     return Client(cluster), cluster
 
