@@ -10,6 +10,7 @@ import io
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from blockbuster.cluster import split_batches
 from blockbuster.core import SeamTable, TileGrid, TileRecords, seam_rows
@@ -124,3 +125,46 @@ def test_merge_unit_fields_and_absent_fields():
     assert "fn_started" not in records[1] and "ids_1_to_n" not in records[1]
     assert records.n_filled == 1 and list(records.tiles()) == [1]
     assert np.array_equal(records.filled, [False, True])
+
+
+@pytest.mark.usefixtures("client")
+def test_a_run_frees_the_label_pairs_once_the_merge_table_is_built(tmp_path, monkeypatch):
+    """The scan's label pairs (16 B a pair) are not held for the rest of the run: not by
+    the flow, and not by Prefect's in-memory cache of the stage results."""
+    import gc
+    import weakref
+
+    import zarr
+    from scipy import ndimage as ndi
+
+    import blockbuster.flows._pipeline as pipeline
+    import blockbuster.tasks._seams as seams_task
+    from blockbuster.api import merge_tile_labels
+
+    refs: list = []
+    alive: list[bool] = []
+    build, finalize = seams_task.MergeTable.build, pipeline.finalize_stage
+
+    def watched_build(counts, pairs, **kw):
+        refs.append(weakref.ref(pairs))
+        return build(counts, pairs, **kw)
+
+    def checked_finalize(*args, **kw):
+        gc.collect()
+        alive.extend(r() is not None for r in refs)
+        return finalize(*args, **kw)
+
+    monkeypatch.setattr(seams_task.MergeTable, "build", staticmethod(watched_build))
+    monkeypatch.setattr(pipeline, "finalize_stage", checked_finalize)
+    rng = np.random.default_rng(1)
+    binary = ndi.gaussian_filter(rng.standard_normal((128, 128)), 2) > 0.1
+    labels = np.zeros(binary.shape, np.int32)
+    for i in range(0, 128, 32):
+        for j in range(0, 128, 32):
+            labels[i : i + 32, j : j + 32] = ndi.label(binary[i : i + 32, j : j + 32])[0]
+    src = str(tmp_path / "in.zarr")
+    z = zarr.create_array(store=src, shape=labels.shape, chunks=(32, 32), dtype=labels.dtype)
+    z[...] = labels
+    _, summary = merge_tile_labels(src, write_to=str(tmp_path / "out.zarr"), return_summary=True)
+    assert summary["labels_after_merge"] == ndi.label(binary)[1]
+    assert alive == [False], "the label pairs outlived the merge table"

@@ -92,6 +92,9 @@ def _stages(job: Job) -> tuple[TileRecords, dict[str, Any], Any, dict[str, Any]]
     publish_tiles_table(job, records, scan["seams"])
     start_pictures_early(job, records, scan["seams"])  # the tile map, while the rest runs
     table = lut_stage(job, quote(scan))
+    # the table holds what it needs of the label pairs: the run keeps the scan's totals
+    # and seams, not the pairs (16 B a pair; a copy: the cached result is left as it is)
+    scan = {k: v for k, v in scan.items() if k != "pairs"}
     job.start_ahead("relabel", start_relabel(job, table))
     rel = relabel_stage(job, quote(table))
     return records, scan, table, rel

@@ -148,6 +148,10 @@ def stage_task(name: str, *, cache: str | None, persist: bool = True):
         name=name,
         cache_policy=stage_cache_policy(cache) if cache else NO_CACHE,
         persist_result=persist if cache else False,
+        # a cached result is read back from its file when a later run needs it; kept in
+        # Prefect's in-memory LRU as well, it would hold every stage's per-tile data
+        # (the scan's label pairs, the merge table) as long as the process lives
+        cache_result_in_memory=False,
         retries=STAGE_RETRIES,
         retry_delay_seconds=1,
         retry_condition_fn=_transient,
