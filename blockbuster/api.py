@@ -597,7 +597,11 @@ def tile_process(
         blockbuster did not write (a file, a folder, a zarr store without its completion
         record) is never replaced; an unfinished blockbuster output always is.
     return_summary : bool
-        Also return the run summary dict: ``(labels, summary)``.
+        Also return the run summary dict: ``(labels, summary)``. Its ``"tiles"`` and
+        ``"seams"`` are :class:`~blockbuster.core.TileRecords` and
+        :class:`~blockbuster.core.SeamTable`: they read like lists of one dict per tile
+        (per seam) and hold NumPy columns in ``.rows`` (docs/architecture.md, "What the
+        driver holds per tile").
 
     Returns
     -------
