@@ -13,6 +13,15 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# pytest-xdist runs the suite in 2 worker processes (`-n 2` in pyproject's addopts); each
+# starts its own test harness and LocalCluster (the session fixtures below) and gets a
+# PREFECT_HOME of its own, set here before anything imports Prefect.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _base = os.environ.get("PREFECT_HOME") or os.path.join(os.path.expanduser("~"), ".prefect")
+    os.environ["PREFECT_HOME"] = os.path.join(_base, f"xdist-{_WORKER}")
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+
 
 _MIGRATED_DB: list[str] = []  # the session's migrated Prefect database (see prefect_home)
 
