@@ -14,7 +14,7 @@ variable                        meaning (default)
                                 picture, docs/benchmarks.md) is not wanted
 ``BLOCKBUSTER_WORKER_FORKSERVER`` start the worker processes of blockbuster's own local
                                 cluster from a forkserver that imported what a worker
-                                needs once (``true``, where the platform has one);
+                                needs once (``true``; Linux only);
                                 ``false``: Dask's default, a fresh interpreter per worker
                                 (docs/clusters.md)
 ==============================  ===========================================================

@@ -297,3 +297,39 @@ def test_local_cluster_workers_see_the_environment_as_it_is_now(monkeypatch, for
         client.close()
         cluster.close()
     assert list(seen.values()) == ["now"]
+
+
+@pytest.mark.parametrize(
+    "platform, method, setting, forked",
+    [
+        ("linux", "spawn", "true", True),
+        ("darwin", "spawn", "true", False),  # macOS keeps Dask's spawn
+        ("win32", "spawn", "true", False),
+        ("linux", "fork", "true", False),  # the user's own choice is kept
+        ("linux", "spawn", "false", False),
+    ],
+)
+def test_workers_are_forked_from_a_forkserver_only_on_linux_by_default(
+    monkeypatch, platform, method, setting, forked
+):
+    """Where blockbuster's own cluster forks its workers: Linux, when neither the user's
+    Dask configuration nor BLOCKBUSTER_WORKER_FORKSERVER says otherwise (macOS: forking
+    after numpy's import ran LAPACK in the forkserver is what Python's spawn default
+    there avoids)."""
+    import multiprocessing
+
+    import dask
+
+    from blockbuster.cluster._local import _worker_start
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
+        pytest.skip("no forkserver here")
+    key = "distributed.worker.multiprocessing-method"
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setenv("BLOCKBUSTER_WORKER_FORKSERVER", setting)
+    with dask.config.set({key: method}):
+        with _worker_start() as got:
+            inside = dask.config.get(key)
+        assert dask.config.get(key) == method  # restored
+    assert got is forked
+    assert inside == ("forkserver" if forked else method)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -176,10 +177,12 @@ def _worker_start() -> Iterator[bool]:
     doing that beside the caller took 2-3.5 s before the first tile ran. Forked from a
     forkserver that imported them once, the workers are ready in ~1 s
     (docs/benchmarks.md, section 9). Only for clusters blockbuster starts, only while
-    they start (a worker restarted later by its nanny is spawned as Dask does), only
-    where the platform has a forkserver and the user has not chosen a start method
-    (``distributed.worker.multiprocessing-method`` other than ``spawn``), and not with
-    ``BLOCKBUSTER_WORKER_FORKSERVER=false``. Environment variables that distributed sets
+    they start (a worker restarted later by its nanny is spawned as Dask does), only on
+    Linux (macOS has a forkserver too, but forking after numpy's import, which runs
+    LAPACK there to check Accelerate, is what Python's ``spawn`` default on macOS
+    avoids; not measured there either), only where the user has not chosen a start
+    method (``distributed.worker.multiprocessing-method`` other than ``spawn``), and
+    not with ``BLOCKBUSTER_WORKER_FORKSERVER=false``. Environment variables that distributed sets
     before a worker starts (``OMP_NUM_THREADS=1`` ...) reach the forkserver: it starts
     with the first worker, after distributed set them. Yields whether it is used: then
     each worker must be given this process's environment as it is now (the forkserver
@@ -193,6 +196,7 @@ def _worker_start() -> Iterator[bool]:
     if (
         not runtime_settings().worker_forkserver
         or dask.config.get(key, "spawn") != "spawn"
+        or not sys.platform.startswith("linux")
         or "forkserver" not in multiprocessing.get_all_start_methods()
     ):
         yield False

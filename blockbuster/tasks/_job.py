@@ -9,9 +9,12 @@ fields are short, human-readable descriptions (what the Prefect UI shows).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+if TYPE_CHECKING:
+    from blockbuster.core import TileRecords
 
 __all__ = ["Job"]
 
@@ -75,7 +78,7 @@ class Job(BaseModel):
         job._resources = resources
         return job
 
-    def finished_records(self):
+    def finished_records(self) -> TileRecords:
         """Records of the tiles already staged by an earlier run (resume), read from the
         staging once per run: a :class:`~blockbuster.core.TileRecords` whose ``filled``
         rows are those tiles."""
