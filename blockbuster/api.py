@@ -212,10 +212,16 @@ def _check_bool(name: str, value) -> None:
         raise InvalidParameterError(f"{name}={value!r} must be True or False")
 
 
-def _prepare_output(write_to, zarr_format: int, overwrite: bool = False) -> OutputTarget:
+def _prepare_output(
+    write_to, zarr_format: int, overwrite: bool = False, compute: bool = False
+) -> OutputTarget:
     _check_bool("overwrite", overwrite)
     if write_to is None:
-        return OutputTarget(os.path.join(_temp_dir(), "labels.zarr"), temporary=True)
+        # compute=True without write_to: the caller wants an array and no store, so the
+        # labels may be relabelled straight into one (tasks/_relabel.py)
+        return OutputTarget(
+            os.path.join(_temp_dir(), "labels.zarr"), temporary=True, in_memory=bool(compute)
+        )
     target = OutputTarget(write_to, zarr_format=zarr_format, overwrite=bool(overwrite))
     if is_url(target.path):
         _check_store(target.path, "write_to")
@@ -307,7 +313,11 @@ def _check_store(url: str, what: str) -> None:
 def _result(out: OutputTarget, compute: bool):
     """The written labels. A local output is read in whole chunks (or shards) in
     parallel through the direct path where it applies (io/_readback.py), as NumPy or as
-    a dask array with one task per group of chunks; an object store through zarr."""
+    a dask array with one task per group of chunks; an object store through zarr. Labels
+    relabelled into memory (``compute=True`` without ``write_to``) are returned as they
+    are."""
+    if out.labels is not None:
+        return out.labels
     if not is_url(out.array_path):
         from blockbuster.io import read_labels
 
@@ -657,7 +667,7 @@ def tile_process(
         tile_shape, why = choose_tile_shape(
             src, fn, overlap, use_gpu is True, _current_client() if use_gpu is True else None
         )
-    out = _prepare_output(write_to, zarr_format, overwrite)
+    out = _prepare_output(write_to, zarr_format, overwrite, compute)
     plan = make_plan(
         src,
         fn_id=fid or "unknown",
@@ -764,7 +774,7 @@ def merge_tile_labels(
         )
     if tile_shape is None:
         tile_shape = _tiles_of(src)
-    out = _prepare_output(write_to, zarr_format, overwrite)
+    out = _prepare_output(write_to, zarr_format, overwrite, compute)
     # stored labels are read again when relabelling rather than copied to the staging
     # (a dask array's blocks are computed once, so those are staged)
     plan = make_plan(

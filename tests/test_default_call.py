@@ -333,3 +333,37 @@ def test_workers_are_forked_from_a_forkserver_only_on_linux_by_default(
         assert dask.config.get(key) == method  # restored
     assert got is forked
     assert inside == ("forkserver" if forked else method)
+
+
+@pytest.mark.parametrize("what", ["tile_process", "merge of stored labels"])
+def test_compute_without_write_to_relabels_into_the_returned_array(client, tmp_path, what):
+    """compute=True and no write_to: the caller wants an array and no store, so the
+    relabel stage fills the array it returns (no output chunk is encoded, written, read
+    back); the labels equal the whole-image oracle and, id for id, what the same call
+    stores when it writes a store (compute=False)."""
+    import scipy.ndimage as ndi
+
+    from blockbuster import merge_tile_labels, tile_process
+
+    binary = blobs((160, 192), seed=11)
+    if what == "tile_process":
+        args: tuple = (binary.astype(np.uint8) * 200, _label)
+        run = tile_process
+        kw: dict = {"tile_shape": (64, 64)}
+    else:  # read back from the stored per-tile labels in the relabel stage
+        per_tile = np.zeros(binary.shape, np.int32)
+        for i in range(0, 160, 64):
+            for j in range(0, 192, 64):
+                per_tile[i : i + 64, j : j + 64] = ndi.label(binary[i : i + 64, j : j + 64])[0]
+        src = str(tmp_path / "tiles.zarr")
+        zarr.create_array(store=src, shape=per_tile.shape, chunks=(64, 64), dtype="i4")[...] = (
+            per_tile
+        )
+        args, run, kw = (src,), merge_tile_labels, {}
+    got, summary = run(*args, compute=True, return_summary=True, **kw)
+    assert summary["output"] is None  # nothing was stored
+    assert isinstance(got, np.ndarray) and got.shape == binary.shape
+    assert same_partition(got, ndi.label(binary)[0])
+    lazy, stored = run(*args, return_summary=True, **kw)
+    assert os.path.isdir(stored["output"])
+    assert got.dtype == lazy.dtype and (got == lazy.compute()).all()

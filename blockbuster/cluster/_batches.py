@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["split_batches", "BatchRun", "StageWork", "slots"]
+__all__ = ["split_batches", "BatchRun", "LocalBatchRun", "StageWork", "slots"]
 
 
 #: Voxels a batch may hold before ``max_batch`` tiles limits it: small tiles go in
@@ -197,7 +197,7 @@ class StageWork:
     """
 
     batches: list[list[int]]
-    run: BatchRun | None
+    run: BatchRun | LocalBatchRun | None
     info: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -230,6 +230,24 @@ class StageWork:
         )
         return cls(batches, run, info or {}, time.perf_counter() if started is None else started)
 
+    @classmethod
+    def here(
+        cls,
+        func: Callable,
+        batches: list[list[int]],
+        args_for: Callable[[list[int]], Callable[[], tuple]],
+        *,
+        name: str,
+        threads: int,
+        info: dict[str, Any] | None = None,
+        started: float | None = None,
+    ) -> StageWork:
+        """Run ``func(*args_for(batch)())`` for each batch in ``threads`` threads of this
+        process, starting now: for work whose result belongs in this process (the
+        relabel of a call that returns its labels as an array and writes no store)."""
+        run = LocalBatchRun(func, [args_for(b) for b in batches], name=name, threads=threads)
+        return cls(batches, run, info or {}, time.perf_counter() if started is None else started)
+
     @property
     def n_tiles(self) -> int:
         return sum(len(b) for b in self.batches)
@@ -241,3 +259,46 @@ class StageWork:
     def cancel(self) -> None:
         if self.run is not None:
             self.run.cancel()
+
+
+class LocalBatchRun:
+    """Batches run in threads of this process, with :class:`BatchRun`'s ``gather`` and
+    ``cancel``: all are queued at once (a thread pool holds no tile inputs before it runs
+    a batch); the first error cancels the batches not started and is raised."""
+
+    def __init__(
+        self,
+        func: Callable,
+        args_of: Sequence[Callable[[], tuple]],
+        *,
+        name: str,
+        threads: int,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix=f"blockbuster-{name}")
+
+        def run(args: Callable[[], tuple]) -> Any:
+            return func(*args())
+
+        self.futures = [pool.submit(run, a) for a in args_of]
+        pool.shutdown(wait=False)
+
+    def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Every batch's result, in order; ``on_done(i, result)`` as each one ends."""
+        from concurrent.futures import as_completed
+
+        index = {f: i for i, f in enumerate(self.futures)}
+        try:
+            for f in as_completed(self.futures):
+                r = f.result()
+                if on_done is not None:
+                    on_done(index[f], r)
+        except BaseException:
+            self.cancel()
+            raise
+        return [f.result() for f in self.futures]
+
+    def cancel(self) -> None:
+        for f in self.futures:
+            f.cancel()

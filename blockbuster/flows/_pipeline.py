@@ -139,7 +139,8 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         "flow_run_id": _flow_run_id(),
         "image": job.image,
         "fn": job.fn,
-        "output": job.out.path,
+        # None: relabelled into the array the call returns, no store written
+        "output": None if job.out.labels is not None else job.out.path,
         "n_tiles": tiles.n_tiles,
         "grid_shape": list(tiles.grid_shape),
         "tile_shape": list(tiles.tile_shape),

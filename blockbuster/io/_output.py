@@ -63,12 +63,17 @@ class OutputTarget:
         temporary: bool = False,
         overwrite: bool = False,
         param: str = "write_to",
+        in_memory: bool = False,
     ):
         if zarr_format not in (2, 3):
             raise InvalidParameterError(f"zarr_format={zarr_format!r} must be 2 or 3")
         self.path = os.fspath(parse_location(path, param=param))
         self.zarr_format: Literal[2, 3] = 2 if zarr_format == 2 else 3
         self.temporary = temporary
+        # a temporary output whose caller wants the labels as an array: the relabel
+        # stage may fill ``labels`` in this process instead of writing the store
+        self.in_memory = bool(in_memory and temporary)
+        self.labels: Any = None
         self.overwrite = bool(overwrite)
         self.param = param
         self.token = ""

@@ -26,6 +26,9 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
     drop the staging area and the cached stage results that describe it. (The summary
     is sent by the run's reporter thread.)"""
     publish_summary(job, summary)
+    if job.out.labels is not None:  # relabelled into memory: no store was written
+        _drop(job, keep_staging)
+        return
     job.out.mark_complete(
         {
             "result_key": job.plan.result_key,
@@ -46,6 +49,10 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
         },
         executor=job.client().get_executor() if job.out.is_ngff else None,
     )
+    _drop(job, keep_staging)
+
+
+def _drop(job: Job, keep_staging: bool) -> None:
     if not keep_staging:
         Staging(job.plan.staging_root).remove()
         _drop_cached_results(job)

@@ -7,24 +7,43 @@ import time
 import numpy as np
 from prefect import get_run_logger
 
-from blockbuster.cluster import StageWork
+from blockbuster.cluster import StageWork, split_batches
 from blockbuster.core import MergeTable, TileRecords
-from blockbuster.worker import relabel_tiles, table_luts
+from blockbuster.io import is_url
+from blockbuster.worker import relabel_into, relabel_tiles, table_luts
 
 from ._common import fan_out, stage_task, tiles_word
 from ._job import Job
 from ._pictures import preview_canvas
 from ._progress import StageProgress
 
-__all__ = ["relabel_stage", "start_relabel"]
+__all__ = ["relabel_stage", "start_relabel", "relabels_in_memory"]
+
+
+def relabels_in_memory(job: Job) -> bool:
+    """Whether the labels go into an array in this process rather than a store: the
+    caller asked for an array and no store (``compute=True`` without ``write_to``), the
+    staging is on this machine, and the tiles are not merge units (written as shards).
+    Nothing of the output is written then: no chunk encoded, written, read back and
+    decoded again (docs/benchmarks.md, section 10)."""
+    plan = job.plan
+    return (
+        job.out.in_memory
+        and plan.unit_tile_shape is None
+        and not is_url(plan.staging_root)
+        and not (plan.read_back and is_url(getattr(job.source.reader, "path", "") or ""))
+    )
 
 
 def start_relabel(job: Job, table: MergeTable) -> StageWork:
     """Create the output (marked incomplete) and submit the first relabel batches (the
-    flow does so as soon as the merge table exists)."""
+    flow does so as soon as the merge table exists); or, for labels relabelled into
+    memory (:func:`relabels_in_memory`), start filling the array in threads here."""
     t0 = time.perf_counter()
     plan, out = job.plan, job.out
     dtype = table.dtype
+    if relabels_in_memory(job):
+        return _start_in_memory(job, table, t0)
     out.create(
         plan.grid.shape,
         dtype,
@@ -35,13 +54,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     path, token = out.array_path, out.token
     reader = job.source.reader if plan.read_back else None  # labels read from the input
-    records = job.details.get("tiles")
-    # the tiles whose record says their ids are 1..n (nothing staged is read for them)
-    plain = (
-        TileRecords.of(records, plan.grid).rows["ids_1_to_n"] == 1
-        if records is not None
-        else np.zeros(plan.grid.n_tiles, bool)
-    )
+    plain = _ids_1_to_n(job)
     canvas = preview_canvas(job)  # each tile written returns its samples (final ids)
     preview = canvas.params if canvas is not None else None
     return fan_out(
@@ -66,9 +79,53 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
     )
 
 
+def _ids_1_to_n(job: Job) -> np.ndarray:
+    """Per tile: its record says its ids are 1..n (nothing staged is read for it)."""
+    records = job.details.get("tiles")
+    if records is None:
+        return np.zeros(job.plan.grid.n_tiles, bool)
+    return TileRecords.of(records, job.plan.grid).rows["ids_1_to_n"] == 1
+
+
+def _start_in_memory(job: Job, table: MergeTable, t0: float) -> StageWork:
+    from dask.system import cpu_count
+
+    plan = job.plan
+    dtype = table.dtype
+    result = np.zeros(plan.grid.shape, dtype)
+    job.out.labels = result
+    tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
+    reader = job.source.reader if plan.read_back else None
+    plain = _ids_1_to_n(job)
+    canvas = preview_canvas(job)
+    preview = canvas.params if canvas is not None else None
+    threads = max(1, cpu_count())
+    batches = split_batches(tiles, threads, tile_voxels=plan.grid.tile_voxels)
+    return StageWork.here(
+        relabel_into,
+        batches,
+        lambda b: (
+            lambda: (
+                plan,
+                b,
+                table_luts(table, b, dtype),
+                result,
+                reader,
+                plain[b].tolist(),
+                preview,
+            )
+        ),
+        name="relabel",
+        threads=threads,
+        info={"dtype": str(dtype)},
+        started=t0,
+    )
+
+
 @stage_task("relabel", cache=None)
 def relabel_stage(job: Job, table: MergeTable) -> dict:
-    """Write every labelled tile into the output (created incomplete)."""
+    """Write every labelled tile into the output (created incomplete), or into the
+    array in this process (:func:`relabels_in_memory`)."""
     work = job.take_started("relabel") or start_relabel(job, table)
     batches = work.batches
     bar = StageProgress(

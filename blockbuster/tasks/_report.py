@@ -146,7 +146,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"| seam pairs merged / left apart | {summary['seam_pairs_merged']} / "
         f"{summary['seam_pairs_unmerged']} |",
         f"| objects wider than the halo | {summary['objects_spanning_halo']} |",
-        f"| output | `{summary['output']}` ({summary['dtype']}) |",
+        (
+            f"| output | `{summary['output']}` ({summary['dtype']}) |"
+            if summary["output"] is not None
+            else f"| output | an array returned to the caller, no store ({summary['dtype']}) |"
+        ),
         f"| throughput | {summary['voxels_per_second']:.3g} voxels/s |",
         "",
         "| stage | seconds |",

@@ -691,27 +691,17 @@ def _relabel_tiles(
     written = 0
     pending: list = []  # tiles with labels: never all fill, no need to check
     size = 0
-    names = ("labels", "ids") if plan.read_back else ("labels",)
     if plan.unit_tile_shape is not None:
         return _relabel_units(plan, tiles, luts, out, direct, reader, staging, preview, samples)
+
+    def buffer(shape, dtype):
+        return _SCRATCH.array("output", shape, dtype) if direct is not None else None
+
     try:
         with staging:  # packs stay open for the batch
-            plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
-            for n, lut, bare in zip(tiles, luts, plain):
-                if lut.size <= 1:
-                    continue  # no labels: the chunk stays absent (reads as 0)
-                arrays = {} if bare and plan.read_back else staging.read_tile(n, names=names)[1]
-                shape = g.core_shape(n)
-                dst = (
-                    _SCRATCH.array("output", shape, lut.dtype)
-                    if direct is not None
-                    else np.empty(shape, lut.dtype)
-                )
-                if "labels" in arrays:
-                    map_through(lut, arrays["labels"], dst)
-                else:
-                    _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
-                region = g.core_slices(n)
+            for n, region, dst in _relabelled(
+                plan, tiles, luts, reader, ids_1_to_n, staging, buffer
+            ):
                 written += dst.size
                 if preview is not None:
                     got = sample_tile(g.core_bounds(n), preview, dst)
@@ -728,6 +718,73 @@ def _relabel_tiles(
     finally:
         _SCRATCH.clear()
     return written
+
+
+def _relabelled(
+    plan: RunPlan,
+    tiles: Sequence[int],
+    luts: Sequence[np.ndarray],
+    reader,
+    ids_1_to_n: Sequence[bool] | None,
+    staging: Staging,
+    buffer: Callable[[tuple[int, ...], np.dtype], np.ndarray | None],
+):
+    """``(tile, region, final labels)`` of every tile with labels: ``lut[staged labels]``,
+    or (``plan.read_back``) the labels read again from ``reader`` mapped through the
+    tile's staged ids. ``buffer(shape, dtype)`` may give the array to fill (None: a new
+    one)."""
+    g = plan.grid
+    names = ("labels", "ids") if plan.read_back else ("labels",)
+    plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
+    for n, lut, bare in zip(tiles, luts, plain):
+        if lut.size <= 1:
+            continue  # no labels: the chunk stays absent (reads as 0)
+        arrays = {} if bare and plan.read_back else staging.read_tile(n, names=names)[1]
+        shape = g.core_shape(n)
+        dst = buffer(shape, lut.dtype)
+        if dst is None:
+            dst = np.empty(shape, lut.dtype)
+        if "labels" in arrays:
+            map_through(lut, arrays["labels"], dst)
+        else:
+            _read_back(plan, reader, n, lut, arrays.get("ids"), dst)
+        yield n, g.core_slices(n), dst
+
+
+def relabel_into(
+    plan: RunPlan,
+    tiles: Sequence[int],
+    luts: Sequence[np.ndarray],
+    result: np.ndarray,
+    reader=None,
+    ids_1_to_n: Sequence[bool] | None = None,
+    preview: tuple[int, int | None] | None = None,
+) -> tuple[int, list[tuple[tuple[int, ...], np.ndarray]]]:
+    """:func:`relabel_tiles` into ``result`` (an array of the image's spatial shape, in
+    this process) instead of the output store: the relabel of a call whose caller wants
+    the labels as an array and no store (``compute=True`` without ``write_to``). Tiles
+    without labels are left as they are (``result`` starts as zeros). Threads may fill
+    one ``result`` at once (the tiles do not overlap). Returns ``(voxels, samples)`` as
+    :func:`relabel_tiles` does with ``preview``.
+
+    Not for merge units (``plan.unit_tile_shape``): those are written as shards.
+    """
+    if plan.unit_tile_shape is not None:
+        raise ValueError("relabel_into does not relabel merge units; use relabel_tiles")
+    staging = Staging(plan.staging_root, durable=plan.durable)
+    samples: list[tuple[tuple[int, ...], np.ndarray]] = []
+    written = 0
+    with staging:
+        for n, region, dst in _relabelled(
+            plan, tiles, luts, reader, ids_1_to_n, staging, lambda shape, dtype: None
+        ):
+            result[region] = dst
+            written += dst.size
+            if preview is not None:
+                got = sample_tile(plan.grid.core_bounds(n), preview, dst)
+                if got is not None:
+                    samples.append(got)
+    return written, samples
 
 
 def _relabel_units(
