@@ -367,3 +367,49 @@ def test_compute_without_write_to_relabels_into_the_returned_array(client, tmp_p
     lazy, stored = run(*args, return_summary=True, **kw)
     assert os.path.isdir(stored["output"])
     assert got.dtype == lazy.dtype and (got == lazy.compute()).all()
+
+
+def _count_fsyncs(on: bool) -> int:
+    """In this worker process: count ``os.fsync`` calls from now (``on``), or stop
+    counting; returns the count so far."""
+    real = getattr(os.fsync, "real", os.fsync)
+    count = getattr(os.fsync, "count", [0])
+    if on:
+        count = [0]
+
+        def counted(fd):
+            count[0] += 1
+            return real(fd)
+
+        counted.real, counted.count = real, count  # type: ignore[attr-defined]
+        os.fsync = counted
+        return 0
+    os.fsync = real
+    return count[0]
+
+
+def test_a_call_without_write_to_fsyncs_nothing_on_the_workers(client, tmp_path):
+    """The default call's staging and output are in a temporary folder removed at exit:
+    its workers fsync none of the packs they stage (RunPlan.durable reaches them); with
+    write_to they do (the oracle that the count sees the workers' fsyncs)."""
+    from blockbuster import tile_process
+
+    img = blobs((64, 96), seed=5)
+    fsyncs = {}
+    for case in ("write_to", "default"):
+        kwargs = {"write_to": str(tmp_path / "out.zarr")} if case == "write_to" else {}
+        client.run(_count_fsyncs, True)
+        try:
+            lab = tile_process(
+                img, CountingLabel(str(tmp_path)), tile_shape=(32, 32), compute=True, **kwargs
+            )
+        finally:
+            fsyncs[case] = sum(client.run(_count_fsyncs, False).values())
+        assert same_partition(np.asarray(lab), ndi_label(img))
+    assert fsyncs["write_to"] > 0 and fsyncs["default"] == 0, fsyncs
+
+
+def ndi_label(img: np.ndarray) -> np.ndarray:
+    import scipy.ndimage as ndi
+
+    return ndi.label(img > 0)[0]
