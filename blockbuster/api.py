@@ -584,7 +584,10 @@ def tile_process(
         used for the buckets of the URLs given; sent to the Dask workers by a worker
         plugin, never logged nor part of a run key.
     compute : bool
-        Return a NumPy array instead of a dask array reading the output.
+        Return a NumPy array instead of a dask array reading the output. Without
+        ``write_to`` nothing is stored then: the labels are relabelled straight into the
+        returned array (``summary["output"]`` is None), and a crash of the call redoes
+        all of it (its staging is in a temporary folder removed at exit).
     progress : bool
         tqdm progress bars per stage.
     use_gpu : bool or "auto"
