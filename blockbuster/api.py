@@ -317,7 +317,11 @@ def _result(out: OutputTarget, compute: bool):
     relabelled into memory (``compute=True`` without ``write_to``) are returned as they
     are."""
     if out.labels is not None:
-        return out.labels
+        # handed to the caller, not kept by the run: Prefect's context (a queue service
+        # started in the flow) can keep the run's Job, and with it this OutputTarget, for
+        # the rest of the process
+        labels, out.labels = out.labels, None
+        return labels
     if not is_url(out.array_path):
         from blockbuster.io import read_labels
 

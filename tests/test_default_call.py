@@ -413,3 +413,23 @@ def ndi_label(img: np.ndarray) -> np.ndarray:
     import scipy.ndimage as ndi
 
     return ndi.label(img > 0)[0]
+
+
+def test_the_returned_array_is_freed_once_the_caller_drops_it(client):
+    """compute=True without write_to relabels into an array in this process: the call
+    hands it over and keeps no reference (the run's Job can outlive the call in Prefect's
+    context), so a notebook that drops the labels gets the memory back."""
+    import gc
+    import time
+    import weakref
+
+    from blockbuster import tile_process
+
+    img = blobs((128, 128), seed=3).astype(np.uint8) * 200
+    got = tile_process(img, _label, tile_shape=(64, 64), compute=True)
+    assert same_partition(got, ndi_label(img))
+    ref = weakref.ref(got)
+    del got
+    time.sleep(1)  # the run's last reports (reporter thread) are sent
+    gc.collect()
+    assert ref() is None, "the returned labels are still referenced after the call"
