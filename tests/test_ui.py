@@ -178,13 +178,25 @@ def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, pre
                 shown = [i for i in imgs if i["src"] == "data:image/png;base64,"]
                 assert shown[0]["w"] > 0 and shown[0]["h"] > 0, imgs
             b.open(f"http://127.0.0.1:{port}/deployments/deployment/{deps['segment']['id']}/run")
+            props = schema["properties"]
+            fields = ("image", "segmenter", "output", "tiling")
+            # each field's title and the first words of its description, as the form shows
+            # them; the form renders field by field, so wait until all are there (a loaded
+            # machine showed the titles before the last description)
+            expected = [
+                (props[n]["title"], " ".join(props[n]["description"].split()[:6])) for n in fields
+            ]
             text = b.wait_for(
                 "document.body ? document.body.innerText : ''",
-                lambda t: bool(t) and "Input image" in t and "Tiling and merge" in t,
+                lambda t: (
+                    bool(t)
+                    and all(
+                        title in t and words in " ".join(t.split()) for title, words in expected
+                    )
+                ),
                 timeout=90,
             )
-            props = schema["properties"]
-            for name in ("image", "segmenter", "output", "tiling"):
+            for name in fields:
                 assert props[name]["title"] in text, name
                 first_words = " ".join(props[name]["description"].split()[:6])
                 assert first_words in " ".join(text.split()), name
