@@ -264,7 +264,14 @@ class StageWork:
 class LocalBatchRun:
     """Batches run in threads of this process, with :class:`BatchRun`'s ``gather`` and
     ``cancel``: all are queued at once (a thread pool holds no tile inputs before it runs
-    a batch); the first error cancels the batches not started and is raised."""
+    a batch); the first error cancels the batches not started and is raised.
+
+    Examples
+    --------
+    >>> run = LocalBatchRun(pow, [lambda: (2, 3), lambda: (3, 2)], name="pow", threads=2)
+    >>> run.gather()
+    [8, 9]
+    """
 
     def __init__(
         self,
