@@ -471,7 +471,9 @@ def _run_locked(
             # the last artifacts are sent by the reporter thread after the call returns
             # (tens of ms; a process waits for the thread before it exits)
             job.reporter.close(wait=False)
-            job.cancel_started()  # work no stage adopted (the flow failed or never started)
+            # work no stage adopted (the flow failed or never started) is cancelled, and
+            # what the run held per tile dropped: the Job may outlive the call
+            job.release()
         warm.join()
         handle.close()
 
@@ -589,9 +591,11 @@ def tile_process(
         plugin, never logged nor part of a run key.
     compute : bool
         Return a NumPy array instead of a dask array reading the output. Without
-        ``write_to`` nothing is stored then: the labels are relabelled straight into the
-        returned array (``summary["output"]`` is None), and a crash of the call redoes
-        all of it (its staging is in a temporary folder removed at exit).
+        ``write_to`` the labels are relabelled straight into the returned array and no
+        output store is written (``summary["output"]`` is None, and the pictures are
+        artifacts only: no ``summary["pictures"]``); with ``staging=`` on an object
+        store a temporary store is written and read back as before. A crash of such a
+        call redoes all of it (its staging is in a temporary folder removed at exit).
     progress : bool
         tqdm progress bars per stage.
     use_gpu : bool or "auto"

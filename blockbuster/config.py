@@ -1,23 +1,23 @@
 """Settings of the library itself (not of deployments), read from ``BLOCKBUSTER_*``
 environment variables through pydantic-settings.
 
-==============================  ===========================================================
-variable                        meaning (default)
-==============================  ===========================================================
-``BLOCKBUSTER_DIRECT_CHUNKS``   read and write whole zarr chunks and shards on a local
-                                disk with blockbuster's own code where the array's layout
-                                allows it (``true``); ``false``: always through
-                                zarr-python (slower per chunk, the reference behaviour)
-``BLOCKBUSTER_PICTURES``        make each run's pictures (preview, tile map) as PNGs in the
-                                output and as artifacts (``true``); ``false``: none, for
-                                runs where their cost (drawing and encoding a 1024²
-                                picture, docs/benchmarks.md) is not wanted
-``BLOCKBUSTER_WORKER_FORKSERVER`` start the worker processes of blockbuster's own local
-                                cluster from a forkserver that imported what a worker
-                                needs once (``true``; Linux only);
-                                ``false``: Dask's default, a fresh interpreter per worker
-                                (docs/clusters.md)
-==============================  ===========================================================
+==================================  ===========================================================
+variable                            meaning (default)
+==================================  ===========================================================
+``BLOCKBUSTER_DIRECT_CHUNKS``       read and write whole zarr chunks and shards on a local
+                                    disk with blockbuster's own code where the array's layout
+                                    allows it (``true``); ``false``: always through
+                                    zarr-python (slower per chunk, the reference behaviour)
+``BLOCKBUSTER_PICTURES``            make each run's pictures (preview, tile map) as PNGs in the
+                                    output and as artifacts (``true``); ``false``: none, for
+                                    runs where their cost (drawing and encoding a 1024²
+                                    picture, docs/benchmarks.md) is not wanted
+``BLOCKBUSTER_WORKER_FORKSERVER``   start the worker processes of blockbuster's own local
+                                    cluster from a forkserver that imported what a worker
+                                    needs once (``true``; Linux only); ``false``: Dask's
+                                    default, a fresh interpreter per worker
+                                    (docs/clusters.md)
+==================================  ===========================================================
 
 Deployment settings (data roots, the watch folder, ...) are :class:`blockbuster.deploy.Settings`;
 both are :class:`EnvSettings`: pydantic-settings models whose ``from_env`` reads a given

@@ -33,11 +33,20 @@ TWO_CALLS = textwrap.dedent("""
     img[10:90, 40:60] = 1
     seen = []
     for i in range(2):
-        lab = tile_process(img, label, tile_shape=(32, 32), compute=True)
+        lab, summary = tile_process(img, label, tile_shape=(32, 32), compute=True,
+                                    return_summary=True)
+        if i == 0:  # what the run held per tile, once the caller drops the summary
+            import weakref
+            held = [weakref.ref(summary["tiles"]), weakref.ref(summary["seams"])]
+        del summary
         info = shared_cluster_info()
         workers = start_local_cluster().client().run(os.getpid)  # the one there is
         kids = sorted(workers.values())
         seen.append({"labels": int(np.unique(lab).size - 1), "info": info, "kids": kids})
+    import gc, time
+    time.sleep(1)  # the first run's last reports (its reporter thread) are sent
+    gc.collect()
+    kept = [r() is not None for r in held]
     merged = merge_tile_labels(lab.astype("int32"), tile_shape=(32, 32), compute=True)
     seen.append({"labels": int(np.unique(merged).size - 1), "info": shared_cluster_info()})
     try:
@@ -50,6 +59,7 @@ TWO_CALLS = textwrap.dedent("""
     left = [p for p in seen[0]["kids"] if psutil.pid_exists(p)
             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     print("RESULT " + json.dumps({"seen": seen, "default": default, "closed": closed,
+                                  "kept": kept,
                                   "after": shared_cluster_info(), "left": left}))
 """)
 
@@ -58,7 +68,8 @@ TWO_CALLS = textwrap.dedent("""
 def test_two_calls_start_one_cluster(tmp_path, prefect_harness):
     """Two tile_process calls and a merge in one process (no client): one cluster,
     started once, the same scheduler and worker processes for all three calls; it is not
-    the default client; close_local_cluster() stops its processes."""
+    the default client; close_local_cluster() stops its processes; the first call's
+    per-tile records are freed once its caller drops the summary."""
     from prefect.settings import PREFECT_API_URL
 
     script = tmp_path / "two_calls.py"
@@ -92,6 +103,9 @@ def test_two_calls_start_one_cluster(tmp_path, prefect_harness):
     assert res["default"] is False  # our client is not the user's default client
     assert res["closed"] is True and res["after"] is None
     assert res["left"] == [], res  # the worker processes are gone
+    # the first run's records and seams are freed with its summary: the call keeps
+    # nothing per tile (a context Prefect keeps for the process may hold the run's Job)
+    assert res["kept"] == [False, False], res
     assert "Traceback" not in out, out
 
 

@@ -244,7 +244,15 @@ class StageWork:
     ) -> StageWork:
         """Run ``func(*args_for(batch)())`` for each batch in ``threads`` threads of this
         process, starting now: for work whose result belongs in this process (the
-        relabel of a call that returns its labels as an array and writes no store)."""
+        relabel of a call that returns its labels as an array and writes no store).
+
+        Examples
+        --------
+        >>> work = StageWork.here(sum, [[1, 2], [3]], lambda b: lambda: (b,),
+        ...                       name="example", threads=2)
+        >>> work.gather(), work.n_tiles
+        ([3, 3], 3)
+        """
         run = LocalBatchRun(func, [args_for(b) for b in batches], name=name, threads=threads)
         return cls(batches, run, info or {}, time.perf_counter() if started is None else started)
 

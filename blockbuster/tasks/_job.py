@@ -197,6 +197,18 @@ class Job(BaseModel):
         """The work started ahead for ``stage``, or None; the caller owns it now."""
         return self._started.pop(stage, None)
 
+    def release(self) -> None:
+        """Drop what the run held per tile (records, seams, the preview canvas, work
+        started ahead) once the call has built its summary. A context Prefect keeps for
+        the rest of the process (a service started from the flow's context) may keep this
+        Job, and these grow with the tiles (~150 MB at a million tiles); the caller's
+        summary keeps its own references to what it returns."""
+        self.cancel_started()
+        self._details = {}
+        self._finished = None
+        self._preview = None
+        self._pictures_work = None
+
     def cancel_started(self) -> None:
         """Cancel work started ahead that no stage adopted (the flow failed first)."""
         for work in self._started.values():
