@@ -127,6 +127,24 @@ def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, pre
         run = client.get(f"/flow_runs/{res['flow_run_id']}")
         assert run.status_code == 200 and run.json()["state"]["type"] == "COMPLETED"
         assert os.path.exists(res["pictures"]["files"]["preview"])
+        # and sent it no flow-run heartbeat (nothing there watches for them, and the
+        # flow's end waits for the heartbeat thread): its events are there, none of them
+        # a heartbeat, once the run's own Completed event has arrived
+        deadline = time.time() + 90
+        while True:
+            evs = client.post(
+                "/events/filter",
+                json={
+                    "filter": {"any_resource": {"id": [f"prefect.flow-run.{res['flow_run_id']}"]}},
+                    "limit": 50,
+                },
+            )
+            names = {e["event"] for e in evs.json()["events"]} if evs.status_code == 200 else set()
+            if "prefect.flow-run.Completed" in names or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert "prefect.flow-run.Completed" in names, names
+        assert "prefect.flow-run.heartbeat" not in names, names
 
         # the deployments, registered with the same server by `blockbuster serve`
         serve_log = open(tmp_path / "serve.log", "wb")

@@ -127,7 +127,16 @@ def make_local_cluster(use_gpu: bool | str = False, **kwargs):
     >>> client, cluster = make_local_cluster(n_workers=1)  # doctest: +SKIP
     >>> client.close(); cluster.close()                      # doctest: +SKIP
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    cluster = _start_cluster(use_gpu, **kwargs)
+    return Client(cluster), cluster
+
+
+def _start_cluster(use_gpu: bool | str = False, **kwargs):
+    """The cluster of :func:`make_local_cluster`, without a client (the caller makes the
+    one it needs: blockbuster's shared cluster makes one that is not the default)."""
+    from distributed import LocalCluster
 
     if use_gpu not in (False, True, "auto"):
         raise ClusterError(f"use_gpu={use_gpu!r} must be False, True or 'auto'")
@@ -156,9 +165,7 @@ def make_local_cluster(use_gpu: bool | str = False, **kwargs):
     with _worker_start() as forked:
         if forked:
             kwargs["env"] = _current_environment(kwargs.get("env"))
-        cluster = LocalCluster(n_workers=n, **kwargs)
-    client = Client(cluster)
-    return client, cluster
+        return LocalCluster(n_workers=n, **kwargs)
 
 
 #: What the forkserver imports once, so that each worker forked from it starts with it:
@@ -246,7 +253,7 @@ def no_gpu_message(what: str) -> str:
 
 
 def _gpu_cluster(gpus, **kwargs):
-    from distributed import Client, Nanny, Scheduler, SpecCluster
+    from distributed import Nanny, Scheduler, SpecCluster
 
     alloc = allocation()
     layout = gpu_layout(
@@ -278,7 +285,7 @@ def _gpu_cluster(gpus, **kwargs):
                 opts = spec["options"]
                 opts["env"] = _current_environment(opts["env"])  # type: ignore[index]
         cluster = SpecCluster(workers=workers, scheduler=scheduler, **kwargs)
-    return Client(cluster), cluster
+    return cluster
 
 
 def check_client(client) -> None:

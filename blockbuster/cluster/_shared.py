@@ -39,9 +39,9 @@ from typing import Any
 from ._local import (
     _quiet_teardown,
     _shield_main_script,
+    _start_cluster,
     _unshield_main_script,
     gpu_info,
-    make_local_cluster,
 )
 
 __all__ = [
@@ -100,14 +100,12 @@ class _Shared:
     def _start(self) -> None:
         try:
             self._main_spec = _shield_main_script()
-            client, cluster = make_local_cluster(use_gpu=self.use_gpu, **self.kwargs)
-            # make_local_cluster's client is the default client: a user's own dask
-            # computations would then run on our cluster. Swap it for one that is not.
+            cluster = _start_cluster(use_gpu=self.use_gpu, **self.kwargs)
+            # not the default client: a user's own dask computations after a call still
+            # run where they ran before it (make_local_cluster's client is the default)
             from distributed import Client
 
-            mine = Client(cluster, set_as_default=False)
-            client.close()
-            self._client, self._cluster = mine, cluster
+            self._client, self._cluster = Client(cluster, set_as_default=False), cluster
         except BaseException as exc:  # re-raised by client()
             self._error = exc
 
