@@ -14,8 +14,13 @@
    ``PREFECT_API_URL``) on a ``PREFECT_HOME`` that already exists: without ``blockbuster
    up`` (each process starts Prefect's temporary server) and with it; split into imports,
    the call (cluster start, flow run) and the process exit.
+3. With ``--forkserver-ab N``: the same fresh-process job with ``blockbuster up``
+   running, its local cluster's workers forked from a forkserver
+   (``BLOCKBUSTER_WORKER_FORKSERVER=true``, the default on Linux) and spawned as Dask
+   does (``false``), alternating, N pairs.
 
-Usage: ``python bench/pictures.py [--quick] [--repeats N] [--skip-cost] [--skip-fresh]``
+Usage: ``python bench/pictures.py [--quick] [--repeats N] [--skip-cost] [--skip-fresh]
+[--forkserver-ab N]``
 """
 
 from __future__ import annotations
@@ -186,56 +191,107 @@ def fresh(args) -> list[list]:
     return rows
 
 
+def forkserver_ab(pairs: int) -> list[list]:
+    home = tempfile.mkdtemp(prefix="blockbuster-bench-home-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    outdir = tempfile.mkdtemp(prefix="blockbuster-bench-out-")
+    _job(env, os.path.join(outdir, "first.zarr"))  # creates the database; not timed
+    print("  " + _cli(env, "up").splitlines()[0], flush=True)
+    got: dict[str, list[dict]] = {"true": [], "false": []}
+    try:
+        for i in range(pairs):
+            for v in got:
+                r = _job(
+                    dict(env, BLOCKBUSTER_WORKER_FORKSERVER=v),
+                    os.path.join(outdir, f"{v}{i}.zarr"),
+                )
+                got[v].append(r)
+                print(f"  forkserver={v}: {r['wall']:.2f} s", flush=True)
+    finally:
+        print("  " + _cli(env, "down").strip(), flush=True)
+    rows = []
+    for v, rs in got.items():
+        walls = sorted(r["wall"] for r in rs)
+        rows.append(
+            [
+                "forked from a forkserver" if v == "true" else "spawned",
+                C.fmt_s(C.median(walls)),
+                f"{walls[0]:.2f}-{walls[-1]:.2f}",
+                C.fmt_s(C.median([r["call"] - r["flow"] for r in rs])),
+                C.fmt_s(C.median([r["flow"] for r in rs])),
+                C.fmt_s(C.median([r["exit"] for r in rs])),
+            ]
+        )
+    return rows
+
+
 def main() -> None:
     args = C.parse_args(
         __doc__,
         extra=[
             ("--skip-cost", {"action": "store_true", "help": "only the fresh-process part"}),
             ("--skip-fresh", {"action": "store_true", "help": "only the pictures' cost"}),
+            (
+                "--forkserver-ab",
+                {"type": int, "default": 0, "help": "N fresh-process pairs, forked vs spawned"},
+            ),
         ],
     )
     C.header("pictures and the local UI", args)
     if not args.skip_cost:
         load = C.OtherLoad().start()
         rows = cost(args)
-        print(
-            C.table(
-                [
-                    "run",
-                    "image",
-                    "tiles",
-                    "tile",
-                    "run s",
-                    "run without pictures s",
-                    "pictures step s",
-                    "waited for s",
-                    "its CPU s",
-                    "waited / run",
-                    "run vs without",
-                    "preview",
-                    "< 3 %",
-                ],
-                rows,
-                title=f"pictures' cost (other load {load.stop():.2f} cores)",
-            )
+        C.table(
+            [
+                "run",
+                "image",
+                "tiles",
+                "tile",
+                "run s",
+                "run without pictures s",
+                "pictures step s",
+                "waited for s",
+                "its CPU s",
+                "waited / run",
+                "run vs without",
+                "preview",
+                "< 3 %",
+            ],
+            rows,
+            title=f"pictures' cost (other load {load.stop():.2f} cores)",
         )
     if not args.skip_fresh:
         load = C.OtherLoad().start()
         rows = fresh(args)
-        print(
-            C.table(
-                [
-                    "fresh process, 16 tiles",
-                    "wall s",
-                    "imports s",
-                    "call outside the flow s",
-                    "flow s",
-                    "exit s",
-                    "<= 5 s",
-                ],
-                rows,
-                title=f"a fresh process's 16-tile job (other load {load.stop():.2f} cores)",
-            )
+        C.table(
+            [
+                "fresh process, 16 tiles",
+                "wall s",
+                "imports s",
+                "call outside the flow s",
+                "flow s",
+                "exit s",
+                "<= 5 s",
+            ],
+            rows,
+            title=f"a fresh process's 16-tile job (other load {load.stop():.2f} cores)",
+        )
+
+    if args.forkserver_ab:
+        load = C.OtherLoad().start()
+        rows = forkserver_ab(args.forkserver_ab)
+        C.table(
+            [
+                "fresh process, 16 tiles, `up` running",
+                "median wall s",
+                "range s",
+                "call outside the flow s",
+                "flow s",
+                "exit s",
+            ],
+            rows,
+            title=f"workers forked vs spawned (other load {load.stop():.2f} cores)",
         )
 
 

@@ -112,19 +112,17 @@ def main() -> int:
     finally:
         client.close()
         cluster.close()
-    print(
-        C.table(
-            [
-                "input",
-                "records",
-                "staged MiB",
-                "merge wall",
-                "checksum time",
-                "share",
-                "verify (resume)",
-            ],
-            rows,
-        )
+    C.table(
+        [
+            "input",
+            "records",
+            "staged MiB",
+            "merge wall",
+            "checksum time",
+            "share",
+            "verify (resume)",
+        ],
+        rows,
     )
     return 0
 
