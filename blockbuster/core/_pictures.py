@@ -232,8 +232,22 @@ def grey_levels(image: NDArray[Any]) -> NDArray[np.float32]:
     return np.clip(out, 0.0, 255.0, out=out)
 
 
-def _colors_of(labels: NDArray[Any]) -> NDArray[np.uint8]:
-    """:func:`label_colors` of many pixels, computed once per distinct id."""
+def _color_table(labels: NDArray[Any]) -> NDArray[np.uint8] | None:
+    """:func:`label_colors` of every id from 0 to ``labels``' largest, when that table is
+    small next to ``labels`` (the ids of a preview usually are), else None."""
+    top = int(labels.max()) if labels.size else 0
+    if top > 4 * labels.size + 65536 or (labels.dtype.kind == "i" and labels.min() < 0):
+        return None
+    table: NDArray[np.uint8] = label_colors(np.arange(top + 1))
+    return table
+
+
+def _colors_of(labels: NDArray[Any], table: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+    """:func:`label_colors` of many pixels, computed once per id: looked up in ``table``
+    (:func:`_color_table`) when given, else once per distinct id (a sort: ~3x slower)."""
+    if table is not None:
+        looked_up: NDArray[np.uint8] = table[labels]
+        return looked_up
     ids, inverse = np.unique(labels, return_inverse=True)
     colors: NDArray[np.uint8] = label_colors(ids)[inverse.reshape(-1)]
     return colors
@@ -294,15 +308,21 @@ def render_preview(
         grey = grey_levels(image) if image is not None else np.zeros(labels.shape, np.float32)
     elif np.shape(grey) != labels.shape:
         raise ValueError(f"grey shape {np.shape(grey)} differs from labels {labels.shape}")
-    rgb = np.empty(labels.shape + (3,), np.float32)
-    rgb[...] = grey[..., None]
-    fg = labels != 0
-    if fg.any():
-        colors = _colors_of(labels[fg]).astype(np.float32)
-        rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors
+    # flat pixels, addressed by index: one pass to find the labelled ones, then gathers
+    # and scatters (~2x faster than boolean masks of the 2D arrays, measured on 1024²)
+    flat, g = labels.reshape(-1), np.asarray(grey, np.float32).reshape(-1)
+    rgb = np.empty((flat.size, 3), np.float32)
+    rgb[...] = g[:, None]
+    fg = np.flatnonzero(flat)
+    if fg.size:
+        ids = flat[fg]
+        table = _color_table(ids)
+        colors = _colors_of(ids, table).astype(np.float32)
+        rgb[fg] = (1 - alpha) * g[fg, None] + alpha * colors
         if outlines:
-            edge = _outlines(labels)
-            rgb[edge] = _colors_of(labels[edge])
+            edge = np.flatnonzero(_outlines(labels))
+            rgb[edge] = _colors_of(flat[edge], table)
+    rgb = rgb.reshape(labels.shape + (3,))
     for axis, edges in enumerate(tile_edges):
         for e in edges:
             e = int(e)
