@@ -173,6 +173,63 @@ def test_object_staging_round_trip_and_flush_policy(s3_bucket, monkeypatch):
     assert _all_objects(s3_bucket) == before
 
 
+def test_object_staging_prefetch_reads_a_batch_per_object(s3_bucket, monkeypatch):
+    """A batch asks for its tiles first: one ``get_ranges`` call per object (obstore
+    coalesces and parallelises them), then every ``read_tile`` is answered from what
+    came back, with no request of its own; what was not asked for is still read."""
+    root = f"{s3_bucket}/run/.staging"
+    st = Staging(root)
+    st.prepare({"run_key": "k"})
+    monkeypatch.setattr(object_staging, "FLUSH_SECONDS", 3600.0)
+    rng = np.random.default_rng(5)
+    written = {}
+    for first in (0, 8, 16):  # three objects of 8 tiles
+        with Staging(root) as w:
+            for n in range(first, first + 8):
+                written[n] = {
+                    "labels": rng.integers(0, 9, (16, 16)).astype(np.uint32),
+                    "f0lo": rng.integers(0, 9, 16).astype(np.uint32),
+                }
+                w.write_tile(n, {"n_labels": n}, written[n])
+    calls = {"range": 0, "ranges": 0}
+
+    def counted(name, fn):
+        def call(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+
+        return call
+
+    monkeypatch.setattr(object_staging, "read_range", counted("range", object_staging.read_range))
+    monkeypatch.setattr(
+        object_staging, "read_ranges", counted("ranges", object_staging.read_ranges)
+    )
+    reader = Staging(root)
+    assert reader.finished_tiles() == list(range(24))  # its index: the objects' contents
+    calls.update(range=0, ranges=0)
+    batch = [3, 4, 9, 10, 11, 20, 99]  # 99 is not staged: left to read_tile
+    reader.prefetch(batch, ("labels",))
+    assert calls == {"range": 0, "ranges": 3}  # one call per object holding a tile
+    for n in batch[:-1]:
+        rec, got = reader.read_tile(n, names=("labels",))
+        assert rec == {"n_labels": n}
+        np.testing.assert_array_equal(got["labels"], written[n]["labels"])
+    assert calls == {"range": 0, "ranges": 3}
+    with pytest.raises(FileNotFoundError, match="tile 99"):
+        reader.read_tile(99, names=("labels",))
+    # each prefetched span is taken once; other names, or a second read, go to the store
+    np.testing.assert_array_equal(
+        reader.read_tile(3, names=("labels",))[1]["labels"], written[3]["labels"]
+    )
+    np.testing.assert_array_equal(
+        reader.read_tile(4, names=("f0lo",))[1]["f0lo"], written[4]["f0lo"]
+    )
+    assert calls == {"range": 2, "ranges": 3}
+    reader.prefetch([5, 6], ("labels",))
+    reader.close()  # the batch is done: what was fetched ahead is dropped
+    assert reader._fetched == {}
+
+
 # --------------------------------------------------------------------------------------
 # end to end: labels to s3://
 # --------------------------------------------------------------------------------------

@@ -24,7 +24,11 @@ it is done (the time has passed), fast tiles share an object, and a crash loses 
 
 Readers list ``tiles/`` and read each new object's table of contents once (a ranged GET;
 objects never change, so an object is never read twice for its contents); a tile's
-arrays are then fetched with one ranged GET for the names asked.
+arrays are then fetched with one ranged GET for the names asked. A batch that reads many
+tiles asks for them first (:meth:`ObjectStaging.prefetch`): the ranges of its tiles in
+one object, and of several objects at once, are fetched together (obstore's
+``get_ranges``: ranges less than 1 MiB apart in one request, several in flight), not
+one round trip per tile.
 
 Examples
 --------
@@ -61,16 +65,19 @@ from ._stores import (
     list_prefix,
     read_bytes,
     read_range,
+    read_ranges,
     redact,
     write_bytes,
 )
 
-__all__ = ["ObjectStaging", "FLUSH_SECONDS", "FLUSH_BYTES"]
+__all__ = ["ObjectStaging", "FLUSH_SECONDS", "FLUSH_BYTES", "PREFETCH_BYTES"]
 
 #: A writer PUTs its buffered tiles at least this often (seconds) ...
 FLUSH_SECONDS = 2.0
 #: ... or as soon as this many bytes are buffered.
 FLUSH_BYTES = 8 << 20
+#: A prefetch holds at most this many bytes (the rest is read tile by tile).
+PREFETCH_BYTES = 256 << 20
 _MAGIC = b"BBO2"
 _HEAD = struct.Struct("<4sI")
 _TOC_PROBE = 64 << 10
@@ -127,6 +134,8 @@ class ObjectStaging(IndexedTiles):
         self._last_put = time.monotonic()
         self._index: _ObjectIndex | None = None
         self._generation: str | None = None
+        # (object url, first byte, end byte) -> those bytes, fetched ahead by prefetch
+        self._fetched: dict[tuple[str, int, int], bytes] = {}
 
     def __enter__(self) -> ObjectStaging:
         return self
@@ -135,8 +144,9 @@ class ObjectStaging(IndexedTiles):
         self.close()
 
     def close(self) -> None:
-        """PUT what is buffered (the batch is done)."""
+        """PUT what is buffered and drop what was fetched ahead (the batch is done)."""
         self.flush()
+        self._fetched.clear()
 
     # -- paths -----------------------------------------------------------------------
     @property
@@ -240,22 +250,70 @@ class ObjectStaging(IndexedTiles):
             raise FileNotFoundError(f"tile {n} is not staged in {redact(self.root)}")
         return dict(hit[2])
 
+    @staticmethod
+    def _span(specs: dict, names: Iterable[str] | None) -> tuple[list[str], int, int]:
+        """The arrays of ``names`` a tile has, and the byte span ``[lo, hi)`` (from its
+        data start) of those stored (``lo == hi``: none is)."""
+        wanted = list(specs) if names is None else [k for k in names if k in specs]
+        stored = [k for k in wanted if specs[k][1]]
+        if not stored:
+            return wanted, 0, 0
+        lo = min(specs[k][0] for k in stored)
+        return wanted, lo, max(specs[k][0] + specs[k][1] for k in stored)
+
+    def prefetch(self, tiles: Iterable[int], names: Iterable[str] | None = None) -> None:
+        """Fetch the arrays ``names`` of ``tiles`` now, for the :meth:`read_tile` calls
+        that follow (each takes its bytes once): the ranges of one object in one
+        ``get_ranges`` call, the objects in parallel; at most :data:`PREFETCH_BYTES`.
+        Tiles not staged are left to ``read_tile`` (which says they are missing)."""
+        names = None if names is None else tuple(names)
+        idx = self._idx()
+        by_object: dict[str, list[tuple[int, int]]] = {}
+        total = 0
+        for n in dict.fromkeys(int(t) for t in tiles):
+            hit = idx.find(n)
+            if hit is None:
+                continue
+            url, start, _, specs = hit
+            _, lo, hi = self._span(specs, names)
+            key = (url, start + lo, start + hi)
+            if hi == lo or key in self._fetched or total + hi - lo > PREFETCH_BYTES:
+                continue
+            by_object.setdefault(url, []).append(key[1:])
+            total += hi - lo
+        if not by_object:
+            return
+
+        def fetch(url: str) -> None:
+            spans = by_object[url]
+            got = read_ranges(url, [a for a, _ in spans], [b for _, b in spans])
+            for (a, b), data in zip(spans, got):
+                self._fetched[(url, a, b)] = data
+
+        if len(by_object) == 1:
+            fetch(next(iter(by_object)))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(8, len(by_object))) as pool:
+            list(pool.map(fetch, by_object))
+
     def read_tile(
         self, n: int, names: Iterable[str] | None = None
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Tile ``n``'s record and arrays (those in ``names``, when given): one ranged GET
-        for the span of the arrays asked."""
+        """Tile ``n``'s record and arrays (those in ``names``, when given): what
+        :meth:`prefetch` fetched for them, else one ranged GET for the span of the
+        arrays asked."""
         hit = self._idx().find(n)
         if hit is None:
             raise FileNotFoundError(f"tile {n} is not staged in {redact(self.root)}")
         url, start, record, specs = hit
-        wanted = list(specs) if names is None else [k for k in names if k in specs]
+        wanted, lo, hi = self._span(specs, names)
         out: dict[str, np.ndarray] = {}
-        stored = [k for k in wanted if specs[k][1]]
-        if stored:
-            lo = min(specs[k][0] for k in stored)
-            hi = max(specs[k][0] + specs[k][1] for k in stored)
-            buf = read_range(url, start + lo, start + hi)
+        buf = b""
+        if hi > lo:
+            got = self._fetched.pop((url, start + lo, start + hi), None)
+            buf = got if got is not None else read_range(url, start + lo, start + hi)
         for name in wanted:
             off, nbytes, dtype, shape = specs[name]
             dt = np.dtype(dtype)

@@ -599,6 +599,17 @@ def scan_tiles(
     all_pairs = []
     seams = []
     with staging:  # packs stay open for the batch
+        # every tile this batch compares, fetched ahead (few requests on an object store)
+        staging.prefetch(
+            (
+                t
+                for a in tiles
+                if counts[a]
+                for t in (a, *(b for b, _ in g.forward_neighbours(a, max_order=max_order)))
+                if counts[t]
+            ),
+            keys,
+        )
         for a in tiles:
             if counts[a] == 0:
                 continue
@@ -736,6 +747,14 @@ def _relabelled(
     g = plan.grid
     names = ("labels", "ids") if plan.read_back else ("labels",)
     plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
+    staging.prefetch(  # few requests on an object store
+        (
+            n
+            for n, lut, bare in zip(tiles, luts, plain)
+            if lut.size > 1 and not (bare and plan.read_back)
+        ),
+        names,
+    )
     for n, lut, bare in zip(tiles, luts, plain):
         if lut.size <= 1:
             continue  # no labels: the chunk stays absent (reads as 0)
@@ -787,6 +806,10 @@ def relabel_into(
     return written, samples
 
 
+#: What the relabel of a merge unit reads of its staged record.
+UNIT_ARRAYS = ("comp", "ids", "keys")
+
+
 def _relabel_units(
     plan: RunPlan,
     units: Sequence[int],
@@ -833,10 +856,11 @@ def _relabel_units(
     written = 0
     try:
         with staging:
+            staging.prefetch((n for n, lut in zip(units, luts) if lut.size > 1), UNIT_ARRAYS)
             for n, lut in zip(units, luts):
                 if lut.size <= 1:
                     continue
-                rec, arrays = staging.read_tile(n, names=("comp", "ids", "keys"))
+                rec, arrays = staging.read_tile(n, names=UNIT_ARRAYS)
                 shard = shards.shard(g.tile_index(n)) if shards is not None else None
                 store = shard.add if shard else write_tile
                 if preview is not None and samples is not None:
