@@ -62,6 +62,24 @@ def seed_prefect_home(home) -> str:
     return str(home)
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The API URL of the session's Prefect server: the harness's, on 127.0.0.1, started
+    once per session (per xdist worker) and stopped by its pid when the session ends.
+
+    A subprocess given ``PREFECT_API_URL`` set to it reports there and starts no
+    temporary server of its own (~10 CPU s each on 2 cores: the server's imports, its
+    database, uvicorn). Tests of the default path users get (no API configured: a
+    temporary server per process) must not use it: test_script, test_cli's
+    ``test_run_segments_a_small_image`` and ``test_demo_prints_its_summary`` and
+    ``test_a_temporary_server_that_does_not_start_in_time_is_stopped`` stay on it."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url and url.startswith("http://127.0.0.1:"), url
+    return url
+
+
 @pytest.fixture
 def prefect_home(tmp_path, prefect_harness) -> str:
     """A fresh PREFECT_HOME for a subprocess that runs Prefect (see seed_prefect_home)."""

@@ -386,9 +386,12 @@ tile_process({path!r}, FaultyLabel({calls!r}, {calls!r}, delay=0.25), tile_shape
 
 
 @pytest.mark.slow
-def test_driver_sigkilled_resumes_from_s3_staging(s3_bucket, tmp_path, client):
+def test_driver_sigkilled_resumes_from_s3_staging(s3_bucket, tmp_path, client, prefect_api_url):
     """Image, output and staging on S3; the driver (and every process it started) is
-    SIGKILLed mid-run; the rerun calls fn only on the tiles no staging object holds."""
+    SIGKILLed mid-run; the rerun calls fn only on the tiles no staging object holds.
+
+    Prefect path: the driver reports to the session's server (it started a temporary
+    server on a fresh, unmigrated home before: ~20 CPU s)."""
     from faults import FaultyLabel, kill_driver_once_staged, marked_image
 
     img = marked_image()
@@ -404,8 +407,8 @@ def test_driver_sigkilled_resumes_from_s3_staging(s3_bucket, tmp_path, client):
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": prefect_api_url,
     }
-    env.pop("PREFECT_API_URL", None)
     finished = kill_driver_once_staged(script, env, stg, 10, poll=0.2)
     assert 10 <= finished < 36
     before = FaultyLabel(str(calls)).n_calls()

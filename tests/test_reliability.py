@@ -141,7 +141,9 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path, prefect_home):
+def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path, prefect_api_url):
+    # Prefect path: the driver reports to the session's server (no temporary server to
+    # start in it); the temporary-server path is test_script's and test_cli's.
     img, path, calls, flags, out, stg = setup
     script = tmp_path / "driver.py"
     script.write_text(
@@ -151,10 +153,10 @@ def test_driver_killed_with_sigkill_then_rerun(setup, tmp_path, prefect_home):
     )
     env = {
         **os.environ,
-        "PREFECT_HOME": prefect_home,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": prefect_api_url,
     }
-    env.pop("PREFECT_API_URL", None)
     finished = kill_driver_once_staged(script, env, stg, 10, timeout=180)
     assert 10 <= finished < 36
     assert not os.path.exists(out) or not zarr.open_array(out).attrs.get("blockbuster", {}).get(

@@ -22,7 +22,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from _trees import assert_refused, tree_state
-from conftest import same_partition, seed_prefect_home
+from conftest import same_partition
 
 from blockbuster import merge_tile_labels, tile_process
 from blockbuster.errors import (
@@ -416,18 +416,22 @@ print("RESULT", json.dumps({"cached": bool(summary.get("cached", False))}))
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_on_one_output(tmp_path, prefect_harness):
+def test_two_concurrent_runs_on_one_output(tmp_path, prefect_api_url):
     """Two processes run tile_process on one write_to: the second waits for the first's
     lock, then finds the output complete; the output equals the oracle, and exactly one
-    of them wrote it (marked it complete)."""
+    of them wrote it (marked it complete).
+
+    Prefect path: both report to the session's server (``prefect_api_url``), as runs
+    do beside ``blockbuster up``; the temporary-server path is test_script's."""
     img = write_synthetic_zarr(str(tmp_path / "img.zarr"), (64, 64), (16, 16), seed=4)
     out = str(tmp_path / "out.zarr")
     script = tmp_path / "run.py"
     script.write_text(_CONCURRENT)
     procs = []
     for i in range(2):
-        # each its own home, its database already migrated (a fresh one costs ~20 s)
-        env = dict(os.environ, PREFECT_HOME=seed_prefect_home(tmp_path / f"ph{i}"))
+        # each its own home; no temporary server (~10 CPU s each): the session's
+        env = dict(os.environ, PREFECT_HOME=str(tmp_path / f"ph{i}"))
+        env["PREFECT_API_URL"] = prefect_api_url
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
         procs.append(
             subprocess.Popen(
