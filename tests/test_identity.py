@@ -321,3 +321,43 @@ def test_pack_and_directory_are_fsynced_when_a_writer_closes(tmp_path, monkeypat
         st.write_tile(0, {}, {"a": np.zeros(3)})
         assert synced == []
     assert any(p.endswith(".pack") for p in synced) and st.tiles_dir in synced
+
+
+def test_files_written_while_the_output_is_finished_are_fsynced_before_it_is_complete(
+    tmp_path, monkeypatch
+):
+    """A run finishes its output (every file fsync-ed) while its pictures are drawn, then
+    writes them into it: they, and their folder, are fsync-ed before the completion
+    record is written, and the output's chunks are not fsync-ed a second time."""
+    from blockbuster.io import OutputTarget
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    events = []
+    real = os.fsync
+
+    def spy(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    out = OutputTarget(str(tmp_path / "labels.zarr"))
+    arr = out.create((8, 8), "uint32", (4, 4), {"run_key": "k"})
+    arr[...] = 1
+    monkeypatch.setattr(os, "fsync", spy)
+    out.finish()
+    chunks = [p for _, p in events if os.path.isfile(p) and "/c/" in p]
+    assert len(chunks) == 4  # the whole output's chunk files, once
+    events.clear()
+    png = out.write_file("blockbuster-preview.png", b"\x89PNG...")
+    real_record = OutputTarget.open
+
+    def record_write(self, mode="r"):
+        events.append(("record", mode))
+        return real_record(self, mode)
+
+    monkeypatch.setattr(OutputTarget, "open", record_write)
+    out.mark_complete({"run_key": "k"})
+    assert events.index(("fsync", png)) < events.index(("record", "r+")), events
+    assert ("fsync", out.path) in events[: events.index(("record", "r+"))], events
+    assert not [p for kind, p in events if kind == "fsync" and "/c/" in p]  # not again
+    assert out.completed_run()["run_key"] == "k"

@@ -32,6 +32,7 @@ from blockbuster.tasks import (
     ProgressArtifact,
     empty_stage,
     finalize_stage,
+    finish_output,
     lut_stage,
     plan_stage,
     publish_tiles_table,
@@ -180,7 +181,9 @@ def run_pipeline(job: Job, keep_staging: bool = False) -> dict[str, Any]:
         job.reporter.submit(pictures_work.publish_when_drawn)
         pictures = None
     else:
-        # the pictures were drawn meanwhile; in the output before it is marked complete
+        # the output's files go to stable storage while the pictures are drawn; the
+        # pictures are then in the output before it is marked complete
+        finish_output(job)
         pictures = pictures_work.result()
     if pictures is not None:
         summary["pictures"] = pictures

@@ -78,6 +78,11 @@ class OutputTarget:
         self.param = param
         self.token = ""
         self._ngff = label_target(self.path)
+        # finish() put the output's files on stable storage; the files of the run that
+        # write_file adds (the table, the pictures: maybe while finish() runs, from
+        # another thread) are listed here, and fsync-ed by mark_complete
+        self._finished = False
+        self._files: list[str] = []
 
     @property
     def is_ngff(self) -> bool:
@@ -155,6 +160,7 @@ class OutputTarget:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+        self._files.append(path)
         return path
 
     def open(self, mode: str = "r") -> zarr.Array:
@@ -166,15 +172,17 @@ class OutputTarget:
         """The completion record when the output is complete, else None."""
         return completion_record(self.path)
 
-    def mark_complete(
-        self, info: dict[str, Any], colors: Any = None, executor: Any = None
-    ) -> None:
-        """Finish the output (pyramid and metadata for NGFF), ``fsync`` every file and
-        directory of it, and mark it complete, last.
+    def finish(self, colors: Any = None, executor: Any = None) -> None:
+        """Everything of the output but its completion record: the pyramid and metadata
+        for NGFF, then every file and directory of it ``fsync``-ed (a local output that is
+        not temporary). A run calls it while its pictures are still being drawn, so that
+        the two overlap; :meth:`mark_complete` does it when it was not done.
 
         ``executor`` (e.g. ``client.get_executor()``) builds NGFF pyramid levels in
         parallel, block by block.
         """
+        if self._finished:
+            return
         if self._ngff is not None:
             self._ngff.finish(colors=colors, executor=executor)
         from ._durable import fsync_tree
@@ -183,5 +191,22 @@ class OutputTarget:
             # a local output on stable storage before the record (a temporary one is
             # removed at exit: nothing can rely on it after a crash)
             fsync_tree(self.path)
+        self._finished = True
+
+    def mark_complete(
+        self, info: dict[str, Any], colors: Any = None, executor: Any = None
+    ) -> None:
+        """Finish the output (:meth:`finish`, unless done) and mark it complete, last:
+        the files :meth:`write_file` wrote (perhaps after or during :meth:`finish`) are
+        ``fsync``-ed with their folders before the record is written."""
+        self.finish(colors=colors, executor=executor)
+        if self._files and not self.temporary and not is_url(self.path):
+            from ._durable import fsync_dir, fsync_file
+
+            for path in self._files:
+                fsync_file(path)
+            for folder in dict.fromkeys(os.path.dirname(p) for p in self._files):
+                fsync_dir(folder)
+        self._files = []
         arr = self.open("r+")
         arr.attrs[ATTR] = {"complete": True, **info}

@@ -6,7 +6,7 @@ stage and returns: what starts when is decided by the flows.
 from ._background import Reporter, wait_for_closed
 from ._common import local_result_storage
 from ._empty import empty_stage, start_empty, wants_empty_stage
-from ._finalize import finalize_stage
+from ._finalize import finalize_stage, finish_output
 from ._job import Job
 from ._local_server import (
     local_server,
@@ -61,6 +61,7 @@ __all__ = [
     "empty_stage",
     "ensure_api",
     "finalize_stage",
+    "finish_output",
     "local_result_storage",
     "local_server",
     "lut_stage",

@@ -16,9 +16,21 @@ from ._common import job_stage_key, local_result_dir
 from ._job import Job
 from ._report import publish_summary
 
-__all__ = ["finalize_stage", "CACHED_STAGES"]
+__all__ = ["finalize_stage", "finish_output", "CACHED_STAGES"]
 
 CACHED_STAGES = ("empty", "segment", "seams", "table")  # the stages whose results Prefect caches
+
+
+def _executor(job: Job):
+    """Where an NGFF output's pyramid levels are built (the run's cluster), else None."""
+    return job.client().get_executor() if job.out.is_ngff else None
+
+
+def finish_output(job: Job) -> None:
+    """Everything of the output but its completion record (NGFF pyramid, every file on
+    stable storage), while the run's pictures are still being drawn: the two overlap
+    (:meth:`~blockbuster.io.OutputTarget.finish`)."""
+    job.out.finish(executor=_executor(job))
 
 
 def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> None:
@@ -47,7 +59,7 @@ def finalize_stage(job: Job, summary: dict[str, Any], keep_staging: bool) -> Non
                 )
             },
         },
-        executor=job.client().get_executor() if job.out.is_ngff else None,
+        executor=_executor(job),
     )
     _drop(job, keep_staging)
 

@@ -55,7 +55,7 @@ from blockbuster.core import (
     render_tile_map,
     slow_tiles,
 )
-from blockbuster.io import data_url, encode_png, full_slices, is_url, write_png
+from blockbuster.io import data_url, encode_png, full_slices, is_url
 from blockbuster.worker import region_samples, sample_regions
 
 from ._job import Job
@@ -364,15 +364,12 @@ def _final(job: Job, canvas: PreviewCanvas, early: Future, dtype: str) -> dict[s
         "tile_map_shape": first["tile_map_shape"],
     }
     files = {}
-    if is_url(out.path) and not out.temporary:  # into the output in the object store
+    if not out.temporary and (is_url(out.path) or os.path.isdir(out.path)):
+        # into the output (a folder, or the prefix in an object store): fsync-ed by
+        # mark_complete before the output is marked complete
         files = {
             "preview": out.write_file(PREVIEW_FILE, rendered["preview"]),
             "tile_map": out.write_file(TILE_MAP_FILE, rendered["tile_map"]),
-        }
-    elif os.path.isdir(out.path) and not out.temporary:
-        files = {
-            "preview": write_png(os.path.join(out.path, PREVIEW_FILE), rendered["preview"]),
-            "tile_map": write_png(os.path.join(out.path, TILE_MAP_FILE), rendered["tile_map"]),
         }
     how = (
         f"middle plane z = {plane} of {shape[0]}" if plane is not None else "the whole image"
