@@ -7,9 +7,20 @@ import logging
 import threading
 import time
 
+import pytest
+
 from blockbuster.tasks import Reporter
 
 VAR = contextvars.ContextVar("VAR", default="unset")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _session_server(prefect_harness):
+    """Prefect path: the session's server. A Reporter's first call starts Prefect's
+    events worker, which opens an API client: with no API configured, that started a
+    temporary server on a fresh database in the test process (~25 CPU s alone, and at
+    the lowest versions it outlived its xdist worker). Nothing here tests that path;
+    the harness is the one every xdist worker starts for its flow tests anyway."""
 
 
 def test_calls_run_in_order_off_the_callers_thread_in_its_context():
