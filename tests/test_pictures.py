@@ -340,3 +340,35 @@ def test_resumed_tiles_image_is_read_again_for_the_preview(tmp_path, client, cap
     assert again == [f"pictures: reading the image of {finished} tiles again (no stage held it)"]
     rgb = rgb_of(summary["pictures"]["files"]["preview"])
     assert np.array_equal(rgb, _expected_preview(img, np.asarray(lab), (20, 20)))
+
+
+def test_a_preview_painted_batch_by_batch_is_the_same_picture():
+    """A merge's preview (no image under the labels) is painted as the relabel stage's
+    batches arrive, and only its outlines are drawn after the last one: the picture is
+    the one drawn at once, byte for byte, whatever order and grouping the tiles come in
+    (ids large or small, several dtypes, grid lines)."""
+    import scipy.ndimage as ndi
+
+    from blockbuster.core import PreviewCanvas, render_preview
+
+    rng = np.random.default_rng(7)
+    for trial in range(25):
+        h, w = (int(v) for v in rng.integers(20, 300, 2))
+        lab = ndi.label(ndi.gaussian_filter(rng.random((h, w)), 1.5) > rng.uniform(0.45, 0.6))[0]
+        if trial % 3 == 0:
+            lab = lab * 100_003  # ids far apart: colours from a sort, not a table
+        lab = lab.astype([np.uint32, np.uint64, np.int64][trial % 3])
+        canvas = PreviewCanvas((h, w), max_side=10**6, paint=True)
+        th, tw = (int(v) for v in rng.integers(5, 80, 2))
+        boxes = [(i, j) for i in range(0, h, th) for j in range(0, w, tw)]
+        rng.shuffle(boxes)
+        for i, j in boxes:
+            canvas.add_labels((i, j), lab[i : i + th, j : j + tw])
+            if rng.random() < 0.3:  # a batch ends
+                canvas.paint_pending()
+        canvas.paint_pending()
+        edges = (list(range(th, h, th)), list(range(tw, w, tw)))
+        at_once = render_preview(None, canvas.labels, tile_edges=edges)
+        painted = render_preview(None, canvas.labels, tile_edges=edges, painted=canvas.painted)
+        np.testing.assert_array_equal(painted, at_once)
+        assert (painted != 0).any()

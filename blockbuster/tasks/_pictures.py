@@ -124,8 +124,13 @@ def preview_canvas(job: Job) -> PreviewCanvas | None:
         from blockbuster.config import runtime_settings
 
         shape = tuple(job.plan.grid.shape)
+        # a merge's preview has no image under its labels: their colours are painted as
+        # the relabel stage sends them, and only the outlines wait for the last tile
+        paint = job.tile_fn is None
         job.preview = (
-            PreviewCanvas(shape) if runtime_settings().pictures and len(shape) in (2, 3) else None
+            PreviewCanvas(shape, paint=paint)
+            if runtime_settings().pictures and len(shape) in (2, 3)
+            else None
         )
     return job.preview
 
@@ -356,7 +361,9 @@ def _final(job: Job, canvas: PreviewCanvas, early: Future, dtype: str) -> dict[s
     lab = canvas.labels
     if lab is None:  # no tile has labels
         lab = np.zeros(canvas.shape, np.dtype(dtype))
-    preview = render_preview(None, lab, tile_edges=tile_edges, grey=first["grey"])
+    canvas.paint_pending()  # what no batch painted yet (a merge's preview)
+    painted = canvas.painted if first["grey"] is None and canvas.labels is not None else None
+    preview = render_preview(None, lab, tile_edges=tile_edges, grey=first["grey"], painted=painted)
     rendered = {
         "preview": encode_png(preview),
         "preview_shape": preview.shape[:2],

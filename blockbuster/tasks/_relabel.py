@@ -142,6 +142,8 @@ def relabel_stage(job: Job, table: MergeTable) -> dict:
             for at, pixels in r[1]:
                 if canvas is not None:
                     canvas.add_labels(at, pixels)
+            if canvas is not None:
+                canvas.paint_pending()  # a merge's preview: the batch's colours, now
         bar.update(len(batches[i]))
 
     try:
