@@ -364,8 +364,9 @@ def render_preview(
         if outlines:
             edge = np.flatnonzero(_outlines(labels))
             if edge.size:
-                ids = flat[edge]
-                rgb[edge] = _colors_of(ids, _color_table(ids))
+                # an outline pixel is its label's colour: alpha times it is painted there
+                # already, and the colours are whole numbers (no lookup of the ids again)
+                rgb[edge] = np.rint(rgb[edge] * np.float32(1.0 / alpha))
     else:
         if grey is None:
             grey = grey_levels(image) if image is not None else np.zeros(labels.shape, np.float32)
