@@ -187,7 +187,8 @@ class PreviewCanvas:
         self._pending = None
         if self.painted is None:
             self.painted = np.zeros(self.shape + (3,), np.float32)
-        self.painted[r0:r1, c0:c1] = _blend_over_black(self.labels[r0:r1, c0:c1])
+        rect = self.labels[r0:r1, c0:c1]
+        self.painted[r0:r1, c0:c1] = _blend(rect)[0].reshape(rect.shape + (3,))
 
     def add_image(self, tile: int, at: Sequence[int], pixels: NDArray[Any]) -> None:
         """Image samples of tile ``tile`` (channels already reduced) landing at ``at``."""
@@ -266,9 +267,10 @@ def grey_levels(image: NDArray[Any]) -> NDArray[np.float32]:
 
 def _color_table(labels: NDArray[Any]) -> NDArray[np.uint8] | None:
     """:func:`label_colors` of every id from 0 to ``labels``' largest, when that table is
-    small next to ``labels`` (the ids of a preview usually are), else None."""
+    small next to ``labels`` (the ids of a whole preview usually are; those of one batch
+    of its tiles are not: the ids are global), else None."""
     top = int(labels.max()) if labels.size else 0
-    if top > 4 * labels.size + 65536 or (labels.dtype.kind == "i" and labels.min() < 0):
+    if top > 2 * labels.size + 1024 or (labels.dtype.kind == "i" and labels.min() < 0):
         return None
     table: NDArray[np.uint8] = label_colors(np.arange(top + 1))
     return table
@@ -298,18 +300,29 @@ def _outlines(labels: NDArray[Any]) -> NDArray[Any]:
     return outline
 
 
-def _blend_over_black(labels: NDArray[Any], alpha: float = ALPHA) -> NDArray[np.float32]:
-    """``render_preview``'s colours of ``labels`` over black, before outlines and grid:
-    ``alpha`` times a label's colour, 0 outside labels (float32, ``labels.shape + (3,)``)."""
-    out = np.zeros(labels.shape + (3,), np.float32)
+def _blend(
+    labels: NDArray[Any], grey: NDArray[Any] | None = None, alpha: float = ALPHA
+) -> tuple[NDArray[np.float32], NDArray[np.uint8] | None]:
+    """The labels' colours over ``grey`` (black when None), before outlines and grid:
+    the pixels as a flat ``(n, 3)`` float32 array, and the colour table used
+    (:func:`_color_table`, or None). Pixels are addressed by flat index: one pass finds
+    the labelled ones, then gathers and scatters (~2x faster than boolean masks of the
+    2D arrays, on 1024²)."""
     flat = labels.reshape(-1)
+    rgb = np.zeros((flat.size, 3), np.float32)
+    g = None
+    if grey is not None:
+        g = np.asarray(grey, np.float32).reshape(-1)
+        rgb[...] = g[:, None]
     fg = np.flatnonzero(flat)
+    table = None
     if fg.size:
-        # once per distinct id of this tile's samples (a table of every id up to the
-        # largest would cost a whole image's worth per tile: ids are global)
-        colors = _colors_of(flat[fg]).astype(np.float32)
-        out.reshape(-1, 3)[fg] = (1 - alpha) * np.float32(0.0) + alpha * colors
-    return out
+        ids = flat[fg]
+        table = _color_table(ids)
+        colors = _colors_of(ids, table).astype(np.float32)
+        under = np.float32(0.0) if g is None else g[fg, None]
+        rgb[fg] = (1 - alpha) * under + alpha * colors
+    return rgb, table
 
 
 def render_preview(
@@ -356,36 +369,25 @@ def render_preview(
     if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image shape {np.shape(image)} differs from labels {labels.shape}")
     flat = labels.reshape(-1)
-    rgb: NDArray[np.float32]
+    ahead = False  # the colours were painted ahead (over black), at the default alpha
     if painted is not None and image is None and grey is None and alpha == ALPHA:
         if painted.shape != labels.shape + (3,):
             raise ValueError(f"painted shape {painted.shape} differs from labels {labels.shape}")
-        rgb = painted.reshape(-1, 3)  # the colours over black: drawn ahead, drawn into
-        if outlines:
-            edge = np.flatnonzero(_outlines(labels))
-            if edge.size:
-                # an outline pixel is its label's colour: alpha times it is painted there
-                # already, and the colours are whole numbers (no lookup of the ids again)
-                rgb[edge] = np.rint(rgb[edge] * np.float32(1.0 / alpha))
+        rgb, table, ahead = painted.reshape(-1, 3), None, True  # drawn into
     else:
-        if grey is None:
-            grey = grey_levels(image) if image is not None else np.zeros(labels.shape, np.float32)
-        elif np.shape(grey) != labels.shape:
+        if grey is None and image is not None:
+            grey = grey_levels(image)
+        elif grey is not None and np.shape(grey) != labels.shape:
             raise ValueError(f"grey shape {np.shape(grey)} differs from labels {labels.shape}")
-        # flat pixels, addressed by index: one pass to find the labelled ones, then
-        # gathers and scatters (~2x faster than boolean masks of the 2D arrays, on 1024²)
-        g = np.asarray(grey, np.float32).reshape(-1)
-        rgb = np.empty((flat.size, 3), np.float32)
-        rgb[...] = g[:, None]
-        fg = np.flatnonzero(flat)
-        if fg.size:
-            ids = flat[fg]
-            table = _color_table(ids)
-            colors = _colors_of(ids, table).astype(np.float32)
-            rgb[fg] = (1 - alpha) * g[fg, None] + alpha * colors
-            if outlines:
-                edge = np.flatnonzero(_outlines(labels))
-                rgb[edge] = _colors_of(flat[edge], table)
+        rgb, table = _blend(labels, grey, alpha)
+    if outlines:
+        edge = np.flatnonzero(_outlines(labels))
+        if edge.size and ahead:
+            # an outline pixel is its label's colour: alpha times it is painted there
+            # already, and the colours are whole numbers (no lookup of the ids again)
+            rgb[edge] = np.rint(rgb[edge] * np.float32(1.0 / alpha))
+        elif edge.size:
+            rgb[edge] = _colors_of(flat[edge], table)
     rgb = rgb.reshape(labels.shape + (3,))
     for axis, edges in enumerate(tile_edges):
         for e in edges:

@@ -167,8 +167,9 @@ def without_heartbeats():
     Heartbeats let a long-lived server notice crashed runs; a temporary server dies with
     this process, so they only cost time: the heartbeat thread is joined at the end of
     every flow run with a 1 s sleep granularity (measured: an empty flow run takes
-    1.1 s with heartbeats, 0.1 s without). With a server the user configured (``PREFECT_API_URL``) they stay as configured; runs
-    that report to ``blockbuster up``'s server have none either (:func:`use_local_server`).
+    1.1 s with heartbeats, 0.1 s without). With a server the user configured
+    (``PREFECT_API_URL``) they stay as configured; runs that report to ``blockbuster
+    up``'s server have none either (:func:`use_local_server`).
     The changed settings object is built once per settings object (building one takes
     ~0.1 s of pydantic validation, which a warm small run notices).
     """

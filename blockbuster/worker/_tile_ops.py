@@ -747,18 +747,16 @@ def _relabelled(
     g = plan.grid
     names = ("labels", "ids") if plan.read_back else ("labels",)
     plain = ids_1_to_n if ids_1_to_n is not None else [False] * len(tiles)
-    staging.prefetch(  # few requests on an object store
-        (
-            n
-            for n, lut, bare in zip(tiles, luts, plain)
-            if lut.size > 1 and not (bare and plan.read_back)
-        ),
-        names,
-    )
-    for n, lut, bare in zip(tiles, luts, plain):
-        if lut.size <= 1:
-            continue  # no labels: the chunk stays absent (reads as 0)
-        arrays = {} if bare and plan.read_back else staging.read_tile(n, names=names)[1]
+    # tiles without labels are skipped: their chunks stay absent (read as 0); a tile read
+    # back whose ids are 1..n needs nothing staged
+    todo = [
+        (n, lut, bool(bare and plan.read_back))
+        for n, lut, bare in zip(tiles, luts, plain)
+        if lut.size > 1
+    ]
+    staging.prefetch((n for n, _, direct in todo if not direct), names)  # few requests
+    for n, lut, direct in todo:
+        arrays = {} if direct else staging.read_tile(n, names=names)[1]
         shape = g.core_shape(n)
         dst = buffer(shape, lut.dtype)
         if dst is None:
