@@ -19,7 +19,7 @@ import zarr
 from blockbuster.core import fn_identity
 from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
 from blockbuster.io import STAMP_ENV, Staging, open_image, open_path
-from blockbuster.io._staging import _INDEXES, _PackIndex
+from blockbuster.io._staging._local import _INDEXES, _PackIndex
 
 TESTS = os.path.dirname(__file__)
 ROOT = os.path.dirname(TESTS)

@@ -23,7 +23,7 @@ pytest.importorskip("s3fs")
 from blockbuster import merge_tile_labels, tile_process  # noqa: E402
 from blockbuster.errors import InputError, InvalidParameterError  # noqa: E402
 from blockbuster.io import Staging, open_path  # noqa: E402
-from blockbuster.io import _object_staging as object_staging  # noqa: E402
+from blockbuster.io._staging import _objects as object_staging  # noqa: E402
 from blockbuster.io._stores import list_prefix  # noqa: E402
 
 

@@ -72,7 +72,7 @@ def test_a_record_cut_off_by_a_crash_is_not_a_finished_tile(tmp_path):
             f.truncate(cut)
         fresh = Staging(tmp_path / "s")
         fresh._index = None
-        from blockbuster.io import _staging as mod
+        from blockbuster.io._staging import _local as mod
 
         mod._INDEXES.clear()  # a new process: no index yet
         assert fresh.finished_tiles() == [0]

@@ -11,7 +11,6 @@ from ._chunkfiles import ChunkFiles, chunk_files
 from ._durable import fsync_dir, fsync_file, fsync_tree
 from ._lock import OutputLock, hidden_path, lock_path, lock_timeout
 from ._ngff import LabelTarget, label_target
-from ._object_staging import ObjectStaging
 from ._output import ATTR, OutputTarget
 from ._places import (
     check_apart,
@@ -36,7 +35,7 @@ from ._sources import (
     full_slices,
     open_image,
 )
-from ._staging import Staging
+from ._staging import ObjectStaging, Staging
 from ._stamp import STAMP_ENV, file_stamp, stamp_mode, tree_stamp
 from ._stores import (
     all_storage_options,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from blockbuster.errors import InvalidParameterError
 
-from ._metadata import _read_json
+from .._metadata import _read_json
 
 __all__: list[str] = []
 

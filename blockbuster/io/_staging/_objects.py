@@ -49,17 +49,7 @@ import numpy as np
 
 from blockbuster.errors import InvalidParameterError
 
-from ._staging_format import (
-    _CODEC,
-    FORMAT,
-    PACK_SUFFIX,
-    IndexCache,
-    IndexedTiles,
-    TileIndex,
-    _json_default,
-    encode_arrays,
-)
-from ._stores import (
+from .._stores import (
     delete_prefix,
     join_url,
     list_prefix,
@@ -68,6 +58,16 @@ from ._stores import (
     read_ranges,
     redact,
     write_bytes,
+)
+from ._format import (
+    _CODEC,
+    FORMAT,
+    PACK_SUFFIX,
+    IndexCache,
+    IndexedTiles,
+    TileIndex,
+    _json_default,
+    encode_arrays,
 )
 
 __all__ = ["ObjectStaging", "FLUSH_SECONDS", "FLUSH_BYTES", "PREFETCH_BYTES"]

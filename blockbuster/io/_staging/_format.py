@@ -1,5 +1,5 @@
-"""What the two stagings share: the local one (:mod:`._staging`, packs in a folder) and
-the object store one (:mod:`._object_staging`, objects under a prefix): the arrays'
+"""What the two stagings share: the local one (:mod:`._local`, packs in a folder) and
+the object store one (:mod:`._objects`, objects under a prefix): the arrays'
 codec, the pack suffix, the JSON encoding of records, how a tile's arrays become one
 payload, and the index accessors. Kept apart so that neither module imports the other
 at import time. ``FORMAT`` is the object store staging's format number (the local

@@ -19,11 +19,11 @@ import numpy as np
 
 from blockbuster.errors import InvalidParameterError
 
-from ._metadata import _node_type
-from ._places import local_store
+from .._metadata import _node_type
+from .._places import local_store
 
 if TYPE_CHECKING:
-    from ._ngff import AccessMode
+    from ._target import AccessMode
 
 __all__: list[str] = []
 

@@ -69,21 +69,21 @@ from blockbuster.errors import InputError, InvalidParameterError
 if TYPE_CHECKING:
     import zarr
 
-from ._metadata import _group_attrs, _node_type, channel_axis_of, ngff_metadata, normalize_axes
+from .._metadata import _group_attrs, _node_type, channel_axis_of, ngff_metadata, normalize_axes
+from .._places import local_store, member_path, parse_location
+from .._stores import is_url
 
 # Metadata and pyramid building live in their own modules (one job each) as mixins of
 # LabelTarget, which stays here so its pickled identity is unchanged; every name
 # importable from here before the split still is.
-from ._ngff_meta import (
+from ._meta import (
     _array_shape,
     _drop,
     _drop_axis_transforms,
     _MetadataMixin,
     _rgba,
 )
-from ._ngff_pyramid import _PyramidMixin
-from ._places import local_store, member_path, parse_location
-from ._stores import is_url
+from ._pyramid import _PyramidMixin
 
 __all__ = ["LabelTarget", "label_target", "LABEL_DTYPES"]
 

@@ -82,9 +82,10 @@ import xxhash
 
 from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
 
-from ._durable import fsync_dir
-from ._places import check_staging, staging_state
-from ._staging_format import (
+from .._durable import fsync_dir
+from .._places import check_staging, staging_state
+from .._stores import is_url
+from ._format import (
     _CODEC,
     PACK_SUFFIX,
     IndexCache,
@@ -93,7 +94,6 @@ from ._staging_format import (
     _json_default,
     encode_arrays,
 )
-from ._stores import is_url
 
 __all__ = ["Staging"]
 
@@ -201,7 +201,7 @@ def _index_for(tiles_dir: str, generation: str) -> _PackIndex:
 
 class Staging(IndexedTiles):
     """Staging directory of one run (see the module docstring for the layout); for a
-    URL root, an :class:`~blockbuster.io._object_staging.ObjectStaging` (objects in an
+    URL root, an :class:`~blockbuster.io.ObjectStaging` (objects in an
     object store, written whole).
 
     Writing (:meth:`write_tile`) appends to a pack this object creates on its first
@@ -216,7 +216,7 @@ class Staging(IndexedTiles):
 
     def __new__(cls, root: str | os.PathLike, durable: bool = True) -> Any:
         if cls is Staging and is_url(os.fspath(root)):
-            from ._object_staging import ObjectStaging
+            from ._objects import ObjectStaging
 
             return ObjectStaging(os.fspath(root))  # objects are immutable: no appends
         return super().__new__(cls)
