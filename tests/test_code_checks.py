@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ["blockbuster", "tests", "bench"]
@@ -92,3 +93,26 @@ def test_no_import_cycles():
 def test_types():
     p = _run(sys.executable, "-m", "mypy")
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]
+
+
+def test_mypy_names_every_package_blockbuster_imports():
+    """mypy skips third-party modules by default (pyproject: `follow_imports = "skip"`, so
+    a cold run does not analyse Prefect's server side and torch); each package blockbuster
+    imports must be named in an override (followed, skipped on purpose, or without types),
+    else its types would silently become Any."""
+    import grimp
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["follow_imports"] == "skip"
+    named = {m.removesuffix(".*") for o in config["overrides"] for m in o["module"]}
+    graph = grimp.build_graph(
+        "blockbuster", include_external_packages=True, exclude_type_checking_imports=False
+    )
+    imported = {m for m in graph.modules if m.split(".")[0] != "blockbuster"} - set(
+        sys.stdlib_module_names
+    )
+    assert imported, "grimp found no third-party import: the check checks nothing"
+    assert imported <= named, (
+        f"packages blockbuster imports that pyproject's [tool.mypy] overrides do not name: "
+        f"{sorted(imported - named)}; add them to the followed list (or skip them on purpose)"
+    )
