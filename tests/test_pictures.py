@@ -173,6 +173,27 @@ def _tmap(grid):
     }
 
 
+def test_a_preview_without_an_image_is_stored_exactly_at_any_size():
+    """A merge's preview (labels over black, no image) has few colours: it is stored as
+    palette indices, so the PNG is the picture pixel for pixel even above the size
+    where a preview over an image is quantized, and stays small."""
+    import scipy.ndimage as ndi
+
+    from blockbuster.core import render_preview, render_preview_indexed
+    from blockbuster.io._png import PALETTE_PIXELS
+
+    rng = np.random.default_rng(3)
+    lab = ndi.label(ndi.gaussian_filter(rng.random((1024, 1000)), 2) > 0.5)[0] * 7919
+    assert lab.size > PALETTE_PIXELS and lab.max() > 2**20
+    edges = (list(range(64, 1024, 64)), list(range(100, 1000, 100)))
+    idx, pal = render_preview_indexed(lab, tile_edges=edges)
+    png = encode_png(idx, palette=pal)
+    rgb = rgb_of(png)
+    assert np.array_equal(rgb, render_preview(None, lab, tile_edges=edges))
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100  # label colours, outlines, grid
+    assert len(png) < 400_000
+
+
 def test_pictures_stay_small():
     rng = np.random.default_rng(0)
     noisy = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # incompressible
@@ -349,7 +370,7 @@ def test_a_preview_painted_batch_by_batch_is_the_same_picture():
     (ids large or small, several dtypes, grid lines)."""
     import scipy.ndimage as ndi
 
-    from blockbuster.core import PreviewCanvas, render_preview
+    from blockbuster.core import PreviewCanvas, render_preview, render_preview_indexed
 
     rng = np.random.default_rng(7)
     for trial in range(25):
@@ -369,6 +390,7 @@ def test_a_preview_painted_batch_by_batch_is_the_same_picture():
         canvas.paint_pending()
         edges = (list(range(th, h, th)), list(range(tw, w, tw)))
         at_once = render_preview(None, canvas.labels, tile_edges=edges)
-        painted = render_preview(None, canvas.labels, tile_edges=edges, painted=canvas.painted)
+        idx, pal = render_preview_indexed(canvas.labels, tile_edges=edges, painted=canvas.painted)
+        painted = pal[idx]
         np.testing.assert_array_equal(painted, at_once)
         assert (painted != 0).any()

@@ -5,8 +5,10 @@ labels (:func:`preview_step`, :func:`sample_starts` say which pixels) and the pe
 statistics, and encodes the arrays returned here (``io``: PNG).
 
 - :func:`render_preview`: the image in grey (contrast from its 1st-99.5th percentiles),
-  each label in its own colour (:func:`label_colors`, the same id always gets the same
-  colour), label outlines drawn opaque, the tile grid drawn faintly.
+  each label in its own colour (:func:`label_colors`: one of 63, the same id always gets
+  the same colour), label outlines drawn opaque, the tile grid drawn faintly. With no
+  image under the labels (a merge's preview), :func:`render_preview_indexed` draws the
+  same picture as indices into a palette of 254 colours (a palette PNG, exact).
 - :func:`render_tile_map`: one cell per tile, its colour the number of labels found in
   it (dark blue few .. yellow many), a bar along its bottom the seconds spent in ``fn``
   (full width = the slowest tile), skipped tiles grey with a cross, slow tiles framed in
@@ -43,9 +45,13 @@ __all__ = [
     "MAX_SIDE",
     "PreviewCanvas",
     "grey_levels",
+    "N_LABEL_COLORS",
+    "color_index",
     "label_colors",
+    "preview_palette",
     "preview_step",
     "render_preview",
+    "render_preview_indexed",
     "render_tile_map",
     "sample_starts",
     "slow_tiles",
@@ -57,6 +63,14 @@ __all__ = [
 MAX_SIDE = 1024
 #: Opacity of a label's colour over the image in a preview (its outline is opaque).
 ALPHA = 0.45
+#: Opacity of the tile grid's lines drawn over a preview.
+GRID_ALPHA = 0.3
+#: How many colours labels get: a hash of a label's id picks one (napari's label
+#: colormap has 50). With four shades of each (inside, outline, either under a grid
+#: line) and the background's two, a preview with no image under its labels fits a
+#: PNG's 256-colour palette exactly: it is stored as indices (no quantizing, ~1 byte a
+#: pixel to compress; see :func:`render_preview_indexed`).
+N_LABEL_COLORS = 63
 
 #: the colours of the tile map, for legends
 TILE_MAP_COLORS = {
@@ -145,11 +159,11 @@ class PreviewCanvas:
         #: the tiles whose image samples arrived
         self.image_tiles: set[int] = set()
         #: with ``paint`` (a preview with no image under the labels): the labels'
-        #: colours over black, painted batch by batch as the samples arrive
-        #: (:meth:`paint_pending`), so that only the outlines are left to draw once the
-        #: last tile is in (``render_preview(painted=)``)
+        #: colours (:func:`color_index`), painted batch by batch as the samples arrive
+        #: (:meth:`paint_pending`), so that only the outlines and the grid are left to
+        #: draw once the last tile is in (``render_preview_indexed(painted=)``)
         self.paint = paint
-        self.painted: NDArray[np.float32] | None = None
+        self.painted: NDArray[np.uint8] | None = None
         self._pending: list[int] | None = None  # rows, columns added since: lo, hi, lo, hi
 
     @property
@@ -186,9 +200,8 @@ class PreviewCanvas:
         r0, r1, c0, c1 = self._pending
         self._pending = None
         if self.painted is None:
-            self.painted = np.zeros(self.shape + (3,), np.float32)
-        rect = self.labels[r0:r1, c0:c1]
-        self.painted[r0:r1, c0:c1] = _blend(rect)[0].reshape(rect.shape + (3,))
+            self.painted = np.zeros(self.shape, np.uint8)
+        self.painted[r0:r1, c0:c1] = color_index(self.labels[r0:r1, c0:c1])
 
     def add_image(self, tile: int, at: Sequence[int], pixels: NDArray[Any]) -> None:
         """Image samples of tile ``tile`` (channels already reduced) landing at ``at``."""
@@ -197,32 +210,6 @@ class PreviewCanvas:
         box, flat = self._box(at, pixels)
         self.image[box] = flat
         self.image_tiles.add(int(tile))
-
-
-def label_colors(ids: NDArray[Any]) -> NDArray[Any]:
-    """A bright colour per label id (uint8 RGB, shape ``ids.shape + (3,)``); 0 is black.
-
-    The colour depends only on the id (a hash of it picks the hue), so a label keeps its
-    colour from one picture to the next, and neighbouring ids differ.
-
-    Examples
-    --------
-    >>> c = label_colors(np.array([0, 1, 2, 1]))
-    >>> c[0].tolist(), (c[1] == c[3]).all(), (c[1] != c[2]).any()
-    ([0, 0, 0], np.True_, np.True_)
-    """
-    shape = np.shape(ids)
-    ids = np.asarray(ids).astype(np.uint64).reshape(-1)  # arrays: uint64 products wrap
-    h = ids + np.uint64(0x9E3779B97F4A7C15)  # splitmix64's finalizer: every bit mixed
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
-    hue = (h & np.uint64(0xFFFF)).astype(np.float64) / 65536.0
-    sat = 0.65 + 0.35 * ((h >> np.uint64(16)) & np.uint64(0xFF)).astype(np.float64) / 255.0
-    val = 0.8 + 0.2 * ((h >> np.uint64(24)) & np.uint64(0xFF)).astype(np.float64) / 255.0
-    rgb = _hsv_to_rgb(hue, sat, val)
-    rgb[ids == 0] = 0
-    return rgb.reshape(shape + (3,))
 
 
 def _hsv_to_rgb(h: NDArray[Any], s: NDArray[Any], v: NDArray[Any]) -> NDArray[Any]:
@@ -238,6 +225,73 @@ def _hsv_to_rgb(h: NDArray[Any], s: NDArray[Any], v: NDArray[Any]) -> NDArray[An
         out[i == k] = choices[k][i == k]
     rgb: NDArray[np.uint8] = np.round(out * 255).astype(np.uint8)
     return rgb
+
+
+def _id_hash(ids: NDArray[Any]) -> NDArray[np.uint64]:
+    """splitmix64's finalizer of the ids: every bit of an id mixed into every bit."""
+    h = np.asarray(ids).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)  # wraps
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: NDArray[np.uint64] = h ^ (h >> np.uint64(31))
+    return out
+
+
+def _label_palette() -> NDArray[np.uint8]:
+    """The :data:`N_LABEL_COLORS` label colours (row 0: black, the background): hues a
+    golden ratio apart, bright and saturated, so that any two differ."""
+    k = np.arange(N_LABEL_COLORS, dtype=np.float64)
+    hue = (k * 0.6180339887498949) % 1.0
+    sat = 0.65 + 0.35 * ((k * 3) % 5) / 4.0
+    val = 0.8 + 0.2 * ((k * 2) % 3) / 2.0
+    rgb = _hsv_to_rgb(hue, sat, val)
+    table: NDArray[np.uint8] = np.concatenate([np.zeros((1, 3), np.uint8), rgb])
+    return table
+
+
+def color_index(ids: NDArray[Any]) -> NDArray[np.uint8]:
+    """Which of the :data:`N_LABEL_COLORS` colours each label id gets (1 ...
+    ``N_LABEL_COLORS``; 0 for the background, id 0), by a hash of the id.
+
+    Computed once per id (a table of every id up to the largest) when the ids are small
+    next to their number, else once per pixel (the hash: ~3x slower than the look-up,
+    faster than finding the distinct ids).
+
+    Examples
+    --------
+    >>> color_index(np.array([0, 1, 2, 1, 10**12])).tolist()
+    [0, 24, 5, 24, 35]
+    """
+    arr = np.asarray(ids)
+    flat = arr.reshape(-1)
+    top = int(flat.max()) if flat.size else 0
+    small = arr.dtype.kind in "ui" and top <= 2 * flat.size + 1024
+    if small and arr.dtype.kind == "i" and flat.size and int(flat.min()) < 0:
+        small = False
+    src = np.arange(top + 1) if small else arr
+    k = (_id_hash(src) % np.uint64(N_LABEL_COLORS)).astype(np.uint8) + np.uint8(1)
+    k[src == 0] = 0
+    out: NDArray[np.uint8] = k[arr] if small else k
+    return out
+
+
+def label_colors(ids: NDArray[Any]) -> NDArray[Any]:
+    """A bright colour per label id (uint8 RGB, shape ``ids.shape + (3,)``); 0 is black.
+
+    The colour depends only on the id (a hash of it picks one of
+    :data:`N_LABEL_COLORS`), so a label keeps its colour from one picture to the next,
+    and neighbouring ids differ.
+
+    Examples
+    --------
+    >>> c = label_colors(np.array([0, 1, 2, 1]))
+    >>> c[0].tolist(), (c[1] == c[3]).all(), (c[1] != c[2]).any()
+    ([0, 0, 0], np.True_, np.True_)
+    """
+    colors: NDArray[np.uint8] = _LABEL_RGB[color_index(ids)]
+    return colors
+
+
+_LABEL_RGB = _label_palette()
 
 
 def grey_levels(image: NDArray[Any]) -> NDArray[np.float32]:
@@ -265,28 +319,6 @@ def grey_levels(image: NDArray[Any]) -> NDArray[np.float32]:
     return np.clip(out, 0.0, 255.0, out=out)
 
 
-def _color_table(labels: NDArray[Any]) -> NDArray[np.uint8] | None:
-    """:func:`label_colors` of every id from 0 to ``labels``' largest, when that table is
-    small next to ``labels`` (the ids of a whole preview usually are; those of one batch
-    of its tiles are not: the ids are global), else None."""
-    top = int(labels.max()) if labels.size else 0
-    if top > 2 * labels.size + 1024 or (labels.dtype.kind == "i" and labels.min() < 0):
-        return None
-    table: NDArray[np.uint8] = label_colors(np.arange(top + 1))
-    return table
-
-
-def _colors_of(labels: NDArray[Any], table: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
-    """:func:`label_colors` of many pixels, computed once per id: looked up in ``table``
-    (:func:`_color_table`) when given, else once per distinct id (a sort: ~3x slower)."""
-    if table is not None:
-        looked_up: NDArray[np.uint8] = table[labels]
-        return looked_up
-    ids, inverse = np.unique(labels, return_inverse=True)
-    colors: NDArray[np.uint8] = label_colors(ids)[inverse.reshape(-1)]
-    return colors
-
-
 def _outlines(labels: NDArray[Any]) -> NDArray[Any]:
     """Pixels of a label whose right or lower neighbour (or left/upper) has another id."""
     edge = np.zeros(labels.shape, bool)
@@ -300,14 +332,25 @@ def _outlines(labels: NDArray[Any]) -> NDArray[Any]:
     return outline
 
 
+def _grid_mask(shape: tuple[int, ...], tile_edges: Sequence[Sequence[int]]) -> NDArray[np.bool_]:
+    """The pixels on the tile grid's lines (rows and columns where a tile starts); a
+    crossing is one pixel, drawn once."""
+    mask = np.zeros(shape, bool)
+    for axis, edges in enumerate(tile_edges):
+        at = [int(e) for e in edges if 0 < int(e) < shape[axis]]
+        if at:
+            idx = (slice(None),) * axis + (np.asarray(at),)
+            mask[idx] = True
+    return mask
+
+
 def _blend(
     labels: NDArray[Any], grey: NDArray[Any] | None = None, alpha: float = ALPHA
-) -> tuple[NDArray[np.float32], NDArray[np.uint8] | None]:
+) -> NDArray[np.float32]:
     """The labels' colours over ``grey`` (black when None), before outlines and grid:
-    the pixels as a flat ``(n, 3)`` float32 array, and the colour table used
-    (:func:`_color_table`, or None). Pixels are addressed by flat index: one pass finds
-    the labelled ones, then gathers and scatters (~2x faster than boolean masks of the
-    2D arrays, on 1024²)."""
+    the pixels as a flat ``(n, 3)`` float32 array. Pixels are addressed by flat index:
+    one pass finds the labelled ones, then gathers and scatters (~2x faster than
+    boolean masks of the 2D arrays, on 1024²)."""
     flat = labels.reshape(-1)
     rgb = np.zeros((flat.size, 3), np.float32)
     g = None
@@ -315,14 +358,86 @@ def _blend(
         g = np.asarray(grey, np.float32).reshape(-1)
         rgb[...] = g[:, None]
     fg = np.flatnonzero(flat)
-    table = None
     if fg.size:
-        ids = flat[fg]
-        table = _color_table(ids)
-        colors = _colors_of(ids, table).astype(np.float32)
+        colors = label_colors(flat[fg]).astype(np.float32)
         under = np.float32(0.0) if g is None else g[fg, None]
         rgb[fg] = (1 - alpha) * under + alpha * colors
-    return rgb, table
+    return rgb
+
+
+def preview_palette(alpha: float = ALPHA, grid_alpha: float = GRID_ALPHA) -> NDArray[np.uint8]:
+    """The colours of :func:`render_preview_indexed`'s indices, ``(4 K + 2, 3)`` uint8
+    for K = :data:`N_LABEL_COLORS`: 0 the background (black); 1..K a label's colour at
+    ``alpha`` over black; K+1..2K its outline (the colour itself); then the same 2K+1
+    under a grid line (``grid_alpha`` of white over them).
+
+    Examples
+    --------
+    >>> pal = preview_palette()
+    >>> pal.shape, pal[0].tolist(), pal[2 * N_LABEL_COLORS + 1].tolist()
+    ((254, 3), [0, 0, 0], [76, 76, 76])
+    """
+    c = _LABEL_RGB[1:].astype(np.float64)
+    base = np.concatenate([np.zeros((1, 3)), alpha * c, c])
+    both = np.concatenate([base, (1 - grid_alpha) * base + grid_alpha * 255.0])
+    pal: NDArray[np.uint8] = np.rint(both).astype(np.uint8)
+    return pal
+
+
+def render_preview_indexed(
+    labels: NDArray[Any],
+    *,
+    tile_edges: Sequence[Sequence[int]] = ((), ()),
+    alpha: float = ALPHA,
+    outlines: bool = True,
+    grid_alpha: float = GRID_ALPHA,
+    painted: NDArray[np.uint8] | None = None,
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """The labels over black (no image under them: a merge's preview) as colour
+    indices and their palette: ``palette[indices]`` is :func:`render_preview`'s picture,
+    pixel for pixel. Stored as a palette PNG, exact, with nothing to quantize.
+
+    Parameters
+    ----------
+    labels : 2D integer array
+        The (downsampled) labels, 0 = background.
+    tile_edges, alpha, outlines, grid_alpha
+        As for :func:`render_preview`.
+    painted : 2D uint8 array of ``labels.shape``, optional
+        :func:`color_index` of ``labels``, computed ahead (:class:`PreviewCanvas` with
+        ``paint=True``); the outlines and the grid are drawn into it.
+
+    Returns
+    -------
+    indices : 2D uint8 array of ``labels.shape``
+    palette : (n, 3) uint8 array (:func:`preview_palette`)
+
+    Examples
+    --------
+    >>> lab = np.zeros((4, 4), np.uint8); lab[1:3, 1:3] = 5
+    >>> idx, pal = render_preview_indexed(lab, tile_edges=[[2], []])
+    >>> (pal[idx] == render_preview(None, lab, tile_edges=[[2], []])).all()
+    np.True_
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2D for a preview, got shape {labels.shape}")
+    if painted is None:
+        idx = color_index(labels)
+    elif painted.shape != labels.shape or painted.dtype != np.uint8:
+        raise ValueError(
+            f"painted must be uint8 indices of the labels' shape {labels.shape}, "
+            f"got {painted.dtype} {painted.shape}"
+        )
+    else:
+        idx = painted  # drawn into
+    # added as masks times a shift (~50x faster than adding through a boolean index)
+    k = N_LABEL_COLORS
+    if outlines:  # a label's colour -> its outline's
+        idx += _outlines(labels).view(np.uint8) * np.uint8(k)
+    # the same colour under a grid line
+    idx += _grid_mask(labels.shape, tile_edges).view(np.uint8) * np.uint8(2 * k + 1)
+    return idx, preview_palette(alpha, grid_alpha)
 
 
 def render_preview(
@@ -332,16 +447,16 @@ def render_preview(
     tile_edges: Sequence[Sequence[int]] = ((), ()),
     alpha: float = ALPHA,
     outlines: bool = True,
-    grid_alpha: float = 0.3,
+    grid_alpha: float = GRID_ALPHA,
     grey: NDArray[np.float32] | None = None,
-    painted: NDArray[np.float32] | None = None,
 ) -> NDArray[Any]:
     """Labels over the image, as an RGB uint8 array of ``labels``' 2D shape.
 
     Parameters
     ----------
     image : 2D array or None
-        The (downsampled) image; None draws the labels over black.
+        The (downsampled) image; None draws the labels over black
+        (:func:`render_preview_indexed`'s picture).
     labels : 2D integer array
         The (downsampled) labels, 0 = background, same shape as ``image``.
     tile_edges : two sequences of int
@@ -351,10 +466,6 @@ def render_preview(
         Opacity of the label colours inside labels; outlines are opaque.
     grey : 2D float32 array, optional
         :func:`grey_levels` of ``image``, computed ahead (``image`` is then not used).
-    painted : float32 array of ``labels.shape + (3,)``, optional
-        With no ``image`` and no ``grey``: the labels' colours over black computed
-        ahead (:class:`PreviewCanvas` with ``paint=True``, at the default ``alpha``);
-        only the outlines and the grid are drawn here, into it. The same picture.
 
     Examples
     --------
@@ -368,35 +479,26 @@ def render_preview(
         raise ValueError(f"labels must be 2D for a preview, got shape {labels.shape}")
     if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image shape {np.shape(image)} differs from labels {labels.shape}")
+    if grey is None and image is not None:
+        grey = grey_levels(image)
+    elif grey is not None and np.shape(grey) != labels.shape:
+        raise ValueError(f"grey shape {np.shape(grey)} differs from labels {labels.shape}")
+    if grey is None:
+        idx, pal = render_preview_indexed(
+            labels, tile_edges=tile_edges, alpha=alpha, outlines=outlines, grid_alpha=grid_alpha
+        )
+        over_black: NDArray[np.uint8] = pal[idx]
+        return over_black
     flat = labels.reshape(-1)
-    ahead = False  # the colours were painted ahead (over black), at the default alpha
-    if painted is not None and image is None and grey is None and alpha == ALPHA:
-        if painted.shape != labels.shape + (3,):
-            raise ValueError(f"painted shape {painted.shape} differs from labels {labels.shape}")
-        rgb, table, ahead = painted.reshape(-1, 3), None, True  # drawn into
-    else:
-        if grey is None and image is not None:
-            grey = grey_levels(image)
-        elif grey is not None and np.shape(grey) != labels.shape:
-            raise ValueError(f"grey shape {np.shape(grey)} differs from labels {labels.shape}")
-        rgb, table = _blend(labels, grey, alpha)
+    rgb = _blend(labels, grey, alpha)
     if outlines:
         edge = np.flatnonzero(_outlines(labels))
-        if edge.size and ahead:
-            # an outline pixel is its label's colour: alpha times it is painted there
-            # already, and the colours are whole numbers (no lookup of the ids again)
-            rgb[edge] = np.rint(rgb[edge] * np.float32(1.0 / alpha))
-        elif edge.size:
-            rgb[edge] = _colors_of(flat[edge], table)
-    rgb = rgb.reshape(labels.shape + (3,))
-    for axis, edges in enumerate(tile_edges):
-        for e in edges:
-            e = int(e)
-            if 0 < e < labels.shape[axis]:
-                idx = (slice(None),) * axis + (e,)
-                rgb[idx] = (1 - grid_alpha) * rgb[idx] + grid_alpha * 255.0
+        if edge.size:
+            rgb[edge] = label_colors(flat[edge])
+    on_grid = np.flatnonzero(_grid_mask(labels.shape, tile_edges))
+    rgb[on_grid] = (1 - grid_alpha) * rgb[on_grid] + grid_alpha * 255.0
     drawn: NDArray[np.uint8] = np.rint(rgb, out=rgb).astype(np.uint8)
-    return drawn
+    return drawn.reshape(labels.shape + (3,))
 
 
 def tile_cell_size(grid_shape: Sequence[int], max_side: int = MAX_SIDE) -> int:

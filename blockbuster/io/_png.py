@@ -25,20 +25,48 @@ __all__ = ["encode_png", "data_url", "png_size", "write_png"]
 
 #: pictures with more pixels than this are stored with a 256-colour palette
 PALETTE_PIXELS = 1 << 18
+#: zlib level of a PNG stored from given palette indices
+PALETTE_LEVEL = 1
 
 
-def encode_png(rgb: np.ndarray, palette_pixels: int = PALETTE_PIXELS) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 array (Pillow).
+def encode_png(
+    rgb: np.ndarray, palette_pixels: int = PALETTE_PIXELS, palette: np.ndarray | None = None
+) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 array, or of (H, W) uint8 indices into
+    ``palette`` (Pillow).
 
     Flat label colours compress well, a noisy image under them does not: an RGB PNG of
     a 1024² preview over a microscopy image is ~1.5 MB and takes ~10x longer to
     compress than the picture took to draw. A picture of more than ``palette_pixels``
     pixels is therefore stored with a 256-colour palette (Pillow's fast octree
     quantizer, zlib level 1: ~0.4-0.5 MB, measured in bench/pictures.py); smaller ones
-    exactly, in RGB (zlib level 6).
+    exactly, in RGB (zlib level 6). With ``palette`` (at most 256 colours, ``(n, 3)``
+    uint8), the indices are stored as they are, exactly, with nothing to quantize (a
+    merge's preview: ``render_preview_indexed``; ~5x faster to encode than quantizing
+    its RGB).
+
+    Examples
+    --------
+    >>> pal = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)
+    >>> png = encode_png(np.array([[0, 1], [1, 0]], np.uint8), palette=pal)
+    >>> png_size(png)
+    (2, 2)
     """
     from PIL import Image
 
+    if palette is not None:
+        idx = np.ascontiguousarray(rgb, dtype=np.uint8)
+        pal = np.ascontiguousarray(palette, dtype=np.uint8)
+        if idx.ndim != 2 or pal.ndim != 2 or pal.shape[1] != 3 or not 0 < len(pal) <= 256:
+            raise ValueError(
+                "expected (H, W) indices and a palette of at most 256 RGB colours, got "
+                f"indices of shape {idx.shape} and a palette of shape {pal.shape}"
+            )
+        img = Image.frombytes("P", (idx.shape[1], idx.shape[0]), idx.tobytes())
+        img.putpalette(pal.tobytes())
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=PALETTE_LEVEL)
+        return buf.getvalue()
     arr = np.ascontiguousarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an RGB array of shape (H, W, 3), got {arr.shape}")

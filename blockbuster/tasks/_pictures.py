@@ -52,6 +52,7 @@ from blockbuster.core import (
     TileRecords,
     grey_levels,
     render_preview,
+    render_preview_indexed,
     render_tile_map,
     slow_tiles,
 )
@@ -361,12 +362,19 @@ def _final(job: Job, canvas: PreviewCanvas, early: Future, dtype: str) -> dict[s
     lab = canvas.labels
     if lab is None:  # no tile has labels
         lab = np.zeros(canvas.shape, np.dtype(dtype))
-    canvas.paint_pending()  # what no batch painted yet (a merge's preview)
-    painted = canvas.painted if first["grey"] is None and canvas.labels is not None else None
-    preview = render_preview(None, lab, tile_edges=tile_edges, grey=first["grey"], painted=painted)
+    if first["grey"] is None:
+        # no image under the labels (a merge's preview): colour indices, painted batch
+        # by batch as the relabel stage sent them, stored exactly as a palette PNG
+        canvas.paint_pending()  # what no batch painted yet
+        painted = canvas.painted if canvas.labels is not None else None
+        idx, palette = render_preview_indexed(lab, tile_edges=tile_edges, painted=painted)
+        png, shape2 = encode_png(idx, palette=palette), idx.shape
+    else:
+        preview = render_preview(None, lab, tile_edges=tile_edges, grey=first["grey"])
+        png, shape2 = encode_png(preview), preview.shape[:2]
     rendered = {
-        "preview": encode_png(preview),
-        "preview_shape": preview.shape[:2],
+        "preview": png,
+        "preview_shape": shape2,
         "tile_map": first["tile_map"],
         "tile_map_shape": first["tile_map_shape"],
     }

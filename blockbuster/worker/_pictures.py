@@ -149,16 +149,20 @@ def render_pictures(
     >>> got["preview"][:4], got["preview_shape"]
     (b'\\x89PNG', (8, 8))
     """
-    from blockbuster.core import render_preview, render_tile_map
+    from blockbuster.core import render_preview, render_preview_indexed, render_tile_map
     from blockbuster.io import encode_png
 
     if labels is None:
         labels = np.zeros(tuple(preview_shape), np.uint8)
-    preview = render_preview(image, labels, tile_edges=tile_edges)
+    if image is None:  # the labels over black: a palette PNG, exact
+        idx, palette = render_preview_indexed(labels, tile_edges=tile_edges)
+        png = encode_png(idx, palette=palette)
+    else:
+        png = encode_png(render_preview(image, labels, tile_edges=tile_edges))
     tmap = render_tile_map(**tile_map)
     return {
-        "preview": encode_png(preview),
+        "preview": png,
         "tile_map": encode_png(tmap),
-        "preview_shape": preview.shape[:2],
+        "preview_shape": tuple(np.shape(labels)[:2]),
         "tile_map_shape": tmap.shape[:2],
     }
