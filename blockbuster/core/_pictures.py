@@ -620,26 +620,44 @@ def render_tile_map(
     slowest = float(seconds_a.max()) if n else 0.0
     bar_h = max(1, cell // 5)
     border = max(1, cell // 12)
-    for t in range(n):
-        y, x = box(t)
-        cellv = img[y : y + cell, x : x + cell]
-        if skipped_a[t]:
-            cellv[:] = TILE_MAP_COLORS["skipped"]
-            d = np.arange(cell)
-            cellv[d, d] = (90, 90, 90)
-            cellv[d, cell - 1 - d] = (90, 90, 90)
-        elif labels_a[t] <= 0:
-            cellv[:] = TILE_MAP_COLORS["no labels"]
-        else:
-            f = math.log1p(labels_a[t]) / math.log1p(top) if top > 0 else 0.0
-            cellv[:] = _ramp(f)
-        x0 = 0
-        if cell >= 6:  # a thin white line separates the cells
-            cellv[0, :] = cellv[:, 0] = (255, 255, 255)
-            x0 = 1
-        if slowest > 0 and seconds_a[t] > 0 and cell >= 4:
-            w = max(1, int(round((cell - x0) * seconds_a[t] / slowest)))
-            cellv[cell - bar_h :, x0 : x0 + w] = TILE_MAP_COLORS["fn seconds bar"]
+    if n:
+        # a panel at a time, its tiles' values repeated into pixels: a loop over the
+        # tiles took 78 ms at 4096 tiles (holding the GIL beside the run's own threads),
+        # this 13 ms, the same pixels
+        colors = _tile_colors(labels_a, skipped_a, top)
+        x0 = 1 if cell >= 6 else 0
+        yy, xx = np.arange(rows * cell), np.arange(cols * cell)
+        cy, cx = yy % cell, xx % cell
+        cross = (cy[:, None] == cx[None, :]) | (cx[None, :] == cell - 1 - cy[:, None])
+        widths = None
+        if slowest > 0 and cell >= 4:
+            widths = np.where(
+                seconds_a > 0, np.maximum(1, np.rint((cell - x0) * seconds_a / slowest)), 0
+            ).astype(np.int64)
+        bar_rows = np.flatnonzero(cy >= cell - bar_h)  # a bar along each cell's bottom
+
+        def up(per_tile: NDArray[Any]) -> NDArray[Any]:
+            """A panel's per-tile values (rows, cols, ...) as pixels."""
+            return np.repeat(np.repeat(per_tile, cell, axis=0), cell, axis=1)
+
+        for p in range(panels):
+            part = slice(p * rows * cols, (p + 1) * rows * cols)
+            view = up(colors[part].reshape(rows, cols, 3))
+            sk = skipped_a[part].reshape(rows, cols)
+            if sk.any():
+                view[up(sk) & cross] = (90, 90, 90)
+            if cell >= 6:  # a thin white line separates the cells
+                view[::cell] = 255
+                view[:, ::cell] = 255
+            if widths is not None:  # seconds in fn: the bar's length
+                w = widths[part].reshape(rows, cols)[bar_rows // cell]  # (bar rows, cols)
+                on = (cx >= x0) & (cx < x0 + np.repeat(w, cell, axis=1))
+                sub = view[bar_rows]
+                sub[on] = TILE_MAP_COLORS["fn seconds bar"]
+                view[bar_rows] = sub
+            py, px = divmod(p, pc)
+            y, x = py * (rows * cell + gap), px * (cols * cell + gap)
+            img[y : y + rows * cell, x : x + cols * cell] = view
     for t in slow:
         if 0 <= int(t) < n:
             y, x = box(int(t))
@@ -680,9 +698,16 @@ def render_tile_map(
     return img
 
 
-def _ramp(f: float) -> tuple[int, int, int]:
-    f = min(max(float(f), 0.0), 1.0) * (len(_VIRIDIS) - 1)
-    i = min(int(f), len(_VIRIDIS) - 2)
-    c = _VIRIDIS[i] + (f - i) * (_VIRIDIS[i + 1] - _VIRIDIS[i])
-    r, g, b = (int(round(v)) for v in c)
-    return r, g, b
+def _tile_colors(
+    labels: NDArray[np.float64], skipped: NDArray[np.bool_], top: float
+) -> NDArray[np.uint8]:
+    """Each tile's cell colour: grey when skipped, dark without labels, else the number
+    of its labels on the viridis ramp (log scale, ``top`` the most of any tile)."""
+    ramp = np.log1p(labels) / math.log1p(top) if top > 0 else np.zeros(labels.shape)
+    f = np.clip(ramp, 0.0, 1.0).astype(np.float64) * float(len(_VIRIDIS) - 1)
+    i = np.minimum(f.astype(np.int64), len(_VIRIDIS) - 2)
+    c = _VIRIDIS[i] + (f - i)[:, None] * (_VIRIDIS[i + 1] - _VIRIDIS[i])
+    out: NDArray[np.uint8] = np.rint(c).astype(np.uint8)
+    out[labels <= 0] = TILE_MAP_COLORS["no labels"]
+    out[skipped] = TILE_MAP_COLORS["skipped"]
+    return out
