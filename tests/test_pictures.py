@@ -194,6 +194,31 @@ def test_a_preview_without_an_image_is_stored_exactly_at_any_size():
     assert len(png) < 400_000
 
 
+def test_pictures_only_where_someone_can_see_them():
+    """A run with a temporary output (``compute=True`` without ``write_to``) reporting to
+    Prefect's temporary server (no UI, gone at exit) draws no pictures: nobody could see
+    them. With an output (the PNGs go there) or an API URL (a server with a UI, or
+    ``blockbuster up``'s, which sets it for the run), it does."""
+    from types import SimpleNamespace
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blockbuster.tasks import preview_canvas
+
+    def job(temporary: bool):
+        grid = SimpleNamespace(shape=(64, 64))
+        out = SimpleNamespace(temporary=temporary)
+        return SimpleNamespace(
+            preview=False, plan=SimpleNamespace(grid=grid), tile_fn=len, out=out
+        )
+
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert preview_canvas(job(True)) is None
+        assert preview_canvas(job(False)) is not None
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        assert preview_canvas(job(True)) is not None
+
+
 def test_pictures_stay_small():
     rng = np.random.default_rng(0)
     noisy = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # incompressible

@@ -117,10 +117,34 @@ def seam_warnings(seams: SeamTable | list[tuple]) -> list[tuple[int, int, str]]:
     return out
 
 
+def pictures_are_seen(temporary_output: bool) -> bool:
+    """Whether anyone can look at a run's pictures: they go into its output (PNG files
+    next to the labels), or the run reports to a Prefect server with a UI (a configured
+    ``PREFECT_API_URL``, or the server of ``blockbuster up``, which points this thread's
+    settings at itself). Prefect's temporary server serves no UI and is gone when the
+    process exits: a run with a temporary output (``compute=True`` without
+    ``write_to``) reporting there would draw its pictures and upload them (~1 MB of
+    ``data:`` URLs) for nobody, on the machine's cores, while the caller's next call
+    runs.
+
+    Examples
+    --------
+    >>> pictures_are_seen(temporary_output=False)
+    True
+    """
+    if not temporary_output:
+        return True
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
 def preview_canvas(job: Job) -> PreviewCanvas | None:
     """The run's preview canvas, made on first use: None when the run makes no pictures
-    (``BLOCKBUSTER_PICTURES=false``, or an image neither 2D nor 3D). The segment and
-    relabel stages ask for it to tell their workers what to sample."""
+    (``BLOCKBUSTER_PICTURES=false``, an image neither 2D nor 3D, or nobody to see them:
+    :func:`pictures_are_seen`). The segment and relabel stages ask for it to tell their
+    workers what to sample. First asked in the calling thread, before the flow run,
+    inside the settings that point at ``blockbuster up``'s server when it runs."""
     if job.preview is False:
         from blockbuster.config import runtime_settings
 
@@ -128,9 +152,10 @@ def preview_canvas(job: Job) -> PreviewCanvas | None:
         # a merge's preview has no image under its labels: their colours are painted as
         # the relabel stage sends them, and only the outlines wait for the last tile
         paint = job.tile_fn is None
+        wanted = runtime_settings().pictures and len(shape) in (2, 3)
         job.preview = (
             PreviewCanvas(shape, paint=paint)
-            if runtime_settings().pictures and len(shape) in (2, 3)
+            if wanted and pictures_are_seen(job.out.temporary)
             else None
         )
     return job.preview
