@@ -21,6 +21,10 @@ if _WORKER:
     _base = os.environ.get("PREFECT_HOME") or os.path.join(os.path.expanduser("~"), ".prefect")
     os.environ["PREFECT_HOME"] = os.path.join(_base, f"xdist-{_WORKER}")
     os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+    # One OpenMP thread per test process (as Dask's nannies give each worker): two xdist
+    # workers of 2 OpenMP threads each on 2 cores spin-wait for each other (PyTorch's
+    # Cellpose tests took 2-3x the CPU seconds, docs/testing.md). Subprocesses inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 _MIGRATED_DB: list[str] = []  # the session's migrated Prefect database (see prefect_home)
