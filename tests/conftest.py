@@ -27,6 +27,42 @@ if _WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The order the xdist workers take the test files in (`--dist loadfile`): the longest
+# first, then the rest as collected. xdist's default orders files by their number of
+# tests, which left one-test files of 30-50 s (test_ui, test_script) and
+# test_cellpose_pipeline near the end, one worker running them while the other idled.
+# Seconds are CPU seconds of each file alone, its harness and cluster start left out
+# (docs/testing.md); an order, not a contract: a file missing here only runs later.
+LONGEST_FIRST = [
+    "test_deployments.py",  # 79: a server, `blockbuster serve`, a process per served run
+    "test_cli.py",  # 68: subprocesses, two of them on Prefect's temporary server
+    "test_objstore.py",  # 53: moto's S3 server, separate Dask worker processes
+    "test_cellpose_pipeline.py",  # 52: Cellpose on the cluster
+    "test_resume_identity.py",  # 49: four drivers killed mid-run
+    "test_cellpose_plugin.py",  # 42
+    "test_ui.py",  # 36: `blockbuster up`, a job, `serve`, Chromium
+    "test_default_call.py",  # 28
+    "test_safety.py",  # 24
+    "test_core_merge.py",  # 21: the merge property, in-process
+    "test_script.py",  # 19: a plain script on Prefect's temporary server
+    "test_pipeline.py",  # 16
+    "test_reliability.py",
+    "test_code_checks.py",  # mypy
+]
+
+
+def pytest_configure(config):
+    # in the xdist controller: keep the collection order below (xdist >= 3.6 reorders by
+    # the number of tests per file unless told not to)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 _MIGRATED_DB: list[str] = []  # the session's migrated Prefect database (see prefect_home)
 
 
