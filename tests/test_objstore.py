@@ -9,6 +9,7 @@ ome-zarr-py, independently of blockbuster's own obstore path; labels are compare
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -171,6 +172,45 @@ def test_object_staging_round_trip_and_flush_policy(s3_bucket, monkeypatch):
     with pytest.raises(InvalidParameterError, match="not a blockbuster staging"):
         Staging(f"{s3_bucket}/data").prepare({"run_key": "k"})
     assert _all_objects(s3_bucket) == before
+
+
+def test_a_batch_opens_the_object_staging_without_reading_staging_json(s3_bucket, monkeypatch):
+    """The driver prepares the staging and passes its generation with the plan: a
+    worker's batch opening it (``Staging(root, generation=...)``) reads no
+    ``staging.json`` (one GET a batch before); without it, the staging reads it once."""
+    import dataclasses
+
+    from blockbuster.core import make_plan
+    from blockbuster.io import open_image
+    from blockbuster.tasks import Job
+
+    root = f"{s3_bucket}/run/.staging"
+    st = Staging(root)
+    st.prepare({"run_key": "k"})
+    with Staging(root) as w:
+        w.write_tile(0, {"n_labels": 1}, {"labels": np.ones((4, 4), np.uint32)})
+    reads = []
+    real = object_staging.read_bytes
+    monkeypatch.setattr(object_staging, "read_bytes", lambda url: reads.append(url) or real(url))
+    given = Staging(root, generation=st.generation)
+    assert given.finished_tiles() == [0] and given.read_tile(0)[0] == {"n_labels": 1}
+    assert reads == []
+    assert Staging(root).finished_tiles() == [0]
+    assert [u.rpartition("/")[2] for u in reads] == ["staging.json"]
+    # the run's plan carries it to the workers once the driver knows it
+    plan = make_plan(open_image(np.zeros((8, 8), np.uint8)), fn_id="f", tile_shape=(4, 4))
+    plan = dataclasses.replace(plan, staging_root=root)
+    job = Job.create(
+        plan=plan,
+        source=SimpleNamespace(description="image"),
+        fn=None,
+        cluster=None,
+        output=SimpleNamespace(describe=lambda: "out"),
+        progress=False,
+        fn_description="fn",
+        generation=st.generation,
+    )
+    assert job.plan.staging_generation == st.generation
 
 
 def test_object_staging_prefetch_reads_a_batch_per_object(s3_bucket, monkeypatch):

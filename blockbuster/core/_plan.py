@@ -81,6 +81,11 @@ class RunPlan:
     # exit (no write_to, no staging=): a crash redoes all of it whatever was written,
     # so nothing of it is fsync-ed
     durable: bool = True
+    # the generation of an object store staging, known once the driver has prepared it:
+    # a worker's batch opens the staging without reading its staging.json (one GET a
+    # batch). A local staging reads its own (its generation changes when a corrupt
+    # record is dropped, mid-run); "": read it
+    staging_generation: str = ""
     description: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

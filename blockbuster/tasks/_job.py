@@ -8,6 +8,7 @@ fields are short, human-readable descriptions (what the Prefect UI shows).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,8 @@ class Job(BaseModel):
         resources: dict | None = None,
         generation: str = "",
     ) -> Job:
+        if generation:  # the workers' batches open the staging without reading it
+            plan = dataclasses.replace(plan, staging_generation=generation)
         job = cls(
             run_key=plan.run_key,
             image=source.description,

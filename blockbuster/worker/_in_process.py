@@ -49,7 +49,7 @@ def run_locally(
     zarr v3 output is, unless ``sharded`` is False."""
     if not plan.staging_root:
         plan = dataclasses.replace(plan, staging_root=os.path.join(workdir, "staging"))
-    staging = Staging(plan.staging_root, durable=plan.durable)
+    staging = Staging(plan.staging_root, durable=plan.durable, generation=plan.staging_generation)
     if staging.prepare({"run_key": plan.run_key}):
         staging.verify()
     g = plan.grid

@@ -376,7 +376,7 @@ def segment_tiles(
     skipped without being read). ``preview``: ``(step, plane)`` of the run's preview:
     each tile read here returns its image samples with its record
     (:data:`PREVIEW_FIELD`; not for merges, whose input is labels)."""
-    staging = Staging(plan.staging_root, durable=plan.durable)
+    staging = Staging(plan.staging_root, durable=plan.durable, generation=plan.staging_generation)
     out = []
     todo = []
     skipped: list[int] = []
@@ -581,7 +581,7 @@ def scan_tiles(
     :func:`~blockbuster.core.seam_dtype` (a structured array: ~31 bytes a seam in the
     driver, where a tuple took ~300).
     """
-    staging = Staging(plan.staging_root, durable=plan.durable)
+    staging = Staging(plan.staging_root, durable=plan.durable, generation=plan.staging_generation)
     g = plan.grid
     cache: dict[int, tuple] = {}
 
@@ -676,7 +676,7 @@ def relabel_tiles(
     ``preview``: ``(step, plane)`` of the run's preview: returns ``(voxels, samples)``,
     the preview's samples of every tile written (``(at, final labels)``, taken from the
     tile in memory as it is written: the pictures never read the output again)."""
-    staging = Staging(plan.staging_root, durable=plan.durable)
+    staging = Staging(plan.staging_root, durable=plan.durable, generation=plan.staging_generation)
     samples: list[tuple[tuple[int, ...], np.ndarray]] = []
     written = _relabel_tiles(
         plan, tiles, luts, out_path, out_token, reader, ids_1_to_n, staging, preview, samples
@@ -788,7 +788,7 @@ def relabel_into(
     """
     if plan.unit_tile_shape is not None:
         raise ValueError("relabel_into does not relabel merge units; use relabel_tiles")
-    staging = Staging(plan.staging_root, durable=plan.durable)
+    staging = Staging(plan.staging_root, durable=plan.durable, generation=plan.staging_generation)
     samples: list[tuple[tuple[int, ...], np.ndarray]] = []
     written = 0
     with staging:

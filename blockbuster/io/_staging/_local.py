@@ -211,17 +211,25 @@ class Staging(IndexedTiles):
 
     ``durable=False`` (a run whose staging and output live in a temporary folder removed
     when the process exits, where no later process can resume from it): packs are not
-    ``fsync``-ed when closed.
+    ``fsync``-ed when closed. ``generation`` is used by an object store staging only (the
+    generation the driver prepared, so that it is not read again); a local staging
+    reads its own, which changes when a corrupt record is dropped.
     """
 
-    def __new__(cls, root: str | os.PathLike, durable: bool = True) -> Any:
+    def __new__(
+        cls, root: str | os.PathLike, durable: bool = True, generation: str | None = None
+    ) -> Any:
         if cls is Staging and is_url(os.fspath(root)):
             from ._objects import ObjectStaging
 
-            return ObjectStaging(os.fspath(root))  # objects are immutable: no appends
+            # objects are immutable: no appends; the generation, when the caller knows
+            # it, saves reading staging.json
+            return ObjectStaging(os.fspath(root), generation=generation)
         return super().__new__(cls)
 
-    def __init__(self, root: str | os.PathLike, durable: bool = True):
+    def __init__(
+        self, root: str | os.PathLike, durable: bool = True, generation: str | None = None
+    ):
         self.root = os.fspath(root)
         self.durable = durable
         self._pack: io.FileIO | None = None

@@ -127,13 +127,14 @@ class ObjectStaging(IndexedTiles):
     """The staging of one run in an object store; the interface of
     :class:`~blockbuster.io.Staging` (which returns one of these for a URL root)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, generation: str | None = None):
         self.root = str(root).rstrip("/")
         self._buffer: list[tuple[int, dict, dict, list[bytes], int]] = []
         self._buffered = 0
         self._last_put = time.monotonic()
         self._index: _ObjectIndex | None = None
-        self._generation: str | None = None
+        # given by a worker's batch (the plan's): staging.json is not read again
+        self._generation: str | None = generation or None
         # (object url, first byte, end byte) -> those bytes, fetched ahead by prefetch
         self._fetched: dict[tuple[str, int, int], bytes] = {}
 
