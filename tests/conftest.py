@@ -180,6 +180,21 @@ def cluster_client(prefect_harness):
     cluster.close()
 
 
+@pytest.fixture(autouse=True)
+def _shared_cluster_closed_after_the_test():
+    """A test that started the process's shared local cluster (a call with no client, in a
+    worker process that had no session client yet) closes it: the next test finds the
+    process as the test before it found it, whatever order the files run in
+    (test_default_call and the doctests of blockbuster/cluster/_shared.py check that no
+    such cluster is there), and its 3 processes do not idle through the session."""
+    from blockbuster.cluster import close_local_cluster, shared_cluster_info
+
+    before = shared_cluster_info()
+    yield
+    if before is None and shared_cluster_info() is not None:
+        close_local_cluster()
+
+
 @pytest.fixture
 def client(cluster_client):
     return cluster_client
