@@ -86,10 +86,10 @@ def prefect_harness(tmp_path_factory):
         if shared is not None:
             lock = stack.enter_context(open(shared / "harness.lock", "w"))
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the harness is up (below)
-            if (shared / "prefect.db").exists():
+            # the harness's database file: `mkdtemp()/prefect-test.db` (Prefect 3.9-3.x)
+            if (shared / "prefect.db").exists() and hasattr(harness_module, "mkdtemp"):
                 start = tmp_path_factory.mktemp("prefect-harness")
                 _sqlite_copy(str(shared / "prefect.db"), str(start / "prefect-test.db"))
-                # the harness's database file: `mkdtemp()/prefect-test.db` (Prefect 3.9)
                 stack.enter_context(
                     mock.patch.object(harness_module, "mkdtemp", lambda: str(start))
                 )
