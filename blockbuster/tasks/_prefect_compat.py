@@ -111,7 +111,8 @@ def ensure_api() -> str | None:
             return server.api_url
         timeout = startup_timeout()
         try:
-            server.start(timeout=int(timeout) if timeout >= 1 else 1)
+            with _temporary_server_settings():
+                server.start(timeout=int(timeout) if timeout >= 1 else 1)
         except Exception as exc:
             # Prefect leaves the child running after a failed start (module docstring)
             try:
@@ -127,6 +128,42 @@ def ensure_api() -> str | None:
                 "PREFECT_API_URL to it"
             ) from exc
         return server.api_url
+
+
+#: Services of Prefect's server that a temporary server (no UI, gone at exit) runs for
+#: nobody: the event persister (the UI's event feed) and the triggers (automations,
+#: which it has none of). Both write to its SQLite database beside the run's own
+#: writes; a flow run created while they write was answered 503 and retried 2 s later
+#: (the second of two back-to-back default calls stalled in 2 of 6 processes with one
+#: core busy elsewhere; 0 of 8 with them off). A user's own setting is kept.
+_IDLE_SERVICES = {
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": (
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED",
+        "PREFECT_API_SERVICES_EVENT_PERSISTER_ENABLED",
+    ),
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": (
+        "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED",
+        "PREFECT_API_SERVICES_TRIGGERS_ENABLED",
+    ),
+}
+
+
+@contextlib.contextmanager
+def _temporary_server_settings():
+    """The settings Prefect's temporary server is started with (its process takes them
+    from the current settings): :data:`_IDLE_SERVICES` off, unless the user set them."""
+    import os
+
+    import prefect.settings
+    from prefect.settings import temporary_settings
+
+    updates: dict[Any, Any] = {}
+    for name, aliases in _IDLE_SERVICES.items():
+        setting = getattr(prefect.settings, name, None)  # older releases may lack one
+        if setting is not None and not any(a in os.environ for a in aliases):
+            updates[setting] = False
+    with temporary_settings(updates):
+        yield
 
 
 def warm_up(errors: list) -> None:
