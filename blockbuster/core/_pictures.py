@@ -344,27 +344,6 @@ def _grid_mask(shape: tuple[int, ...], tile_edges: Sequence[Sequence[int]]) -> N
     return mask
 
 
-def _blend(
-    labels: NDArray[Any], grey: NDArray[Any] | None = None, alpha: float = ALPHA
-) -> NDArray[np.float32]:
-    """The labels' colours over ``grey`` (black when None), before outlines and grid:
-    the pixels as a flat ``(n, 3)`` float32 array. Pixels are addressed by flat index:
-    one pass finds the labelled ones, then gathers and scatters (~2x faster than
-    boolean masks of the 2D arrays, on 1024²)."""
-    flat = labels.reshape(-1)
-    rgb = np.zeros((flat.size, 3), np.float32)
-    g = None
-    if grey is not None:
-        g = np.asarray(grey, np.float32).reshape(-1)
-        rgb[...] = g[:, None]
-    fg = np.flatnonzero(flat)
-    if fg.size:
-        colors = label_colors(flat[fg]).astype(np.float32)
-        under = np.float32(0.0) if g is None else g[fg, None]
-        rgb[fg] = (1 - alpha) * under + alpha * colors
-    return rgb
-
-
 def preview_palette(alpha: float = ALPHA, grid_alpha: float = GRID_ALPHA) -> NDArray[np.uint8]:
     """The colours of :func:`render_preview_indexed`'s indices, ``(4 K + 2, 3)`` uint8
     for K = :data:`N_LABEL_COLORS`: 0 the background (black); 1..K a label's colour at
@@ -489,12 +468,17 @@ def render_preview(
         )
         over_black: NDArray[np.uint8] = pal[idx]
         return over_black
-    flat = labels.reshape(-1)
-    rgb = _blend(labels, grey, alpha)
-    if outlines:
+    # the labels' colours over the grey levels: each pixel's colour found once, pixels
+    # addressed by flat index (~2x faster than boolean masks of the 2D arrays, on 1024²)
+    colour = color_index(labels).reshape(-1)
+    g = np.asarray(grey, np.float32).reshape(-1)
+    rgb = np.repeat(g[:, None], 3, axis=1)
+    fg = np.flatnonzero(colour)
+    if fg.size:
+        rgb[fg] = (1 - alpha) * g[fg, None] + alpha * _LABEL_RGB[colour[fg]].astype(np.float32)
+    if outlines:  # opaque
         edge = np.flatnonzero(_outlines(labels))
-        if edge.size:
-            rgb[edge] = label_colors(flat[edge])
+        rgb[edge] = _LABEL_RGB[colour[edge]]
     on_grid = np.flatnonzero(_grid_mask(labels.shape, tile_edges))
     rgb[on_grid] = (1 - grid_alpha) * rgb[on_grid] + grid_alpha * 255.0
     drawn: NDArray[np.uint8] = np.rint(rgb, out=rgb).astype(np.uint8)

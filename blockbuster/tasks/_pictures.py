@@ -51,13 +51,11 @@ from blockbuster.core import (
     TileGrid,
     TileRecords,
     grey_levels,
-    render_preview,
-    render_preview_indexed,
     render_tile_map,
     slow_tiles,
 )
 from blockbuster.io import data_url, encode_png, full_slices, is_url
-from blockbuster.worker import region_samples, sample_regions
+from blockbuster.worker import preview_png, region_samples, sample_regions
 
 from ._job import Job
 
@@ -387,16 +385,12 @@ def _final(job: Job, canvas: PreviewCanvas, early: Future, dtype: str) -> dict[s
     lab = canvas.labels
     if lab is None:  # no tile has labels
         lab = np.zeros(canvas.shape, np.dtype(dtype))
-    if first["grey"] is None:
-        # no image under the labels (a merge's preview): colour indices, painted batch
-        # by batch as the relabel stage sent them, stored exactly as a palette PNG
-        canvas.paint_pending()  # what no batch painted yet
-        painted = canvas.painted if canvas.labels is not None else None
-        idx, palette = render_preview_indexed(lab, tile_edges=tile_edges, painted=painted)
-        png, shape2 = encode_png(idx, palette=palette), idx.shape
-    else:
-        preview = render_preview(None, lab, tile_edges=tile_edges, grey=first["grey"])
-        png, shape2 = encode_png(preview), preview.shape[:2]
+    # a merge's preview (no image under the labels) was painted batch by batch as the
+    # relabel stage sent them: what no batch painted yet, then outlines and grid
+    canvas.paint_pending()
+    png, shape2 = preview_png(
+        lab, grey=first["grey"], tile_edges=tile_edges, painted=canvas.painted
+    )
     rendered = {
         "preview": png,
         "preview_shape": shape2,

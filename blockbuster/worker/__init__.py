@@ -10,7 +10,13 @@ from ._memory import (
     Scratch,
     keep_freed_memory,
 )
-from ._pictures import region_samples, render_pictures, sample_regions, sample_tile
+from ._pictures import (
+    preview_png,
+    region_samples,
+    render_pictures,
+    sample_regions,
+    sample_tile,
+)
 from ._tile_ops import (
     PREVIEW_FIELD,
     call_fn,
@@ -35,6 +41,7 @@ __all__ = [
     "keep_freed_memory",
     "relabel_tiles",
     "region_samples",
+    "preview_png",
     "render_pictures",
     "run_locally",
     "sample_regions",

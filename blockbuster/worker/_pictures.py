@@ -21,7 +21,7 @@ import numpy as np
 from blockbuster.core import sample_starts
 from blockbuster.io import full_slices, open_zarr_array_cached, read_region
 
-__all__ = ["render_pictures", "sample_regions", "region_samples", "sample_tile"]
+__all__ = ["preview_png", "render_pictures", "sample_regions", "region_samples", "sample_tile"]
 
 
 def region_samples(
@@ -129,6 +129,36 @@ def sample_regions(
     return got
 
 
+def preview_png(
+    labels: np.ndarray,
+    *,
+    image: np.ndarray | None = None,
+    grey: np.ndarray | None = None,
+    tile_edges: Sequence[Sequence[int]] = ((), ()),
+    painted: np.ndarray | None = None,
+) -> tuple[bytes, tuple[int, int]]:
+    """The preview (:mod:`blockbuster.core`) as PNG bytes, and its (rows, columns): the
+    labels over the image (``image``, or its ``grey`` levels computed ahead) in RGB, or,
+    with neither, over black as colour indices into a palette (exact, nothing to
+    quantize; ``painted``: those indices computed ahead, drawn into).
+
+    Examples
+    --------
+    >>> lab = np.zeros((8, 8), np.uint32); lab[2:5, 2:5] = 3
+    >>> png, shape = preview_png(lab)
+    >>> png[:4], shape
+    (b'\\x89PNG', (8, 8))
+    """
+    from blockbuster.core import render_preview, render_preview_indexed
+    from blockbuster.io import encode_png
+
+    if image is None and grey is None:
+        idx, palette = render_preview_indexed(labels, tile_edges=tile_edges, painted=painted)
+        return encode_png(idx, palette=palette), (idx.shape[0], idx.shape[1])
+    rgb = render_preview(image, labels, tile_edges=tile_edges, grey=grey)
+    return encode_png(rgb), (rgb.shape[0], rgb.shape[1])
+
+
 def render_pictures(
     labels: np.ndarray | None,
     image: np.ndarray | None,
@@ -149,20 +179,16 @@ def render_pictures(
     >>> got["preview"][:4], got["preview_shape"]
     (b'\\x89PNG', (8, 8))
     """
-    from blockbuster.core import render_preview, render_preview_indexed, render_tile_map
+    from blockbuster.core import render_tile_map
     from blockbuster.io import encode_png
 
     if labels is None:
         labels = np.zeros(tuple(preview_shape), np.uint8)
-    if image is None:  # the labels over black: a palette PNG, exact
-        idx, palette = render_preview_indexed(labels, tile_edges=tile_edges)
-        png = encode_png(idx, palette=palette)
-    else:
-        png = encode_png(render_preview(image, labels, tile_edges=tile_edges))
+    png, shape = preview_png(labels, image=image, tile_edges=tile_edges)
     tmap = render_tile_map(**tile_map)
     return {
         "preview": png,
         "tile_map": encode_png(tmap),
-        "preview_shape": tuple(np.shape(labels)[:2]),
+        "preview_shape": shape,
         "tile_map_shape": tmap.shape[:2],
     }
