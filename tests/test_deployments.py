@@ -1,11 +1,11 @@
 """Deployments: parameter models and validation, prefect.yaml, and end to end against a
 real Prefect server.
 
-The end-to-end tests start ``prefect server start`` on 127.0.0.1 (a free port, its own
-PREFECT_HOME) and ``blockbuster serve`` in background processes, drive them through the
-REST API and ``prefect event emit``, and check the labels on disk. Both processes are
-started in their own process groups and stopped (with everything they started) at the
-end, also when a test fails.
+The end-to-end tests start ``blockbuster serve`` in a background process that serves to
+the session's Prefect server (a real server process on 127.0.0.1, conftest.py's harness)
+and runs on the session's Dask cluster, drive it through the REST API and ``prefect event
+emit``, and check the labels on disk. It is started in its own process group and stopped
+(with everything it started) at the end, also when a test fails.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 from _trees import bytes_lost, log_refusal, tree_state
-from conftest import same_partition, seed_prefect_home
+from conftest import same_partition
 
 from blockbuster.deploy import (
     Settings,
@@ -258,12 +257,6 @@ def test_prefect_yaml_is_valid_for_the_flows():
 # ---------------------------------------------------------------------------------------
 # end to end: a real Prefect server, `blockbuster serve`, the REST API, events
 # ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group."""
     out = []
@@ -329,7 +322,6 @@ class Stack:
     data: Path
     watch: Path
     serve_log: Path
-    server_log: Path
     client: object
 
     def request(self, method: str, url: str, **kw):
@@ -388,8 +380,13 @@ class Stack:
         return fr
 
     def flow_runs(self, flow_name: str) -> list[dict]:
-        r = self.post(
-            "/flow_runs/filter", json={"flows": {"name": {"any_": [flow_name]}}, "limit": 200}
+        r = self.post(  # newest first: the session's server also holds other files' runs
+            "/flow_runs/filter",
+            json={
+                "flows": {"name": {"any_": [flow_name]}},
+                "sort": "EXPECTED_START_TIME_DESC",
+                "limit": 200,
+            },
         )
         r.raise_for_status()
         return r.json()
@@ -413,22 +410,14 @@ def _blockbuster_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "blockbuster.cli"]
 
 
-_CLUSTER = """
-import sys, time, logging
-from distributed import LocalCluster
-cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                       scheduler_port=int(sys.argv[1]), dashboard_address=":0",
-                       silence_logs=logging.ERROR)
-print("cluster up", cluster.scheduler_address, flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, prefect_harness):
-    """A Prefect server, a Dask cluster and `blockbuster serve`, in their own process
-    groups, stopped (with all they started) at the end of the module."""
+def stack(tmp_path_factory, prefect_api_url, cluster_client):
+    """`blockbuster serve` in its own process group, stopped (with all it started: the
+    flow-run processes) at the end of the module. It serves to the session's Prefect
+    server (the harness's: a real server process on 127.0.0.1 with the services an
+    ephemeral server runs, the event triggers and their actions among them) and its runs
+    compute on the session's Dask cluster: a server and a cluster of this module's own
+    cost ~20 CPU s more and test nothing more (docs/testing.md, round 12)."""
     import httpx
 
     base = tmp_path_factory.mktemp("e2e")
@@ -436,22 +425,14 @@ def stack(tmp_path_factory, prefect_harness):
     watch = data / "incoming"
     for d in (home, watch):
         d.mkdir(parents=True)
-    seed_prefect_home(home)  # the server finds its database migrated (saves ~20 s)
-    port, dask_port = _free_port(), _free_port()
-    api = f"http://127.0.0.1:{port}/api"
+    api = prefect_api_url
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BLOCKBUSTER_"))}
     env.update(
         {
             "PREFECT_HOME": str(home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "false",
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PYTHONUNBUFFERED": "1",
-        }
-    )
-    server_env = dict(env)
-    env.update(
-        {
             "PREFECT_API_URL": api,
             "BLOCKBUSTER_DATA_ROOTS": str(data),
             "BLOCKBUSTER_WATCH_FOLDER": str(watch),
@@ -462,40 +443,14 @@ def stack(tmp_path_factory, prefect_harness):
             "BLOCKBUSTER_SEGMENTER_OPTIONS": json.dumps({"threshold": THRESHOLD}),
             "BLOCKBUSTER_SERVE_LIMIT": "6",
             # runs use one warm cluster (as on a facility cluster) instead of starting one each
-            "BLOCKBUSTER_DASK_ADDRESS": f"tcp://127.0.0.1:{dask_port}",
+            "BLOCKBUSTER_DASK_ADDRESS": cluster_client.scheduler.address,
         }
     )
-    server_log, serve_log, dask_log = base / "server.log", base / "serve.log", base / "dask.log"
+    serve_log = base / "serve.log"
     procs: list[subprocess.Popen] = []
     client = httpx.Client(base_url=api, timeout=30)
     try:
-        server = _start(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            server_env,
-            server_log,
-        )
-        procs.append(server)
-        procs.append(_start([sys.executable, "-c", _CLUSTER, str(dask_port)], env, dask_log))
-        deadline = time.time() + 300
-        while True:
-            assert server.poll() is None, "prefect server exited:\n" + _tail(server_log)
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "prefect server not up:\n" + _tail(server_log)
-            time.sleep(0.5)
+        assert client.get("/health").status_code == 200
         serve = _start(_blockbuster_cmd() + ["serve"], env, serve_log)
         procs.append(serve)
         deadline = time.time() + 180
@@ -509,7 +464,7 @@ def stack(tmp_path_factory, prefect_harness):
                 break
             assert time.time() < deadline, "deployments not served:\n" + _tail(serve_log)
             time.sleep(0.5)
-        yield Stack(api, env, base, data, watch, serve_log, server_log, client)
+        yield Stack(api, env, base, data, watch, serve_log, client)
     finally:
         client.close()
         for p in reversed(procs):
