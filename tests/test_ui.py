@@ -66,6 +66,23 @@ def _cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedPro
     )
 
 
+def _cli_here(capsys, home: Path, *args: str) -> subprocess.CompletedProcess:
+    """``blockbuster ARGS`` through ``cli.main`` in this process, with ``PREFECT_HOME``
+    ``home``: for `info` and `down`, which read the state file `up` left in that home
+    (the same code path without a Python start and its imports, ~3.5 CPU s each)."""
+    import warnings
+
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    from blockbuster.cli import main
+
+    capsys.readouterr()
+    with warnings.catch_warnings(), temporary_settings({PREFECT_HOME: str(home)}):
+        code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,7 +95,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, prefect_harness):
+def test_local_ui_shows_the_pictures_and_the_deployment_form(
+    tmp_path: Path, prefect_harness, capsys, monkeypatch
+):
     import httpx
 
     home, data = tmp_path / "prefect-home", tmp_path / "data"
@@ -96,6 +115,9 @@ def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, pre
             ),
         }
     )
+    for k in [k for k in os.environ if k.startswith("BLOCKBUSTER_")]:
+        monkeypatch.delenv(k)  # for `info` and `down` in this process
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     port = _free_port()
     up = _cli("up", "--port", str(port), env=env)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -103,7 +125,7 @@ def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, pre
     serve = None
     try:
         assert f"http://127.0.0.1:{port}" in up.stdout
-        info = _cli("info", env=env, timeout=120)
+        info = _cli_here(capsys, home, "info")
         assert f"up at http://127.0.0.1:{port}" in info.stdout, info.stdout + info.stderr
         api = f"http://127.0.0.1:{port}/api"
         client = httpx.Client(base_url=api, timeout=30)
@@ -226,10 +248,12 @@ def test_local_ui_shows_the_pictures_and_the_deployment_form(tmp_path: Path, pre
         if serve is not None:
             os.killpg(serve.pid, 15)
             serve.wait(timeout=60)
-        down = _cli("down", env=env, timeout=120)
-        if _alive(state["pid"]):  # pragma: no cover - down failed: do not leave it running
-            os.killpg(state["pid"], 9)
+        try:
+            down = _cli_here(capsys, home, "down")
+        finally:
+            if _alive(state["pid"]):  # pragma: no cover - down failed: do not leave it running
+                os.killpg(state["pid"], 9)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert not _alive(state["pid"])
-    info = _cli("info", env=env, timeout=120)
+    info = _cli_here(capsys, home, "info")
     assert "not running" in info.stdout, info.stdout
