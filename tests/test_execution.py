@@ -35,3 +35,37 @@ def test_small_tiles_share_batches():
     assert len(split_batches(tiles, 2)) == 128
     # large tiles keep the tile cap
     assert len(split_batches(tiles, 2, tile_voxels=1024 * 1024)) == 128
+
+
+def _mark_batch(folder: str, i: int) -> int:
+    """A batch that leaves a file named after itself (seen from the driver)."""
+    import os
+
+    open(os.path.join(folder, str(i)), "w").close()
+    return i
+
+
+def test_batches_beyond_the_window_start_before_anyone_gathers(client, tmp_path):
+    """A stage's batches are started ahead of its Prefect task run, which gathers them
+    only once the flow run has begun: every batch must start as one before it ends, not
+    when ``gather`` is called (a warm 16-tile call left both workers idle ~70 ms waiting
+    for the flow run to reach the segment stage's task run)."""
+    import os
+    import time
+
+    from blockbuster.cluster import StageWork
+
+    folder = str(tmp_path)
+    work = StageWork.submit(
+        client,
+        _mark_batch,
+        [[i] for i in range(6)],
+        lambda b: lambda: (folder, b[0]),
+        name="ahead",
+        window=1,
+    )
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(os.listdir(folder), key=int) == [str(i) for i in range(6)]
+    assert work.gather() == list(range(6))  # in order
