@@ -106,9 +106,10 @@ def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
 
 def test_the_temporary_server_is_started_without_services_for_nobody(monkeypatch):
     """Prefect's temporary server (no UI, gone at exit) is started without the event
-    persister and the triggers: their writes to its SQLite database met a new flow
-    run's, which was answered 503 and retried 2 s later. Its process takes its settings
-    from the current ones; a user's own setting is kept."""
+    persister and the triggers (their writes to its SQLite database met a new flow
+    run's, which was answered 503 and retried 2 s later) and without the task run
+    recorder (a third of its CPU in a warm call). Its process takes its settings from
+    the current ones; a user's own setting is kept."""
     from prefect.settings import get_current_settings
 
     from blockbuster.tasks._prefect_compat import _IDLE_SERVICES, _temporary_server_settings
@@ -120,6 +121,7 @@ def test_the_temporary_server_is_started_without_services_for_nobody(monkeypatch
         env = get_current_settings().to_environment_variables(exclude_unset=True)
     assert env["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED"] == "False"
     assert env["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "False"
+    assert env["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED"] == "False"
     monkeypatch.setenv("PREFECT_API_SERVICES_TRIGGERS_ENABLED", "true")  # the user's
     with _temporary_server_settings():
         env = get_current_settings().to_environment_variables(exclude_unset=True)

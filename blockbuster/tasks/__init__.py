@@ -3,7 +3,7 @@ and :mod:`blockbuster.cluster`; the run's reporter thread and artifacts. A task 
 stage and returns: what starts when is decided by the flows.
 """
 
-from ._background import Reporter, wait_for_closed
+from ._background import Reporter, reports_are_seen, wait_for_closed
 from ._common import local_result_storage
 from ._empty import empty_stage, start_empty, wants_empty_stage
 from ._finalize import finalize_stage, finish_output
@@ -73,6 +73,7 @@ __all__ = [
     "plan_stage",
     "prefect_client_context",
     "publish_tiles_table",
+    "reports_are_seen",
     "relabel_stage",
     "scan_stage",
     "segment_stage",

@@ -45,6 +45,7 @@ class Job(BaseModel):
     _details: dict = PrivateAttr(default_factory=dict)
     _started: dict = PrivateAttr(default_factory=dict)
     _reporter: Any = PrivateAttr(default=None)
+    _reports_seen: bool = PrivateAttr(default=True)
     _progress_artifact: Any = PrivateAttr(default=None)
     _finished: Any = PrivateAttr(default=None)
     _preview: Any = PrivateAttr(default=False)
@@ -79,6 +80,11 @@ class Job(BaseModel):
         job._plan, job._source, job._fn = plan, source, fn
         job._cluster, job._output, job._progress = cluster, output, progress
         job._resources = resources
+        # asked here, in the calling thread, inside the settings that point at
+        # `blockbuster up`'s server when it runs (the flow's threads may not see them)
+        from ._background import reports_are_seen
+
+        job._reports_seen = reports_are_seen()
         return job
 
     def finished_records(self) -> TileRecords:
@@ -126,11 +132,13 @@ class Job(BaseModel):
 
     @property
     def reporter(self):
-        """The run's background thread for reporting calls (:mod:`.background`)."""
+        """The run's background thread for reporting calls (:mod:`.background`); it
+        publishes nothing when nobody can see the run's reports (Prefect's temporary
+        server: :func:`~._background.reports_are_seen`)."""
         if self._reporter is None:
             from ._background import Reporter
 
-            self._reporter = Reporter()
+            self._reporter = Reporter(publish=self._reports_seen)
         return self._reporter
 
     @property

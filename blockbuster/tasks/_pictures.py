@@ -132,9 +132,9 @@ def pictures_are_seen(temporary_output: bool) -> bool:
     """
     if not temporary_output:
         return True
-    from prefect.settings import get_current_settings
+    from ._background import reports_are_seen
 
-    return bool(get_current_settings().api.url)
+    return reports_are_seen()
 
 
 def preview_canvas(job: Job) -> PreviewCanvas | None:

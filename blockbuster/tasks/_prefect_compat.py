@@ -131,11 +131,16 @@ def ensure_api() -> str | None:
 
 
 #: Services of Prefect's server that a temporary server (no UI, gone at exit) runs for
-#: nobody: the event persister (the UI's event feed) and the triggers (automations,
-#: which it has none of). Both write to its SQLite database beside the run's own
-#: writes; a flow run created while they write was answered 503 and retried 2 s later
-#: (the second of two back-to-back default calls stalled in 2 of 6 processes with one
-#: core busy elsewhere; 0 of 8 with them off). A user's own setting is kept.
+#: nobody: the event persister (the UI's event feed), the triggers (automations, which
+#: it has none of) and the task run recorder (the task runs the UI lists). The first
+#: two write to its SQLite database beside the run's own writes; a flow run created
+#: while they write was answered 503 and retried 2 s later (the second of two
+#: back-to-back default calls stalled in 2 of 6 processes with one core busy elsewhere;
+#: 0 of 8 with them off). The recorder turned each task run's events into rows: a third
+#: of the server's CPU in a warm 16-tile call (0.26-0.40 -> 0.13-0.19 CPU s per call
+#: without it), on the cores the run's workers share. Nothing a run does reads them
+#: back (task caching reads result records, not the database). A user's own setting
+#: is kept.
 _IDLE_SERVICES = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": (
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED",
@@ -144,6 +149,10 @@ _IDLE_SERVICES = {
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": (
         "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED",
         "PREFECT_API_SERVICES_TRIGGERS_ENABLED",
+    ),
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": (
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED",
+        "PREFECT_API_SERVICES_TASK_RUN_RECORDER_ENABLED",
     ),
 }
 
