@@ -29,10 +29,13 @@ def fan_out(
     info: dict[str, Any] | None = None,
     started: float | None = None,
     max_batch: int | None = None,
+    min_batches_per_thread: int | None = None,
 ):
     """Submit ``fn`` over ``tiles`` in batches sized for the job's cluster, at most two
     batches a worker thread (plus two) in flight: a :class:`~blockbuster.cluster.StageWork`.
-    ``args_for(batch)`` returns the function that builds a batch's arguments."""
+    ``args_for(batch)`` returns the function that builds a batch's arguments;
+    ``max_batch`` and ``min_batches_per_thread`` go to
+    :func:`~blockbuster.cluster.split_batches`."""
     from blockbuster.cluster import StageWork, client_threads, split_batches
 
     client = job.client()
@@ -40,6 +43,8 @@ def fan_out(
     kw: dict[str, Any] = {"tile_voxels": job.plan.grid.tile_voxels}
     if max_batch is not None:
         kw["max_batch"] = max_batch
+    if min_batches_per_thread is not None:
+        kw["min_batches_per_thread"] = min_batches_per_thread
     batches = split_batches(tiles, nthreads, **kw)
     return StageWork.submit(
         client,

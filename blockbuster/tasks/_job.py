@@ -50,6 +50,7 @@ class Job(BaseModel):
     _finished: Any = PrivateAttr(default=None)
     _preview: Any = PrivateAttr(default=False)
     _pictures_work: Any = PrivateAttr(default=None)
+    _prepared_labels: Any = PrivateAttr(default=None)
 
     @classmethod
     def create(
@@ -142,6 +143,16 @@ class Job(BaseModel):
         return self._reporter
 
     @property
+    def prepared_labels(self):
+        """The array of labels relabelled into memory, being made ahead (a
+        ``concurrent.futures.Future``; ``tasks/_relabel.py``), or None."""
+        return self._prepared_labels
+
+    @prepared_labels.setter
+    def prepared_labels(self, value) -> None:
+        self._prepared_labels = value
+
+    @property
     def progress_artifact(self):
         """The run's :class:`~.progress.ProgressArtifact`, or ``None`` before the flow
         created it."""
@@ -219,6 +230,7 @@ class Job(BaseModel):
         self._finished = None
         self._preview = None
         self._pictures_work = None
+        self._prepared_labels = None
 
     def cancel_started(self) -> None:
         """Cancel work started ahead that no stage adopted (the flow failed first)."""

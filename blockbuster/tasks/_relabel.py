@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 from prefect import get_run_logger
@@ -10,14 +12,14 @@ from prefect import get_run_logger
 from blockbuster.cluster import StageWork, split_batches
 from blockbuster.core import MergeTable, TileRecords
 from blockbuster.io import is_url
-from blockbuster.worker import relabel_into, relabel_tiles, table_luts
+from blockbuster.worker import relabel_into, relabel_tiles, table_luts, touched_zeros
 
 from ._common import fan_out, stage_task, tiles_word
 from ._job import Job
 from ._pictures import preview_canvas
 from ._progress import StageProgress
 
-__all__ = ["relabel_stage", "start_relabel", "relabels_in_memory"]
+__all__ = ["relabel_stage", "start_relabel", "relabels_in_memory", "prepare_in_memory"]
 
 
 def relabels_in_memory(job: Job) -> bool:
@@ -33,6 +35,43 @@ def relabels_in_memory(job: Job) -> bool:
         and not is_url(plan.staging_root)
         and not (plan.read_back and is_url(getattr(job.source.reader, "path", "") or ""))
     )
+
+
+#: The dtype of the array :func:`prepare_in_memory` makes ahead: what the merge table
+#: of all but runs of more than 2**32 - 1 labels gives (a table needing another makes
+#: its own array).
+PREPARED_DTYPE = np.dtype(np.uint32)
+
+
+def prepare_in_memory(job: Job) -> None:
+    """For labels relabelled into memory (:func:`relabels_in_memory`): make the array
+    they go into now, its pages mapped, in a thread, while the tiles are segmented. The
+    relabel stage then writes into mapped memory (a fresh 4096² uint32 array spent
+    ~40 ms of page faults in it, a third of a warm 16-tile call's relabel)."""
+    if not relabels_in_memory(job):
+        return
+    shape = tuple(job.plan.grid.shape)
+    fut: Future = Future()
+
+    def make() -> None:
+        try:
+            fut.set_result(touched_zeros(shape, PREPARED_DTYPE))
+        except BaseException as exc:  # pragma: no cover - out of memory: made later
+            fut.set_exception(exc)
+
+    threading.Thread(target=make, name="blockbuster-prepare-labels", daemon=True).start()
+    job.prepared_labels = fut
+
+
+def _labels_array(job: Job, dtype: np.dtype) -> np.ndarray:
+    """The array the labels go into: the one made ahead when it has ``dtype``."""
+    fut, job.prepared_labels = job.prepared_labels, None
+    if fut is not None and np.dtype(dtype) == PREPARED_DTYPE:
+        try:
+            return fut.result()
+        except Exception:  # pragma: no cover - made here instead
+            pass
+    return np.zeros(job.plan.grid.shape, dtype)
 
 
 def start_relabel(job: Job, table: MergeTable) -> StageWork:
@@ -92,7 +131,7 @@ def _start_in_memory(job: Job, table: MergeTable, t0: float) -> StageWork:
 
     plan = job.plan
     dtype = table.dtype
-    result = np.zeros(plan.grid.shape, dtype)
+    result = _labels_array(job, dtype)
     job.out.labels = result
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
     reader = job.source.reader if plan.read_back else None

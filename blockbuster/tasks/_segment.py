@@ -24,6 +24,7 @@ from ._empty import start_empty, wants_empty_stage
 from ._job import Job
 from ._pictures import preview_canvas
 from ._progress import StageProgress
+from ._relabel import prepare_in_memory
 
 __all__ = ["segment_stage", "start_segment", "start_first", "unfinished_tiles"]
 
@@ -40,6 +41,7 @@ def start_first(job: Job) -> None:
         job.start_ahead("estimate-empty", start_empty(job, unfinished_tiles(job)))
     else:
         job.start_ahead("segment", start_segment(job))
+    prepare_in_memory(job)  # the returned array, while the tiles are segmented
 
 
 def start_segment(job: Job, empty: np.ndarray | None = None) -> StageWork:

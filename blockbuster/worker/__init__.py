@@ -9,6 +9,7 @@ from ._in_process import run_locally
 from ._memory import (
     Scratch,
     keep_freed_memory,
+    touched_zeros,
 )
 from ._pictures import (
     preview_png,
@@ -38,6 +39,7 @@ __all__ = [
     "relabel_into",
     "empty_tiles",
     "Scratch",
+    "touched_zeros",
     "keep_freed_memory",
     "relabel_tiles",
     "region_samples",
