@@ -393,12 +393,12 @@ def _run_locked(
     from blockbuster.io import Staging
     from blockbuster.tasks import (
         Job,
+        ephemeral_run_settings,
         local_result_storage,
         prefect_client_context,
         start_first,
         wait_for_closed,
         warm_up,
-        without_heartbeats,
     )
 
     done = out.completed_run()
@@ -461,7 +461,7 @@ def _run_locked(
         # run in the flow's thread and fan tiles out through the client themselves
         # (docs/orchestration.md).
         runner = DaskTaskRunner(address=client.scheduler.address)
-        with without_heartbeats(), prefect_client_context():
+        with ephemeral_run_settings(), prefect_client_context():
             summary = flow.with_options(
                 task_runner=runner, persist_result=False, result_storage=local_result_storage()
             )(job, keep_staging=keep_staging)

@@ -28,9 +28,9 @@ from ._pictures import (
 from ._plan import plan_stage
 from ._prefect_compat import (
     ensure_api,
+    ephemeral_run_settings,
     prefect_client_context,
     warm_up,
-    without_heartbeats,
 )
 from ._progress import PROGRESS_KEY, ProgressArtifact
 from ._relabel import relabel_stage, start_relabel
@@ -89,6 +89,6 @@ __all__ = [
     "wait_for_closed",
     "wants_empty_stage",
     "warm_up",
-    "without_heartbeats",
+    "ephemeral_run_settings",
     "tiles_csv",
 ]
