@@ -106,7 +106,7 @@ def test_next_run_waits_for_the_last_reports_of_a_closed_reporter():
 
 def test_a_run_on_the_temporary_server_sends_it_no_logs_and_no_heartbeats(monkeypatch):
     """Against Prefect's temporary server (no API URL), a run's logs go to the console
-    only and it sends no heartbeats; against a configured server both stay as they
+    only, it sends no heartbeats and asks for no CSRF token; against a configured server both stay as they
     are, and so does a user's own PREFECT_LOGGING_TO_API_ENABLED."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
@@ -118,6 +118,7 @@ def test_a_run_on_the_temporary_server_sends_it_no_logs_and_no_heartbeats(monkey
         with ephemeral_run_settings():
             assert not get_current_settings().logging.to_api.enabled
             assert get_current_settings().flows.heartbeat_frequency is None
+            assert not get_current_settings().client.csrf_support_enabled
         assert get_current_settings().logging.to_api.enabled  # outside, as it was
         monkeypatch.setenv("PREFECT_LOGGING_TO_API_ENABLED", "true")  # the user's
         with ephemeral_run_settings():
@@ -126,6 +127,7 @@ def test_a_run_on_the_temporary_server_sends_it_no_logs_and_no_heartbeats(monkey
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
         with ephemeral_run_settings():
             assert get_current_settings().logging.to_api.enabled
+            assert get_current_settings().client.csrf_support_enabled
 
 
 def test_the_temporary_server_is_started_without_services_for_nobody(monkeypatch):

@@ -210,7 +210,8 @@ _WARM: set = set()
 @contextlib.contextmanager
 def ephemeral_run_settings():
     """A run against Prefect's temporary server (no API URL configured): no flow-run
-    heartbeats, and its logs are not sent to the server.
+    heartbeats, its logs are not sent to the server, and its client asks the server
+    for no CSRF token (a request per call, answered "CSRF protection is disabled").
 
     Heartbeats let a long-lived server notice crashed runs; a temporary server dies with
     this process, so they only cost time: the heartbeat thread is joined at the end of
@@ -242,6 +243,15 @@ def ephemeral_run_settings():
     to_api = getattr(prefect.settings, "PREFECT_LOGGING_TO_API_ENABLED", None)
     if to_api is not None and "PREFECT_LOGGING_TO_API_ENABLED" not in os.environ:
         updates[to_api] = False
+    # the temporary server protects nothing with CSRF tokens unless the user turned it
+    # on (it takes our settings): a new client would ask it for one, to be told so
+    csrf = getattr(prefect.settings, "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", None)
+    if (
+        csrf is not None
+        and not ctx.settings.server.api.csrf_protection_enabled
+        and "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED" not in os.environ
+    ):
+        updates[csrf] = False
     if not updates:
         yield
         return
