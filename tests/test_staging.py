@@ -42,6 +42,31 @@ def test_round_trip_and_partial_reads(tmp_path):
         st.read_tile(6)
 
 
+def test_tiles_staged_with_the_earlier_codec_resume(tmp_path, monkeypatch):
+    """Staged arrays were written with Blosc's byte shuffle until the codec dropped it:
+    a staging written then (a run interrupted before an upgrade) still reads back
+    exactly, beside tiles written now, so its tiles resume."""
+    from numcodecs import Blosc
+
+    from blockbuster.io._staging import _format
+
+    labels = (np.arange(64 * 64) // 7 % 300).astype(np.uint16).reshape(64, 64)
+    st = Staging(tmp_path / "s")
+    st.prepare({"run_key": "k"})
+    earlier = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
+    monkeypatch.setattr(_format, "_CODEC", earlier)
+    with st:
+        st.write_tile(0, {"n_labels": 300}, {"labels": labels})
+    monkeypatch.undo()
+    assert _format._CODEC.shuffle != earlier.shuffle  # the codec of today differs
+    with Staging(tmp_path / "s") as st2:
+        assert st2.prepare({"run_key": "k"}) is True
+        st2.write_tile(1, {"n_labels": 300}, {"labels": labels[::-1]})
+    reader = Staging(tmp_path / "s")
+    np.testing.assert_array_equal(reader.read_tile(0)[1]["labels"], labels)
+    np.testing.assert_array_equal(reader.read_tile(1)[1]["labels"], labels[::-1])
+
+
 def test_writers_pack_their_tiles_and_readers_see_new_ones(tmp_path):
     st = Staging(tmp_path / "s")
     st.prepare({"run_key": "k"})

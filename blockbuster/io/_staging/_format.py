@@ -18,7 +18,13 @@ from numcodecs import Blosc
 __all__ = ["FORMAT", "PACK_SUFFIX"]
 
 FORMAT = 2
-_CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
+#: Staged labels compress best without the byte shuffle: a 1024² tile of nuclei (uint16)
+#: encodes in 1.09 ms instead of 2.04-2.22, decodes in 0.63-0.72 instead of 1.02-1.06,
+#: into 0.19 MB instead of 0.29 (uint32 with large ids: 1.33 / 1.01 ms, 0.30 MB against
+#: 3.09 / 1.72 ms, 0.48 MB); a smooth 3D field of large objects grows by 15-24 % and
+#: still decodes faster. Blosc's header says how a blob was made, so a staging written
+#: with the shuffle reads as before (the format is unchanged).
+_CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.NOSHUFFLE)
 PACK_SUFFIX = ".pack"
 
 
