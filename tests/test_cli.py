@@ -103,9 +103,10 @@ def test_help(main):
     for c in COMMANDS:
         assert c in p.stdout
     assert "Exit codes" in p.stdout
-    p = cli("run", "--help")
-    assert p.returncode == 0 and p.stdout.startswith("usage: blockbuster run")
-    assert "--segmenter" in p.stdout and "--write-to" in p.stdout
+    # the same through cli.main in this process (no second Python start)
+    code, out, err = main("run", "--help")
+    assert code == 0 and out.startswith("usage: blockbuster run") and err == ""
+    assert "--segmenter" in out and "--write-to" in out
     for c in COMMANDS:
         code, out, _ = main(c, "--help")
         assert code == 0 and out.startswith(f"usage: blockbuster {c}"), (c, out)
@@ -115,8 +116,14 @@ def test_help(main):
 
 def test_bad_path_is_one_line_and_exit_code_2(tmp_path, main):
     missing = str(tmp_path / "no-such-image.zarr")
-    p = cli("run", missing, "--segmenter", "threshold", "--write-to", str(tmp_path / "o.zarr"))
-    assert_one_line_error(p, 2, "no-such-image.zarr", "does not exist")
+    # through cli.main in this process: a real process's one-line refusal of `run` is
+    # test_cli_refuses_and_keeps_every_byte's first case
+    assert_one_line(
+        main("run", missing, "--segmenter", "threshold", "--write-to", str(tmp_path / "o.zarr")),
+        2,
+        "no-such-image.zarr",
+        "does not exist",
+    )
     assert not (tmp_path / "o.zarr").exists()
     assert_one_line(main("info", missing), 2, "does not exist")
     assert_one_line(main("estimate-empty", missing, "-t", "8,8"), 2, "does not exist")
