@@ -15,6 +15,7 @@ import math
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,8 +102,11 @@ class BatchRun:
     late); the next batch is submitted as each one finishes (from Dask's callback
     thread), whether or not :meth:`gather` is waiting yet: a stage's batches started
     ahead of its Prefect task run keep the workers busy while the flow run starts (a
-    warm 16-tile call left both workers idle ~70 ms waiting for it). :meth:`gather`
-    returns the results in order. Every stage uses this split to start its batches before its Prefect task run
+    warm 16-tile call left both workers idle ~70 ms waiting for it). A batch counts as
+    running until either thread sees it done: :meth:`gather` submits the next itself
+    when the callback thread comes late, and submits again a batch whose inputs the
+    callback thread could not make (it stays pending; a second failure is raised).
+    :meth:`gather` returns the results in order. Every stage uses this split to start its batches before its Prefect task run
     (the segment stage even before Prefect's temporary server is up), then gathers them
     inside the task (docs/orchestration.md).
     """
@@ -128,9 +132,11 @@ class BatchRun:
         self.resources = resources
         self.results: list[Any] = [None] * len(self.args_of)
         self._tag = f"{name}-{uuid.uuid4().hex[:8]}"
-        self._pending = iter(range(len(self.args_of)))
-        self._inflight: dict[str, tuple[int, Any]] = {}
-        self._running = 0  # submitted and not finished
+        self._pending = deque(range(len(self.args_of)))  # not submitted yet
+        self._inflight: dict[str, tuple[int, Any]] = {}  # submitted, not gathered
+        # submitted and not seen finished: by Dask's callback thread or by gather,
+        # whichever sees it first (the callback thread may come late)
+        self._live: set[str] = set()
         self._lock = threading.RLock()  # the gathering thread and Dask's callback thread
         self._ac = as_completed(loop=client.loop)
         try:
@@ -143,18 +149,22 @@ class BatchRun:
         return len(self.args_of)
 
     def _submit_next(self) -> bool:
-        i = next(self._pending, None)
-        if i is None:
+        if not self._pending:
             return False
-        fut = self.client.submit(
-            self.func,
-            *self.args_of[i](),
-            key=f"{self._tag}-{i}",
-            pure=False,
-            resources=self.resources,
-        )
+        i = self._pending.popleft()
+        try:
+            fut = self.client.submit(
+                self.func,
+                *self.args_of[i](),
+                key=f"{self._tag}-{i}",
+                pure=False,
+                resources=self.resources,
+            )
+        except BaseException:
+            self._pending.appendleft(i)  # still to do: gather submits it again
+            raise
         self._inflight[fut.key] = (i, fut)
-        self._running += 1
+        self._live.add(fut.key)
         self._ac.add(fut)
         fut.add_done_callback(self._finished)
         return True
@@ -162,10 +172,10 @@ class BatchRun:
     def _finished(self, fut) -> None:
         """A batch ended (Dask's callback thread): the next one starts now."""
         with self._lock:
-            self._running -= 1
+            self._live.discard(fut.key)
             try:
                 self._top_up()
-            except Exception:  # pragma: no cover - gather() submits again and raises
+            except Exception:  # the batch stays pending: gather submits it again
                 log.debug("submitting the next batch failed", exc_info=True)
 
     def _top_up(self) -> None:
@@ -178,20 +188,29 @@ class BatchRun:
                     self.window = max(1, int(self._window_of()))
                 except Exception:  # pragma: no cover - scheduler busy or gone: keep the last
                     pass
-            while self._running < self.window and self._submit_next():
+            while len(self._live) < self.window and self._submit_next():
                 pass
 
     def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Wait for every batch (submitting the rest); ``on_done(i, result)`` as each ends."""
         try:
-            for fut in self._ac:
+            while True:
+                for fut in self._ac:
+                    with self._lock:
+                        i, _ = self._inflight.pop(fut.key)
+                        self._live.discard(fut.key)  # done, whether or not its callback ran
+                    self.results[i] = fut.result()
+                    fut.release()
+                    if on_done is not None:
+                        on_done(i, self.results[i])
+                    self._top_up()
                 with self._lock:
-                    i, _ = self._inflight.pop(fut.key)
-                self.results[i] = fut.result()
-                fut.release()
-                if on_done is not None:
-                    on_done(i, self.results[i])
-                self._top_up()
+                    if not self._pending and not self._inflight:
+                        break
+                    # batches the callback thread submitted after the loop saw none left,
+                    # or could not submit: gathered (or submitted, raising if that fails
+                    # again) here
+                    self._top_up()
         except BaseException:
             self.cancel()
             raise
@@ -200,7 +219,7 @@ class BatchRun:
     def cancel(self) -> None:
         """Cancel what is in flight and submit nothing more."""
         with self._lock:
-            self._pending = iter(())
+            self._pending.clear()
             futs = [f for _, f in self._inflight.values()]
             self._inflight.clear()
         if futs:
