@@ -179,6 +179,71 @@ def test_zarr_chunk_rewritten_in_place_changes_the_identity(tmp_path, layout, mo
     assert open_path(path).identity() == cheap
 
 
+def test_the_stamp_is_the_same_scanned_here_or_by_threads(tmp_path, monkeypatch):
+    """A tree is scanned in the calling thread while its entries are cheap (a local
+    disk) and by a pool of threads when they are slow (a network filesystem): both give
+    the same stamp, exclude the same folders and see the same change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blockbuster.io import _stamp
+
+    root = tmp_path / "img.zarr"
+    for i in range(6):
+        (root / "c" / str(i)).mkdir(parents=True)
+        for j in range(50):
+            (root / "c" / str(i) / str(j)).write_bytes(bytes([i, j]) * (j + 1))
+    (root / "zarr.json").write_text("{}")
+    (root / "labels").mkdir()
+    (root / "labels" / "zarr.json").write_text("{}")
+    pools = []
+
+    class CountedPool(ThreadPoolExecutor):
+        def __init__(self, *a, **k):
+            pools.append(self)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(_stamp, "ThreadPoolExecutor", CountedPool)
+
+    def both():
+        monkeypatch.setattr(_stamp, "SLOW_ENTRY_S", 1.0)  # nothing is slow: this thread
+        here = _stamp.tree_stamp(str(root), exclude=("labels",))
+        assert not pools
+        monkeypatch.setattr(_stamp, "SLOW_ENTRY_S", 0.0)  # everything is: the pool
+        monkeypatch.setattr(_stamp, "_PROBE_ENTRIES", 0)
+        threads = _stamp.tree_stamp(str(root), exclude=("labels",))
+        assert len(pools) == 1
+        pools.clear()
+        monkeypatch.setattr(_stamp, "_PROBE_ENTRIES", 256)
+        return here, threads
+
+    def oracle():  # the documented digest: xxh3-128 over the sorted lines, os.walk's files
+        import xxhash
+
+        rels = sorted(
+            os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/")
+            for d, _, names in os.walk(root)
+            for n in names
+        )
+        lines = []
+        for rel in rels:
+            if rel.startswith("labels/"):
+                continue
+            st = os.stat(root / rel)
+            lines.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n")
+        return xxhash.xxh3_128("".join(lines).encode()).hexdigest()
+
+    here, threads = both()
+    assert here == threads
+    assert here["digest"] == oracle()
+    assert here["files"] == 301 and here["bytes"] == 2 + 6 * sum(2 * (j + 1) for j in range(50))
+    (root / "labels" / "zarr.json").write_text('{"a": 1}')  # excluded: no change
+    assert both()[0] == here
+    os.remove(root / "c" / "3" / "7")
+    after = both()
+    assert after[0] == after[1] and after[0]["digest"] != here["digest"]
+    assert after[0]["digest"] == oracle()
+
+
 def test_tiff_rewritten_with_same_size_and_mtime_changes_the_identity(tmp_path):
     p = str(tmp_path / "a.tif")
     tifffile.imwrite(p, np.zeros((32, 32), np.uint8))

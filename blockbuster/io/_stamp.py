@@ -13,8 +13,10 @@ cannot set ``ctime``), so a pixel rewrite in place is seen without hashing pixel
   separately; ``labels/`` is not part of the image);
 - TIFF: the file itself (size, ``mtime``, ``ctime`` and inode).
 
-The files are listed and ``stat``-ed by a pool of threads (``stat`` releases the GIL, and
-on a network filesystem the round trips overlap). Cost measured by
+The files are listed and ``stat``-ed directory by directory (``os.scandir``) in the
+calling thread while that is cheap (a local disk), else by a pool of threads (``stat``
+releases the GIL, and on a network filesystem the round trips overlap): see
+:data:`SLOW_ENTRY_S`. Cost measured by
 ``bench/input_stamp.py`` (docs/benchmarks.md); a run pays it once, in the driver, when the
 input is opened.
 
@@ -44,13 +46,13 @@ True
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = ["tree_stamp", "file_stamp", "stamp_mode", "STAMP_ENV"]
 
 STAMP_ENV = "BLOCKBUSTER_INPUT_STAMP"
-_STAT_BATCH = 512
 
 
 def stamp_mode() -> str:
@@ -70,33 +72,69 @@ def _threads() -> int:
     return max(4, min(32, 4 * (os.cpu_count() or 1)))
 
 
-def _stat_entry(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:  # removed while we looked: the stamp differs from any later one
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+#: Below this many seconds per directory entry, listing and ``stat``-ing go on in the
+#: calling thread (a local disk: ~6 µs an entry; threads there only add contention for
+#: the GIL); above it (a network filesystem, where each ``stat`` is a round trip), the
+#: rest of the tree is scanned by a pool of threads.
+SLOW_ENTRY_S = 30e-6
+#: Entries scanned before the choice is made.
+_PROBE_ENTRIES = 256
+
+_Entry = tuple[str, int | None, int | None, int | None]  # (path, size, mtime, ctime)
 
 
-def _stat_batch(root: str, rels: list[str]) -> list[tuple[str, tuple[int, int, int] | None]]:
-    return [(rel, _stat_entry(os.path.join(root, rel))) for rel in rels]
-
-
-def _list_dir(root: str, rel: str) -> tuple[list[str], list[str]]:
-    files: list[str] = []
+def _scan_dir(root: str, rel: str, exclude: tuple[str, ...]) -> tuple[list[_Entry], list[str]]:
+    """The files of directory ``rel`` (relative to ``root``) with their ``stat``, and its
+    subdirectories; top-level names in ``exclude`` are left out."""
+    files: list[_Entry] = []
     dirs: list[str] = []
+    prefix = f"{rel}/" if rel else ""
     try:
         with os.scandir(os.path.join(root, rel) if rel else root) as it:
             for e in it:
-                name = f"{rel}/{e.name}" if rel else e.name
+                name = prefix + e.name
+                if not rel and name in exclude:
+                    continue
                 try:
-                    is_dir = e.is_dir(follow_symlinks=True)
+                    is_dir = e.is_dir()  # follows symlinks
                 except OSError:
                     is_dir = False
-                (dirs if is_dir else files).append(name)
+                if is_dir:
+                    dirs.append(name)
+                    continue
+                try:
+                    st = e.stat()
+                except OSError:  # removed while we looked: the stamp differs from any later one
+                    files.append((name, None, None, None))
+                else:
+                    files.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except OSError:
         pass
     return files, dirs
+
+
+def _scan(root: str, exclude: tuple[str, ...]) -> list[_Entry]:
+    """Every file under ``root``: in this thread while entries are cheap, else (once
+    :data:`SLOW_ENTRY_S` is passed on average) the remaining directories in a pool."""
+    entries: list[_Entry] = []
+    todo = [""]
+    seen = 0
+    t0 = time.perf_counter()
+    while todo:
+        if seen >= _PROBE_ENTRIES and time.perf_counter() - t0 > SLOW_ENTRY_S * seen:
+            break
+        fs, ds = _scan_dir(root, todo.pop(), exclude)
+        entries.extend(fs)
+        todo.extend(ds)
+        seen += len(fs) + len(ds)
+    if todo:
+        with ThreadPoolExecutor(_threads(), thread_name_prefix="blockbuster-stamp") as pool:
+            pending = [pool.submit(_scan_dir, root, d, exclude) for d in todo]
+            while pending:
+                fs, ds = pending.pop().result()
+                entries.extend(fs)
+                pending.extend(pool.submit(_scan_dir, root, d, exclude) for d in ds)
+    return entries
 
 
 def tree_stamp(root: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -117,35 +155,25 @@ def tree_stamp(root: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """
     import xxhash
 
-    files: list[str] = []
-    with ThreadPoolExecutor(_threads(), thread_name_prefix="blockbuster-stamp") as pool:
-        pending = [pool.submit(_list_dir, root, "")]
-        while pending:
-            fut = pending.pop()
-            fs, ds = fut.result()
-            files.extend(f for f in fs if f.split("/", 1)[0] not in exclude)
-            pending.extend(
-                pool.submit(_list_dir, root, d) for d in ds if d.split("/", 1)[0] not in exclude
-            )
-        files.sort()
-        batches = [files[i : i + _STAT_BATCH] for i in range(0, len(files), _STAT_BATCH)]
-        stats = [r for part in pool.map(lambda b: _stat_batch(root, b), batches) for r in part]
-    h = xxhash.xxh3_128()
+    entries = _scan(root, tuple(exclude))
+    entries.sort()
     total = 0
     newest = 0
-    for rel, st in stats:
-        if st is None:
-            h.update(f"{rel}\0gone\n".encode())
+    lines = []
+    for rel, size, mtime, ctime in entries:
+        if size is None or mtime is None:
+            lines.append(f"{rel}\0gone\n")
             continue
-        size, mtime, ctime = st
         total += size
-        newest = max(newest, mtime)
-        h.update(f"{rel}\0{size}\0{mtime}\0{ctime}\n".encode())
+        if mtime > newest:
+            newest = mtime
+        lines.append(f"{rel}\0{size}\0{mtime}\0{ctime}\n")
     return {
-        "files": len(stats),
+        "files": len(entries),
         "bytes": total,
         "newest_mtime_ns": newest or None,
-        "digest": h.hexdigest(),
+        # one update over the lines is the digest of updating line by line
+        "digest": xxhash.xxh3_128("".join(lines).encode()).hexdigest(),
     }
 
 
