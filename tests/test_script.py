@@ -11,8 +11,26 @@ import textwrap
 import pytest
 
 SCRIPT = textwrap.dedent("""
+    import os
+    import httpx
     import numpy as np, scipy.ndimage as ndi
+    import prefect  # Prefect's settings are read here
     from blockbuster import tile_process
+
+    # the CSRF tokens a Prefect client asks for (blockbuster's one question to a
+    # temporary server it started, client=blockbuster, is not counted)
+    asked = []
+    for cls in (httpx.Client, httpx.AsyncClient):
+        def wrap(send):
+            def counted(self, request, **kw):
+                if request.url.path.endswith("/csrf-token") and (
+                    request.url.params.get("client") != "blockbuster"
+                ):
+                    asked.append(request.url.path)
+                return send(self, request, **kw)
+            return counted
+        cls.send = wrap(cls.send)
+    CSRF_LINE
 
     def label(tile):
         return ndi.label(tile > 0)[0]
@@ -21,6 +39,7 @@ SCRIPT = textwrap.dedent("""
     img[10:90, 40:60] = 1
     lab = tile_process(img, label, tile_shape=(32, 32), compute=True, progress=True)
     print("labels:", np.unique(lab).size - 1)
+    print("csrf tokens asked for:", len(asked))
 
     # what the run left on Prefect's temporary server (no UI, gone at exit)
     from prefect.client.orchestration import get_client
@@ -38,12 +57,19 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_plain_script_runs_cleanly(tmp_path, prefect_home):
+@pytest.mark.parametrize("csrf", ["off", "on"])
+def test_plain_script_runs_cleanly(tmp_path, prefect_home, csrf):
     """... and reports to Prefect's temporary server only what someone could use: the
     flow run, no artifacts (nobody can see them) and no task runs (its task run
-    recorder is off)."""
+    recorder is off); its client asks for no CSRF token where the server wants none.
+    With CSRF protection turned on in the environment after Prefect read its settings
+    (``csrf="on"``: the server, started later, protects; the settings say it does not),
+    the client still asks for one and the run works (it was refused, 403)."""
     script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
+    line = (
+        'os.environ["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] = "true"' if csrf == "on" else ""
+    )
+    script.write_text(SCRIPT.replace("CSRF_LINE", line))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = prefect_home  # a fresh home, its database already migrated
     r = subprocess.run(
@@ -59,6 +85,8 @@ def test_plain_script_runs_cleanly(tmp_path, prefect_home):
     assert "labels: 1" in r.stdout
     assert "flow run: tile-process COMPLETED" in r.stdout, out
     assert "artifacts: 0" in r.stdout and "task runs: 0" in r.stdout, out
+    asked = int(r.stdout.split("csrf tokens asked for:")[1].split()[0])
+    assert (asked > 0) if csrf == "on" else (asked == 0), out
     assert "Traceback" not in out, out
     assert "| ERROR" not in out and "CancelledError" not in out, out
     assert "segment" in r.stderr  # the tqdm bars

@@ -114,6 +114,7 @@ def ensure_api() -> str | None:
         try:
             with _temporary_server_settings():
                 server.start(timeout=int(timeout) if timeout >= 1 else 1)
+            _SERVER_CSRF[server.api_url] = _asks_for_csrf_tokens(server.api_url)
         except Exception as exc:
             # Prefect leaves the child running after a failed start (module docstring)
             try:
@@ -129,6 +130,35 @@ def ensure_api() -> str | None:
                 "PREFECT_API_URL to it"
             ) from exc
         return server.api_url
+
+
+#: Whether each temporary server :func:`ensure_api` started protects with CSRF tokens,
+#: by its API URL: asked of the server once when it starts (what it protects depends on
+#: the settings and the environment it was started with, which this process's
+#: settings may no longer show).
+_SERVER_CSRF: dict[str, bool] = {}
+
+
+def _asks_for_csrf_tokens(api_url: str) -> bool:
+    """Whether the Prefect server at ``api_url`` wants CSRF tokens (when in doubt: yes).
+    One request: a server without CSRF protection answers 422 "CSRF protection is
+    disabled" when asked for a token."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{api_url}/csrf-token", params={"client": "blockbuster"}, timeout=10)
+    except Exception:  # pragma: no cover - the flow run reports a server that is gone
+        return True
+    return not (r.status_code == 422 and "disabled" in r.text.lower())
+
+
+def _temporary_server_wants_csrf() -> bool:
+    """Whether the running temporary server wants CSRF tokens: yes unless
+    :func:`ensure_api` started it and it said no."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return not server.running or _SERVER_CSRF.get(server.api_url, True)
 
 
 #: Services of Prefect's server that a temporary server (no UI, gone at exit) runs for
@@ -211,7 +241,10 @@ _WARM: set = set()
 def ephemeral_run_settings():
     """A run against Prefect's temporary server (no API URL configured): no flow-run
     heartbeats, its logs are not sent to the server, and its client asks the server
-    for no CSRF token (a request per call, answered "CSRF protection is disabled").
+    for no CSRF token (a request per call, answered "CSRF protection is disabled") when
+    :func:`ensure_api` started that server and it said it wants none (asked once: what
+    it protects depends on the environment it started with, which the settings of this
+    process may not show).
 
     Heartbeats let a long-lived server notice crashed runs; a temporary server dies with
     this process, so they only cost time: the heartbeat thread is joined at the end of
@@ -244,12 +277,12 @@ def ephemeral_run_settings():
     if to_api is not None and "PREFECT_LOGGING_TO_API_ENABLED" not in os.environ:
         updates[to_api] = False
     # the temporary server protects nothing with CSRF tokens unless the user turned it
-    # on (it takes our settings): a new client would ask it for one, to be told so
+    # on: a new client would ask it for one, to be told so (asked once, when it started)
     csrf = getattr(prefect.settings, "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", None)
     if (
         csrf is not None
-        and not ctx.settings.server.api.csrf_protection_enabled
         and "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED" not in os.environ
+        and not _temporary_server_wants_csrf()
     ):
         updates[csrf] = False
     if not updates:
