@@ -383,6 +383,29 @@ def test_compute_without_write_to_relabels_into_the_returned_array(client, tmp_p
     assert got.dtype == lazy.dtype and (got == lazy.compute()).all()
 
 
+def test_only_a_small_returned_array_is_mapped_ahead(client, monkeypatch):
+    """The array a compute=True call returns is made and its pages mapped while the
+    tiles are segmented only up to PREPARE_MAX_BYTES: a large, mostly empty result
+    would hold all its memory from the start. Either way the labels are the oracle's."""
+    import scipy.ndimage as ndi
+
+    import blockbuster.tasks._relabel as relabel
+    from blockbuster import tile_process
+
+    made = []
+    real = relabel.touched_zeros
+    monkeypatch.setattr(relabel, "touched_zeros", lambda *a: made.append(a) or real(*a))
+    binary = blobs((160, 192), seed=12)
+    for limit, mapped_ahead in ((relabel.PREPARE_MAX_BYTES, True), (160 * 192 * 4 - 1, False)):
+        monkeypatch.setattr(relabel, "PREPARE_MAX_BYTES", limit)
+        made.clear()
+        got = tile_process(
+            binary.astype(np.uint8) * 200, _label, tile_shape=(64, 64), compute=True
+        )
+        assert bool(made) is mapped_ahead
+        assert same_partition(got, ndi.label(binary)[0])
+
+
 def _count_fsyncs(on: bool) -> int:
     """In this worker process: count ``os.fsync`` calls from now (``on``), or stop
     counting; returns the count so far."""

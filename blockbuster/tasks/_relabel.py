@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import Future
@@ -43,14 +44,24 @@ def relabels_in_memory(job: Job) -> bool:
 PREPARED_DTYPE = np.dtype(np.uint32)
 
 
+#: The largest array :func:`prepare_in_memory` maps ahead: above it the array is made
+#: when the relabel starts, its pages mapped as tiles are written (as ``np.zeros``
+#: does), so that a large, mostly empty result does not hold all its memory from the
+#: start, and its page faults are a small part of a run of that size.
+PREPARE_MAX_BYTES = 64 << 20
+
+
 def prepare_in_memory(job: Job) -> None:
     """For labels relabelled into memory (:func:`relabels_in_memory`): make the array
     they go into now, its pages mapped, in a thread, while the tiles are segmented. The
     relabel stage then writes into mapped memory (a fresh 4096² uint32 array spent
-    ~40 ms of page faults in it, a third of a warm 16-tile call's relabel)."""
+    ~40 ms of page faults in it, a third of a warm 16-tile call's relabel). Only up to
+    :data:`PREPARE_MAX_BYTES`."""
     if not relabels_in_memory(job):
         return
     shape = tuple(job.plan.grid.shape)
+    if math.prod(shape) * PREPARED_DTYPE.itemsize > PREPARE_MAX_BYTES:
+        return
     fut: Future = Future()
 
     def make() -> None:

@@ -40,8 +40,9 @@ ever reads a staged tile.
 Record format (format 3): ``b"BBT3"``, a little-endian uint32 header length and uint64
 xxh3-64 of the header, a JSON header ``{"tile": n, "record": {...}, "arrays": {name:
 [offset, nbytes, dtype, shape, xxh3-64]}, "size": total array bytes}`` and the arrays,
-each compressed on its own with Blosc-LZ4 (byte shuffle), so a reader reads and decodes
-only the arrays it asks for.
+each compressed on its own with Blosc-LZ4 (level 1, no shuffle; a tile staged earlier
+with the byte shuffle reads the same: Blosc's header says how a blob was made), so a
+reader reads and decodes only the arrays it asks for.
 
 Readers find tiles through an index of the packs kept per process and staging
 generation, extended when a tile is asked for that it does not know yet.
