@@ -133,6 +133,19 @@ def test_a_run_on_the_temporary_server_sends_it_no_logs_and_no_heartbeats(monkey
             assert get_current_settings().client.csrf_support_enabled
 
 
+def test_whether_a_server_wants_csrf_tokens_is_its_own_answer():
+    """blockbuster asks a temporary server it started whether it wants CSRF tokens
+    (once): a real server without CSRF protection (the session's) says no; where no
+    answer comes, the answer is yes (a client that asks for a token it does not need
+    costs a request; one that does not ask where it must is refused)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from blockbuster.tasks._prefect_compat import _asks_for_csrf_tokens
+
+    assert _asks_for_csrf_tokens(PREFECT_API_URL.value()) is False
+    assert _asks_for_csrf_tokens("http://127.0.0.1:9/api") is True  # nothing listens
+
+
 def test_the_temporary_server_is_started_without_services_for_nobody(monkeypatch):
     """Prefect's temporary server (no UI, gone at exit) is started without the event
     persister and the triggers (their writes to its SQLite database met a new flow
