@@ -103,12 +103,12 @@ class BatchRun:
     thread), whether or not :meth:`gather` is waiting yet: a stage's batches started
     ahead of its Prefect task run keep the workers busy while the flow run starts (a
     warm 16-tile call left both workers idle ~70 ms waiting for it). A batch counts as
-    running until either thread sees it done: :meth:`gather` submits the next itself
-    when the callback thread comes late, and submits again a batch whose inputs the
-    callback thread could not make (it stays pending; a second failure is raised).
-    :meth:`gather` returns the results in order. Every stage uses this split to start its batches before its Prefect task run
-    (the segment stage even before Prefect's temporary server is up), then gathers them
-    inside the task (docs/orchestration.md).
+    running until its future is done: :meth:`gather` submits the next itself when the
+    callback thread comes late, and submits again a batch whose inputs the callback
+    thread could not make (it stays pending; a second failure is raised).
+    :meth:`gather` returns the results in order. Every stage uses this split to start
+    its batches before its Prefect task run (the segment stage even before Prefect's
+    temporary server is up), then gathers them inside the task (docs/orchestration.md).
     """
 
     def __init__(
@@ -134,9 +134,6 @@ class BatchRun:
         self._tag = f"{name}-{uuid.uuid4().hex[:8]}"
         self._pending = deque(range(len(self.args_of)))  # not submitted yet
         self._inflight: dict[str, tuple[int, Any]] = {}  # submitted, not gathered
-        # submitted and not seen finished: by Dask's callback thread or by gather,
-        # whichever sees it first (the callback thread may come late)
-        self._live: set[str] = set()
         self._lock = threading.RLock()  # the gathering thread and Dask's callback thread
         self._ac = as_completed(loop=client.loop)
         try:
@@ -164,7 +161,6 @@ class BatchRun:
             self._pending.appendleft(i)  # still to do: gather submits it again
             raise
         self._inflight[fut.key] = (i, fut)
-        self._live.add(fut.key)
         self._ac.add(fut)
         fut.add_done_callback(self._finished)
         return True
@@ -172,7 +168,6 @@ class BatchRun:
     def _finished(self, fut) -> None:
         """A batch ended (Dask's callback thread): the next one starts now."""
         with self._lock:
-            self._live.discard(fut.key)
             try:
                 self._top_up()
             except Exception:  # the batch stays pending: gather submits it again
@@ -188,8 +183,14 @@ class BatchRun:
                     self.window = max(1, int(self._window_of()))
                 except Exception:  # pragma: no cover - scheduler busy or gone: keep the last
                     pass
-            while len(self._live) < self.window and self._submit_next():
+            while self._running() < self.window and self._submit_next():
                 pass
+
+    def _running(self) -> int:
+        """Batches submitted and not done: a done one no longer counts, whether or not
+        its callback has run or ``gather`` has taken it (Dask's callback thread may come
+        late)."""
+        return sum(not f.done() for _, f in self._inflight.values())
 
     def gather(self, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Wait for every batch (submitting the rest); ``on_done(i, result)`` as each ends."""
@@ -198,7 +199,6 @@ class BatchRun:
                 for fut in self._ac:
                     with self._lock:
                         i, _ = self._inflight.pop(fut.key)
-                        self._live.discard(fut.key)  # done, whether or not its callback ran
                     self.results[i] = fut.result()
                     fut.release()
                     if on_done is not None:
