@@ -46,6 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from blockbuster.errors import InputError
+
+from ._zstd import Zstd, faster
+
 __all__ = ["ChunkFiles", "chunk_files"]
 
 # temporary file names: unique per process (pid and a random tag, for hosts sharing a
@@ -80,6 +84,39 @@ def write_file(path: str, payload: Any) -> None:
         raise
 
 
+def read_file(path: str) -> bytes:
+    """The bytes of the file ``path`` (``FileNotFoundError`` when it is missing).
+
+    ``os.open``/``os.read`` rather than ``open()``: no buffered file object per chunk
+    (5 vs 9 µs per 1 KiB chunk file here, twice per tile in a merge)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size)
+        if len(data) < size:  # a short read (or a file still growing): read to the end
+            parts = [data]
+            while chunk := os.read(fd, max(size - len(data), 1 << 16)):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
+
+
+def undecodable(
+    path: str, codec: Any, error: BaseException, inner: tuple[int, ...] | None = None
+) -> InputError:
+    """The error for a chunk file (or a shard's ``inner`` chunk) its codec cannot
+    decode."""
+    what = (
+        f"chunk file {path!r}" if inner is None else f"shard file {path!r} (inner chunk {inner})"
+    )
+    return InputError(
+        f"{what} could not be decoded with {codec!r} ({error}): the file is damaged or "
+        "was not written for this array; write that chunk again (or the array)"
+    )
+
+
 def _v3_codec(codecs: Sequence[Any], dtype: np.dtype) -> tuple[np.dtype, Any] | None:
     """``(stored dtype, numcodecs codec or None)`` for a v3 codec chain, or ``None``."""
     import numcodecs
@@ -94,8 +131,8 @@ def _v3_codec(codecs: Sequence[Any], dtype: np.dtype) -> tuple[np.dtype, Any] | 
     if len(codecs) == 1:
         return stored, None
     c = codecs[1]
-    if type(c) is ZstdCodec:
-        return stored, numcodecs.Zstd(level=c.level, checksum=c.checksum)
+    if type(c) is ZstdCodec:  # numcodecs' Zstd, faster on small chunks (io/_zstd.py)
+        return stored, Zstd(level=c.level, checksum=c.checksum)
     if type(c) is GzipCodec:
         return stored, numcodecs.GZip(level=c.level)
     if type(c) is BloscCodec and c.shuffle is not None and c.cname is not None:
@@ -187,7 +224,7 @@ class ChunkFiles:
         elif md.zarr_format == 2:
             if md.filters or md.order != "C":
                 return None
-            stored, codec = dtype, md.compressor
+            stored, codec = dtype, faster(md.compressor)
             if codec is not None and not (hasattr(codec, "encode") and hasattr(codec, "decode")):
                 return None
         else:
@@ -238,16 +275,21 @@ class ChunkFiles:
         ):
             out = np.empty(self.chunks, self.stored)
         try:
-            with open(self.path(coords), "rb") as f:
-                if self.codec is None:
+            if self.codec is None:
+                with open(self.path(coords), "rb") as f:
                     got = f.readinto(out.data.cast("B"))
-                    if got != out.nbytes:
-                        raise ValueError(
-                            f"chunk file {self.path(coords)!r} holds {got} "
-                            f"bytes, expected {out.nbytes}"
-                        )
-                else:
-                    self.codec.decode(f.read(), out=out)
+                if got != out.nbytes:
+                    raise ValueError(
+                        f"chunk file {self.path(coords)!r} holds {got} "
+                        f"bytes, expected {out.nbytes}"
+                    )
+            else:
+                path = self.path(coords)
+                blob = read_file(path)
+                try:
+                    self.codec.decode(blob, out=out)
+                except Exception as e:
+                    raise undecodable(path, self.codec, e) from e
         except FileNotFoundError:
             if out.dtype == self.dtype:
                 out.fill(self.fill_value)

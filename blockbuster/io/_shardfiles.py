@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ._chunkfiles import _v3_codec, direct_layout, write_file
+from ._chunkfiles import _v3_codec, direct_layout, read_file, undecodable, write_file
 
 __all__ = ["ShardReader", "ShardWriter"]
 
@@ -218,8 +218,8 @@ class ShardReader(ShardWriter):
         (clipped at the array's edge); absent inner chunks become the fill value."""
         coords = tuple(int(c) for c in coords)
         try:
-            with open(os.path.join(self.directory, self.key_of(coords)), "rb") as f:
-                blob = f.read()
+            path = os.path.join(self.directory, self.key_of(coords))
+            blob = read_file(path)
         except FileNotFoundError:
             out[...] = self.fill_value
             return
@@ -246,6 +246,9 @@ class ShardReader(ShardWriter):
             if self.codec is None:
                 chunk = np.frombuffer(part, dtype=self.stored).reshape(self.chunk_shape)
             else:
-                self.codec.decode(part, out=buf)
+                try:
+                    self.codec.decode(part, out=buf)
+                except Exception as e:
+                    raise undecodable(path, self.codec, e, inner) from e
                 chunk = buf
             out[dst] = chunk[tuple(slice(0, d.stop - d.start) for d in dst)]
