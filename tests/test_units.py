@@ -99,3 +99,53 @@ def test_negative_labels_in_a_unit_name_the_tile(tmp_path):
     Staging(plan.staging_root).prepare({"run_key": plan.run_key})
     with pytest.raises(TileOutputError, match=r"negative labels \(min -3\).*origin \(4, 4\)"):
         segment_tiles(plan, None, [0], reader=src.reader)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), ndim=st.integers(2, 3))
+def test_unit_samples_are_the_strided_pixels_of_the_unit(data, ndim):
+    """A unit's preview samples, gathered from its tile-major array at once, are the
+    pixels a strided view of the image keeps (for 3D, of one plane), wherever the unit
+    starts and however its tiles are clipped at the image's edge."""
+    from blockbuster.core import unit_samples
+
+    tile = tuple(data.draw(st.integers(1, 6)) for _ in range(ndim))
+    layers = tuple(data.draw(st.integers(1, 4)) for _ in range(ndim))
+    origin = tuple(data.draw(st.integers(0, 20)) * t for t in tile)
+    # the unit's extent: whole tiles, the last one maybe clipped (the image ends there)
+    size = tuple((n - 1) * t + data.draw(st.integers(1, t)) for n, t in zip(layers, tile))
+    bounds = tuple((o, o + s) for o, s in zip(origin, size))
+    step = data.draw(st.integers(1, 7))
+    plane = (
+        data.draw(st.integers(max(0, origin[0] - 2), origin[0] + size[0] + 2))
+        if ndim == 3
+        else None
+    )
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    spatial = rng.integers(1, 1000, size).astype(np.int32)
+    # tile-major: layers + tile shape, the part past the unit's end holds junk (-1)
+    padded = np.full(tuple(n * t for n, t in zip(layers, tile)), -1, np.int32)
+    padded[tuple(slice(0, s) for s in size)] = spatial
+    split = [x for n, t in zip(layers, tile) for x in (n, t)]
+    order = [2 * d for d in range(ndim)] + [2 * d + 1 for d in range(ndim)]
+    tm = padded.reshape(split).transpose(order)
+    got = unit_samples(tm, bounds, tile, step, plane)
+    # the oracle: the image's strided pixels that fall inside the unit
+    img = np.zeros(tuple(o + s for o, s in zip(origin, size)), np.int32)
+    img[tuple(slice(o, None) for o in origin)] = spatial
+    if plane is not None:
+        if not origin[0] <= plane < origin[0] + size[0]:
+            assert got is None
+            return
+        img, lo2 = img[plane], origin[1:]
+    else:
+        lo2 = origin
+    strided = img[tuple(slice(None, None, step) for _ in lo2)]
+    at = tuple(-(-o // step) for o in lo2)
+    want = strided[tuple(slice(a, None) for a in at)]
+    if want.size == 0:
+        assert got is None
+        return
+    assert got is not None
+    assert got[0] == at
+    np.testing.assert_array_equal(got[1], want)

@@ -33,6 +33,7 @@ from ._merge_units import (
     index_unit,
     input_changed,
     relabel_unit,
+    unit_samples,
     unit_tiles,
 )
 from ._metrics import (
@@ -148,5 +149,6 @@ __all__ = [
     "threshold_from_sample",
     "tile_maxima",
     "touch_pairs",
+    "unit_samples",
     "unit_tiles",
 ]

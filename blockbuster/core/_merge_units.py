@@ -344,14 +344,16 @@ def relabel_unit(
     buffer: Buffer,
     write_tile: WriteTile,
     map_into: MapInto,
+    mapped_unit: Callable[[NDArray[Any]], object] | None = None,
 ) -> int:
     """Write the final labels of each tile of a unit; return the voxels written.
 
     ``lut`` maps the unit's ids to final ids. The unit's tiles are read as in
     :func:`index_unit`; with one table for the unit (``unit_max`` in the record) the
-    whole unit is mapped at once, else ``map_into(tile_lut, raw, ids)`` maps one tile
-    (``ids``: its present ids, or None when they are 1..k). ``write_tile(tile_bounds,
-    labels)`` stores a tile; tiles without labels are not written (they read as 0).
+    whole unit is mapped at once (and handed to ``mapped_unit``, tile-major, before its
+    tiles are written), else ``map_into(tile_lut, raw, ids)`` maps one tile (``ids``:
+    its present ids, or None when they are 1..k). ``write_tile(tile_bounds, labels)``
+    stores a tile; tiles without labels are not written (they read as 0).
     """
     final = lut[arrays["comp"]] if "comp" in arrays else np.zeros(1, lut.dtype)
     tm = read_unit(bounds, tile_shape, read_into, buffer)
@@ -369,6 +371,8 @@ def relabel_unit(
             buffer("unit-output", tm.shape, lut.dtype),
             buffer("unit-index", tm.shape[1:], np.intp),
         )
+        if mapped_unit is not None:
+            mapped_unit(out)
         mapped: Iterator[NDArray[Any] | None] = (out[pos] for pos, _ in tiles)
     else:
         mapped = _map_tiles(tm, tiles, record, arrays, final, map_into)
@@ -433,6 +437,55 @@ def read_unit(
             if b - a < t:  # clipped at the image's edge
                 slot[(slice(None),) * ax + (slice(b - a, None),)] = 0
     return tm
+
+
+def unit_samples(
+    tm: NDArray[Any],
+    bounds: Bounds,
+    tile_shape: Sequence[int],
+    step: int,
+    plane: int | None,
+) -> tuple[tuple[int, ...], NDArray[Any]] | None:
+    """The preview's samples of a whole unit from its tile-major array ``tm``: every
+    ``step``-th pixel from 0 of each in-plane axis (for 3D, of the z index ``plane``),
+    as ``(position in the preview, samples)``; None when the unit holds none. One
+    gather for the unit, where sampling each tile costs a few NumPy calls per tile.
+
+    Examples
+    --------
+    >>> img = np.arange(64).reshape(8, 8)
+    >>> tm = img.reshape(2, 4, 2, 4).transpose(0, 2, 1, 3)     # 2 x 2 tiles of 4 x 4
+    >>> at, got = unit_samples(tm, ((0, 8), (0, 8)), (4, 4), 3, None)
+    >>> at, bool((got == img[::3, ::3]).all())
+    ((0, 0), True)
+    """
+    nd = len(bounds)
+    index: list[Any] = [None] * (2 * nd)
+    at: list[int] = []
+    lens: list[int] = []
+    for d, ((lo, hi), t) in enumerate(zip(bounds, tile_shape)):
+        if d == 0 and plane is not None:
+            if not lo <= plane < hi:
+                return None
+            x = np.array([plane - lo])
+        else:
+            first = -(-lo // step) * step
+            if first >= hi:
+                return None
+            x = np.arange(first - lo, hi - lo, step)
+            at.append(first // step)
+        lens.append(x.size)
+        index[d], index[nd + d] = x // t, x % t
+    # broadcast the per-axis positions against each other (an open mesh)
+    for d in range(nd):
+        shape = [1] * nd
+        shape[d] = lens[d]
+        index[d] = index[d].reshape(shape)
+        index[nd + d] = index[nd + d].reshape(shape)
+    got = tm[tuple(index)]
+    if plane is not None:
+        got = got[0]
+    return tuple(at), got
 
 
 def _check_negative(

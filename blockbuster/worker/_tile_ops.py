@@ -34,6 +34,7 @@ from blockbuster.core import (
     relabel_unit,
     seam_rows,
     touch_pairs,
+    unit_samples,
 )
 from blockbuster.core._labels import _map_ids, _small_uint
 from blockbuster.errors import BlockbusterError, TileFunctionError
@@ -822,7 +823,9 @@ def _relabel_units(
     """relabel_tiles for merge units (core/units.py): each tile of each unit is read
     from the input, mapped, and stored as its own chunk: a chunk file, or an inner chunk
     of the unit's shard when the output is sharded (core/shardfiles.py). With
-    ``preview``, each tile stored is sampled into ``samples`` on its way out."""
+    ``preview``, each unit mapped as one array is sampled into ``samples`` at once (one
+    entry per unit: a 16,384-tile merge sent 16,384 small arrays to the driver), any
+    other each tile stored on its way out."""
     g = plan.grid
     sharded = getattr(out, "shards", None) is not None
     shards = ShardWriter.of(out) if sharded else None
@@ -861,8 +864,11 @@ def _relabel_units(
                 rec, arrays = staging.read_tile(n, names=UNIT_ARRAYS)
                 shard = shards.shard(g.tile_index(n)) if shards is not None else None
                 store = shard.add if shard else write_tile
+                whole: Callable | None = None
                 if preview is not None and samples is not None:
-                    store = _sampling(store, preview, samples)
+                    store, whole = _unit_sampling(
+                        store, preview, samples, g.core_bounds(n), plan.out_chunks
+                    )
                 written += relabel_unit(
                     g.core_bounds(n),
                     plan.out_chunks,  # the tiles inside the unit
@@ -873,6 +879,7 @@ def _relabel_units(
                     _SCRATCH.array,
                     store,
                     functools.partial(map_into, n),
+                    whole,
                 )
                 if shard is not None:
                     shard.close()
@@ -885,6 +892,32 @@ def _relabel_units(
     finally:
         _SCRATCH.clear()
     return written
+
+
+def _unit_sampling(
+    store: Callable,
+    preview: tuple[int, int | None],
+    samples: list,
+    bounds: Sequence[tuple[int, int]],
+    tile_shape: Sequence[int],
+) -> tuple[Callable, Callable]:
+    """``(store, mapped_unit)`` for :func:`relabel_unit`: a unit mapped as one array is
+    sampled whole (``mapped_unit``), and its tiles are then stored as they are; a unit
+    mapped tile by tile has each tile sampled by ``store`` on its way out."""
+    sampled = False
+    tiles = _sampling(store, preview, samples)
+
+    def mapped_unit(tm: np.ndarray) -> None:
+        nonlocal sampled
+        sampled = True
+        got = unit_samples(tm, bounds, tile_shape, *preview)
+        if got is not None:
+            samples.append((got[0], np.array(got[1])))
+
+    def store_tile(tb, data) -> None:
+        (store if sampled else tiles)(tb, data)
+
+    return store_tile, mapped_unit
 
 
 def _sampling(store: Callable, preview: tuple[int, int | None], samples: list) -> Callable:
