@@ -213,6 +213,46 @@ def test_a_batch_opens_the_object_staging_without_reading_staging_json(s3_bucket
     assert job.plan.staging_generation == st.generation
 
 
+def test_a_batch_lists_only_its_own_objects(s3_bucket, monkeypatch):
+    """A segment batch asks which of its tiles are finished (a batch run again after
+    its worker died skips them) by listing only its own prefix: one listing of nothing
+    on a first run, whatever the staging already holds; run again, it finds exactly
+    what it staged. The driver's full listing (resume) still sees every object."""
+    root = f"{s3_bucket}/run/.staging"
+    Staging(root).prepare({"run_key": "k"})
+    monkeypatch.setattr(object_staging, "FLUSH_SECONDS", 3600.0)
+    for first in range(0, 40, 4):  # ten earlier batches, one object each
+        with Staging(root) as w:
+            assert w.finished_in(range(first, first + 4)) == set()
+            for n in range(first, first + 4):
+                w.write_tile(n, {"n_labels": n})
+    tiles = [o for o in _all_objects(s3_bucket) if "/tiles/" in o]
+    assert len(tiles) == 10
+    assert all(o.split("/tiles/")[1].split("/")[0].startswith("b") for o in tiles)
+    listed = []
+    real = object_staging.list_prefix
+    monkeypatch.setattr(
+        object_staging, "list_prefix", lambda url, **k: listed.append(url) or real(url, **k)
+    )
+    tocs = []
+    real_range = object_staging.read_range
+    monkeypatch.setattr(
+        object_staging, "read_range", lambda url, a, b: tocs.append(url) or real_range(url, a, b)
+    )
+    fresh = Staging(root)
+    assert fresh.finished_in([40, 41, 42]) == set()  # a new batch
+    assert [u.rpartition("/tiles/")[2] for u in listed] == ["b40"] and tocs == []
+    with fresh:
+        fresh.write_tile(40, {"n_labels": 1})  # it dies after staging one tile
+    object_staging._INDEXES.clear()  # a rerun, on another worker
+    listed.clear()
+    assert Staging(root).finished_in([40, 41, 42]) == {40}
+    assert [u.rpartition("/tiles/")[2] for u in listed] == ["b40"] and len(tocs) == 1
+    assert Staging(root).finished_in([8, 9, 10, 11]) == {8, 9, 10, 11}  # batch b8's
+    # the driver's resume lists everything
+    assert Staging(root).finished_tiles() == list(range(41))
+
+
 def test_object_staging_prefetch_reads_a_batch_per_object(s3_bucket, monkeypatch):
     """A batch asks for its tiles first: one ``get_ranges`` call per object (obstore
     coalesces and parallelises them), then every ``read_tile`` is answered from what

@@ -381,7 +381,7 @@ def segment_tiles(
     out = []
     todo = []
     skipped: list[int] = []
-    finished = set(staging.finished_tiles())  # a rerun batch skips what it finished
+    finished = staging.finished_in(tiles)  # a rerun batch skips what it finished
     for i, n in enumerate(tiles):
         if n in finished:
             rec = staging.read_record(n)

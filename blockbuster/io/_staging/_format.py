@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -97,6 +97,14 @@ class IndexedTiles:
     def finished_tiles(self) -> list[int]:
         """Every finished tile, sorted."""
         return self._idx().all()
+
+    def finished_in(self, tiles: Sequence[int]) -> set[int]:
+        """Which of ``tiles`` (one batch's) are finished: one look at the index, not one
+        per tile (an object store narrows the look to the batch's own objects)."""
+        idx = self._idx()
+        with idx.lock:
+            idx.refresh()
+            return {int(n) for n in tiles if int(n) in idx.where}
 
     def is_finished(self, n: int) -> bool:
         """Whether tile ``n`` has a complete record."""
