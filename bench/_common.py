@@ -157,6 +157,18 @@ def fresh(name: str) -> str:
     return scratch(f"{stem}-{os.getpid()}-{next(_FRESH)}{ext}")
 
 
+def settle() -> None:
+    """Write back what the last timed run left dirty (``os.sync``), outside any timing.
+
+    A run that writes 16,384 small chunk files (the dask copy at 16,384 tiles) leaves
+    their pages to the kernel's background writeback, which then competes for the
+    CPU and the disk with whatever is timed next: ours at 16,384 tiles measured 3.18-
+    3.25 s right after the copy and 2.74 s after another of ours (same code, same
+    run, bench/scaling.py --large). Each measurement should start from a quiet disk.
+    """
+    os.sync()
+
+
 def discard(path: str) -> None:
     """Remove a timed run's output when this process exits, not now.
 

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockbuster.core import fn_identity
 from blockbuster.errors import StagingCorruptError, StagingCorruptWarning
@@ -179,6 +181,71 @@ def test_zarr_chunk_rewritten_in_place_changes_the_identity(tmp_path, layout, mo
     assert open_path(path).identity() == cheap
 
 
+def test_the_mount_table_decides_how_a_tree_is_scanned(tmp_path, monkeypatch):
+    """On a local filesystem (this machine's tmp_path, as the mount table says) the
+    tree is scanned in the calling thread even when its first entries are slow (a
+    directory just written, a busy disk): a pool of threads is 2.5x slower there. On a
+    network filesystem the pool starts at once; on an unknown one, speed decides."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blockbuster.io import _stamp
+
+    for i in range(3):
+        (tmp_path / "a" / str(i)).mkdir(parents=True)
+        (tmp_path / "a" / str(i) / "0").write_bytes(b"x")
+    pools = []
+
+    class CountedPool(ThreadPoolExecutor):
+        def __init__(self, *a, **k):
+            pools.append(self)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(_stamp, "ThreadPoolExecutor", CountedPool)
+    monkeypatch.setattr(_stamp, "SLOW_ENTRY_S", 0.0)  # every entry looks slow
+    monkeypatch.setattr(_stamp, "_PROBE_ENTRIES", 0)
+    kind = _stamp.filesystem_type(str(tmp_path))
+    if kind not in _stamp.LOCAL_FS:
+        pytest.skip(f"tmp_path is on {kind!r} here, not a local filesystem type")
+    want = _stamp.tree_stamp(str(tmp_path / "a"))
+    assert pools == []
+    for kind, pooled in (("nfs4", 1), ("fuse.sshfs", 1), ("madeupfs", 1), (None, 1)):
+        monkeypatch.setattr(_stamp, "filesystem_type", lambda path, k=kind: k)
+        assert _stamp.tree_stamp(str(tmp_path / "a")) == want
+        assert len(pools) == pooled, kind
+        pools.clear()
+    monkeypatch.setattr(_stamp, "SLOW_ENTRY_S", 1.0)  # unknown and fast: this thread
+    monkeypatch.setattr(_stamp, "_PROBE_ENTRIES", 256)
+    _stamp.tree_stamp(str(tmp_path / "a"))
+    assert pools == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    points=st.lists(
+        st.lists(st.sampled_from(["a", "b", "ab", "c d", "e\\f"]), min_size=1, max_size=3),
+        max_size=6,
+    ),
+    path=st.lists(st.sampled_from(["a", "b", "ab", "c d", "e\\f", "x"]), max_size=4),
+)
+def test_filesystem_type_is_the_longest_mount_holding_the_path(points, path):
+    """The mount table's rule: the mount point that is the longest prefix (whole path
+    components) of the path; names with spaces or backslashes are octal-escaped."""
+    from blockbuster.io._stamp import filesystem_type
+
+    mounts = ["/"] + ["/" + "/".join(p) for p in points]
+    esc = [m.replace("\\", "\\134").replace(" ", "\\040") for m in mounts]
+    table = "\n".join(
+        f"{i + 20} 1 0:{i} / {e} rw,relatime shared:1 - fs{i} src rw" for i, e in enumerate(esc)
+    )
+    target = "/" + "/".join(path)
+    holding = [
+        (len(m), i)
+        for i, m in enumerate(mounts)
+        if target == m or target.startswith(m.rstrip("/") + "/")
+    ]
+    assert filesystem_type(target, table) == f"fs{max(holding)[1]}"
+
+
 def test_the_stamp_is_the_same_scanned_here_or_by_threads(tmp_path, monkeypatch):
     """A tree is scanned in the calling thread while its entries are cheap (a local
     disk) and by a pool of threads when they are slow (a network filesystem): both give
@@ -203,6 +270,7 @@ def test_the_stamp_is_the_same_scanned_here_or_by_threads(tmp_path, monkeypatch)
             super().__init__(*a, **k)
 
     monkeypatch.setattr(_stamp, "ThreadPoolExecutor", CountedPool)
+    monkeypatch.setattr(_stamp, "_pooled", lambda root: None)  # decided by speed here
 
     def both():
         monkeypatch.setattr(_stamp, "SLOW_ENTRY_S", 1.0)  # nothing is slow: this thread

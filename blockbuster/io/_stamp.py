@@ -14,9 +14,14 @@ cannot set ``ctime``), so a pixel rewrite in place is seen without hashing pixel
 - TIFF: the file itself (size, ``mtime``, ``ctime`` and inode).
 
 The files are listed and ``stat``-ed directory by directory (``os.scandir``) in the
-calling thread while that is cheap (a local disk), else by a pool of threads (``stat``
-releases the GIL, and on a network filesystem the round trips overlap): see
-:data:`SLOW_ENTRY_S`. Cost measured by
+calling thread on a local disk, by a pool of threads on a network filesystem (``stat``
+releases the GIL, and the round trips overlap). Which one a path is on comes from the
+mount table (Linux: ``/proc/self/mountinfo``, :func:`filesystem_type`); elsewhere, or
+for a filesystem type in neither list, from the first entries' speed
+(:data:`SLOW_ENTRY_S`). The speed alone misled: an input whose directory had just been
+written (16,384 chunk files) was slow for its first entries, the pool took over, and a
+pool is 2.5x slower than one thread on a local disk (0.19-0.26 s against 0.08 s for
+16,384 files: the threads contend for the GIL between syscalls). Cost measured by
 ``bench/input_stamp.py`` (docs/benchmarks.md); a run pays it once, in the driver, when the
 input is opened.
 
@@ -50,7 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["tree_stamp", "file_stamp", "stamp_mode", "STAMP_ENV"]
+__all__ = ["tree_stamp", "file_stamp", "filesystem_type", "stamp_mode", "STAMP_ENV"]
 
 STAMP_ENV = "BLOCKBUSTER_INPUT_STAMP"
 
@@ -70,6 +75,76 @@ def stamp_mode() -> str:
 
 def _threads() -> int:
     return max(4, min(32, 4 * (os.cpu_count() or 1)))
+
+
+#: Filesystem types (as the mount table names them) on this machine's own disks or
+#: memory: scanned in the calling thread, whatever the first entries cost.
+LOCAL_FS = frozenset(
+    "ext2 ext3 ext4 xfs btrfs zfs f2fs jfs reiserfs tmpfs ramfs overlay apfs hfs "
+    "ntfs ntfs3 vfat exfat".split()
+)
+#: ... and those of network and cluster filesystems: scanned by a pool of threads.
+NETWORK_FS = frozenset(
+    "nfs nfs4 cifs smb3 smbfs lustre gpfs beegfs ceph glusterfs 9p afs panfs wekafs".split()
+)
+
+
+def filesystem_type(path: str, mountinfo: str | None = None) -> str | None:
+    r"""The type of the filesystem ``path`` is on, from the mount table (the mount point
+    that is the longest prefix of the path's real location), or None when there is no
+    mount table to read (not Linux) or no mount holds it. FUSE mounts read as
+    ``fuse.<name>`` (``fuse.sshfs``, ``fuse.s3fs``, ...). ``mountinfo``: the text of a
+    mount table to read instead of this process's (the path is then taken as given).
+
+    Examples
+    --------
+    >>> table = ("27 1 254:0 / / rw - ext4 /dev/vda rw\n"
+    ...          "90 27 0:50 / /mnt/lab\\040data rw - nfs4 srv:/x rw\n")
+    >>> filesystem_type("/mnt/lab data/a.zarr", table), filesystem_type("/home", table)
+    ('nfs4', 'ext4')
+    """
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo") as f:
+                mountinfo = f.read()
+        except OSError:
+            return None
+        path = os.path.realpath(path)
+    best, found = -1, None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields or len(fields) < 5:
+            continue
+        sep = fields.index("-")
+        if sep + 1 >= len(fields):
+            continue
+        point = _unescape(fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:  # the later of two equal mounts wins
+            best, found = len(point), fields[sep + 1]
+        elif inside and len(point) == best:
+            found = fields[sep + 1]
+    return found
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash are written as octal."""
+    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, ch)
+    return field
+
+
+def _pooled(root: str) -> bool | None:
+    """True: scan ``root`` with a pool (a network filesystem); False: in this thread (a
+    local one); None: unknown, decide by the first entries' speed."""
+    kind = filesystem_type(root)
+    if kind is None:
+        return None
+    if kind in LOCAL_FS:
+        return False
+    if kind in NETWORK_FS or kind.startswith("fuse"):
+        return True
+    return None
 
 
 #: Below this many seconds per directory entry, listing and ``stat``-ing go on in the
@@ -114,14 +189,21 @@ def _scan_dir(root: str, rel: str, exclude: tuple[str, ...]) -> tuple[list[_Entr
 
 
 def _scan(root: str, exclude: tuple[str, ...]) -> list[_Entry]:
-    """Every file under ``root``: in this thread while entries are cheap, else (once
-    :data:`SLOW_ENTRY_S` is passed on average) the remaining directories in a pool."""
+    """Every file under ``root``: in this thread on a local filesystem, in a pool on a
+    network one (:func:`_pooled`); on one of unknown type, in this thread while entries
+    are cheap, else (once :data:`SLOW_ENTRY_S` is passed on average) the remaining
+    directories in a pool."""
     entries: list[_Entry] = []
     todo = [""]
     seen = 0
+    pooled = _pooled(root)
     t0 = time.perf_counter()
     while todo:
-        if seen >= _PROBE_ENTRIES and time.perf_counter() - t0 > SLOW_ENTRY_S * seen:
+        if pooled or (
+            pooled is None
+            and seen >= _PROBE_ENTRIES
+            and time.perf_counter() - t0 > SLOW_ENTRY_S * seen
+        ):
             break
         fs, ds = _scan_dir(root, todo.pop(), exclude)
         entries.extend(fs)
