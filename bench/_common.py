@@ -157,15 +157,23 @@ def fresh(name: str) -> str:
     return scratch(f"{stem}-{os.getpid()}-{next(_FRESH)}{ext}")
 
 
-def settle() -> None:
-    """Write back what the last timed run left dirty (``os.sync``), outside any timing.
+def settle(client=None, timeout: float = 60.0) -> None:
+    """Let the last timed run finish what it left behind, outside any timing: the
+    scheduler forgetting its tasks (``client``'s scheduler holds none), and the dirty
+    pages written back (``os.sync``).
 
-    A run that writes 16,384 small chunk files (the dask copy at 16,384 tiles) leaves
-    their pages to the kernel's background writeback, which then competes for the
-    CPU and the disk with whatever is timed next: ours at 16,384 tiles measured 3.18-
-    3.25 s right after the copy and 2.74 s after another of ours (same code, same
-    run, bench/scaling.py --large). Each measurement should start from a quiet disk.
+    A dask graph of 16,384 tasks (the dask copy at 16,384 tiles) returns before the
+    scheduler, which runs in this process, has released and forgotten its tasks; that
+    work then competes for the GIL with whatever is timed next: ours at 16,384 tiles
+    measured 3.18-3.44 s right after the copy and 2.57-2.74 s right after another of
+    ours (same code, same run, bench/scaling.py --large).
     """
+    if client is not None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+                break
+            time.sleep(0.05)
     os.sync()
 
 

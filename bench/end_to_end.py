@@ -67,6 +67,7 @@ def main() -> int:
                     nlab = summ["labels_after_merge"]
                 load.append(meter.stop())
                 C.discard(out)
+                C.settle(client)  # the next measurement starts with nothing left over
                 print(f"  {which}: {(ours if which == 'ours' else base)[-1]:.2f} s", flush=True)
     finally:
         client.close()

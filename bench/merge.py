@@ -75,6 +75,7 @@ def main() -> int:
                         nlab = summ["labels_after_merge"]
                     load.append(meter.stop())
                     C.discard(out)
+                    C.settle(client)  # the next measurement starts with nothing left over
             st = {
                 k: C.median([s.get(k, 0.0) for s in stages])
                 for k in ("segment", "seams", "lut", "relabel", "total")

@@ -120,7 +120,7 @@ def measure(client, path: str, repeats: int, budget: float, with_ref: bool = Tru
             if which == "ours":
                 load.append(meter.stop())
             C.discard(out)
-            C.settle()  # the next measurement starts with nothing left to write back
+            C.settle(client)  # the next measurement starts with nothing left over
     return {
         "ours": C.median(ours),
         "ref": C.median(ref) if ref else None,
