@@ -181,19 +181,13 @@ def test_zarr_chunk_rewritten_in_place_changes_the_identity(tmp_path, layout, mo
     assert open_path(path).identity() == cheap
 
 
-def test_the_mount_table_decides_how_a_tree_is_scanned(tmp_path, monkeypatch):
-    """On a local filesystem (this machine's tmp_path, as the mount table says) the
-    tree is scanned in the calling thread even when its first entries are slow (a
-    directory just written, a busy disk): a pool of threads is 2.5x slower there. On a
-    network filesystem the pool starts at once; on an unknown one, speed decides."""
+def _count_pools(monkeypatch) -> list:
+    """The thread pools the input stamp starts from now on (a list that grows)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from blockbuster.io import _stamp
 
-    for i in range(3):
-        (tmp_path / "a" / str(i)).mkdir(parents=True)
-        (tmp_path / "a" / str(i) / "0").write_bytes(b"x")
-    pools = []
+    pools: list = []
 
     class CountedPool(ThreadPoolExecutor):
         def __init__(self, *a, **k):
@@ -201,6 +195,20 @@ def test_the_mount_table_decides_how_a_tree_is_scanned(tmp_path, monkeypatch):
             super().__init__(*a, **k)
 
     monkeypatch.setattr(_stamp, "ThreadPoolExecutor", CountedPool)
+    return pools
+
+
+def test_the_mount_table_decides_how_a_tree_is_scanned(tmp_path, monkeypatch):
+    """On a local filesystem (this machine's tmp_path, as the mount table says) the
+    tree is scanned in the calling thread even when its first entries are slow (a
+    directory just written, a busy disk): a pool of threads is 2.5x slower there. On a
+    network filesystem the pool starts at once; on an unknown one, speed decides."""
+    from blockbuster.io import _stamp
+
+    for i in range(3):
+        (tmp_path / "a" / str(i)).mkdir(parents=True)
+        (tmp_path / "a" / str(i) / "0").write_bytes(b"x")
+    pools = _count_pools(monkeypatch)
     monkeypatch.setattr(_stamp, "SLOW_ENTRY_S", 0.0)  # every entry looks slow
     monkeypatch.setattr(_stamp, "_PROBE_ENTRIES", 0)
     kind = _stamp.filesystem_type(str(tmp_path))
@@ -250,8 +258,6 @@ def test_the_stamp_is_the_same_scanned_here_or_by_threads(tmp_path, monkeypatch)
     """A tree is scanned in the calling thread while its entries are cheap (a local
     disk) and by a pool of threads when they are slow (a network filesystem): both give
     the same stamp, exclude the same folders and see the same change."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from blockbuster.io import _stamp
 
     root = tmp_path / "img.zarr"
@@ -262,14 +268,7 @@ def test_the_stamp_is_the_same_scanned_here_or_by_threads(tmp_path, monkeypatch)
     (root / "zarr.json").write_text("{}")
     (root / "labels").mkdir()
     (root / "labels" / "zarr.json").write_text("{}")
-    pools = []
-
-    class CountedPool(ThreadPoolExecutor):
-        def __init__(self, *a, **k):
-            pools.append(self)
-            super().__init__(*a, **k)
-
-    monkeypatch.setattr(_stamp, "ThreadPoolExecutor", CountedPool)
+    pools = _count_pools(monkeypatch)
     monkeypatch.setattr(_stamp, "_pooled", lambda root: None)  # decided by speed here
 
     def both():
