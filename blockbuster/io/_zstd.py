@@ -42,6 +42,33 @@ __all__ = ["SMALL", "Zstd", "faster"]
 SMALL = 256 * 1024
 
 
+#: this thread's contexts, shared by every :class:`Zstd` (a codec object is made per
+#: array opened, and a context costs more to set up than a small chunk's whole call)
+_LOCAL = threading.local()
+
+
+def _compressor(level: int, checksum: bool) -> zstandard.ZstdCompressor:
+    """This thread's compression context for ``(level, checksum)``."""
+    made: dict[tuple[int, bool], zstandard.ZstdCompressor] | None = getattr(_LOCAL, "c", None)
+    if made is None:
+        made = _LOCAL.c = {}
+    c = made.get((level, checksum))
+    if c is None:
+        # level 0 is zstd's default level (3) in both libraries
+        c = made[(level, checksum)] = zstandard.ZstdCompressor(
+            level=level, write_checksum=checksum, write_content_size=True
+        )
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompression context."""
+    d: zstandard.ZstdDecompressor | None = getattr(_LOCAL, "d", None)
+    if d is None:
+        d = _LOCAL.d = zstandard.ZstdDecompressor()
+    return d
+
+
 class Zstd:
     """numcodecs' ``Zstd(level, checksum)`` (``encode(buf)``, ``decode(buf, out)``),
     with chunks up to :data:`SMALL` bytes through ``zstandard`` contexts reused per
@@ -53,7 +80,6 @@ class Zstd:
         self.level = int(level)
         self.checksum = bool(checksum)
         self._big = numcodecs.Zstd(level=self.level, checksum=self.checksum)
-        self._local = threading.local()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.level, self.checksum))
@@ -61,27 +87,12 @@ class Zstd:
     def __repr__(self) -> str:
         return f"Zstd(level={self.level}, checksum={self.checksum})"
 
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        c = getattr(self._local, "c", None)
-        if c is None:
-            # level 0 is zstd's default level (3) in both libraries
-            c = self._local.c = zstandard.ZstdCompressor(
-                level=self.level, write_checksum=self.checksum, write_content_size=True
-            )
-        return c
-
-    def _decompressor(self) -> zstandard.ZstdDecompressor:
-        d = getattr(self._local, "d", None)
-        if d is None:
-            d = self._local.d = zstandard.ZstdDecompressor()
-        return d
-
     def encode(self, buf: Any) -> Any:
         """One zstd frame of ``buf``'s bytes (an array or a buffer)."""
         view = _bytes_of(buf)
         if view is None or view.nbytes > SMALL:
             return self._big.encode(buf)
-        return self._compressor().compress(view.data)
+        return _compressor(self.level, self.checksum).compress(view.data)
 
     def decode(self, buf: Any, out: np.ndarray | None = None) -> Any:
         """The bytes of the frame ``buf``: decoded into ``out`` (an array of exactly the
@@ -89,7 +100,7 @@ class Zstd:
         dst = _bytes_of(out) if out is not None else None
         if dst is None or dst.nbytes > SMALL:
             return self._big.decode(buf, out=out)
-        raw = self._decompressor().decompress(buf, max_output_size=dst.nbytes)
+        raw = _decompressor().decompress(buf, max_output_size=dst.nbytes)
         if len(raw) != dst.nbytes:
             raise ValueError(
                 f"a zstd chunk decoded to {len(raw)} bytes where {dst.nbytes} were expected"
