@@ -55,6 +55,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from blockbuster.errors import InputChangedError, TileOutputError
 
 from ._labels import _map_ids, _negative_labels, _small_uint, present_ids
+from ._pictures import sample_starts
 from ._seams import face_key, touch_pairs_planes
 
 Bounds = Sequence[tuple[int, int]]
@@ -469,11 +470,11 @@ def unit_samples(
                 return None
             x = np.array([plane - lo])
         else:
-            first = -(-lo // step) * step
-            if first >= hi:
+            keep = sample_starts(lo, hi, step)
+            if keep is None:
                 return None
-            x = np.arange(first - lo, hi - lo, step)
-            at.append(first // step)
+            x = np.arange(keep.start, keep.stop, keep.step)
+            at.append((lo + keep.start) // step)
         lens.append(x.size)
         index[d], index[nd + d] = x // t, x % t
     # broadcast the per-axis positions against each other (an open mesh)

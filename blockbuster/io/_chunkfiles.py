@@ -95,7 +95,7 @@ def read_file(path: str) -> bytes:
         data = os.read(fd, size)
         if len(data) < size:  # a short read (or a file still growing): read to the end
             parts = [data]
-            while chunk := os.read(fd, max(size - len(data), 1 << 16)):
+            while chunk := os.read(fd, 1 << 20):
                 parts.append(chunk)
             data = b"".join(parts)
         return data

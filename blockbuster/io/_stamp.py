@@ -120,10 +120,8 @@ def filesystem_type(path: str, mountinfo: str | None = None) -> str | None:
             continue
         point = _unescape(fields[4])
         inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:  # the later of two equal mounts wins
+        if inside and len(point) >= best:  # the later of two equal mounts wins
             best, found = len(point), fields[sep + 1]
-        elif inside and len(point) == best:
-            found = fields[sep + 1]
     return found
 
 

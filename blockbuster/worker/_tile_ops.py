@@ -866,9 +866,12 @@ def _relabel_units(
                 store = shard.add if shard else write_tile
                 whole: Callable | None = None
                 if preview is not None and samples is not None:
-                    store, whole = _unit_sampling(
-                        store, preview, samples, g.core_bounds(n), plan.out_chunks
-                    )
+                    if "unit_max" in rec:  # mapped as one array: sampled as one
+                        whole = functools.partial(
+                            _sample_unit, samples, g.core_bounds(n), plan.out_chunks, preview
+                        )
+                    else:  # mapped tile by tile: each tile sampled on its way out
+                        store = _sampling(store, preview, samples)
                 written += relabel_unit(
                     g.core_bounds(n),
                     plan.out_chunks,  # the tiles inside the unit
@@ -894,30 +897,18 @@ def _relabel_units(
     return written
 
 
-def _unit_sampling(
-    store: Callable,
-    preview: tuple[int, int | None],
+def _sample_unit(
     samples: list,
     bounds: Sequence[tuple[int, int]],
     tile_shape: Sequence[int],
-) -> tuple[Callable, Callable]:
-    """``(store, mapped_unit)`` for :func:`relabel_unit`: a unit mapped as one array is
-    sampled whole (``mapped_unit``), and its tiles are then stored as they are; a unit
-    mapped tile by tile has each tile sampled by ``store`` on its way out."""
-    sampled = False
-    tiles = _sampling(store, preview, samples)
-
-    def mapped_unit(tm: np.ndarray) -> None:
-        nonlocal sampled
-        sampled = True
-        got = unit_samples(tm, bounds, tile_shape, *preview)
-        if got is not None:
-            samples.append((got[0], np.array(got[1])))
-
-    def store_tile(tb, data) -> None:
-        (store if sampled else tiles)(tb, data)
-
-    return store_tile, mapped_unit
+    preview: tuple[int, int | None],
+    tm: np.ndarray,
+) -> None:
+    """Keep the preview's samples of a unit mapped as one (tile-major) array: the
+    ``mapped_unit`` of :func:`relabel_unit` (a gather: a copy, not a view of ``tm``)."""
+    got = unit_samples(tm, bounds, tile_shape, *preview)
+    if got is not None:
+        samples.append(got)
 
 
 def _sampling(store: Callable, preview: tuple[int, int | None], samples: list) -> Callable:

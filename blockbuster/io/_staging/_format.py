@@ -103,8 +103,13 @@ class IndexedTiles:
         per tile (an object store narrows the look to the batch's own objects)."""
         idx = self._idx()
         with idx.lock:
-            idx.refresh()
+            self._refresh_for(idx, tiles)
             return {int(n) for n in tiles if int(n) in idx.where}
+
+    def _refresh_for(self, idx: Any, tiles: Sequence[int]) -> None:
+        """Bring ``idx`` up to date for a batch of ``tiles`` (the caller holds its lock):
+        here, the whole index."""
+        idx.refresh()
 
     def is_finished(self, n: int) -> bool:
         """Whether tile ``n`` has a complete record."""

@@ -230,18 +230,14 @@ class ObjectStaging(IndexedTiles):
     def _new_index(self) -> _ObjectIndex:
         return _index_for(self.tiles_dir, self.generation or "")
 
-    def finished_in(self, tiles: Sequence[int]) -> set[int]:
-        """Which of ``tiles`` (one batch's) are finished; this writer's objects then go
-        under the batch's own prefix, which is all this lists (see the module
+    def _refresh_for(self, idx: Any, tiles: Sequence[int]) -> None:
+        """For :meth:`finished_in`: this writer's objects go under the batch's own
+        prefix from now on, and that prefix is all that is listed (see the module
         docstring). Objects elsewhere do not count here: a batch's tiles are staged by
         that batch, and the driver's resume (:meth:`finished_tiles`) lists them all."""
-        if not tiles:
-            return set()
-        self._batch = f"b{min(int(n) for n in tiles)}"
-        idx = self._idx()
-        with idx.lock:
+        if tiles:
+            self._batch = f"b{min(int(n) for n in tiles)}"
             idx.refresh(self._batch)
-            return {int(n) for n in tiles if int(n) in idx.where}
 
     def write_tile(
         self, n: int, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
