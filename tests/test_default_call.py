@@ -470,3 +470,29 @@ def test_the_returned_array_is_freed_once_the_caller_drops_it(client):
     time.sleep(1)  # the run's last reports (reporter thread) are sent
     gc.collect()
     assert ref() is None, "the returned labels are still referenced after the call"
+
+
+def test_a_call_without_write_to_persists_no_stage_results(client, tmp_path):
+    """The default call's staging is temporary, so no later run can resume from its
+    cached stage results: none is written (Prefect's result files cost ~10 ms a call).
+    With write_to, the same stages are cached (the oracle that the listing sees them).
+    ``keep_staging=True`` keeps whatever a run wrote, so the default call's listing would
+    show its results had it written any."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    from blockbuster import tile_process
+
+    img = blobs((64, 96), seed=7)
+    found = {}
+    for case in ("write_to", "default"):
+        results = tmp_path / f"results-{case}"
+        kwargs = {"write_to": str(tmp_path / "out.zarr")} if case == "write_to" else {}
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: results}):
+            lab = tile_process(
+                img, ndi_label, tile_shape=(32, 32), compute=True, keep_staging=True, **kwargs
+            )
+        assert same_partition(np.asarray(lab), ndi_label(img))
+        found[case] = sorted(os.listdir(results)) if results.is_dir() else []
+    assert any(n.startswith("blockbuster-segment-") for n in found["write_to"]), found
+    assert any(n.startswith("blockbuster-table-") for n in found["write_to"]), found
+    assert found["default"] == [], found

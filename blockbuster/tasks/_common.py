@@ -99,9 +99,14 @@ def stage_key(stage: str, run_key: str, generation: str) -> str:
 def job_stage_key(stage: str, job) -> str | None:
     """The cache key of ``stage`` of ``job``'s run (None: not cached). The merge table
     depends on the label numbering too (``sequential_labels``), which the run key leaves
-    out: its key is the result key."""
+    out: its key is the result key.
+
+    A run whose staging is not durable (no ``write_to`` and no ``staging=``: both are
+    temporary, removed when the call ends) is not cached: no later run can resume from
+    it, and persisting each stage's result cost ~10 ms of a 16-tile call's ~0.35 s.
+    """
     generation = getattr(job, "generation", None) if job is not None else None
-    if not generation:
+    if not generation or not getattr(job.plan, "durable", True):
         return None
     run = job.plan.result_key if stage == "table" else job.run_key
     return stage_key(stage, run, generation)
