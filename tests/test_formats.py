@@ -401,3 +401,47 @@ def test_test_images_are_valid_ngff(tmp_path, data4d, version):
         from ome_zarr_models.v05.image import Image
     make_ome(tmp_path / "img.zarr", data4d, AXES_CZYX, version)
     Image.from_zarr(zarr.open_group(tmp_path / "img.zarr", mode="r"))
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_the_output_is_opened_with_the_format_it_was_created_with(tmp_path, fmt):
+    """The relabel's workers and the read-back open the output with the zarr format the
+    run created it with, so zarr reads that format's metadata only (on an object store
+    one request, not three). Oracle: the other format's metadata document, planted
+    beside it, makes zarr warn when it is read; with the format given it never is."""
+    import json
+    import warnings
+
+    from blockbuster.io import OutputTarget
+    from blockbuster.io._zarrio import open_zarr_array_cached
+
+    out = OutputTarget(str(tmp_path / "labels.zarr"), zarr_format=fmt)
+    out.create((8, 8), np.uint32, (4, 4), {"run_key": "k"})
+    assert out.created_format == fmt
+    other = (
+        ("zarr.json", {"zarr_format": 3, "node_type": "group"})
+        if fmt == 2
+        else (
+            ".zarray",
+            {
+                "zarr_format": 2,
+                "shape": [8, 8],
+                "chunks": [4, 4],
+                "dtype": "<u4",
+                "compressor": None,
+                "fill_value": 0,
+                "filters": None,
+                "order": "C",
+            },
+        )
+    )
+    with open(os.path.join(out.path, other[0]), "w") as f:
+        json.dump(other[1], f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert out.open("r").metadata.zarr_format == fmt
+        arr = open_zarr_array_cached(out.path, out.token + "-given", "r+", out.created_format)
+        assert arr.metadata.zarr_format == fmt
+    if fmt == 3:  # the oracle: without the format zarr reads both documents, and warns
+        with pytest.warns(UserWarning, match="Both zarr.json"):
+            open_zarr_array_cached(out.path, out.token + "-probed", "r+")

@@ -77,6 +77,9 @@ class OutputTarget:
         self.overwrite = bool(overwrite)
         self.param = param
         self.token = ""
+        #: the zarr format of the array :meth:`create` made (an NGFF label image's is its
+        #: image's): opened with it, zarr reads one metadata document, not three
+        self.created_format: Literal[2, 3] | None = None
         self._ngff = label_target(self.path)
         # finish() put the output's files on stable storage; the files of the run that
         # write_file adds (the table, the pictures: maybe while finish() runs, from
@@ -121,6 +124,7 @@ class OutputTarget:
         if self._ngff is not None:
             arr = self._ngff.create_level0(tuple(shape), dtype, tuple(chunks))
             arr.attrs.update(attrs)
+            self.created_format = 2 if arr.metadata.zarr_format == 2 else 3
             return arr
         if is_url(self.path):
             if state in ("incomplete", "complete"):
@@ -133,7 +137,7 @@ class OutputTarget:
                 os.makedirs(parent, exist_ok=True)
         sharded = shards is not None and self.zarr_format == 3
         extra: dict[str, Any] = {"shards": tuple(shards)} if shards is not None and sharded else {}
-        return zarr.create_array(
+        arr = zarr.create_array(
             store=local_store(self.path),
             shape=tuple(shape),
             chunks=tuple(chunks),
@@ -143,6 +147,8 @@ class OutputTarget:
             attributes=attrs,
             **extra,
         )
+        self.created_format = self.zarr_format
+        return arr
 
     def file_path(self, name: str) -> str:
         """Where a file of the run that belongs with the output goes (inside it, so it
@@ -165,7 +171,9 @@ class OutputTarget:
 
     def open(self, mode: str = "r") -> zarr.Array:
         return zarr.open_array(
-            store=local_store(self.array_path, read_only=mode == "r"), mode=mode
+            store=local_store(self.array_path, read_only=mode == "r"),
+            mode=mode,
+            zarr_format=self.created_format,
         )
 
     def completed_run(self) -> dict[str, Any] | None:

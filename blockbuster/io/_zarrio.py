@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Sequence
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import zarr
@@ -37,11 +37,17 @@ __all__ = ["read_region", "read_regions", "write_regions", "open_zarr_array_cach
 
 
 @lru_cache(maxsize=32)
-def open_zarr_array_cached(path: str, token: str = "", mode: str = "r+") -> zarr.Array:
-    """Open a zarr array once per process (``token`` distinguishes array generations)."""
+def open_zarr_array_cached(
+    path: str, token: str = "", mode: str = "r+", zarr_format: Literal[2, 3] | None = None
+) -> zarr.Array:
+    """Open a zarr array once per process (``token`` distinguishes array generations).
+    ``zarr_format``, when the caller knows it: zarr then reads that format's metadata
+    only (on an object store, one request instead of three)."""
     from ._places import local_store
 
-    return zarr.open_array(store=local_store(path, read_only=mode == "r"), mode=mode)
+    return zarr.open_array(
+        store=local_store(path, read_only=mode == "r"), mode=mode, zarr_format=zarr_format
+    )
 
 
 def _sync(coro: Coroutine[Any, Any, T]) -> T:

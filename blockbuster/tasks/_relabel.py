@@ -102,7 +102,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
         shards=plan.out_shards,
     )
     tiles = [n for n in range(plan.grid.n_tiles) if table.counts[n] > 0]
-    path, token = out.array_path, out.token
+    path, token, fmt = out.array_path, out.token, out.created_format
     reader = job.source.reader if plan.read_back else None  # labels read from the input
     plain = _ids_1_to_n(job)
     canvas = preview_canvas(job)  # each tile written returns its samples (final ids)
@@ -121,6 +121,7 @@ def start_relabel(job: Job, table: MergeTable) -> StageWork:
                 reader,
                 plain[b].tolist(),
                 preview,
+                fmt,
             )
         ),
         name="relabel",

@@ -14,7 +14,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -668,6 +668,7 @@ def relabel_tiles(
     reader=None,
     ids_1_to_n: Sequence[bool] | None = None,
     preview: tuple[int, int | None] | None = None,
+    out_format: Literal[2, 3] | None = None,
 ) -> int | tuple[int, list[tuple[tuple[int, ...], np.ndarray]]]:
     """Write ``lut[staged labels]`` for each tile into the output array; returns voxels
     written. With ``plan.read_back`` the labels are read again from ``reader`` (the
@@ -676,12 +677,13 @@ def relabel_tiles(
 
     ``preview``: ``(step, plane)`` of the run's preview: returns ``(voxels, samples)``,
     the preview's samples of every tile written (``(at, final labels)``, taken from the
-    tile in memory as it is written: the pictures never read the output again)."""
+    tile in memory as it is written: the pictures never read the output again).
+    ``out_format``: the output's zarr format, when known (it is opened reading only that
+    format's metadata)."""
     staging = Staging(plan.staging_root, durable=plan.durable, generation=plan.staging_generation)
     samples: list[tuple[tuple[int, ...], np.ndarray]] = []
-    written = _relabel_tiles(
-        plan, tiles, luts, out_path, out_token, reader, ids_1_to_n, staging, preview, samples
-    )
+    out = open_zarr_array_cached(out_path, out_token, "r+", out_format)
+    written = _relabel_tiles(plan, tiles, luts, out, reader, ids_1_to_n, staging, preview, samples)
     return written if preview is None else (written, samples)
 
 
@@ -689,15 +691,13 @@ def _relabel_tiles(
     plan: RunPlan,
     tiles: Sequence[int],
     luts: Sequence[np.ndarray],
-    out_path: str,
-    out_token: str,
+    out,
     reader,
     ids_1_to_n: Sequence[bool] | None,
     staging: Staging,
     preview: tuple[int, int | None] | None,
     samples: list,
 ) -> int:
-    out = open_zarr_array_cached(out_path, out_token)
     direct = chunk_files(out)  # chunks written here at once: buffers reused
     g = plan.grid
     written = 0
