@@ -9,7 +9,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockbuster.io import ShardWriter
+from blockbuster.io import ShardReader, ShardWriter
 
 
 @settings(
@@ -59,11 +59,18 @@ def test_shards_read_back_as_written(data, ndim, dtype, at_end, compressed, tmp_
     np.testing.assert_array_equal(zarr.open_array(path, mode="r")[...], expect)
 
 
-def test_only_sharded_local_v3_arrays_are_written(tmp_path):
+def test_only_sharded_v3_arrays_are_written(tmp_path):
+    """Unsharded arrays are not this writer's; a sharded array in a store other than a
+    local directory is written through the store (one ``set`` per shard), and read back
+    by zarr; only local shards are read directly."""
     plain = zarr.create_array(store=str(tmp_path / "p.zarr"), shape=(8,), chunks=(2,), dtype="u1")
     assert ShardWriter.of(plain) is None
     mem = zarr.create_array(store={}, shape=(8,), chunks=(2,), shards=(4,), dtype="u1")
-    assert ShardWriter.of(mem) is None
+    assert ShardReader.of(mem) is None
+    shard = ShardWriter.of(mem).shard((1,))
+    shard.add(((6, 8),), np.array([5, 6], "u1"))
+    shard.close()
+    assert mem[...].tolist() == [0, 0, 0, 0, 0, 0, 5, 6]
     z = zarr.create_array(
         store=str(tmp_path / "s.zarr"), shape=(8,), chunks=(2,), shards=(4,), dtype="u1"
     )

@@ -150,12 +150,14 @@ def _v3_codec(codecs: Sequence[Any], dtype: np.dtype) -> tuple[np.dtype, Any] | 
     return None
 
 
-def direct_layout(arr: Any) -> tuple[str, Any, np.dtype, bool] | None:
+def direct_layout(arr: Any, any_store: bool = False) -> tuple[str, Any, np.dtype, bool] | None:
     """The one eligibility check of the direct chunk and shard path, shared by reads
     and writes: ``(directory, metadata, dtype, read_only)`` of a zarr array in a local
     directory with a regular chunk grid, no storage transformers, a numeric dtype and a
     fill value; ``None`` otherwise, or when ``BLOCKBUSTER_DIRECT_CHUNKS=false``
-    (:mod:`blockbuster.config`). Which codecs qualify is each writer's own check."""
+    (:mod:`blockbuster.config`). Which codecs qualify is each writer's own check.
+    ``any_store``: an array in any other zarr store qualifies too, its ``directory``
+    then ``""`` (whole shards written through the store: :class:`ShardWriter`)."""
     from zarr.core.chunk_grids import RegularChunkGrid
     from zarr.storage import LocalStore
 
@@ -163,7 +165,10 @@ def direct_layout(arr: Any) -> tuple[str, Any, np.dtype, bool] | None:
 
     sp = getattr(arr, "store_path", None)
     md = getattr(arr, "metadata", None)
-    if sp is None or md is None or type(sp.store) is not LocalStore:
+    if sp is None or md is None:
+        return None
+    local = type(sp.store) is LocalStore
+    if not local and not any_store:
         return None
     if not runtime_settings().direct_chunks:
         return None
@@ -174,7 +179,8 @@ def direct_layout(arr: Any) -> tuple[str, Any, np.dtype, bool] | None:
         not isinstance(md.chunk_grid, RegularChunkGrid) or getattr(md, "storage_transformers", ())
     ):
         return None
-    return os.path.join(str(sp.store.root), sp.path), md, dtype, bool(sp.store.read_only)
+    where = os.path.join(str(sp.store.root), sp.path) if local else ""
+    return where, md, dtype, bool(sp.store.read_only)
 
 
 class ChunkFiles:

@@ -1,4 +1,5 @@
-"""Whole shards of a sharded zarr v3 array on a local disk, written without zarr-python.
+"""Whole shards of a sharded zarr v3 array, written without zarr-python (read back from a
+local disk).
 
 A merge of small tiles in merge units (core/units.py) writes its output sharded: one
 shard per unit, one inner chunk per tile. Creating a file costs more than writing a
@@ -13,9 +14,12 @@ encoded inner chunks one after another, and an index of ``(offset, nbytes)`` per
 chunk (little-endian uint64, C order of the inner chunks in the shard; an absent chunk
 is ``2**64 - 1`` twice), encoded with the index codecs (``bytes``, then optionally
 ``crc32c``: the index's CRC-32C as 4 little-endian bytes), at the end or the start of
-the shard. Only what :func:`ShardWriter.of` recognises is written this way: a
-:class:`zarr.storage.LocalStore`, a regular grid, sharding as the only codec, inner
-codecs as in :mod:`blockbuster.io`.
+the shard. Only what :func:`ShardWriter.of` recognises is written this way: a regular
+grid, sharding as the only codec, inner codecs as in :mod:`blockbuster.io`. In a
+:class:`zarr.storage.LocalStore` a shard is a file written atomically; in any other
+store (an object store) it is one ``set`` of the whole shard through zarr's store,
+where zarr-python's own write would first read the shard back (a GET per shard) and
+encode it chunk by chunk. :class:`ShardReader` reads local files only.
 
 Examples
 --------
@@ -49,10 +53,11 @@ _ABSENT = np.uint64(2**64 - 1)
 def _layout(arr: Any, writable: bool) -> dict[str, Any] | None:
     """The shard layout of ``arr`` as :class:`ShardWriter` / :class:`ShardReader`
     arguments, or ``None`` when it is not one this module handles (``writable``: the
-    store must also accept writes)."""
+    store must also accept writes; a writer takes an array in any zarr store, whose
+    shards it puts through the store, a reader only one in a local directory)."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
-    found = direct_layout(arr)
+    found = direct_layout(arr, any_store=writable)
     if found is None:
         return None
     directory, md, dtype, read_only = found
@@ -80,6 +85,7 @@ def _layout(arr: Any, writable: bool) -> dict[str, Any] | None:
         return None
     return {
         "directory": directory,
+        "store_path": None if directory else arr.store_path,
         "shape": tuple(int(s) for s in arr.shape),
         "shard_shape": shard_shape,
         "chunk_shape": chunk_shape,
@@ -108,8 +114,10 @@ class ShardWriter:
         key_of: Callable[[tuple[int, ...]], str],
         crc: bool,
         at_end: bool,
+        store_path: Any = None,
     ):
         self.directory = directory
+        self.store_path = store_path  # a zarr StorePath: shards are put through it
         self.shape = shape
         self.shard_shape = shard_shape
         self.chunk_shape = chunk_shape
@@ -186,7 +194,16 @@ class _Shard:
 
             raw += struct.pack("<I", google_crc32c.value(raw))
         blob = b"".join([*self.parts, raw] if w.at_end else [raw, *self.parts])
-        write_file(os.path.join(w.directory, w.key_of(self.coords)), blob)
+        key = w.key_of(self.coords)
+        if w.store_path is None:
+            write_file(os.path.join(w.directory, key), blob)
+            return
+        # an object store: one PUT of the whole shard (zarr's sharding codec would GET
+        # the shard first, as for any partial write, and encode chunk by chunk)
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        sync((w.store_path / key).set(default_buffer_prototype().buffer.from_bytes(blob)))
 
 
 class ShardReader(ShardWriter):
