@@ -124,7 +124,7 @@ class OutputTarget:
         if self._ngff is not None:
             arr = self._ngff.create_level0(tuple(shape), dtype, tuple(chunks))
             arr.attrs.update(attrs)
-            self.created_format = 2 if arr.metadata.zarr_format == 2 else 3
+            self.created_format = self._ngff.zarr_format
             return arr
         if is_url(self.path):
             if state in ("incomplete", "complete"):

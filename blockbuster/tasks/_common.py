@@ -106,7 +106,7 @@ def job_stage_key(stage: str, job) -> str | None:
     it, and persisting each stage's result cost ~10 ms of a 16-tile call's ~0.35 s.
     """
     generation = getattr(job, "generation", None) if job is not None else None
-    if not generation or not getattr(job.plan, "durable", True):
+    if not generation or not job.plan.durable:
         return None
     run = job.plan.result_key if stage == "table" else job.run_key
     return stage_key(stage, run, generation)
