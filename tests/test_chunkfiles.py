@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -86,11 +87,17 @@ def test_direct_io_matches_zarr_both_ways(tmp_path_factory, case):
         np.testing.assert_array_equal(got, np.asarray(z[sl]))
         assert got.dtype == z.dtype and got.flags.writeable
 
+    # many whole chunks in one call (a merge unit's tiles), missing ones as fill
+    cells = list(itertools.product(*[range(-(-n // c)) for n, c in zip(shape, chunks)]))
+    many = np.empty((len(cells),) + tuple(chunks), z.dtype)
+    cf.read_chunks(cells, many)
+    for cell, got in zip(cells, many):
+        np.testing.assert_array_equal(got, cf.read_chunk(cell))
+
     # we write whole chunks (edge chunks clipped), zarr reads
     z2 = _make(tmp, "b.zarr", shape, chunks, dtype, layout, fill)
     cf2 = ChunkFiles.of(z2)
     ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
-    import itertools
 
     for origin in itertools.product(*ranges):
         sl = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
@@ -232,3 +239,24 @@ def test_direct_path_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOCKBUSTER_DIRECT_CHUNKS", "sometimes")
     with pytest.raises(InvalidParameterError, match="BLOCKBUSTER_DIRECT_CHUNKS"):
         ChunkFiles.of(plain)
+
+
+def test_read_chunks_checks_its_buffer_and_names_a_damaged_file(tmp_path):
+    """The unit reader's loop (ChunkFiles.read_chunks): a buffer of the wrong shape is
+    refused before any file is read; a damaged chunk file (here longer than any frame
+    of its chunk, the path that reads a file to its end) names its path."""
+    from blockbuster.errors import InputError
+
+    z = zarr.create_array(
+        store=str(tmp_path / "a.zarr"), shape=(8, 8), chunks=(4, 4), dtype="i4", fill_value=0
+    )
+    z[...] = np.arange(64, dtype="i4").reshape(8, 8)
+    cf = ChunkFiles.of(z)
+    with pytest.raises(ValueError, match=r"shape \(2, 4, 4\)"):
+        cf.read_chunks([(0, 0), (1, 1)], np.empty((2, 4, 5), "i4"))
+    with open(cf.path((1, 0)), "wb") as f:
+        f.write(os.urandom(4 * 4 * 4 * 3 + 4096))
+    out = np.empty((2, 4, 4), "i4")
+    with pytest.raises(InputError, match=r"chunk file .*c/1/0.* could not be decoded"):
+        cf.read_chunks([(0, 0), (1, 0)], out)
+    np.testing.assert_array_equal(out[0], np.asarray(z[:4, :4]))

@@ -149,3 +149,69 @@ def test_unit_samples_are_the_strided_pixels_of_the_unit(data, ndim):
     assert got is not None
     assert got[0] == at
     np.testing.assert_array_equal(got[1], want)
+
+
+def _as_partition(a):
+    """Each voxel's label, renumbered in order of first appearance (0 stays 0)."""
+    flat = a.ravel()
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    out = rank[inverse].reshape(a.shape)
+    return np.where(a == 0, 0, out + 1)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    data=st.data(),
+    ndim=st.integers(2, 3),
+    full=st.booleans(),
+    big_ids=st.booleans(),
+)
+def test_a_unit_joins_its_tiles_as_whole_image_labelling_does(data, ndim, full, big_ids):
+    """index_unit's join over every inner seam (all seams along an axis in one pass)
+    against scipy.ndimage.label of the whole unit, at every connectivity: the unit's
+    ids of its voxels are the same partition. Dense foreground makes diagonal contacts
+    common, the case where two seams laid end to end could wrongly touch."""
+    from blockbuster.core._merge_units import index_unit
+
+    tile = tuple(data.draw(st.integers(1, 5)) for _ in range(ndim))
+    layers = tuple(data.draw(st.integers(1, 4)) for _ in range(ndim))
+    # the unit may end inside its last tiles (the image's edge)
+    shape = tuple(
+        t * n if full else data.draw(st.integers(t * (n - 1) + 1, t * n))
+        for t, n in zip(tile, layers)
+    )
+    conn = data.draw(st.integers(1, ndim))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    fg = np.random.default_rng(seed).random(shape) < 0.55
+    structure = ndi.generate_binary_structure(ndim, conn)
+    per_tile = np.zeros(shape, np.int64)
+    for cell in np.ndindex(*layers):
+        sl = tuple(slice(c * t, (c + 1) * t) for c, t in zip(cell, tile))
+        lab = ndi.label(fg[sl], structure)[0]
+        if big_ids:  # ids not 1..k, far apart: the one-tile-at-a-time path
+            lab = np.where(lab > 0, lab.astype(np.int64) * 10**9 + 7, 0)
+        per_tile[sl] = lab
+
+    def read_into(tb, out):
+        out[tuple(slice(0, b - a) for a, b in tb)] = per_tile[tuple(slice(a, b) for a, b in tb)]
+
+    read_into.dtype = per_tile.dtype
+    bounds = tuple((0, s) for s in shape)
+    rec, arrays = index_unit(
+        bounds, tile, conn, read_into, 0, lambda name, shp, dt: np.zeros(shp, dt)
+    )
+    oracle = ndi.label(fg, structure)[0]
+    assert rec["n_labels"] == oracle.max()
+    # each voxel's node: its tile's nodes are consecutive, in increasing id order
+    got = np.zeros(shape, np.int64)
+    offset = 0
+    for cell, k in zip(np.ndindex(*layers), rec["unit_counts"]):
+        sl = tuple(slice(c * t, (c + 1) * t) for c, t in zip(cell, tile))
+        ids = np.unique(per_tile[sl])
+        ids = ids[ids > 0]
+        assert ids.size == k
+        node = np.searchsorted(ids, per_tile[sl]) + offset + 1
+        got[sl] = np.where(per_tile[sl] > 0, arrays["comp"][node] if k else 0, 0)
+        offset += k
+    np.testing.assert_array_equal(_as_partition(got), _as_partition(oracle))

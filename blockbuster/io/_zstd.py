@@ -36,7 +36,7 @@ import numcodecs
 import numpy as np
 import zstandard
 
-__all__ = ["SMALL", "Zstd", "faster"]
+__all__ = ["SMALL", "Zstd", "decode_into", "faster"]
 
 #: chunks up to this many (decoded) bytes use a per-thread ``zstandard`` context
 SMALL = 256 * 1024
@@ -100,13 +100,27 @@ class Zstd:
         dst = _bytes_of(out) if out is not None else None
         if dst is None or dst.nbytes > SMALL:
             return self._big.decode(buf, out=out)
-        raw = _decompressor().decompress(buf, max_output_size=dst.nbytes)
-        if len(raw) != dst.nbytes:
-            raise ValueError(
-                f"a zstd chunk decoded to {len(raw)} bytes where {dst.nbytes} were expected"
-            )
-        dst[:] = np.frombuffer(raw, np.uint8)
+        decode_into(buf, dst)
         return out
+
+
+def decode_into(buf: Any, dst: np.ndarray) -> None:
+    """Decode the zstd frame ``buf`` into ``dst`` (a flat uint8 array of exactly the
+    decoded size) through this thread's context. A frame that names its size is
+    streamed into ``dst`` with no intermediate bytes (~2 µs a 64 KiB chunk less than a
+    ``decompress`` and a copy); ``ValueError`` when it decodes to another size."""
+    size = zstandard.frame_content_size(buf)
+    if size == dst.nbytes:
+        got = _decompressor().stream_reader(buf).readinto(dst)
+        if got == size:
+            return
+    else:
+        raw = _decompressor().decompress(buf, max_output_size=dst.nbytes)
+        got = len(raw)
+        if got == dst.nbytes:
+            dst[:] = np.frombuffer(raw, np.uint8)
+            return
+    raise ValueError(f"a zstd chunk decoded to {got} bytes where {dst.nbytes} were expected")
 
 
 def _bytes_of(buf: Any) -> np.ndarray | None:

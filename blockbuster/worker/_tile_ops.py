@@ -544,6 +544,17 @@ class _TileReader:
         region = full_slices(tuple(slice(a, b) for a, b in tb), self.channel_axis)
         out[tuple(slice(0, b - a) for a, b in tb)] = self.reader.read(region)
 
+    def many(self, tiles: Sequence[tuple[tuple[int, int], ...]], out: np.ndarray) -> None:
+        """Tiles ``tiles`` into ``out[i]`` (stacked, shape ``(n,) + tile shape``): their
+        chunk files in one loop (:meth:`ChunkFiles.read_chunks`) when tiles are chunks."""
+        cf = self.cf
+        if cf is not None and out.dtype == cf.dtype:
+            chunks = cf.chunks
+            cf.read_chunks([tuple(a // c for (a, _), c in zip(tb, chunks)) for tb in tiles], out)
+            return
+        for tb, slot in zip(tiles, out):
+            self(tb, slot)
+
 
 def _index_unit(plan: RunPlan, n: int, reader, staging: Staging) -> dict[str, Any]:
     """Index merge unit ``n`` (core/units.py) and stage it; return its record."""
