@@ -19,7 +19,7 @@ scheduler settled between runs.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import os
 import sys
 import time
@@ -29,6 +29,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
+
+from blockbuster.io._stores import delete_prefix  # noqa: E402  (what the output uses)
 
 MERGE_TARGET = 1.5
 E2E_TARGET = 1.0
@@ -46,6 +48,18 @@ def _put(url: str, arr: np.ndarray, chunks) -> None:
     z[...] = arr
 
 
+def _merge(src: str, dst: str) -> None:
+    from blockbuster.api import merge_tile_labels
+
+    merge_tile_labels(src, write_to=dst)
+
+
+def _process(src: str, tile_shape: tuple[int, int], dst: str) -> None:
+    from blockbuster.api import tile_process
+
+    tile_process(src, C.threshold_label, tile_shape=tile_shape, write_to=dst)
+
+
 def _floor_copy(src: str, dst: str, fn=None) -> None:
     import dask.array as da
     import zarr
@@ -58,17 +72,19 @@ def _floor_copy(src: str, dst: str, fn=None) -> None:
     a.to_zarr(zarr_location(dst, "w"))
 
 
-def _side_by_side(client, repeats: int, floor, ours) -> tuple[float, float]:
-    """Medians of ``ours()`` and ``floor()`` (each writes a fresh output), run in
-    alternating order, each after the scheduler has forgotten the last one's tasks
-    (``settle``, outside the timing, as in the other benchmarks); ``(ours, floor)``
-    seconds."""
+def _side_by_side(client, bucket: str, repeats: int, floor, ours) -> tuple[float, float]:
+    """Medians of ``ours(out)`` and ``floor(out)`` (each given a fresh output URL in
+    ``bucket``), run in alternating order; ``(ours, floor)`` seconds. After each run,
+    outside the timing: its output is deleted and the scheduler settled (``settle``, as
+    in the other benchmarks)."""
     times: dict[str, list[float]] = {"floor": [], "ours": []}
     for r in range(repeats):
         for which in ("floor", "ours") if r % 2 == 0 else ("ours", "floor"):
+            out = f"{bucket}/out-{which}-{r}.zarr"
             t0 = time.perf_counter()
-            (floor if which == "floor" else ours)()
+            (floor if which == "floor" else ours)(out)
             times[which].append(time.perf_counter() - t0)
+            delete_prefix(out)
             C.settle(client)
     return C.median(times["ours"]), C.median(times["floor"])
 
@@ -84,60 +100,55 @@ def main() -> int:
     n = 1024 if args.quick else 2048
     tiles = [128, 32] if args.quick else [256, 64, 32]  # 64 / 1024 / 4096 tiles at 2048
     C.header(f"object store (moto S3 on 127.0.0.1), {n} x {n}", args)
+    import zarr
     from s3server import MotoServer
 
-    from blockbuster.api import merge_tile_labels, tile_process
-
-    merge, e2e = {}, {}
+    results: dict[tuple[str, int], tuple[float, float]] = {}
     with MotoServer() as srv:
         os.environ.update(srv.env)
-        bucket = f"s3://{srv.new_bucket()}"
-        for t in tiles:
-            labels = np.asarray(
-                __import__("zarr").open_array(C.tile_labels_path(n, t), mode="r")[...]
-            )
-            _put(f"{bucket}/labels-t{t}.zarr", labels, (t, t))
-            image = np.asarray(__import__("zarr").open_array(C.image_path(n, t), mode="r")[...])
-            _put(f"{bucket}/image-t{t}.zarr", image, (t, t))
         client, cluster = C.make_client()
-        outs = (f"{bucket}/out-{k}.zarr" for k in itertools.count())
         try:
             print(f"warm-up: {C.warm_up(client):.1f} s", flush=True)
-            for t in tiles:
-                src = f"{bucket}/labels-t{t}.zarr"
-                merge[t] = o, f = _side_by_side(
-                    client,
-                    _repeats(args, (n // t) ** 2),
-                    lambda src=src: _floor_copy(src, next(outs)),
-                    lambda src=src: merge_tile_labels(src, write_to=next(outs)),
-                )
-                print(
-                    f"  merge, {(n // t) ** 2} tiles: ours {o:.2f} s, floor {f:.2f} s, "
-                    f"{o / f:.2f}x",
-                    flush=True,
-                )
-            for t in tiles:
-                src = f"{bucket}/image-t{t}.zarr"
-                e2e[t] = o, f = _side_by_side(
-                    client,
-                    _repeats(args, (n // t) ** 2),
-                    lambda src=src: _floor_copy(src, next(outs), C.threshold_label),
-                    lambda src=src, t=t: tile_process(
-                        src, C.threshold_label, tile_shape=(t, t), write_to=next(outs)
-                    ),
-                )
-                print(
-                    f"  end to end, {(n // t) ** 2} tiles: ours {o:.2f} s, map_blocks "
-                    f"{f:.2f} s, {o / f:.2f}x",
-                    flush=True,
-                )
+            for what in ("merge", "end to end"):
+                for t in tiles:
+                    # a bucket per case: moto lists a prefix by scanning every key of
+                    # the bucket (S3 itself does not), so objects left by other cases
+                    # would slow each LIST of ours (the copy lists nothing)
+                    bucket = f"s3://{srv.new_bucket()}"
+                    src = f"{bucket}/input.zarr"
+                    if what == "merge":
+                        _put(
+                            src,
+                            np.asarray(zarr.open_array(C.tile_labels_path(n, t), mode="r")[...]),
+                            (t, t),
+                        )
+                        floor = functools.partial(_floor_copy, src)
+                        ours = functools.partial(_merge, src)
+                    else:
+                        _put(
+                            src,
+                            np.asarray(zarr.open_array(C.image_path(n, t), mode="r")[...]),
+                            (t, t),
+                        )
+                        floor = functools.partial(_floor_copy, src, fn=C.threshold_label)
+                        ours = functools.partial(_process, src, (t, t))
+                    results[(what, t)] = o, f = _side_by_side(
+                        client, bucket, _repeats(args, (n // t) ** 2), floor, ours
+                    )
+                    base = "copy" if what == "merge" else "map_blocks"
+                    print(
+                        f"  {what}, {(n // t) ** 2} tiles: ours {o:.2f} s, {base} {f:.2f} s, "
+                        f"{o / f:.2f}x",
+                        flush=True,
+                    )
+                    delete_prefix(src)
         finally:
             client.close()
             cluster.close()
     rows = []
-    for what, results, target in (("merge", merge, MERGE_TARGET), ("end to end", e2e, E2E_TARGET)):
+    for what, target in (("merge", MERGE_TARGET), ("end to end", E2E_TARGET)):
         for t in tiles:
-            o, f = results[t]
+            o, f = results[(what, t)]
             rows.append(
                 [
                     f"{what}, {(n // t) ** 2} tiles of {t}x{t}",
