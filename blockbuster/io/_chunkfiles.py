@@ -309,7 +309,7 @@ class ChunkFiles:
 
         The same as :meth:`read_chunk` per cell, in one loop: a merge unit reads 256
         chunk files of 128² at once, and the per-call checks, path joins and buffer
-        views of :meth:`read_chunk` cost as much as the file read itself (36 -> ~23 µs a
+        views of :meth:`read_chunk` cost as much as the file read itself (36 -> 25 µs a
         64 KiB chunk, docs/benchmarks.md, section 2).
         """
         if (
