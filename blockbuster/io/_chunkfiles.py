@@ -48,7 +48,7 @@ import numpy as np
 
 from blockbuster.errors import InputError
 
-from ._zstd import SMALL, Zstd, decode_into, faster
+from ._zstd import Zstd, faster
 
 __all__ = ["ChunkFiles", "chunk_files"]
 
@@ -94,13 +94,18 @@ def read_file(path: str) -> bytes:
         size = os.fstat(fd).st_size
         data = os.read(fd, size)
         if len(data) < size:  # a short read (or a file still growing): read to the end
-            parts = [data]
-            while chunk := os.read(fd, 1 << 20):
-                parts.append(chunk)
-            data = b"".join(parts)
+            data = _to_end(fd, data)
         return data
     finally:
         os.close(fd)
+
+
+def _to_end(fd: int, data: bytes) -> bytes:
+    """``data`` (read from ``fd`` so far) and the rest of the file."""
+    parts = [data]
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def undecodable(
@@ -340,17 +345,11 @@ class ChunkFiles:
             try:
                 blob = os.read(fd, cap)
                 if len(blob) == cap:  # more than one frame of this chunk: read to the end
-                    parts = [blob]
-                    while part := os.read(fd, 1 << 20):
-                        parts.append(part)
-                    blob = b"".join(parts)
+                    blob = _to_end(fd, blob)
             finally:
                 os.close(fd)
             try:
-                if nbytes > SMALL:
-                    self.codec.decode(blob, out=dst)
-                else:
-                    decode_into(blob, dst)
+                self.codec.decode(blob, out=dst)
             except Exception as e:
                 raise undecodable(path, self.codec, e) from e
 

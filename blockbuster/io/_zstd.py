@@ -36,7 +36,7 @@ import numcodecs
 import numpy as np
 import zstandard
 
-__all__ = ["SMALL", "Zstd", "decode_into", "faster"]
+__all__ = ["SMALL", "Zstd", "faster"]
 
 #: chunks up to this many (decoded) bytes use a per-thread ``zstandard`` context
 SMALL = 256 * 1024
@@ -100,11 +100,11 @@ class Zstd:
         dst = _bytes_of(out) if out is not None else None
         if dst is None or dst.nbytes > SMALL:
             return self._big.decode(buf, out=out)
-        decode_into(buf, dst)
+        _decode_into(buf, dst)
         return out
 
 
-def decode_into(buf: Any, dst: np.ndarray) -> None:
+def _decode_into(buf: Any, dst: np.ndarray) -> None:
     """Decode the zstd frame ``buf`` into ``dst`` (a flat uint8 array of exactly the
     decoded size) through this thread's context. A frame that names its size is
     streamed into ``dst`` with no intermediate bytes (~2 µs a 64 KiB chunk less than a
